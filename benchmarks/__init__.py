@@ -1,0 +1,1 @@
+"""Benchmarks comparing this crawler with Scrapy, Crawlee and raw aiohttp floors (see README.md)."""

@@ -1,0 +1,60 @@
+"""An async-native web crawler whose results are a SQLite file you can query.
+
+Write a `Spider`, run `crawler crawl NAME` (or `await crawl(MySpider, db="out.db")`), then
+query the tables `crawls`, `requests`, `pages`, `links`, `items` and `errors`.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from crawler.engine import Crawl, crawl
+from crawler.errors import (
+    ConfigError,
+    ConnectError,
+    CrawlerError,
+    FetchError,
+    FetchTimeout,
+    HTTPStatusError,
+    ProtocolError,
+    QueryError,
+    RedirectError,
+    ResponseTooLarge,
+    SkipReason,
+    SpiderError,
+    SpiderNotFound,
+    StopCrawl,
+    StorageError,
+)
+from crawler.http import Callback, Item, Request, Response
+from crawler.settings import Settings, load_settings
+from crawler.spider import Spider, text_of
+
+__all__ = [
+    "Callback",
+    "ConfigError",
+    "ConnectError",
+    "Crawl",
+    "CrawlerError",
+    "FetchError",
+    "FetchTimeout",
+    "HTTPStatusError",
+    "Item",
+    "ProtocolError",
+    "QueryError",
+    "RedirectError",
+    "Request",
+    "Response",
+    "ResponseTooLarge",
+    "Settings",
+    "SkipReason",
+    "Spider",
+    "SpiderError",
+    "SpiderNotFound",
+    "StopCrawl",
+    "StorageError",
+    "__version__",
+    "crawl",
+    "load_settings",
+    "text_of",
+]

@@ -1,0 +1,138 @@
+"""Running spider callbacks: every output checked, every exception caught, logged and recorded.
+
+This is the one place where user code's failures are caught. A raising callback keeps the
+items and requests it yielded before the exception; the error is logged with its traceback,
+stored in `errors` (kind `spider`), counted, and the crawl goes on. Output that is neither an
+item nor a Request, and items that cannot be stored as JSON, are recorded the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Mapping
+from typing import Final, final
+
+from crawler.errors import SkipReason, SpiderError, StopCrawl
+from crawler.frontier import Frontier
+from crawler.http import Request, Response
+from crawler.records import Candidate, ErrorRecord, PageResult, Skipped
+from crawler.spider import Spider, callback_of, item_type_name
+from crawler.stats import Stats
+from crawler.storage import utc_now
+
+__all__ = ["CallbackRunner", "serialise_item", "spider_error"]
+
+logger = logging.getLogger(__name__)
+
+SPIDER_ERROR: Final = "spider"
+ITEM_ERROR: Final = "item"
+
+
+def serialise_item(item: object) -> str | None:
+    """Return an item as a JSON object, or None if it is not an item (dict or dataclass)."""
+    if dataclasses.is_dataclass(item) and not isinstance(item, type):
+        data: object = dataclasses.asdict(item)
+    elif isinstance(item, Mapping):
+        data = dict(item)
+    else:
+        return None
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+@final
+class CallbackRunner:
+    """Runs a spider's callbacks and routes what they yield into a `PageResult`."""
+
+    def __init__(
+        self, spider: Spider, frontier: Frontier, stats: Stats, *, on_stop: Callable[[str], None]
+    ) -> None:
+        self._spider = spider
+        self._frontier = frontier
+        self._stats = stats
+        self._on_stop = on_stop
+
+    def admit(
+        self,
+        request: Request,
+        *,
+        parent_id: int | None,
+        candidates: list[Candidate],
+        skipped: list[Skipped],
+        errors: list[ErrorRecord],
+        callback: str | None = None,
+    ) -> None:
+        """Pass a request through the frontier; a wrong request becomes an error record."""
+        try:
+            reason = self._frontier.admit(
+                request, parent_id=parent_id, candidates=candidates, skipped=skipped
+            )
+        except SpiderError as exc:
+            logger.error("%s", exc)
+            errors.append(spider_error(request.url, str(exc), callback))
+            return
+        if reason is SkipReason.DUPLICATE:  # refused by the in-memory cache: counted, not stored
+            self._stats.skipped[reason.value] += 1
+
+    async def run(self, response: Response, result: PageResult, *, links: bool) -> None:
+        """Run the request's callback over `response`, filling `result`."""
+        request = response.request
+        name = request.callback
+        if links:
+            result.links = response.links()
+        try:
+            callback = callback_of(self._spider, name)
+            async for output in callback(response):
+                self._route(output, response, result)
+        except StopCrawl as stop:
+            self._on_stop(stop.reason)
+        except Exception as exc:
+            logger.exception("callback %s failed on %s", name, response.url)
+            message = f"{type(exc).__name__}: {exc}"
+            result.errors.append(spider_error(response.url, message, name))
+
+    def _route(self, output: object, response: Response, result: PageResult) -> None:
+        request = response.request
+        if isinstance(output, Request):
+            self.admit(
+                output,
+                parent_id=result.request_id,
+                candidates=result.candidates,
+                skipped=result.skipped,
+                errors=result.errors,
+                callback=request.callback,
+            )
+            return
+        try:
+            data = serialise_item(output)
+        except (TypeError, ValueError) as exc:
+            message = f"item {type(output).__name__} cannot be stored as JSON: {exc}"
+            logger.error("%s (callback %s, %s)", message, request.callback, response.url)
+            result.errors.append(_error(response.url, ITEM_ERROR, message, request.callback))
+            return
+        if data is None:
+            message = (
+                f"callback yielded {type(output).__name__}, expected an item "
+                "(dict or dataclass) or a Request"
+            )
+            logger.error("%s (callback %s, %s)", message, request.callback, response.url)
+            result.errors.append(spider_error(response.url, message, request.callback))
+            return
+        result.items.append((item_type_name(output, self._spider), data))  # type: ignore[arg-type]
+
+
+def spider_error(url: str, message: str, callback: str | None) -> ErrorRecord:
+    """Return an error record of kind `spider` (a callback's exception or wrong output)."""
+    return _error(url, SPIDER_ERROR, message, callback)
+
+
+def _error(url: str, kind: str, message: str, callback: str | None) -> ErrorRecord:
+    return ErrorRecord(
+        url=url,
+        kind=kind,
+        message=message[:2000],
+        attempt=0,
+        callback=callback,
+        created_at=utc_now(),
+    )

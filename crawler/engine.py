@@ -1,0 +1,298 @@
+"""The crawl: owns every task (writer, feeder, workers, progress) and runs spider callbacks.
+
+`Crawl.run()` opens one `asyncio.TaskGroup`. Workers take claimed requests from the queue,
+fetch them, run the callback and hand one `PageResult` per request to the storage writer.
+The crawl ends when the feeder finds nothing unfinished and nothing pending, when a limit is
+reached, or when `stop()` is called (first Ctrl-C): then workers finish what they hold,
+within `shutdown_grace`, and the writer commits everything before the run is closed.
+
+`crawl()` is the library entry point: it runs inside any event loop, any number of times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gzip
+import logging
+import sqlite3
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final, final
+
+import aiosqlite
+from rich.console import Console
+
+from crawler.callbacks import CallbackRunner, spider_error
+from crawler.errors import StorageError
+from crawler.feeder import Feeder
+from crawler.fetcher import Deferred, Failed, Fetcher
+from crawler.frontier import Frontier
+from crawler.http import Response
+from crawler.records import Claimed, PageRecord, PageResult, RequestState
+from crawler.runs import finish_run, release_leases, start_run
+from crawler.schema import open_database
+from crawler.settings import Settings, load_settings
+from crawler.spider import Spider
+from crawler.stats import Stats, show_progress
+from crawler.storage import Seeds, Storage, utc_now
+
+__all__ = ["Crawl", "crawl"]
+
+_SEED_BATCH: Final = 500
+
+logger = logging.getLogger(__name__)
+
+
+@final
+class Crawl:
+    """One run of one spider into one database file.
+
+    Example:
+        ```python
+        crawl = Crawl(BooksSpider(), db=Path("books.db"), settings=settings)
+        summary = await crawl.run()
+        ```
+    """
+
+    def __init__(
+        self,
+        spider: Spider,
+        *,
+        db: Path,
+        settings: Settings,
+        fresh: bool = False,
+        console: Console | None = None,
+    ) -> None:
+        self.spider = spider
+        self.db = db
+        self.settings = settings
+        self.stats = Stats()
+        self.status = "running"
+        self.reason = ""
+        self._fresh = fresh
+        self._console = console
+        self._stop_requested = asyncio.Event()
+        self._workers: list[asyncio.Task[None]] = []
+        self._frontier = Frontier(settings, spider, list(spider.allowed_domains))
+        self._callbacks = CallbackRunner(spider, self._frontier, self.stats, on_stop=self.stop)
+        self._parse_types = frozenset(settings.parse_content_types)
+
+    def stop(self, reason: str = "interrupted") -> None:
+        """Stop taking new work; in-flight requests finish within `shutdown_grace`."""
+        if not self._stop_requested.is_set():
+            logger.warning("stopping: %s", reason)
+            self.status = "interrupted" if reason == "interrupted" else "stopped"
+            self.reason = reason
+            self._stop_requested.set()
+
+    async def run(self) -> dict[str, Any]:
+        """Run the crawl to its end and return the final stats (also stored in `crawls`)."""
+        conn = await open_database(self.db)
+        run_id: int | None = None
+        try:
+            settings_json = dataclasses.asdict(self.settings)
+            run_id = await start_run(
+                conn, spider=self.spider.name, settings=settings_json, fresh=self._fresh
+            )
+            queue: asyncio.Queue[Claimed | None] = asyncio.Queue()
+            feeder = Feeder(
+                queue, window=self.settings.queue_window, workers=self.settings.concurrency
+            )
+            storage = Storage(
+                conn,
+                run_id=run_id,
+                settings=self.settings,
+                stats=self.stats,
+                on_committed=feeder.release,
+            )
+            await storage.load_counts()
+            async with Fetcher(self.settings, self._frontier.redirect_refusal) as fetcher:
+                await self.spider.opened()
+                await self._run_tasks(storage, feeder, fetcher, queue)
+            if self.status == "running":
+                self.status, self.reason = "finished", "frontier exhausted"
+        except BaseException as exc:
+            if self.status == "running" or isinstance(exc, asyncio.CancelledError):
+                self.status = "interrupted" if isinstance(exc, asyncio.CancelledError) else "failed"
+                self.reason = self.reason or f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            await asyncio.shield(self._close(conn, run_id))
+        return self.stats.as_dict()
+
+    async def _close(self, conn: aiosqlite.Connection, run_id: int | None) -> None:
+        """Roll back any half-written batch, free our leases and record how the run ended."""
+        self.stats.finished = time.monotonic()
+        try:
+            if conn.in_transaction:
+                await conn.execute("ROLLBACK")
+            if run_id is not None:
+                await release_leases(conn, run_id)
+                await finish_run(
+                    conn, run_id, status=self.status, reason=self.reason, stats=self.stats.as_dict()
+                )
+        except sqlite3.Error:
+            logger.exception("could not record the end of the run")
+        finally:
+            await conn.close()
+        try:
+            await self.spider.closed(self.status)
+        except Exception:
+            logger.exception("spider %s: closed() failed", self.spider.name)
+
+    async def _run_tasks(
+        self,
+        storage: Storage,
+        feeder: Feeder,
+        fetcher: Fetcher,
+        queue: asyncio.Queue[Claimed | None],
+    ) -> None:
+        try:
+            async with asyncio.TaskGroup() as outer:
+                outer.create_task(storage.run_writer(), name="writer")
+                progress = outer.create_task(self._progress(), name="progress")
+                async with asyncio.TaskGroup() as crawl:
+                    feeder.hold()
+                    crawl.create_task(self._seed(storage, feeder), name="seed")
+                    crawl.create_task(feeder.run(storage), name="feeder")
+                    crawl.create_task(self._stopper(feeder), name="stopper")
+                    self._workers = [
+                        crawl.create_task(self._work(queue, storage, fetcher), name=f"worker-{i}")
+                        for i in range(self.settings.concurrency)
+                    ]
+                    await self._wait_workers()
+                    self._stop_requested.set()  # ends the stopper once the workers are done
+                await storage.stop_writer()
+                progress.cancel()
+        except* StorageError as group:
+            raise group.exceptions[0] from None
+
+    async def _wait_workers(self) -> None:
+        await asyncio.wait(self._workers)
+
+    async def _stopper(self, feeder: Feeder) -> None:
+        """On stop(): stop the feeder, give workers `shutdown_grace` seconds, then cancel them."""
+        await self._stop_requested.wait()
+        feeder.stop()
+        pending = [task for task in self._workers if not task.done()]
+        if not pending:
+            return
+        _, still_running = await asyncio.wait(pending, timeout=self.settings.shutdown_grace)
+        for task in still_running:
+            task.cancel()
+
+    async def _progress(self) -> None:
+        console = self._console or Console(stderr=True)
+        await show_progress(self.stats, console=console, interval=self.settings.progress_interval)
+
+    async def _seed(self, storage: Storage, feeder: Feeder) -> None:
+        """Admit the spider's start requests, in batches, while the crawl already runs."""
+        seeds = Seeds()
+        try:
+            async for request in self.spider.start_requests():
+                self._callbacks.admit(
+                    request,
+                    parent_id=None,
+                    candidates=seeds.candidates,
+                    skipped=seeds.skipped,
+                    errors=seeds.errors,
+                )
+                if len(seeds.candidates) + len(seeds.skipped) >= _SEED_BATCH:
+                    await storage.submit(seeds)
+                    seeds = Seeds()
+        except Exception as exc:
+            logger.exception("spider %s: start_requests() failed", self.spider.name)
+            seeds.errors.append(spider_error("", f"{type(exc).__name__}: {exc}", "start_requests"))
+        await storage.submit(seeds)
+        feeder.release()  # the hold taken before seeding started
+
+    async def _work(
+        self, queue: asyncio.Queue[Claimed | None], storage: Storage, fetcher: Fetcher
+    ) -> None:
+        """Fetch and process requests until the feeder sends the stop sentinel."""
+        while (claimed := await queue.get()) is not None:
+            self.stats.in_flight += 1
+            try:
+                result = await self._process(claimed, fetcher)
+            finally:
+                self.stats.in_flight -= 1
+            await storage.submit(result)
+
+    async def _process(self, claimed: Claimed, fetcher: Fetcher) -> PageResult:
+        """Fetch one request and run its callback; every outcome becomes a PageResult."""
+        request = claimed.request
+        outcome = await fetcher.fetch(request, attempts_before=claimed.attempts)
+        result = PageResult(
+            request_id=claimed.id,
+            url=request.url,
+            state=RequestState.DONE,
+            attempts=outcome.attempts,
+            errors=list(outcome.failures),
+        )
+        self.stats.retries += max(0, outcome.attempts - claimed.attempts - 1)
+        if isinstance(outcome, Failed):
+            result.state = RequestState.FAILED
+            result.reason = f"{outcome.error.kind}: {outcome.error.message}"[:500]
+            return result
+        if isinstance(outcome, Deferred):
+            result.state = RequestState.PENDING
+            result.not_before = outcome.not_before
+            return result
+        response = Response(
+            url=outcome.url,
+            status=outcome.status,
+            headers=outcome.headers,
+            body=outcome.body,
+            request=request,
+        )
+        parseable = outcome.status < 300 and response.content_type in self._parse_types
+        result.page = PageRecord(
+            url=request.url,
+            final_url=outcome.url,
+            status=outcome.status,
+            content_type=response.content_type,
+            encoding=response.encoding if parseable else None,
+            size_bytes=len(outcome.body),
+            depth=request.depth,
+            elapsed_ms=round(outcome.elapsed_ms, 2),
+            fetched_at=utc_now(),
+            body=gzip.compress(outcome.body, 5, mtime=0) if self.settings.store_body else None,
+        )
+        if outcome.status >= 400:
+            result.state = RequestState.FAILED
+            result.reason = f"http_status: {outcome.status}"
+        elif parseable:
+            await self._callbacks.run(response, result, links=self.settings.store_links)
+        return result
+
+
+async def crawl(
+    spider: type[Spider] | Spider,
+    *,
+    db: str | Path,
+    settings: Mapping[str, object] | None = None,
+    config: Mapping[str, object] | None = None,
+    fresh: bool = False,
+) -> dict[str, Any]:
+    """Crawl with a spider into a SQLite file and return the final stats.
+
+    Runs inside any running event loop, as often as needed; nothing is global.
+
+    Args:
+        spider: a Spider subclass (or an instance of one).
+        db: the database file; an existing crawl of the same spider is resumed.
+        settings: overrides, applied above the spider's own `settings`.
+        config: a config.toml-style layer below the spider's settings.
+        fresh: empty the database first instead of resuming.
+
+    Example:
+        ```python
+        stats = await crawl(BooksSpider, db="books.db", settings={"max_pages": 100})
+        ```
+    """
+    instance = spider() if isinstance(spider, type) else spider
+    loaded = load_settings(config=config, spider=type(instance).settings, overrides=settings)
+    run = Crawl(instance, db=Path(db), settings=loaded.settings, fresh=fresh)
+    return await run.run()

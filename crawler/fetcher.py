@@ -1,0 +1,346 @@
+"""All HTTP: one aiohttp session, a semaphore on every fetch, timeouts, size cap, redirects
+and retries (tenacity), with aiohttp's exceptions translated into `FetchError`s.
+
+`Fetcher.fetch` returns a value for every outcome: `Fetched` (a response was received, maybe
+an error status), `Failed` (no usable response after retries) or `Deferred` (a long
+`Retry-After`: the request goes back to the frontier with a not-before time instead of
+parking a worker). Backoff sleeps happen outside the semaphore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Final, Self, final
+
+import aiohttp
+from multidict import CIMultiDictProxy
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+from yarl import URL
+
+from crawler.bodies import (
+    SUPPORTED_ENCODINGS,
+    BodyTooLarge,
+    CorruptBody,
+    UnsupportedEncoding,
+    decoder_for,
+)
+from crawler.errors import (
+    ConnectError,
+    FetchError,
+    FetchTimeout,
+    HTTPStatusError,
+    ProtocolError,
+    RedirectError,
+    ResponseTooLarge,
+)
+from crawler.http import Request
+from crawler.links import try_canonical_url
+from crawler.records import ErrorRecord
+from crawler.settings import Settings
+from crawler.storage import utc_now
+
+__all__ = ["Deferred", "Failed", "FetchOutcome", "Fetched", "Fetcher", "parse_retry_after"]
+
+logger = logging.getLogger(__name__)
+
+_REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
+_READ_CHUNK: Final = 64 * 1024
+
+
+@final
+@dataclass(slots=True, kw_only=True)
+class Fetched:
+    """A response was received (its status may still be an error)."""
+
+    url: str
+    """Final URL, after redirects."""
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    elapsed_ms: float
+    attempts: int
+    failures: list[ErrorRecord] = field(default_factory=list)
+    """Earlier attempts that failed and were retried."""
+
+
+@final
+@dataclass(slots=True, kw_only=True)
+class Failed:
+    """No usable response: the last error, after all retries."""
+
+    error: FetchError
+    attempts: int
+    failures: list[ErrorRecord]
+
+
+@final
+@dataclass(slots=True, kw_only=True)
+class Deferred:
+    """The server asked for a long wait: fetch again at `not_before` (unix time)."""
+
+    not_before: float
+    attempts: int
+    failures: list[ErrorRecord]
+
+
+FetchOutcome = Fetched | Failed | Deferred
+RedirectCheck = Callable[[str], str | None]
+"""Given a redirect target URL, return why it may not be followed, or None."""
+
+
+class _RetryableStatus(Exception):
+    """Internal: a retryable status, carrying the response for when retries run out."""
+
+    def __init__(self, error: HTTPStatusError, response: Fetched) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.response = response
+
+
+@final
+class Fetcher:
+    """The crawl's HTTP client. Use as `async with Fetcher(settings, check) as fetcher:`."""
+
+    def __init__(self, settings: Settings, redirect_check: RedirectCheck) -> None:
+        self._settings = settings
+        self._redirect_check = redirect_check
+        self._semaphore = asyncio.Semaphore(settings.concurrency)
+        self._retry_statuses = frozenset(settings.retry_statuses)
+        connector = aiohttp.TCPConnector(
+            limit=settings.concurrency,
+            limit_per_host=settings.concurrency_per_host,
+            ttl_dns_cache=300,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=settings.connect_timeout,
+                sock_read=settings.request_timeout,
+            ),
+            auto_decompress=False,
+            headers={"User-Agent": settings.user_agent, "Accept-Encoding": SUPPORTED_ENCODINGS},
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+            max_line_size=16 * 1024,
+            max_field_size=16 * 1024,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._session.close()
+
+    async def fetch(self, request: Request, *, attempts_before: int = 0) -> FetchOutcome:
+        """Fetch a request, retrying retryable failures with backoff; never raises FetchError."""
+        failures: list[ErrorRecord] = []
+        attempts = attempts_before
+        remaining = max(1, self._settings.max_retries + 1 - attempts_before)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(remaining),
+            wait=self._backoff,
+            retry=retry_if_exception(self._is_retryable),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    is_last = attempts - attempts_before >= remaining
+                    try:
+                        return await self._fetch_checked(request, attempts, failures, is_last)
+                    except FetchError as error:
+                        failures.append(_failure(request.url, error, attempts))
+                        raise
+        except _RetryableStatus as exhausted:
+            return exhausted.response
+        except _DeferRequest as defer:
+            return Deferred(not_before=defer.not_before, attempts=attempts, failures=failures)
+        except FetchError as error:
+            return Failed(error=error, attempts=attempts, failures=failures)
+        raise AssertionError("unreachable: tenacity either returns or reraises")  # pragma: no cover
+
+    async def _fetch_checked(
+        self, request: Request, attempt: int, failures: list[ErrorRecord], is_last: bool
+    ) -> Fetched:
+        """One attempt. Error statuses are added to `failures`; a retryable one is raised so
+        that tenacity retries it, or deferred to the frontier when its Retry-After is long."""
+        response = await self._fetch_once(request)
+        response.attempts = attempt
+        response.failures = failures
+        if response.status < 400:
+            return response
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if retry_after is not None:
+            retry_after = min(retry_after, self._settings.retry_after_max)
+        error = HTTPStatusError(response.url, response.status, retry_after)
+        failures.append(_failure(request.url, error, attempt))
+        if response.status not in self._retry_statuses:
+            return response
+        if (
+            not is_last
+            and retry_after is not None
+            and retry_after > self._settings.retry_after_inline
+        ):
+            raise _DeferRequest(time.time() + retry_after)
+        raise _RetryableStatus(error, response)
+
+    def _is_retryable(self, exc: BaseException) -> bool:
+        if isinstance(exc, _RetryableStatus):
+            return True
+        return isinstance(exc, FetchTimeout | ConnectError | ProtocolError)
+
+    def _backoff(self, state: RetryCallState) -> float:
+        """Retry-After when the server sent one, else exponential backoff with full jitter."""
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _RetryableStatus) and exc.error.retry_after is not None:
+            return exc.error.retry_after
+        base = self._settings.backoff_base * 2 ** (state.attempt_number - 1)
+        return min(self._settings.backoff_max, random.uniform(base / 2, base * 1.5))
+
+    async def _fetch_once(self, request: Request) -> Fetched:
+        """One attempt, redirects included, holding a semaphore permit throughout."""
+        async with self._semaphore:
+            started = time.monotonic()
+            with _translate_errors(request.url):
+                async with asyncio.timeout(self._settings.request_timeout):
+                    url, status, headers, body = await self._follow_redirects(request)
+            return Fetched(
+                url=url,
+                status=status,
+                headers=headers,
+                body=body,
+                elapsed_ms=(time.monotonic() - started) * 1000,
+                attempts=0,
+            )
+
+    async def _follow_redirects(
+        self, request: Request
+    ) -> tuple[str, int, CIMultiDictProxy[str], bytes]:
+        url = request.url
+        method = request.method
+        visited = {url}
+        for _hop in range(self._settings.max_redirects + 1):
+            async with self._session.request(
+                method,
+                URL(url, encoded=True),
+                headers=request.headers or None,
+                allow_redirects=False,
+            ) as response:
+                location = response.headers.get("Location")
+                if response.status in _REDIRECT_STATUSES and location:
+                    url = self._redirect_target(url, location, visited)
+                    visited.add(url)
+                    if response.status == 303 or (
+                        response.status in (301, 302) and method == "POST"
+                    ):
+                        method = "GET"
+                    continue
+                body = await self._read_body(url, response)
+                return url, response.status, response.headers, body
+        raise RedirectError(request.url, f"more than {self._settings.max_redirects} redirects")
+
+    def _redirect_target(self, url: str, location: str, visited: set[str]) -> str:
+        target = try_canonical_url(location, url)
+        if target is None:
+            raise RedirectError(url, f"invalid redirect target {location!r}")
+        if not target.startswith(("http://", "https://")):
+            raise RedirectError(url, f"redirect to unsupported scheme: {target[:100]}")
+        if target in visited:
+            raise RedirectError(url, f"redirect loop at {target}")
+        if (refusal := self._redirect_check(target)) is not None:
+            raise RedirectError(url, f"redirect to {target} refused: {refusal}")
+        return target
+
+    async def _read_body(self, url: str, response: aiohttp.ClientResponse) -> bytes:
+        """Read and decode the body, stopping as soon as it passes `max_size`."""
+        limit = self._settings.max_size
+        encoding = response.headers.get("Content-Encoding", "")
+        length = response.content_length
+        if not encoding and length is not None and length > limit:
+            raise ResponseTooLarge(url, f"Content-Length {length} exceeds max_size {limit}")
+        try:
+            decoder = decoder_for(encoding, limit)
+            parts: list[bytes] = []
+            async for chunk in response.content.iter_chunked(_READ_CHUNK):
+                parts.append(decoder.feed(chunk))
+            parts.append(decoder.finish())
+        except BodyTooLarge:
+            raise ResponseTooLarge(url, f"body exceeds max_size {limit} bytes") from None
+        except (CorruptBody, UnsupportedEncoding) as exc:
+            raise ProtocolError(url, str(exc)) from None
+        return b"".join(parts)
+
+
+class _DeferRequest(Exception):
+    """Internal: stop retrying in the worker; the frontier will retry after `not_before`."""
+
+    def __init__(self, not_before: float) -> None:
+        super().__init__(f"deferred until {not_before}")
+        self.not_before = not_before
+
+
+@contextmanager
+def _translate_errors(url: str) -> Iterator[None]:
+    """Turn aiohttp's and asyncio's exceptions into FetchErrors that carry the URL."""
+    try:
+        yield
+    except TimeoutError as exc:  # first: aiohttp's ServerTimeoutError is also a connection error
+        raise FetchTimeout(url, str(exc) or "request timed out") from exc
+    except aiohttp.ClientPayloadError as exc:
+        raise ProtocolError(url, str(exc)) from exc
+    except aiohttp.ClientResponseError as exc:  # malformed status line or headers
+        raise ProtocolError(url, exc.message or str(exc)) from exc
+    except aiohttp.ClientConnectionError as exc:
+        raise ConnectError(url, str(exc) or type(exc).__name__) from exc
+    except aiohttp.InvalidURL as exc:
+        raise ConnectError(url, f"invalid URL: {exc}") from exc
+    except aiohttp.ClientError as exc:
+        raise ProtocolError(url, str(exc) or type(exc).__name__) from exc
+    except (ValueError, UnicodeError) as exc:  # e.g. a header aiohttp cannot encode
+        raise ProtocolError(url, str(exc)) from exc
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Return the seconds a `Retry-After` header asks for (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, moment.timestamp() - time.time())
+
+
+def _failure(url: str, error: FetchError, attempt: int) -> ErrorRecord:
+    return ErrorRecord(
+        url=url,
+        kind=error.kind,
+        message=error.message,
+        attempt=attempt,
+        callback=None,
+        created_at=utc_now(),
+    )
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    sleep = state.next_action.sleep if state.next_action else 0.0
+    logger.info("retrying after %s (attempt %d, waiting %.2fs)", exc, state.attempt_number, sleep)

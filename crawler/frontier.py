@@ -1,0 +1,180 @@
+"""The admission gate: decides, once, whether a URL is crawled, and records why not.
+
+Every request — start URLs, spider requests, followed links — passes `Frontier.admit`:
+canonical URL → fingerprint → recently seen? → scheme → length → allowed domains → depth.
+Refusals become `Skipped` rows with a `SkipReason`; admitted requests become `Candidate`s
+that the storage writer de-duplicates against the `requests` table (the real seen-set, which
+survives restarts) and checks against `max_pages` before writing them as `pending`.
+
+The in-memory seen-set is only a bounded cache that spares the database the ~95% of links
+that repeat what was just seen; it never decides alone that a URL is new.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Final, final
+
+from yarl import URL
+
+from crawler.errors import SkipReason, SpiderError
+from crawler.http import Request
+from crawler.links import canonical_url, fingerprint
+from crawler.records import Candidate, Skipped
+from crawler.settings import Settings
+from crawler.spider import Spider, callback_of
+
+__all__ = ["Frontier", "normalise_domain"]
+
+_RECENT_LIMIT: Final = 200_000
+_CRAWLABLE_SCHEMES: Final = ("http", "https")
+
+
+def normalise_domain(domain: str) -> str:
+    """Return an allowed-domain entry as a bare lowercase IDNA host (no scheme, no port)."""
+    domain = domain.strip().lower()
+    if "://" in domain:
+        domain = URL(domain).raw_host or ""
+    else:
+        domain = URL(f"http://{domain}").raw_host or ""
+    return domain.strip(".")
+
+
+@final
+class Frontier:
+    """The one place that decides whether a request is crawled.
+
+    `admit` appends the request to `candidates` or a refusal to `skipped` (the lists of the
+    `PageResult` or `Seeds` being built) and returns the skip reason, if any. It raises
+    `SpiderError` for a request that is wrong rather than unwanted: an unknown callback or
+    `meta` that cannot be stored.
+    """
+
+    def __init__(self, settings: Settings, spider: Spider, allowed_domains: Sequence[str]) -> None:
+        self._settings = settings
+        self._spider = spider
+        self._domains = tuple(d for d in (normalise_domain(d) for d in allowed_domains) if d)
+        self._suffixes = tuple("." + d for d in self._domains)
+        self._known_callbacks: set[str] = set()
+        self._recent: set[int] = set()
+        self._older: set[int] = set()
+
+    @property
+    def allowed_domains(self) -> tuple[str, ...]:
+        """The normalised allowed domains (empty: every host is allowed)."""
+        return self._domains
+
+    def is_allowed_host(self, host: str) -> bool:
+        """Return whether `host` is one of the allowed domains or a subdomain of one."""
+        if not self._domains:
+            return True
+        return host in self._domains or host.endswith(self._suffixes)
+
+    def redirect_refusal(self, url: str) -> str | None:
+        """Return why a redirect to `url` may not be followed (offsite), or None."""
+        host = URL(url).raw_host or ""
+        return None if self.is_allowed_host(host) else SkipReason.OFFSITE.value
+
+    def admit(
+        self,
+        request: Request,
+        *,
+        parent_id: int | None,
+        candidates: list[Candidate],
+        skipped: list[Skipped],
+    ) -> SkipReason | None:
+        """Check one request; record it as a candidate or as skipped. See the class doc."""
+        self._check_callback(request.callback)
+        try:
+            url = canonical_url(request.url)
+            parsed = URL(url)
+        except (ValueError, TypeError, UnicodeError):
+            return self._skip(request, request.url, "", SkipReason.INVALID, parent_id, skipped)
+        fp = fingerprint(url, request.method)
+        if fp in self._recent or fp in self._older:
+            return SkipReason.DUPLICATE
+        self._remember(fp)
+        host = parsed.raw_host or ""
+        reason: SkipReason | None = None
+        if parsed.scheme not in _CRAWLABLE_SCHEMES:
+            reason = SkipReason.SCHEME
+        elif len(url) > self._settings.max_url_length:
+            reason = SkipReason.URL_TOO_LONG
+        elif not self.is_allowed_host(host):
+            reason = SkipReason.OFFSITE
+        elif self._settings.max_depth and request.depth > self._settings.max_depth:
+            reason = SkipReason.DEPTH
+        if reason is not None:
+            skipped.append(
+                Skipped(
+                    url=url[:8192],
+                    fingerprint=fp,
+                    host=host,
+                    reason=reason,
+                    depth=request.depth,
+                    parent_id=parent_id,
+                )
+            )
+            return reason
+        candidates.append(
+            Candidate(
+                url=url,
+                fingerprint=fp,
+                host=host,
+                request=request if request.url == url else request.replace(url=url),
+                parent_id=parent_id,
+                meta_json=_to_json(request.meta, "meta", request),
+                headers_json=_to_json(request.headers, "headers", request),
+            )
+        )
+        return None
+
+    def _skip(
+        self,
+        request: Request,
+        url: str,
+        host: str,
+        reason: SkipReason,
+        parent_id: int | None,
+        skipped: list[Skipped],
+    ) -> SkipReason:
+        fp = fingerprint(url, request.method)
+        if fp in self._recent or fp in self._older:
+            return SkipReason.DUPLICATE
+        self._remember(fp)
+        skipped.append(
+            Skipped(
+                url=url[:8192],
+                fingerprint=fp,
+                host=host,
+                reason=reason,
+                depth=request.depth,
+                parent_id=parent_id,
+            )
+        )
+        return reason
+
+    def _remember(self, fp: int) -> None:
+        """Add to the bounded cache: two generations, the older one dropped when full."""
+        recent = self._recent
+        recent.add(fp)
+        if len(recent) >= _RECENT_LIMIT:
+            self._older = recent
+            self._recent = set()
+
+    def _check_callback(self, name: str) -> None:
+        if name not in self._known_callbacks:
+            callback_of(self._spider, name)  # raises SpiderError when it does not exist
+            self._known_callbacks.add(name)
+
+
+def _to_json(value: Mapping[str, object], what: str, request: Request) -> str | None:
+    if not value:
+        return None
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise SpiderError(
+            f"request {request.url}: {what} is not JSON-serialisable: {exc}"
+        ) from None

@@ -1,0 +1,269 @@
+"""Request and Response, the values spiders see: decoding, selectors, links and follow().
+
+Nothing here does I/O. `Response.text` decodes the body with the charset from the BOM, the
+Content-Type header or a `<meta>` tag, in that order (as browsers do), and always succeeds.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, final
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from selectolax.lexbor import LexborHTMLParser, LexborNode
+
+from crawler.errors import SpiderError
+from crawler.links import canonical_url, extract_links
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+__all__ = ["Callback", "Item", "Request", "Response", "decode_body"]
+
+Item: TypeAlias = "Mapping[str, Any] | DataclassInstance"
+"""What a callback yields as data: a dict (or any mapping) or a dataclass instance."""
+
+Callback: TypeAlias = "Callable[[Response], AsyncIterator[Any]]"
+"""A spider method that parses a response and yields items and requests."""
+
+
+@final
+class Request:
+    """One URL to fetch, and the name of the spider method that will parse it.
+
+    `callback` may be given as a bound method (so type checkers and "go to definition" work)
+    or as its name; it is stored as the name, because requests are persisted in the frontier
+    and looked up on the running spider when their response arrives. `None` means `parse`.
+
+    `meta` is user data, JSON-serialisable, persisted with the request and handed back as
+    `response.meta`. The engine never reads it.
+    """
+
+    __slots__ = ("callback", "depth", "headers", "meta", "method", "priority", "url")
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        callback: Callback | str | None = None,
+        method: str = "GET",
+        headers: Mapping[str, str] | None = None,
+        meta: dict[str, Any] | None = None,
+        priority: int = 0,
+        depth: int = 0,
+    ) -> None:
+        self.url = url
+        self.callback: str = _callback_name(callback)
+        self.method = method.upper()
+        self.headers: dict[str, str] = dict(headers or {})
+        self.meta: dict[str, Any] = meta if meta is not None else {}
+        self.priority = priority
+        self.depth = depth
+
+    def replace(self, **changes: Any) -> Request:
+        """Return a copy of this request with some attributes changed."""
+        values: dict[str, Any] = {name: getattr(self, name) for name in self.__slots__}
+        values.update(changes)
+        url = values.pop("url")
+        return Request(url, **values)
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.url} callback={self.callback} depth={self.depth}>"
+
+
+def _callback_name(callback: Callback | str | None) -> str:
+    if callback is None:
+        return "parse"
+    if isinstance(callback, str):
+        return callback
+    name = getattr(callback, "__name__", None)
+    if not isinstance(name, str) or getattr(callback, "__self__", None) is None:
+        raise SpiderError(f"callback must be a spider method or its name, got {callback!r}")
+    return name
+
+
+@final
+class Response:
+    """A fetched page: final URL, status, headers and body, with parsing helpers.
+
+    The decoded `text` and the parsed tree are built lazily, once, on first use.
+    """
+
+    __slots__ = ("__dict__", "body", "headers", "request", "status", "url")
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        status: int,
+        headers: CIMultiDictProxy[str] | CIMultiDict[str] | Mapping[str, str],
+        body: bytes,
+        request: Request,
+    ) -> None:
+        self.url = url
+        """The final URL, after redirects."""
+        self.status = status
+        self.headers: CIMultiDictProxy[str] = (
+            headers
+            if isinstance(headers, CIMultiDictProxy)
+            else CIMultiDictProxy(CIMultiDict(headers))
+        )
+        self.body = body
+        self.request = request
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The `meta` of the request that produced this response."""
+        return self.request.meta
+
+    @property
+    def depth(self) -> int:
+        """Link depth of this page: 0 for start URLs, parent depth + 1 for followed links."""
+        return self.request.depth
+
+    @property
+    def content_type(self) -> str:
+        """The media type from Content-Type, lowercase, without parameters."""
+        return self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+
+    @functools.cached_property
+    def encoding(self) -> str:
+        """The charset used to decode `text` (BOM, then header, then `<meta>`, then UTF-8)."""
+        return detect_encoding(self.body, self.headers.get("Content-Type", ""))
+
+    @functools.cached_property
+    def text(self) -> str:
+        """The body decoded with `encoding`; undecodable bytes become U+FFFD."""
+        return decode_body(self.body, self.encoding)
+
+    @functools.cached_property
+    def tree(self) -> LexborHTMLParser:
+        """The parsed HTML document (selectolax's Lexbor parser)."""
+        return LexborHTMLParser(self.text)
+
+    def css(self, selector: str) -> list[LexborNode]:
+        """Return every node matching a CSS selector."""
+        return self.tree.css(selector)
+
+    def css_first(self, selector: str) -> LexborNode | None:
+        """Return the first node matching a CSS selector, or None."""
+        return self.tree.css_first(selector)
+
+    def links(self) -> list[str]:
+        """Return the page's links: absolute, fragment-free, de-duplicated, in page order."""
+        return list(self._links)
+
+    @functools.cached_property
+    def _links(self) -> tuple[str, ...]:
+        return tuple(extract_links(self.tree, self.url))
+
+    def urljoin(self, url: str) -> str:
+        """Resolve a (possibly relative) URL against this page's URL."""
+        return canonical_url(url, self.url)
+
+    def follow(
+        self,
+        target: str | LexborNode,
+        *,
+        callback: Callback | str | None = None,
+        meta: dict[str, Any] | None = None,
+        priority: int = 0,
+        headers: Mapping[str, str] | None = None,
+    ) -> Request:
+        """Return a Request for a link on this page, one level deeper.
+
+        Args:
+            target: an href (relative or absolute) or an `<a>` node, whose href is read.
+            callback: the spider method to parse the target; defaults to `parse`.
+            meta: user data handed to the target's response.
+        """
+        href = (target.attributes.get("href") or "") if isinstance(target, LexborNode) else target
+        try:
+            url = canonical_url(href, self.url)
+        except (ValueError, TypeError, UnicodeError):
+            url = href.strip()  # kept as written: admission records it as an invalid URL
+        return Request(
+            url,
+            callback=callback,
+            meta=meta,
+            priority=priority,
+            headers=headers,
+            depth=self.request.depth + 1,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.url}>"
+
+
+# WHATWG maps these labels to windows-1252, a superset that decodes what servers really send.
+_WHATWG_ALIASES: Final = {
+    "latin1": "cp1252",
+    "latin-1": "cp1252",
+    "iso-8859-1": "cp1252",
+    "iso8859-1": "cp1252",
+    "ascii": "cp1252",
+    "us-ascii": "cp1252",
+    "windows-1252": "cp1252",
+    "x-sjis": "shift_jis",
+    "unicode": "utf-16-le",
+}
+_CHARSET_IN_HEADER: Final = re.compile(r"charset\s*=\s*[\"']?([\w.:-]+)", re.IGNORECASE)
+_CHARSET_IN_META: Final = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([\w.:-]+)", re.IGNORECASE)
+_BOMS: Final = (
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def _known_codec(label: str) -> str | None:
+    label = label.strip().lower()
+    label = _WHATWG_ALIASES.get(label, label)
+    try:
+        return codecs.lookup(label).name
+    except LookupError:
+        return None
+
+
+def detect_encoding(body: bytes, content_type: str) -> str:
+    """Return the codec name to decode an HTML body with.
+
+    Order: byte-order mark, Content-Type charset, `<meta charset>` in the first 2 KiB, then
+    UTF-8 if the body is valid UTF-8, else windows-1252 (which decodes any byte string).
+    """
+    for bom, bom_codec in _BOMS:
+        if body.startswith(bom):
+            return bom_codec
+    declared = _CHARSET_IN_HEADER.search(content_type)
+    codec = _known_codec(declared.group(1)) if declared else None
+    if codec is not None and _decodes(body, codec):
+        return codec
+    in_meta = _CHARSET_IN_META.search(body[:2048])
+    codec = _known_codec(in_meta.group(1).decode("ascii", "replace")) if in_meta else None
+    if codec is not None and codec.startswith("utf-16"):
+        codec = "utf-8"  # a <meta> that ASCII can read cannot be in UTF-16
+    if codec is not None and _decodes(body, codec):
+        return codec
+    if _decodes(body, "utf-8"):
+        return "utf-8"
+    return "cp1252"
+
+
+def _decodes(body: bytes, codec: str) -> bool:
+    """Return whether `body` decodes cleanly (a declared charset that is wrong does not)."""
+    if codec.startswith("utf-8"):
+        try:
+            body.decode(codec)
+        except UnicodeDecodeError:
+            return False
+        return True
+    return True  # single-byte and legacy codecs: trust the declaration, decode with replace
+
+
+def decode_body(body: bytes, encoding: str) -> str:
+    """Decode `body`, replacing undecodable bytes, and drop NUL characters."""
+    text = body.decode(encoding, errors="replace")
+    return text.replace("\x00", "") if "\x00" in text else text

@@ -1,0 +1,119 @@
+"""Pure URL functions: canonical form, fingerprint, host, and href extraction from a page.
+
+Canonicalisation is deliberately conservative (RFC 3986): only the scheme and host are
+case-folded, the fragment and a default port are dropped, dot segments are resolved and
+percent-encoding is normalised. Paths and queries keep their case and their order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+from selectolax.lexbor import LexborHTMLParser
+from yarl import URL
+
+__all__ = [
+    "canonical_url",
+    "extract_links",
+    "fingerprint",
+    "host_of",
+    "try_canonical_url",
+]
+
+_STRIP = " \t\n\r\f\v\x00"
+
+
+def canonical_url(url: str, base: str | URL | None = None) -> str:
+    """Return the canonical absolute form of `url`, resolved against `base` if given.
+
+    Raises:
+        ValueError: the URL cannot be parsed (bad port, bad host) or is not absolute.
+    """
+    raw = url.strip(_STRIP)
+    parsed = URL(raw)
+    if base is not None:
+        parsed = (base if isinstance(base, URL) else URL(base)).join(parsed)
+    if not parsed.is_absolute() and not parsed.scheme:
+        raise ValueError(f"not an absolute URL: {raw!r}")
+    if parsed.scheme in ("http", "https"):
+        if not parsed.raw_host:
+            raise ValueError(f"URL has no host: {raw!r}")
+        parsed.port  # noqa: B018 - validates the port (raises ValueError when out of range)
+        if parsed.fragment or parsed.raw_fragment:
+            parsed = parsed.with_fragment(None)
+        if not parsed.raw_path:
+            parsed = parsed.with_path("/")
+    return str(parsed)
+
+
+def try_canonical_url(url: str, base: str | URL | None = None) -> str | None:
+    """Return `canonical_url(url, base)`, or None when the URL is invalid."""
+    try:
+        return canonical_url(url, base)
+    except (ValueError, TypeError, UnicodeError):
+        return None
+
+
+def fingerprint(canonical: str, method: str = "GET", body: bytes = b"") -> int:
+    """Return a signed 64-bit fingerprint of a request, for the de-duplication index.
+
+    GET requests are identified by their canonical URL alone; other methods add the method
+    and the body, so two POSTs with different bodies are different requests.
+    """
+    digest = hashlib.blake2b(canonical.encode(), digest_size=8)
+    if method != "GET":
+        digest.update(b"\0" + method.encode() + b"\0" + body)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def host_of(url: str) -> str:
+    """Return the lowercase host (IDNA-encoded) of an absolute URL, or "" if it has none."""
+    try:
+        return URL(url).raw_host or ""
+    except (ValueError, TypeError, UnicodeError):
+        return ""
+
+
+def _base_of(tree: LexborHTMLParser, page_url: URL) -> URL:
+    """Return the base URL for relative links: the page's `<base href>` or the page URL."""
+    base_node = tree.css_first("base[href]")
+    if base_node is not None:
+        href = base_node.attributes.get("href")
+        if href and href.strip(_STRIP):
+            try:
+                return page_url.join(URL(href.strip(_STRIP)))
+            except (ValueError, TypeError, UnicodeError):
+                pass
+    return page_url
+
+
+def extract_links(tree: LexborHTMLParser, page_url: str) -> list[str]:
+    """Return the page's `<a href>` targets: absolute, fragment-free, de-duplicated, in order.
+
+    An href that cannot be parsed is returned stripped but otherwise as written, so that the
+    admission step can record it as an invalid URL instead of losing it silently. Empty hrefs
+    and fragment-only hrefs (links to the page itself) are left out.
+    """
+    page = URL(page_url)
+    base = _base_of(tree, page)
+    hrefs = (node.attributes.get("href") for node in tree.css("a[href]"))
+    return _resolve_unique(hrefs, base)
+
+
+def _resolve_unique(hrefs: Iterable[str | None], base: URL) -> list[str]:
+    """Resolve hrefs against `base`, keeping the first occurrence of each result."""
+    seen: dict[str, None] = {}
+    self_url = try_canonical_url(str(base))
+    for href in hrefs:
+        if not href:
+            continue
+        stripped = href.strip(_STRIP)
+        if not stripped or stripped.startswith("#"):
+            continue
+        resolved = try_canonical_url(stripped, base)
+        if resolved is None:
+            resolved = stripped
+        if resolved != self_url:
+            seen.setdefault(resolved, None)
+    return list(seen)

@@ -1,0 +1,120 @@
+"""Crawl runs in the `crawls` table: starting, resuming, starting fresh, and finishing.
+
+Running a spider into a database that already holds its crawl resumes it: requests that a
+dead run had claimed go back to pending, finished ones stay finished. `--fresh` empties the
+file first; without it, a file holding another spider's crawl is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any, Final
+
+import aiosqlite
+
+from crawler.errors import StorageError
+from crawler.storage import utc_now
+
+__all__ = ["finish_run", "release_leases", "start_run"]
+
+_TABLES: Final = ("links", "items", "errors", "pages", "requests", "crawls")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def start_run(
+    conn: aiosqlite.Connection, *, spider: str, settings: dict[str, Any], fresh: bool
+) -> int:
+    """Record a new run and return its id, after recovering the leases of dead runs.
+
+    Raises:
+        StorageError: the database holds another spider's crawl and `fresh` is false.
+    """
+    hostname = socket.gethostname()
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        async with conn.execute("SELECT DISTINCT spider FROM crawls") as cursor:
+            spiders = {row[0] for row in await cursor.fetchall()}
+        if fresh:
+            for table in _TABLES:
+                await conn.execute(f"DELETE FROM {table}")
+        elif spiders - {spider}:
+            others = ", ".join(sorted(spiders - {spider}))
+            raise StorageError(
+                f"the database holds a crawl of spider {others!r}, not {spider!r}; "
+                "use --fresh to start over or choose another file with -o"
+            )
+        await _recover_dead_runs(conn, hostname)
+        cursor = await conn.execute(
+            "INSERT INTO crawls (spider, started_at, status, settings, pid, hostname, heartbeat_at)"
+            " VALUES (?, ?, 'running', ?, ?, ?, ?)",
+            (
+                spider,
+                utc_now(),
+                json.dumps(settings, default=str),
+                os.getpid(),
+                hostname,
+                time.time(),
+            ),
+        )
+        run_id = cursor.lastrowid
+        await conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            await conn.execute("ROLLBACK")
+        raise
+    assert run_id is not None  # an INSERT always sets lastrowid
+    return run_id
+
+
+async def _recover_dead_runs(conn: aiosqlite.Connection, hostname: str) -> None:
+    """Mark runs of this machine whose process is gone as crashed and free their leases.
+
+    Runs on other machines keep their leases until these expire (see storage.LEASE_SECONDS).
+    """
+    async with conn.execute(
+        "SELECT id, pid, hostname FROM crawls WHERE status = 'running'"
+    ) as cursor:
+        rows = await cursor.fetchall()
+    dead = [
+        run_id
+        for run_id, pid, host in rows
+        if host == hostname and (pid is None or not _pid_alive(int(pid)))
+    ]
+    for run_id in dead:
+        await conn.execute(
+            "UPDATE crawls SET status = 'crashed', finished_at = coalesce(finished_at, ?) "
+            "WHERE id = ?",
+            (utc_now(), run_id),
+        )
+        await release_leases(conn, run_id)
+
+
+async def release_leases(conn: aiosqlite.Connection, run_id: int) -> None:
+    """Return a run's claimed but unfinished requests to the frontier."""
+    await conn.execute(
+        "UPDATE requests SET lease_owner = NULL, lease_expires = NULL "
+        "WHERE lease_owner = ? AND state = 'pending'",
+        (run_id,),
+    )
+
+
+async def finish_run(
+    conn: aiosqlite.Connection, run_id: int, *, status: str, reason: str, stats: dict[str, Any]
+) -> None:
+    """Record how a run ended and its final stats."""
+    await conn.execute(
+        "UPDATE crawls SET finished_at = ?, status = ?, reason = ?, stats = ? WHERE id = ?",
+        (utc_now(), status, reason, json.dumps(stats), run_id),
+    )

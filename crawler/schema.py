@@ -1,0 +1,201 @@
+"""The crawl database's schema, its version, and opening a file as a crawl database.
+
+Tables (one SQLite file per crawl target, WAL mode):
+
+- `crawls`   one row per run: spider, start/end time, status, settings and final stats (JSON)
+- `requests` every URL the crawl admitted or refused, with its state
+             (`pending`, `done`, `failed`, `skipped`) and reason; this is also the frontier
+- `pages`    one row per HTTP response received (status, type, size, timing, optional body)
+- `links`    every `<a href>` of every parsed page (from_url → to_url)
+- `items`    every item a callback yielded: type name and JSON data (`json_extract` works)
+- `errors`   every failed attempt, spider exception and rejected item
+
+The schema version is `PRAGMA user_version`; `PRAGMA application_id` marks crawl databases.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Final
+
+import aiosqlite
+
+from crawler.errors import StorageError
+
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "connect", "open_database"]
+
+APPLICATION_ID: Final = 0x43524C31  # "CRL1"
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE crawls (
+        id            INTEGER PRIMARY KEY,
+        spider        TEXT NOT NULL,
+        started_at    TEXT NOT NULL,
+        finished_at   TEXT,
+        status        TEXT NOT NULL,  -- running|finished|interrupted|stopped|crashed|failed
+        reason        TEXT,
+        settings      TEXT NOT NULL,          -- JSON: the effective settings
+        stats         TEXT,                   -- JSON: the final summary of this run
+        pid           INTEGER,
+        hostname      TEXT,
+        heartbeat_at  REAL                    -- unix time, refreshed while the run is alive
+    );
+    CREATE TABLE requests (
+        id            INTEGER PRIMARY KEY,
+        url           TEXT NOT NULL,
+        fingerprint   INTEGER NOT NULL UNIQUE,  -- 64-bit hash of the canonical request
+        host          TEXT NOT NULL,
+        method        TEXT NOT NULL DEFAULT 'GET',
+        callback      TEXT,
+        headers       TEXT,                   -- JSON or NULL
+        meta          TEXT,                   -- JSON or NULL
+        depth         INTEGER NOT NULL,
+        priority      INTEGER NOT NULL DEFAULT 0,
+        state         TEXT NOT NULL,          -- pending | done | failed | skipped
+        reason        TEXT,                   -- why failed or skipped
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        not_before    REAL,                   -- unix time before which it is not fetched
+        lease_owner   INTEGER,                -- crawls.id of the run that claimed it
+        lease_expires REAL,
+        parent_id     INTEGER,                -- requests.id of the page that linked here
+        crawl_id      INTEGER NOT NULL,       -- run that discovered it
+        discovered_at TEXT NOT NULL,
+        finished_at   TEXT
+    );
+    CREATE INDEX requests_frontier ON requests (priority DESC, id) WHERE state = 'pending';
+    CREATE TABLE pages (
+        id            INTEGER PRIMARY KEY,
+        request_id    INTEGER NOT NULL UNIQUE REFERENCES requests (id),
+        crawl_id      INTEGER NOT NULL,
+        url           TEXT NOT NULL,
+        final_url     TEXT NOT NULL,
+        status        INTEGER NOT NULL,
+        content_type  TEXT NOT NULL,
+        encoding      TEXT,
+        size_bytes    INTEGER NOT NULL,
+        depth         INTEGER NOT NULL,
+        elapsed_ms    REAL NOT NULL,
+        fetched_at    TEXT NOT NULL,
+        body          BLOB                    -- gzip-compressed, when store_body is on
+    );
+    CREATE TABLE links (
+        page_id       INTEGER NOT NULL REFERENCES pages (id),
+        from_url      TEXT NOT NULL,
+        to_url        TEXT NOT NULL
+    );
+    CREATE TABLE items (
+        id            INTEGER PRIMARY KEY,
+        crawl_id      INTEGER NOT NULL,
+        request_id    INTEGER NOT NULL,
+        page_url      TEXT NOT NULL,
+        type          TEXT NOT NULL,
+        data          TEXT NOT NULL,          -- JSON object
+        created_at    TEXT NOT NULL
+    );
+    CREATE INDEX items_type ON items (type);
+    CREATE TABLE errors (
+        id            INTEGER PRIMARY KEY,
+        crawl_id      INTEGER NOT NULL,
+        request_id    INTEGER,
+        url           TEXT NOT NULL,
+        kind          TEXT NOT NULL,          -- timeout | connection | protocol | http_status |
+                                              -- too_large | redirect | spider | item
+        message       TEXT NOT NULL,
+        attempt       INTEGER NOT NULL,
+        callback      TEXT,
+        created_at    TEXT NOT NULL
+    );
+    """,
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+_PRAGMAS: Final = (
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA busy_timeout = 10000",
+    "PRAGMA temp_store = MEMORY",
+    "PRAGMA cache_size = -16000",
+)
+
+
+async def connect(path: Path, *, read_only: bool = False) -> aiosqlite.Connection:
+    """Open a connection to a crawl database file with the crawler's pragmas."""
+    uri = f"file:{path}?mode=ro" if read_only else f"file:{path}"
+    try:
+        conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise StorageError(f"cannot open database {path}: {exc}") from None
+    try:
+        for pragma in _PRAGMAS[1:] if read_only else _PRAGMAS:
+            await conn.execute(pragma)
+    except sqlite3.Error as exc:
+        await conn.close()
+        raise StorageError(f"cannot use database {path}: {exc}") from None
+    return conn
+
+
+async def open_database(path: Path) -> aiosqlite.Connection:
+    """Open (creating or migrating) a crawl database for writing.
+
+    Raises:
+        StorageError: the file is not a crawl database, is newer than this crawler, or
+            cannot be written.
+    """
+    if not path.parent.exists():
+        raise StorageError(f"directory does not exist: {path.parent}")
+    conn = await connect(path)
+    try:
+        await _migrate(conn, path)
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
+
+async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
+    try:
+        version = await _scalar(conn, "PRAGMA user_version")
+        app_id = await _scalar(conn, "PRAGMA application_id")
+        tables = await _scalar(conn, "SELECT count(*) FROM sqlite_master")
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"{path} is not a crawl database ({exc})") from None
+    if tables and app_id != APPLICATION_ID:
+        raise StorageError(f"{path} is not a crawl database")
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"{path} has schema version {version}, newer than this crawler's {SCHEMA_VERSION}"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    try:
+        await conn.execute("BEGIN IMMEDIATE")
+        for script in MIGRATIONS[version:]:
+            for statement in _statements(script):
+                await conn.execute(statement)
+        await conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        await conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            await conn.execute("ROLLBACK")
+        raise StorageError(f"cannot create the schema in {path}: {exc}") from None
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (executescript would commit on its own)."""
+    statements: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [statement for statement in statements if statement]
+
+
+async def _scalar(conn: aiosqlite.Connection, sql: str) -> int:
+    async with conn.execute(sql) as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0

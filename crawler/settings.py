@@ -1,0 +1,312 @@
+"""Every crawl setting, documented once, and the layered loading that validates them.
+
+Layers, lowest first: built-in defaults < `config.toml` (`[crawler]` table) < the spider's
+`settings` < command-line flags. Unknown or ill-typed settings raise `ConfigError` naming the
+key and the layer it came from.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import itertools
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal, final
+
+from crawler import __version__
+from crawler.errors import ConfigError
+
+__all__ = ["DEFAULT_USER_AGENT", "LoadedSettings", "Settings", "describe_settings", "load_settings"]
+
+DEFAULT_USER_AGENT: Final = f"crawler/{__version__} (Python web crawler; obeys robots.txt)"
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """The effective settings of one crawl. Build it with `load_settings`, not by hand."""
+
+    concurrency: int = 16
+    """Requests in flight across all hosts (the size of the worker pool and the fetch semaphore)."""
+
+    concurrency_per_host: int = 8
+    """Requests in flight to any one host."""
+
+    delay_per_host: float = 0.0
+    """Seconds between two requests to the same host (0 = no delay)."""
+
+    randomize_delay: bool = False
+    """Multiply `delay_per_host` by a random factor between 0.5 and 1.5 for each request."""
+
+    request_timeout: float = 30.0
+    """Seconds one attempt may take in total: connecting, headers and the whole body."""
+
+    connect_timeout: float = 10.0
+    """Seconds to wait for a TCP connection."""
+
+    max_size: int = 10 * 1024 * 1024
+    """Largest decoded (decompressed) body in bytes; larger responses fail as `too_large`."""
+
+    max_retries: int = 3
+    """Extra attempts after a retryable failure (timeout, connection error, `retry_statuses`)."""
+
+    retry_statuses: list[int] = field(default_factory=lambda: [429, 500, 502, 503, 504])
+    """HTTP statuses that are retried with exponential backoff and jitter."""
+
+    backoff_base: float = 0.5
+    """Seconds before the first retry; doubles with each attempt (plus jitter)."""
+
+    backoff_max: float = 30.0
+    """Longest backoff between two attempts, in seconds."""
+
+    retry_after_max: float = 600.0
+    """Longest `Retry-After` honoured, in seconds; longer values are capped to this."""
+
+    retry_after_inline: float = 3.0
+    """Retry waits up to this many seconds happen in the worker (holding no fetch permit);
+    longer ones send the request back to the frontier with a not-before time."""
+
+    max_redirects: int = 10
+    """Redirect hops followed per request before failing with kind `redirect`."""
+
+    max_depth: int = 0
+    """Deepest link depth followed from a start URL (start URLs are depth 0; 0 = no limit)."""
+
+    max_pages: int = 0
+    """Most requests admitted for fetching in the whole crawl (0 = no limit)."""
+
+    max_url_length: int = 2083
+    """Longest URL admitted, in characters; longer ones are skipped as `url_too_long`."""
+
+    user_agent: str = DEFAULT_USER_AGENT
+    """The User-Agent header sent with every request."""
+
+    parse_content_types: list[str] = field(
+        default_factory=lambda: ["text/html", "application/xhtml+xml"]
+    )
+    """Content types handed to spider callbacks; other responses are recorded, not parsed."""
+
+    store_body: bool = False
+    """Store each page's body (gzip-compressed) in `pages.body`."""
+
+    store_links: bool = True
+    """Record every page's outgoing links in the `links` table."""
+
+    order: Literal["bfs", "dfs"] = "bfs"
+    """Frontier order within a priority: `bfs` (first in first out) or `dfs` (last in first out)."""
+
+    queue_window: int = 2000
+    """Most requests held in memory at once; the rest wait in the SQLite frontier."""
+
+    write_batch_size: int = 500
+    """Most page results written in one database transaction."""
+
+    write_interval: float = 0.25
+    """Longest time, in seconds, a finished page waits before its transaction is committed."""
+
+    progress_interval: float = 10.0
+    """Seconds between progress log lines when not writing to a terminal."""
+
+    shutdown_grace: float = 10.0
+    """Seconds in-flight requests get to finish after the first Ctrl-C."""
+
+
+SettingsSource = Literal["default", "config.toml", "spider", "command line"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LoadedSettings:
+    """Settings together with the layer that set each one (for `crawler settings`)."""
+
+    settings: Settings
+    sources: Mapping[str, SettingsSource]
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(Settings)
+
+
+@functools.cache
+def describe_settings() -> dict[str, str]:
+    """Return each setting's documentation, read from the attribute docstrings above."""
+    tree = ast.parse(inspect.getsource(Settings))
+    body = tree.body[0].body  # type: ignore[attr-defined]  # the class definition
+    docs: dict[str, str] = {}
+    for node, following in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(following, ast.Expr)
+            and isinstance(following.value, ast.Constant)
+        ):
+            docs[node.target.id] = " ".join(str(following.value.value).split())
+    return docs
+
+
+def type_name(name: str) -> str:
+    """Return a readable name of a setting's type, e.g. `int` or `list[int]`."""
+    hint = _field_types()[name]
+    if typing.get_origin(hint) is Literal:
+        return " | ".join(repr(value) for value in typing.get_args(hint))
+    return getattr(hint, "__name__", str(hint)) if not typing.get_args(hint) else str(hint)
+
+
+def _convert(name: str, value: object, source: str) -> object:
+    """Check (and for command-line strings, convert) one value against its field's type."""
+    hint = _field_types()[name]
+    from_text = isinstance(value, str) and source == "command line"
+    wrong = ConfigError(f"{source}: setting {name!r} must be {type_name(name)}, got {value!r}")
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise wrong
+        return value
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if from_text:
+            assert isinstance(value, str)
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple):
+            raise wrong
+        return [_scalar(item_type, item, from_text=from_text, error=wrong) for item in value]
+    return _scalar(hint, value, from_text=from_text, error=wrong)
+
+
+def _scalar(hint: Any, value: object, *, from_text: bool, error: ConfigError) -> object:
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str) and value.lower() in _BOOLEAN_WORDS:
+            return _BOOLEAN_WORDS[value.lower()]
+        raise error
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise error from None
+        raise error
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if from_text and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise error from None
+        raise error
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise error
+    raise error  # pragma: no cover - every field type is handled above
+
+
+_BOOLEAN_WORDS: Final = {
+    "true": True,
+    "1": True,
+    "yes": True,
+    "false": False,
+    "0": False,
+    "no": False,
+}
+
+_POSITIVE: Final = (
+    "concurrency",
+    "concurrency_per_host",
+    "request_timeout",
+    "connect_timeout",
+    "max_size",
+    "max_url_length",
+    "queue_window",
+    "write_batch_size",
+    "write_interval",
+    "progress_interval",
+)
+_NOT_NEGATIVE: Final = (
+    "delay_per_host",
+    "max_retries",
+    "backoff_base",
+    "backoff_max",
+    "retry_after_max",
+    "retry_after_inline",
+    "max_redirects",
+    "max_depth",
+    "max_pages",
+    "shutdown_grace",
+)
+
+
+def _check_ranges(values: Mapping[str, object], sources: Mapping[str, str]) -> None:
+    for name in _POSITIVE:
+        if values[name] <= 0:  # type: ignore[operator]  # numbers, checked by _convert
+            raise ConfigError(f"{sources[name]}: setting {name!r} must be greater than 0")
+    for name in _NOT_NEGATIVE:
+        if values[name] < 0:  # type: ignore[operator]  # numbers, checked by _convert
+            raise ConfigError(f"{sources[name]}: setting {name!r} must not be negative")
+
+
+def read_config_file(path: Path) -> dict[str, object]:
+    """Return the `[crawler]` table of a TOML config file (the whole file if it has none)."""
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    table = data.get("crawler", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [crawler] must be a table")
+    return table
+
+
+def load_settings(
+    *,
+    config: Mapping[str, object] | None = None,
+    spider: Mapping[str, object] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> LoadedSettings:
+    """Merge the setting layers and validate the result once.
+
+    Args:
+        config: the `[crawler]` table of config.toml.
+        spider: the spider class's `settings`.
+        overrides: command-line values; strings are converted to each setting's type.
+
+    Raises:
+        ConfigError: an unknown setting, a value of the wrong type or out of range.
+    """
+    values: dict[str, object] = {f.name: getattr(_DEFAULTS, f.name) for f in _FIELDS}
+    sources: dict[str, SettingsSource] = dict.fromkeys(values, "default")
+    layers: tuple[tuple[SettingsSource, Mapping[str, object] | None], ...] = (
+        ("config.toml", config),
+        ("spider", spider),
+        ("command line", overrides),
+    )
+    for source, layer in layers:
+        for name, value in (layer or {}).items():
+            if name not in values:
+                hint = difflib.get_close_matches(name, list(values), n=1)
+                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ConfigError(f"{source}: unknown setting {name!r}{suggestion}")
+            values[name] = _convert(name, value, source)
+            sources[name] = source
+    _check_ranges(values, sources)
+    return LoadedSettings(Settings(**values), types.MappingProxyType(sources))  # type: ignore[arg-type]
+
+
+_DEFAULTS: Final = Settings()
+_FIELDS: Final = dataclasses.fields(Settings)

@@ -1,0 +1,441 @@
+"""The single writer: every write to the crawl database goes through one task, in batches.
+
+Workers hand `PageResult`s to `Storage.submit`; the writer task drains its inbox and commits
+many results per `BEGIN IMMEDIATE … COMMIT`. Each result's page, items, links, errors, newly
+discovered requests and the request's final state are in the same transaction, so a crash
+never leaves a page marked done whose links were lost. Claims of pending requests (with a
+lease, so several processes can share one file) also go through the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final, final
+
+import aiosqlite
+
+from crawler.errors import SkipReason, StorageError
+from crawler.http import Request
+from crawler.records import Candidate, Claimed, ErrorRecord, PageResult, RequestState, Skipped
+from crawler.settings import Settings
+from crawler.stats import Stats
+
+__all__ = ["ClaimBatch", "Seeds", "Storage", "utc_now"]
+
+logger = logging.getLogger(__name__)
+
+LEASE_SECONDS: Final = 120.0
+_SQL_PARAMS_PER_QUERY: Final = 500
+
+
+def utc_now() -> str:
+    """Return the current time as ISO-8601 UTC text, the format of every `*_at` column."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@final
+@dataclass(slots=True, kw_only=True)
+class Seeds:
+    """Start requests (and refused start URLs) to add to the frontier."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    errors: list[ErrorRecord] = field(default_factory=list)
+    """Start requests that were wrong (unknown callback, bad meta)."""
+
+
+@final
+@dataclass(slots=True, kw_only=True)
+class ClaimBatch:
+    """What a claim returned, and what the frontier looked like if it returned nothing."""
+
+    claimed: list[Claimed]
+    pending: int = 0
+    """Pending rows left (leased elsewhere or not yet due); counted only when none was claimed."""
+    next_due: float | None = None
+    """Earliest `not_before` among pending rows, when any is delayed."""
+
+
+@dataclass(slots=True)
+class _ClaimOrder:
+    limit: int
+    reply: asyncio.Future[ClaimBatch]
+
+
+_Message = PageResult | Seeds | _ClaimOrder
+
+
+@final
+class Storage:
+    """Owns the write connection and the writer task of one crawl run.
+
+    Create it with an open connection and a run id, run `run_writer()` as a task, and call
+    `close()` (after the writer has stopped) to release leases and close the file.
+    """
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        *,
+        run_id: int,
+        settings: Settings,
+        stats: Stats,
+        on_committed: Callable[[int], None],
+    ) -> None:
+        self._conn = conn
+        self._run_id = run_id
+        self._settings = settings
+        self._stats = stats
+        self._on_committed = on_committed
+        self._inbox: asyncio.Queue[_Message | None] = asyncio.Queue(
+            maxsize=settings.write_batch_size * 4
+        )
+        self._admitted_total = 0
+        self._last_lease_renewal = time.monotonic()
+
+    async def load_counts(self) -> None:
+        """Read the totals a resumed crawl continues from (the `max_pages` budget, pending)."""
+        self._admitted_total = await self._scalar(
+            "SELECT count(*) FROM requests WHERE state != 'skipped'"
+        )
+        self._stats.pending = await self._scalar(
+            "SELECT count(*) FROM requests WHERE state = 'pending'"
+        )
+
+    async def submit(self, message: PageResult | Seeds) -> None:
+        """Queue a result for the next transaction (waits when the writer is far behind)."""
+        await self._inbox.put(message)
+
+    async def claim(self, limit: int) -> ClaimBatch:
+        """Lease up to `limit` due pending requests to this run, highest priority first."""
+        reply: asyncio.Future[ClaimBatch] = asyncio.get_running_loop().create_future()
+        await self._inbox.put(_ClaimOrder(limit, reply))
+        return await reply
+
+    async def stop_writer(self) -> None:
+        """Ask the writer task to commit what it holds and return."""
+        await self._inbox.put(None)
+
+    async def run_writer(self) -> None:
+        """Commit queued results in batches until `stop_writer()` is called."""
+        batch_size = self._settings.write_batch_size
+        stopping = False
+        while not stopping:
+            first = await self._inbox.get()
+            messages: list[_Message] = []
+            if first is None:
+                stopping = True
+            else:
+                messages.append(first)
+            while len(messages) < batch_size and not self._inbox.empty():
+                message = self._inbox.get_nowait()
+                if message is None:
+                    stopping = True
+                    break
+                messages.append(message)
+            await self._process(messages)
+
+    async def _process(self, messages: list[_Message]) -> None:
+        writes = [m for m in messages if not isinstance(m, _ClaimOrder)]
+        orders = [m for m in messages if isinstance(m, _ClaimOrder)]
+        try:
+            if writes:
+                await self._commit(writes)
+            for order in orders:
+                if not order.reply.done():
+                    order.reply.set_result(await self._claim(order.limit))
+            if time.monotonic() - self._last_lease_renewal > LEASE_SECONDS / 4:
+                await self._renew_leases()
+        except sqlite3.Error as exc:
+            for order in orders:
+                if not order.reply.done():
+                    order.reply.set_exception(StorageError(f"database write failed: {exc}"))
+            raise StorageError(f"database write failed: {exc}") from exc
+        if writes:
+            self._on_committed(sum(1 for m in writes if isinstance(m, PageResult)))
+
+    async def _commit(self, writes: Sequence[PageResult | Seeds]) -> None:
+        conn = self._conn
+        now = utc_now()
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            candidates: list[Candidate] = []
+            skipped: list[Skipped] = []
+            for message in writes:
+                candidates.extend(message.candidates)
+                skipped.extend(message.skipped)
+            new_rows, budget_skips = await self._admit(candidates, now)
+            skipped.extend(budget_skips)
+            await conn.executemany(_INSERT_REQUEST, new_rows)
+            await conn.executemany(
+                _INSERT_SKIPPED,
+                [
+                    (
+                        s.url,
+                        s.fingerprint,
+                        s.host,
+                        s.depth,
+                        s.reason.value,
+                        s.parent_id,
+                        self._run_id,
+                        now,
+                        now,
+                    )
+                    for s in skipped
+                ],
+            )
+            await self._write_results([m for m in writes if isinstance(m, PageResult)], now)
+            seed_errors = [e for m in writes if isinstance(m, Seeds) for e in m.errors]
+            await conn.executemany(
+                _INSERT_ERROR, [_error_row(self._run_id, None, e) for e in seed_errors]
+            )
+            await conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                await conn.execute("ROLLBACK")
+            raise
+        stats = self._stats
+        stats.admitted += len(new_rows)
+        stats.pending += len(new_rows)
+        for skip in skipped:
+            stats.skipped[skip.reason.value] += 1
+        for error in seed_errors:
+            stats.errors[error.kind] += 1
+
+    async def _admit(
+        self, candidates: list[Candidate], now: str
+    ) -> tuple[list[tuple[object, ...]], list[Skipped]]:
+        """De-duplicate candidates against the table and apply the `max_pages` budget."""
+        unique: dict[int, Candidate] = {}
+        for candidate in candidates:
+            if candidate.fingerprint in unique:
+                self._stats.skipped[SkipReason.DUPLICATE.value] += 1
+            else:
+                unique[candidate.fingerprint] = candidate
+        existing = await self._existing_fingerprints(list(unique))
+        self._stats.skipped[SkipReason.DUPLICATE.value] += len(existing)
+        max_pages = self._settings.max_pages
+        rows: list[tuple[object, ...]] = []
+        over_budget: list[Skipped] = []
+        for fp, c in unique.items():
+            if fp in existing:
+                continue
+            if max_pages and self._admitted_total >= max_pages:
+                over_budget.append(
+                    Skipped(
+                        url=c.url,
+                        fingerprint=fp,
+                        host=c.host,
+                        reason=SkipReason.MAX_PAGES,
+                        depth=c.request.depth,
+                        parent_id=c.parent_id,
+                    )
+                )
+                continue
+            self._admitted_total += 1
+            r = c.request
+            rows.append(
+                (
+                    c.url,
+                    fp,
+                    c.host,
+                    r.method,
+                    r.callback,
+                    c.headers_json,
+                    c.meta_json,
+                    r.depth,
+                    r.priority,
+                    c.parent_id,
+                    self._run_id,
+                    now,
+                )
+            )
+        return rows, over_budget
+
+    async def _existing_fingerprints(self, fingerprints: list[int]) -> set[int]:
+        found: set[int] = set()
+        for start in range(0, len(fingerprints), _SQL_PARAMS_PER_QUERY):
+            chunk = fingerprints[start : start + _SQL_PARAMS_PER_QUERY]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT fingerprint FROM requests WHERE fingerprint IN ({marks})"
+            async with self._conn.execute(sql, chunk) as cursor:
+                found.update(row[0] for row in await cursor.fetchall())
+        return found
+
+    async def _write_results(self, results: list[PageResult], now: str) -> None:
+        if not results:
+            return
+        conn = self._conn
+        next_page_id = await self._scalar("SELECT coalesce(max(id), 0) FROM pages") + 1
+        pages: list[tuple[object, ...]] = []
+        links: list[tuple[object, ...]] = []
+        items: list[tuple[object, ...]] = []
+        errors: list[tuple[object, ...]] = []
+        updates: list[tuple[object, ...]] = []
+        stats = self._stats
+        for result in results:
+            if (page := result.page) is not None:
+                page_id = next_page_id
+                next_page_id += 1
+                pages.append(
+                    (
+                        page_id,
+                        result.request_id,
+                        self._run_id,
+                        page.url,
+                        page.final_url,
+                        page.status,
+                        page.content_type,
+                        page.encoding,
+                        page.size_bytes,
+                        page.depth,
+                        page.elapsed_ms,
+                        page.fetched_at,
+                        page.body,
+                    )
+                )
+                links.extend((page_id, page.final_url, to_url) for to_url in result.links)
+                stats.pages += 1
+                stats.statuses[page.status] += 1
+                stats.bytes_received += page.size_bytes
+            items.extend(
+                (self._run_id, result.request_id, result.url, kind, data, now)
+                for kind, data in result.items
+            )
+            for kind, _ in result.items:
+                stats.items_by_type[kind] += 1
+            stats.items += len(result.items)
+            errors.extend(_error_row(self._run_id, result.request_id, e) for e in result.errors)
+            for error in result.errors:
+                stats.errors[error.kind] += 1
+            finished = None if result.state is RequestState.PENDING else now
+            updates.append(
+                (
+                    result.state.value,
+                    result.reason,
+                    result.attempts,
+                    result.not_before,
+                    finished,
+                    result.request_id,
+                )
+            )
+            if result.state is RequestState.DONE:
+                stats.done += 1
+            elif result.state is RequestState.FAILED:
+                stats.failed += 1
+            elif result.state is RequestState.PENDING:
+                stats.rescheduled += 1
+            if result.state is not RequestState.PENDING:
+                stats.pending -= 1
+        await conn.executemany(_INSERT_PAGE, pages)
+        await conn.executemany(_INSERT_LINK, links)
+        await conn.executemany(_INSERT_ITEM, items)
+        await conn.executemany(_INSERT_ERROR, errors)
+        await conn.executemany(_FINISH_REQUEST, updates)
+
+    async def _claim(self, limit: int) -> ClaimBatch:
+        now = time.time()
+        order = "priority DESC, id DESC" if self._settings.order == "dfs" else "priority DESC, id"
+        sql = _CLAIM.format(order=order)
+        async with self._conn.execute(
+            sql, (self._run_id, now + LEASE_SECONDS, now, now, limit)
+        ) as cursor:
+            rows = await cursor.fetchall()
+        claimed = [_claimed_from_row(row) for row in rows]
+        descending = self._settings.order == "dfs"
+        claimed.sort(key=lambda c: (-c.request.priority, -c.id if descending else c.id))
+        if claimed:
+            return ClaimBatch(claimed=claimed)
+        async with self._conn.execute(
+            "SELECT count(*), min(not_before) FROM requests WHERE state = 'pending'"
+        ) as cursor:
+            row = await cursor.fetchone()
+        pending, next_due = (row[0], row[1]) if row else (0, None)
+        return ClaimBatch(claimed=[], pending=int(pending), next_due=next_due)
+
+    async def _renew_leases(self) -> None:
+        self._last_lease_renewal = time.monotonic()
+        await self._conn.execute(
+            "UPDATE requests SET lease_expires = ? WHERE lease_owner = ? AND state = 'pending'",
+            (time.time() + LEASE_SECONDS, self._run_id),
+        )
+        await self._conn.execute(
+            "UPDATE crawls SET heartbeat_at = ? WHERE id = ?", (time.time(), self._run_id)
+        )
+
+    async def _scalar(self, sql: str, params: Iterable[object] = ()) -> int:
+        async with self._conn.execute(sql, tuple(params)) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+
+def _error_row(run_id: int, request_id: int | None, error: ErrorRecord) -> tuple[object, ...]:
+    return (
+        run_id,
+        request_id,
+        error.url,
+        error.kind,
+        error.message,
+        error.attempt,
+        error.callback,
+        error.created_at,
+    )
+
+
+def _claimed_from_row(row: Sequence[object]) -> Claimed:
+    """Rebuild a claimed request from the columns `_CLAIM` returns."""
+    row_id, url, method, callback, headers, meta, depth, priority, attempts = row
+    request = Request(
+        str(url),
+        callback=str(callback or "parse"),
+        method=str(method),
+        headers=json.loads(str(headers)) if headers else None,
+        meta=json.loads(str(meta)) if meta else None,
+        priority=int(priority),  # type: ignore[call-overload]
+        depth=int(depth),  # type: ignore[call-overload]
+    )
+    return Claimed(id=int(row_id), request=request, attempts=int(attempts))  # type: ignore[call-overload]
+
+
+_INSERT_REQUEST: Final = (
+    "INSERT OR IGNORE INTO requests (url, fingerprint, host, method, callback, headers, meta, "
+    "depth, priority, state, parent_id, crawl_id, discovered_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)"
+)
+_INSERT_SKIPPED: Final = (
+    "INSERT OR IGNORE INTO requests (url, fingerprint, host, depth, state, reason, parent_id, "
+    "crawl_id, discovered_at, finished_at) VALUES (?, ?, ?, ?, 'skipped', ?, ?, ?, ?, ?)"
+)
+_INSERT_PAGE: Final = (
+    "INSERT INTO pages (id, request_id, crawl_id, url, final_url, status, content_type, "
+    "encoding, size_bytes, depth, elapsed_ms, fetched_at, body) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_LINK: Final = "INSERT INTO links (page_id, from_url, to_url) VALUES (?, ?, ?)"
+_INSERT_ITEM: Final = (
+    "INSERT INTO items (crawl_id, request_id, page_url, type, data, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
+_INSERT_ERROR: Final = (
+    "INSERT INTO errors (crawl_id, request_id, url, kind, message, attempt, callback, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_FINISH_REQUEST: Final = (
+    "UPDATE requests SET state = ?, reason = ?, attempts = ?, not_before = ?, finished_at = ?, "
+    "lease_owner = NULL, lease_expires = NULL WHERE id = ?"
+)
+_CLAIM: Final = (
+    "UPDATE requests SET lease_owner = ?, lease_expires = ? WHERE id IN ("
+    " SELECT id FROM requests WHERE state = 'pending'"
+    " AND (lease_expires IS NULL OR lease_expires < ?)"
+    " AND (not_before IS NULL OR not_before <= ?)"
+    " ORDER BY {order} LIMIT ?) "
+    "RETURNING id, url, method, callback, headers, meta, depth, priority, attempts"
+)

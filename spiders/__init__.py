@@ -1,0 +1,1 @@
+"""Example spiders shipped with the crawler."""

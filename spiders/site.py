@@ -1,0 +1,23 @@
+"""A generic whole-site crawler: start with `--start-url`, store every page and its links."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from crawler import Request, Response, Spider
+
+
+class SiteSpider(Spider):
+    """Follow every link on the start URLs' hosts; pages and links land in the database.
+
+    Run it as `crawler crawl site --start-url https://example.com/`: the start URLs' hosts
+    become its allowed domains, so it never leaves the site.
+    """
+
+    name = "site"
+
+    async def parse(self, response: Response) -> AsyncIterator[Request | dict[str, Any]]:
+        """Follow every link of the page; the engine records the page and its links."""
+        for url in response.links():
+            yield response.follow(url)
