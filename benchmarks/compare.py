@@ -170,7 +170,7 @@ def _compare(args: argparse.Namespace, work: Path) -> int:
             f"Site: {len(manifest.pages):,} pages, {manifest.total_bytes / 1e6:.0f} MB, "
             f"{manifest.internal_links / len(manifest.pages):.0f} internal links per page, "
             f"seed {manifest.seed}",
-            f"Concurrency {args.concurrency} for every tool; {args.rounds} rounds, "
+            f"Concurrency {args.concurrency} for every tool; {args.rounds} round(s), "
             f"run in the order {', '.join(tool.name for tool in tools)} each round",
             *(
                 f"{tool.name}: "

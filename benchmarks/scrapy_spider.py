@@ -9,12 +9,23 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import scrapy
-from scrapy.http import Response
+from scrapy.http import Response, TextResponse
 from scrapy.linkextractors import LinkExtractor
+from scrapy.settings import BaseSettings
+
+SETTINGS: Final = {
+    "CONCURRENT_REQUESTS": 64,
+    "CONCURRENT_REQUESTS_PER_DOMAIN": 64,
+    "DOWNLOAD_DELAY": 0,
+    "ROBOTSTXT_OBEY": False,
+    "AUTOTHROTTLE_ENABLED": False,
+    "LOG_LEVEL": "INFO",
+}
+"""Settings for a like-for-like run; compare.py passes -s CONCURRENT_REQUESTS* for --concurrency."""
 
 
 def _number(text: str | None, kind: type[float] | type[int]) -> float | int | None:
@@ -25,14 +36,12 @@ class BenchSpider(scrapy.Spider):
     """Follows every internal link (LinkExtractor limited to the start URL's host)."""
 
     name = "bench"
-    custom_settings: ClassVar[dict[str, Any]] = {
-        "CONCURRENT_REQUESTS": 64,
-        "CONCURRENT_REQUESTS_PER_DOMAIN": 64,
-        "DOWNLOAD_DELAY": 0,
-        "ROBOTSTXT_OBEY": False,
-        "AUTOTHROTTLE_ENABLED": False,
-        "LOG_LEVEL": "INFO",
-    }
+
+    @classmethod
+    def update_settings(cls, settings: BaseSettings) -> None:
+        """Apply the benchmark's settings at spider priority (above the defaults)."""
+        super().update_settings(settings)
+        settings.setdict(SETTINGS, priority="spider")
 
     def __init__(self, start_url: str, report: str = "", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -54,6 +63,8 @@ class BenchSpider(scrapy.Spider):
 
     def parse(self, response: Response, **kwargs: Any) -> Iterator[dict[str, Any] | scrapy.Request]:
         """Yield the page's product and a request for each same-host link."""
+        if not isinstance(response, TextResponse):  # not HTML: nothing to extract
+            return
         product = response.css("div.product")
         yield {
             "title": product.css("h1.title::text").get(),
@@ -68,7 +79,7 @@ class BenchSpider(scrapy.Spider):
         """Write the crawl's page and error counts for compare.py."""
         if not self.report:
             return
-        stats = self.crawler.stats.get_stats() if self.crawler.stats else {}
+        stats = self.crawler.stats.get_stats()
         report = {
             "pages": stats.get("response_received_count", 0),
             "errors": stats.get("log_count/ERROR", 0),

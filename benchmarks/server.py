@@ -258,12 +258,14 @@ class StaticServer:
 
 def serve_with_aiohttp(root: Path, port: int) -> None:
     """Serve ``root`` on 127.0.0.1:``port`` with aiohttp until killed (the nginx fallback)."""
-    from aiohttp import web  # imported here: the parent process does not need aiohttp
+    # Imported here: the parent process does not need aiohttp.
+    from aiohttp import web
+    from aiohttp.typedefs import Handler
 
     served = 0
 
     @web.middleware
-    async def count(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
         nonlocal served
         served += 1
         return await handler(request)

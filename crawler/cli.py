@@ -7,121 +7,41 @@ code 2; Ctrl-C stops a crawl cleanly (exit 130), a second Ctrl-C at once.
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
 import sqlite3
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import click
 from rich.console import Console
-from rich.logging import RichHandler
 from rich.table import Table
-from yarl import URL
 
 from crawler import __version__
+from crawler.cli_common import (
+    EXIT_INTERRUPTED,
+    check_start_url,
+    load_crawl_settings,
+    open_read_only,
+    parse_assignments,
+    run_with_signals,
+    setup_logging,
+    user_errors,
+    with_start_urls,
+)
 from crawler.discovery import available_spiders, find_spider
 from crawler.engine import Crawl
-from crawler.errors import ConfigError, CrawlerError, QueryError, StorageError
-from crawler.frontier import normalise_domain
+from crawler.errors import QueryError
 from crawler.output import OutputFormat, write_rows
-from crawler.settings import LoadedSettings, describe_settings, load_settings, read_config_file
-from crawler.spider import Spider
+from crawler.settings import describe_settings
 from crawler.stats import render_summary
 
-__all__ = ["main"]
-
-EXIT_USAGE: Final = 2
-EXIT_INTERRUPTED: Final = 130
-DEFAULT_CONFIG: Final = Path("config.toml")
-
-
-class UserError(click.ClickException):
-    """Bad input: printed as one line, exit code 2."""
-
-    exit_code = EXIT_USAGE
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn the crawler's own errors into one line on stderr and exit code 2."""
-    try:
-        yield
-    except CrawlerError as exc:
-        raise UserError(str(exc)) from None
+__all__ = ["cli", "main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="crawler")
 def cli() -> None:
     """An async web crawler that writes everything it finds to a SQLite file."""
-
-
-def _parse_assignments(values: Sequence[str]) -> dict[str, str]:
-    overrides: dict[str, str] = {}
-    for value in values:
-        key, sep, raw = value.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"command line: -s expects key=value, got {value!r}")
-        overrides[key.strip()] = raw.strip()
-    return overrides
-
-
-def _check_start_url(url: str) -> str:
-    try:
-        parsed = URL(url)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"bad start URL {url!r}: {exc}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.raw_host:
-        raise ConfigError(f"bad start URL {url!r}: expected an absolute http:// or https:// URL")
-    return url
-
-
-def with_start_urls(spider: type[Spider], urls: Sequence[str]) -> type[Spider]:
-    """Return a subclass of `spider` that starts at `urls` and may visit their hosts."""
-    hosts = [normalise_domain(URL(u).raw_host or "") for u in urls]
-    domains = [*spider.allowed_domains, *hosts]
-    attrs = {
-        "name": spider.name,
-        "start_urls": list(urls),
-        "allowed_domains": domains,
-        "__module__": spider.__module__,
-        "__doc__": spider.__doc__,
-    }
-    return type(spider.__name__, (spider,), attrs)
-
-
-def _load_crawl_settings(
-    spider: type[Spider] | None, config: Path | None, overrides: dict[str, object]
-) -> LoadedSettings:
-    """Merge defaults, the config file (given, or ./config.toml), the spider's and ours."""
-    if config is not None:
-        table = read_config_file(config)
-    elif DEFAULT_CONFIG.is_file():
-        table = read_config_file(DEFAULT_CONFIG)
-    else:
-        table = {}
-    spider_layer = spider.settings if spider is not None else None
-    return load_settings(config=table, spider=spider_layer, overrides=overrides)
-
-
-def _setup_logging(level: str, console: Console) -> None:
-    handler: logging.Handler
-    if console.is_terminal:
-        handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
-    if level.upper() == "WARNING":
-        logging.getLogger("crawler.stats").setLevel(logging.INFO)
 
 
 @cli.command()
@@ -170,62 +90,24 @@ def crawl(
     Running again into the same file resumes the crawl where it stopped.
     """
     console = Console(stderr=True)
-    _setup_logging(log_level, console)
+    setup_logging(log_level, console)
     with user_errors():
         spider_class = find_spider(spider)
         if start_urls:
-            spider_class = with_start_urls(spider_class, [_check_start_url(u) for u in start_urls])
-        overrides: dict[str, object] = dict(_parse_assignments(assignments))
+            spider_class = with_start_urls(spider_class, [check_start_url(u) for u in start_urls])
+        overrides: dict[str, object] = dict(parse_assignments(assignments))
         if max_pages is not None:
             overrides["max_pages"] = str(max_pages)
         if concurrency is not None:
             overrides["concurrency"] = str(concurrency)
-        loaded = _load_crawl_settings(spider_class, config, overrides)
+        loaded = load_crawl_settings(spider_class, config, overrides)
         db = output or Path(f"{spider_class.name}.db")
         run = Crawl(spider_class(), db=db, settings=loaded.settings, fresh=fresh, console=console)
-        summary = _run_with_signals(run)
+        summary = run_with_signals(run)
     Console().print(render_summary(run.spider.name, run.status, summary))
     click.echo(f"results: {db}", err=True)
     if run.status == "interrupted":
         sys.exit(EXIT_INTERRUPTED)
-
-
-def _run_with_signals(
-    run: Crawl, during: AbstractAsyncContextManager[object] | None = None
-) -> dict[str, Any]:
-    """Run a crawl (inside `during`, e.g. a local server); the first SIGINT/SIGTERM stops it
-    gracefully, the second cancels it."""
-
-    async def main() -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
-        task = asyncio.current_task()
-        presses = 0
-
-        def on_signal() -> None:
-            nonlocal presses
-            presses += 1
-            if presses == 1:
-                run.stop("interrupted")
-            elif task is not None:
-                task.cancel()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
-        try:
-            async with during or nullcontext():
-                return await run.run()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-
-    try:
-        return asyncio.run(main())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        click.echo("crawl cancelled; the database holds everything committed so far", err=True)
-        sys.exit(EXIT_INTERRUPTED)
-    except StorageError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
 
 
 @cli.command(name="list")
@@ -239,18 +121,6 @@ def list_spiders() -> None:
             name, f"{cls.__module__}:{cls.__qualname__}", "\n".join(cls.start_urls) or "-"
         )
     Console().print(table)
-
-
-def open_read_only(path: Path) -> sqlite3.Connection:
-    """Open an existing database file read-only; errors name the file."""
-    if not path.is_file():
-        raise StorageError(f"no such database file: {path}")
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise StorageError(f"cannot read {path}: {exc}") from None
-    return conn
 
 
 @cli.command()
@@ -277,7 +147,7 @@ def query(database: Path, sql: str, fmt: OutputFormat | None, params: tuple[str,
     with user_errors():
         conn = open_read_only(database)
         try:
-            bound = _parse_assignments(params) if params else {}
+            bound = parse_assignments(params) if params else {}
             try:
                 cursor = conn.execute(sql, bound)
             except (sqlite3.Error, sqlite3.Warning) as exc:
@@ -301,8 +171,8 @@ def show_settings(spider: str | None, assignments: tuple[str, ...], config: Path
     """Show the effective settings (for SPIDER) and where each value came from."""
     with user_errors():
         spider_class = find_spider(spider) if spider else None
-        overrides: dict[str, object] = dict(_parse_assignments(assignments))
-        loaded = _load_crawl_settings(spider_class, config, overrides)
+        overrides: dict[str, object] = dict(parse_assignments(assignments))
+        loaded = load_crawl_settings(spider_class, config, overrides)
     docs = describe_settings()
     table = Table("setting", "value", "from", "meaning")
     for name, source in loaded.sources.items():
@@ -336,16 +206,16 @@ def demo(output: Path, books: int) -> None:
     from crawler.demo.serve import listening_socket, serve_app
 
     console = Console(stderr=True)
-    _setup_logging("WARNING", console)
+    setup_logging("WARNING", console)
     with user_errors():
         sock = listening_socket()
         host, port = sock.getsockname()[:2]
         spider_class = with_start_urls(find_spider("books"), [f"http://{host}:{port}/"])
-        loaded = _load_crawl_settings(spider_class, None, {})
+        loaded = load_crawl_settings(spider_class, None, {})
         run = Crawl(
             spider_class(), db=output, settings=loaded.settings, fresh=True, console=console
         )
-        summary = _run_with_signals(run, serve_app(catalogue_app(book_count=books), sock))
+        summary = run_with_signals(run, serve_app(catalogue_app(book_count=books), sock))
     out = Console()
     out.print(render_summary(run.spider.name, run.status, summary))
     out.print(f'\nExample query (crawler query {output} "..."):\n{DEMO_QUERY.strip()}\n')

@@ -351,3 +351,12 @@ async def test_unknown_quotes_paths_are_html_404s(
         async with session.get(quotes.make_url(path)) as response:
             assert response.status == 404, path
             assert response.content_type == "text/html"
+
+
+async def test_quote_pages_past_the_end_say_no_quotes_found(
+    quotes: TestServer, session: aiohttp.ClientSession
+) -> None:
+    tree = LexborHTMLParser(await fetch(session, quotes.make_url("/page/11/")))
+    assert tree.css("div.quote") == []
+    assert tree.css_first("li.next a") is None
+    assert "No quotes found!" in text_in(tree, "body")

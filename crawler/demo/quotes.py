@@ -348,7 +348,8 @@ def quotes_app(quote_count: int = 100, seed: int = 3) -> web.Application:
     """Build the offline quotes.toscrape.com: same URLs and markup as the real site.
 
     Quotes are generated once per app from ``seed`` and pages are rendered per request.
-    ``expected_quotes`` and ``expected_authors`` list what a spider should extract.
+    ``expected_quotes`` and ``expected_authors`` list what a spider should extract. As on the
+    real site, a page number past the end answers 200 with "No quotes found!" and no pager.
 
     Args:
         quote_count: Number of quotes; pages show 10 each.
