@@ -40,10 +40,12 @@ def canonical_url(url: str, base: str | URL | None = None) -> str:
         if not parsed.raw_host:
             raise ValueError(f"URL has no host: {raw!r}")
         parsed.port  # noqa: B018 - validates the port (raises ValueError when out of range)
-        if parsed.fragment or parsed.raw_fragment:
+        if parsed.raw_fragment:
             parsed = parsed.with_fragment(None)
-        if not parsed.raw_path:
-            parsed = parsed.with_path("/")
+        text = str(parsed)
+        if parsed.raw_path == "/" and not parsed.raw_query_string and not text.endswith("/"):
+            text += "/"  # yarl prints a bare host without the root path
+        return text
     return str(parsed)
 
 

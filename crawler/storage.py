@@ -101,10 +101,24 @@ class Storage:
         self._last_lease_renewal = time.monotonic()
 
     async def load_counts(self) -> None:
-        """Read the totals a resumed crawl continues from (the `max_pages` budget, pending)."""
+        """Read the totals a resumed crawl continues from (the `max_pages` budget, pending).
+
+        URLs an earlier run refused only because its `max_pages` budget was spent go back to
+        pending, as far as this run's budget allows: the limit belonged to that run, not to
+        the URLs.
+        """
         self._admitted_total = await self._scalar(
             "SELECT count(*) FROM requests WHERE state != 'skipped'"
         )
+        max_pages = self._settings.max_pages
+        room = max(0, max_pages - self._admitted_total) if max_pages else -1
+        cursor = await self._conn.execute(
+            "UPDATE requests SET state = 'pending', reason = NULL, finished_at = NULL "
+            "WHERE id IN (SELECT id FROM requests WHERE state = 'skipped' AND reason = ? "
+            "ORDER BY id LIMIT ?)",
+            (SkipReason.MAX_PAGES.value, room),
+        )
+        self._admitted_total += cursor.rowcount
         self._stats.pending = await self._scalar(
             "SELECT count(*) FROM requests WHERE state = 'pending'"
         )

@@ -9,9 +9,10 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import BaseTestServer, TestServer
 
 from tests.sites import follow_app
 
@@ -37,14 +38,14 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def follow_site() -> AsyncIterator[TestServer]:
+async def follow_site() -> AsyncIterator[BaseTestServer]:
     """A link graph of 60 pages on 127.0.0.1 (see tests.sites.follow_app)."""
     async with TestServer(follow_app(pages=60), host="127.0.0.1") as server:
         yield server
 
 
 async def run_crawler(
-    *args: str, cwd: Path | None = None, timeout: float = 60.0, env: dict[str, str] | None = None
+    *args: str, cwd: Path | None = None, limit: float = 60.0, env: dict[str, str] | None = None
 ) -> CliResult:
     """Run `python -m crawler ARGS` without blocking the loop that serves the test sites."""
     process = await asyncio.create_subprocess_exec(
@@ -59,7 +60,7 @@ async def run_crawler(
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(limit):
             stdout, stderr = await process.communicate()
     except TimeoutError:
         process.kill()
@@ -75,13 +76,13 @@ def run_cli() -> RunCli:
     return run_crawler
 
 
-def rows(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+def rows(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
     """Run a query against a crawl database file and return all rows."""
     with sqlite3.connect(db) as conn:
         return conn.execute(sql, params).fetchall()
 
 
-def scalar(db: Path, sql: str, params: tuple[object, ...] = ()) -> object:
+def scalar(db: Path, sql: str, params: tuple[object, ...] = ()) -> Any:
     """Run a query that returns one value."""
     result = rows(db, sql, params)
     return result[0][0] if result else None

@@ -34,7 +34,8 @@ def follow_app(pages: int = 60, links_per_page: int = 5) -> web.Application:
         links = "".join(f'<a href="/p/{t}">page {t}</a>' for t in targets)
         extra = (
             f'<a href="#top">top</a><a href="/p/{n}#again">self</a>'
-            '<a href="http://offsite.invalid/x">offsite</a><a href="mailto:someone@example.com">m</a>'
+            '<a href="http://offsite.invalid/x">offsite</a>'
+            '<a href="mailto:someone@example.com">m</a>'
             f'<a href="../p/{(n + 2) % pages}">relative</a>'
         )
         body = f"<h1>Page {n}</h1><p class='n'>{n}</p>{links}{extra}"

@@ -1,0 +1,84 @@
+"""URL canonicalisation, fingerprints and link extraction: pure functions, table-driven."""
+
+from __future__ import annotations
+
+import pytest
+from selectolax.lexbor import LexborHTMLParser
+
+from crawler.links import canonical_url, extract_links, fingerprint, host_of, try_canonical_url
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("HTTP://Example.COM/Path/Page.html", "http://example.com/Path/Page.html"),
+        ("http://example.com:80/a", "http://example.com/a"),
+        ("https://example.com:443/a", "https://example.com/a"),
+        ("http://example.com:8080/a", "http://example.com:8080/a"),
+        ("http://example.com/a/../b/./c", "http://example.com/b/c"),
+        ("http://example.com/a#frag", "http://example.com/a"),
+        ("http://example.com", "http://example.com/"),
+        ("http://example.com/a?b=2&a=1", "http://example.com/a?b=2&a=1"),
+        ("http://example.com/CaseSensitive?Q=Yes", "http://example.com/CaseSensitive?Q=Yes"),
+        ("http://example.com/ü x", "http://example.com/%C3%BC%20x"),
+        ("http://bücher.example/", "http://xn--bcher-kva.example/"),
+        ("  http://example.com/padded \n", "http://example.com/padded"),
+    ],
+)
+def test_canonical_url_folds_only_scheme_and_host(url: str, expected: str) -> None:
+    assert canonical_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("href", "expected"),
+    [
+        ("../../../../ok", "http://site.test/ok"),
+        ("/root", "http://site.test/root"),
+        ("sibling.html#x", "http://site.test/a/b/sibling.html"),
+        ("//other.test/p", "http://other.test/p"),
+        ("?q=1", "http://site.test/a/b/page.html?q=1"),
+    ],
+)
+def test_relative_urls_resolve_against_the_base(href: str, expected: str) -> None:
+    assert canonical_url(href, "http://site.test/a/b/page.html") == expected
+
+
+@pytest.mark.parametrize("bad", ["http://127.0.0.1:99999/", "http:///nohost", "relative/only"])
+def test_invalid_urls_are_rejected(bad: str) -> None:
+    assert try_canonical_url(bad) is None
+    with pytest.raises(ValueError, match=r".+"):
+        canonical_url(bad)
+
+
+def test_fingerprint_is_stable_and_method_aware() -> None:
+    url = "http://example.com/a"
+    assert fingerprint(url) == fingerprint(url)
+    assert fingerprint(url) != fingerprint("http://example.com/b")
+    assert fingerprint(url, "POST", b"x") != fingerprint(url)
+    assert fingerprint(url, "POST", b"x") != fingerprint(url, "POST", b"y")
+    assert -(2**63) <= fingerprint(url) < 2**63
+
+
+def test_host_of_returns_idna_lowercase_host() -> None:
+    assert host_of("http://Bücher.Example:81/x") == "xn--bcher-kva.example"
+    assert host_of("not a url at all") == ""
+
+
+def test_extract_links_are_absolute_fragment_free_and_unique() -> None:
+    html = """
+    <a href="/a">1</a><a href="/a#x">2</a><a href="b.html">3</a><a href="">empty</a>
+    <a href="   ">space</a><a href="#top">frag</a><a href="mailto:x@y.z">mail</a>
+    <a href="http://127.0.0.1:99999/">bad port</a><a href="page.html">self</a><a>no href</a>
+    """
+    links = extract_links(LexborHTMLParser(html), "http://site.test/dir/page.html")
+    assert links == [
+        "http://site.test/a",
+        "http://site.test/dir/b.html",
+        "mailto:x@y.z",
+        "http://127.0.0.1:99999/",
+    ]
+
+
+def test_extract_links_honours_base_href() -> None:
+    html = '<head><base href="http://cdn.test/root/"></head><a href="x">x</a>'
+    assert extract_links(LexborHTMLParser(html), "http://site.test/") == ["http://cdn.test/root/x"]
