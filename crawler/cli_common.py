@@ -157,6 +157,8 @@ def run_with_signals(
         click.echo("crawl cancelled; the database holds everything committed so far", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except StorageError as exc:
+        if not run.started:
+            raise  # the file was unusable from the start: bad input, exit 2
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
 

@@ -71,6 +71,8 @@ class Crawl:
         self.stats = Stats()
         self.status = "running"
         self.reason = ""
+        self.started = False
+        """Whether the database was opened and the run recorded (later errors are not bad input)."""
         self._fresh = fresh
         self._console = console
         self._stop_requested = asyncio.Event()
@@ -108,6 +110,7 @@ class Crawl:
                 on_committed=feeder.release,
             )
             await storage.load_counts()
+            self.started = True
             async with Fetcher(self.settings, self._frontier.redirect_refusal) as fetcher:
                 await self.spider.opened()
                 await self._run_tasks(storage, feeder, fetcher, queue)

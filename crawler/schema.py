@@ -130,8 +130,10 @@ async def connect(path: Path, *, read_only: bool = False) -> aiosqlite.Connectio
     try:
         for pragma in _PRAGMAS[1:] if read_only else _PRAGMAS:
             await conn.execute(pragma)
-    except sqlite3.Error as exc:
+    except sqlite3.DatabaseError as exc:
         await conn.close()
+        if "not a database" in str(exc):
+            raise StorageError(f"{path} is not a crawl database ({exc})") from None
         raise StorageError(f"cannot use database {path}: {exc}") from None
     return conn
 
