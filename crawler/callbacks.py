@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, final
 
 from crawler.errors import SkipReason, SpiderError, StopCrawl
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 SPIDER_ERROR: Final = "spider"
 ITEM_ERROR: Final = "item"
+SPILL_AT: Final = 5000
 
 
 def serialise_item(item: object) -> str | None:
@@ -75,8 +76,19 @@ class CallbackRunner:
         if reason is SkipReason.DUPLICATE:  # refused by the in-memory cache: counted, not stored
             self._stats.skipped[reason.value] += 1
 
-    async def run(self, response: Response, result: PageResult, *, links: bool) -> None:
-        """Run the request's callback over `response`, filling `result`."""
+    async def run(
+        self,
+        response: Response,
+        result: PageResult,
+        *,
+        links: bool,
+        spill: Callable[[list[Candidate], list[Skipped]], Awaitable[None]],
+    ) -> None:
+        """Run the request's callback over `response`, filling `result`.
+
+        When a callback yields very many requests, they are handed to `spill` (committed
+        ahead of the page) every `SPILL_AT` URLs, so memory stays bounded.
+        """
         request = response.request
         name = request.callback
         if links:
@@ -85,6 +97,9 @@ class CallbackRunner:
             callback = callback_of(self._spider, name)
             async for output in callback(response):
                 self._route(output, response, result)
+                if len(result.candidates) + len(result.skipped) >= SPILL_AT:
+                    await spill(result.candidates, result.skipped)
+                    result.candidates, result.skipped = [], []
         except StopCrawl as stop:
             self._on_stop(stop.reason)
         except Exception as exc:

@@ -7,6 +7,7 @@ code 2; Ctrl-C stops a crawl cleanly (exit 130), a second Ctrl-C at once.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import sys
 from pathlib import Path
@@ -30,10 +31,11 @@ from crawler.cli_common import (
 )
 from crawler.discovery import available_spiders, find_spider
 from crawler.engine import Crawl
-from crawler.errors import QueryError
+from crawler.errors import QueryError, StorageError
 from crawler.output import OutputFormat, write_rows
 from crawler.settings import describe_settings
 from crawler.stats import render_summary
+from crawler.status import crawl_status
 
 __all__ = ["cli", "main"]
 
@@ -161,6 +163,42 @@ def query(database: Path, sql: str, fmt: OutputFormat | None, params: tuple[str,
                 raise QueryError(f"SQL error: {exc}") from None
         finally:
             conn.close()
+
+
+@cli.command()
+@click.argument("database", type=click.Path(path_type=Path))
+@click.option("-f", "--format", "fmt", default="table", type=click.Choice(["table", "json"]))
+def status(database: Path, fmt: str) -> None:
+    """Show the state of a crawl DATABASE: pending, done, failed, last activity.
+
+    Safe to run while the crawl is running.
+    """
+    with user_errors():
+        conn = open_read_only(database)
+        try:
+            state = crawl_status(conn)
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"{database} is not a crawl database ({exc})") from None
+        finally:
+            conn.close()
+    if fmt == "json":
+        click.echo(json.dumps(state, indent=2))
+        return
+    table = Table("", "", show_header=False)
+    run = state["latest_run"] or {}
+    table.add_row("spider", str(state["spider"]))
+    table.add_row(
+        "latest run", f"#{run.get('id')} {run.get('status')} since {run.get('started_at')}"
+    )
+    for name, count in state["requests"].items():
+        table.add_row(name, f"{count:,}")
+    table.add_row("in flight", f"{state['in_flight']:,}")
+    table.add_row("waiting to retry", f"{state['waiting_for_retry']:,}")
+    table.add_row(
+        "pages / items / errors", f"{state['pages']:,} / {state['items']:,} / {state['errors']:,}"
+    )
+    table.add_row("last page fetched", str(state["last_page_at"]))
+    Console().print(table)
 
 
 @cli.command(name="settings")

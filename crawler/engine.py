@@ -40,7 +40,7 @@ from crawler.storage import Seeds, Storage, utc_now
 
 __all__ = ["Crawl", "crawl"]
 
-_SEED_BATCH: Final = 500
+_SEED_BATCH: Final = 2000
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class Crawl:
                     errors=seeds.errors,
                 )
                 if len(seeds.candidates) + len(seeds.skipped) >= _SEED_BATCH:
-                    await storage.submit(seeds)
+                    await storage.submit_and_wait(seeds)
                     seeds = Seeds()
         except Exception as exc:
             logger.exception("spider %s: start_requests() failed", self.spider.name)
@@ -218,12 +218,12 @@ class Crawl:
         while (claimed := await queue.get()) is not None:
             self.stats.in_flight += 1
             try:
-                result = await self._process(claimed, fetcher)
+                result = await self._process(claimed, fetcher, storage)
             finally:
                 self.stats.in_flight -= 1
             await storage.submit(result)
 
-    async def _process(self, claimed: Claimed, fetcher: Fetcher) -> PageResult:
+    async def _process(self, claimed: Claimed, fetcher: Fetcher, storage: Storage) -> PageResult:
         """Fetch one request and run its callback; every outcome becomes a PageResult."""
         request = claimed.request
         outcome = await fetcher.fetch(request, attempts_before=claimed.attempts)
@@ -267,7 +267,12 @@ class Crawl:
             result.state = RequestState.FAILED
             result.reason = f"http_status: {outcome.status}"
         elif parseable:
-            await self._callbacks.run(response, result, links=self.settings.store_links)
+            await self._callbacks.run(
+                response,
+                result,
+                links=self.settings.store_links,
+                spill=lambda c, s: storage.submit_and_wait(Seeds(candidates=c, skipped=s)),
+            )
         return result
 
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final, final
+from typing import Any, Final, final
 
 import aiosqlite
 
@@ -49,6 +49,8 @@ class Seeds:
     skipped: list[Skipped] = field(default_factory=list)
     errors: list[ErrorRecord] = field(default_factory=list)
     """Start requests that were wrong (unknown callback, bad meta)."""
+    committed: asyncio.Future[None] | None = None
+    """Resolved once these rows are committed (see `Storage.submit_and_wait`)."""
 
 
 @final
@@ -119,6 +121,11 @@ class Storage:
             (SkipReason.MAX_PAGES.value, room),
         )
         self._admitted_total += cursor.rowcount
+        if self._settings.order == "dfs":
+            await self._conn.execute(
+                "CREATE INDEX IF NOT EXISTS requests_frontier_dfs "
+                "ON requests (priority DESC, id DESC) WHERE state = 'pending'"
+            )
         self._stats.pending = await self._scalar(
             "SELECT count(*) FROM requests WHERE state = 'pending'"
         )
@@ -126,6 +133,16 @@ class Storage:
     async def submit(self, message: PageResult | Seeds) -> None:
         """Queue a result for the next transaction (waits when the writer is far behind)."""
         await self._inbox.put(message)
+
+    async def submit_and_wait(self, seeds: Seeds) -> None:
+        """Queue discovered requests and wait until they are committed.
+
+        Used for large volumes (start requests, a callback yielding very many requests) so
+        that at most one batch of them is held in memory at a time.
+        """
+        seeds.committed = asyncio.get_running_loop().create_future()
+        await self._inbox.put(seeds)
+        await seeds.committed
 
     async def claim(self, limit: int) -> ClaimBatch:
         """Lease up to `limit` due pending requests to this run, highest priority first."""
@@ -168,10 +185,15 @@ class Storage:
             if time.monotonic() - self._last_lease_renewal > LEASE_SECONDS / 4:
                 await self._renew_leases()
         except sqlite3.Error as exc:
-            for order in orders:
-                if not order.reply.done():
-                    order.reply.set_exception(StorageError(f"database write failed: {exc}"))
-            raise StorageError(f"database write failed: {exc}") from exc
+            failure = StorageError(f"database write failed: {exc}")
+            waiters: list[asyncio.Future[Any]] = [o.reply for o in orders]
+            for waiter in waiters + _commit_waiters(writes):
+                if not waiter.done():
+                    waiter.set_exception(failure)
+            raise failure from exc
+        for waiter in _commit_waiters(writes):
+            if not waiter.done():
+                waiter.set_result(None)
         if writes:
             self._on_committed(sum(1 for m in writes if isinstance(m, PageResult)))
 
@@ -388,6 +410,10 @@ class Storage:
         async with self._conn.execute(sql, tuple(params)) as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row and row[0] is not None else 0
+
+
+def _commit_waiters(writes: Sequence[PageResult | Seeds]) -> list[asyncio.Future[None]]:
+    return [m.committed for m in writes if isinstance(m, Seeds) and m.committed is not None]
 
 
 def _error_row(run_id: int, request_id: int | None, error: ErrorRecord) -> tuple[object, ...]:
