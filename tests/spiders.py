@@ -70,3 +70,16 @@ class StoppingSpider(Spider):
             raise StopCrawl("enough pages")
         for url in response.links():
             yield response.follow(url)
+
+
+class BurstSpider(Spider):
+    """Follows every link and yields 20 items per page, so writes come in bursts."""
+
+    name = "burst"
+
+    async def parse(self, response: Response) -> AsyncIterator[dict[str, Any] | Request]:
+        number = text_of(response.css_first("p.n"))
+        for index in range(20):
+            yield {"page": number, "index": index}
+        for url in response.links():
+            yield response.follow(url)
