@@ -100,6 +100,10 @@ def count_pages(db: Path) -> int:
         return -1
 
 
+def wal_size(wal: Path) -> int:
+    return wal.stat().st_size if wal.exists() else 0
+
+
 async def wait_until(condition: Callable[[], bool], limit: float = 30) -> None:
     async with asyncio.timeout(limit):
         while not await asyncio.to_thread(condition):  # noqa: ASYNC110 - another process's file
@@ -176,8 +180,8 @@ async def test_kill_9_during_a_write_burst_then_resume(
     wal = Path(f"{db}-wal")
     process = await start_crawl(tree, db)
     await wait_until(lambda: count_pages(db) >= 40)
-    size = wal.stat().st_size if wal.exists() else 0
-    await wait_until(lambda: wal.exists() and wal.stat().st_size != size)
+    size = await asyncio.to_thread(wal_size, wal)
+    await wait_until(lambda: wal_size(wal) not in (0, size))
     os.kill(process.pid, signal.SIGKILL)
     await process.wait()
     assert scalar(db, "PRAGMA integrity_check") == "ok"
