@@ -20,7 +20,7 @@ from yarl import URL
 
 from crawler.errors import SkipReason, SpiderError
 from crawler.http import Request
-from crawler.links import canonical_url, fingerprint
+from crawler.links import fingerprint, parse_canonical
 from crawler.records import Candidate, Skipped
 from crawler.settings import Settings
 from crawler.spider import Spider, callback_of
@@ -87,8 +87,7 @@ class Frontier:
         """Check one request; record it as a candidate or as skipped. See the class doc."""
         self._check_callback(request.callback)
         try:
-            url = canonical_url(request.url)
-            parsed = URL(url)
+            url, parsed = parse_canonical(request.url)
         except (ValueError, TypeError, UnicodeError):
             return self._skip(request, request.url, "", SkipReason.INVALID, parent_id, skipped)
         fp = fingerprint(url, request.method)

@@ -18,6 +18,7 @@ __all__ = [
     "extract_links",
     "fingerprint",
     "host_of",
+    "parse_canonical",
     "try_canonical_url",
 ]
 
@@ -29,6 +30,15 @@ def canonical_url(url: str, base: str | URL | None = None) -> str:
 
     Raises:
         ValueError: the URL cannot be parsed (bad port, bad host) or is not absolute.
+    """
+    return parse_canonical(url, base)[0]
+
+
+def parse_canonical(url: str, base: str | URL | None = None) -> tuple[str, URL]:
+    """Return the canonical form of `url` and its parsed URL (parsing only once).
+
+    Raises:
+        ValueError: as `canonical_url`.
     """
     raw = url.strip(_STRIP)
     parsed = URL(raw)
@@ -45,8 +55,8 @@ def canonical_url(url: str, base: str | URL | None = None) -> str:
         text = str(parsed)
         if parsed.raw_path == "/" and not parsed.raw_query_string and not text.endswith("/"):
             text += "/"  # yarl prints a bare host without the root path
-        return text
-    return str(parsed)
+        return text, parsed
+    return str(parsed), parsed
 
 
 def try_canonical_url(url: str, base: str | URL | None = None) -> str | None:
