@@ -174,8 +174,8 @@ def main() -> None:
             lines.append(
                 (
                     f"peak RSS while crawling with up to {args.urls:,} URLs pending",
-                    f"{measured.peak_rss_mb:.0f} MB ({pending:,} still pending and {done:,} fetched "
-                    f"after {measured.wall_seconds:.0f} s)",
+                    f"{measured.peak_rss_mb:.0f} MB ({pending:,} still pending, "
+                    f"{done:,} finished after {measured.wall_seconds:.0f} s)",
                 )
             )
             print(*lines[-1], sep=": ", flush=True)
