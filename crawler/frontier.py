@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Final, final
+from typing import Final, Generic, TypeVar, final
 
 from yarl import URL
 
@@ -28,6 +28,7 @@ from crawler.spider import Spider, callback_of
 __all__ = ["Frontier", "normalise_domain"]
 
 _RECENT_LIMIT: Final = 200_000
+_Key = TypeVar("_Key", int, str)
 _CRAWLABLE_SCHEMES: Final = ("http", "https")
 
 
@@ -57,8 +58,8 @@ class Frontier:
         self._domains = tuple(d for d in (normalise_domain(d) for d in allowed_domains) if d)
         self._suffixes = tuple("." + d for d in self._domains)
         self._known_callbacks: set[str] = set()
-        self._recent: set[int] = set()
-        self._older: set[int] = set()
+        self._recent_fingerprints = _RecentSet[int](_RECENT_LIMIT)
+        self._recent_urls = _RecentSet[str](_RECENT_LIMIT // 2)
 
     @property
     def allowed_domains(self) -> tuple[str, ...]:
@@ -86,14 +87,20 @@ class Frontier:
     ) -> SkipReason | None:
         """Check one request; record it as a candidate or as skipped. See the class doc."""
         self._check_callback(request.callback)
+        is_get = request.method == "GET"
+        if is_get and request.url in self._recent_urls:  # the cheap path for most links
+            return SkipReason.DUPLICATE
         try:
             url, parsed = parse_canonical(request.url)
         except (ValueError, TypeError, UnicodeError):
             return self._skip(request, request.url, "", SkipReason.INVALID, parent_id, skipped)
+        if is_get:
+            self._recent_urls.add(request.url)
+            self._recent_urls.add(url)
         fp = fingerprint(url, request.method)
-        if fp in self._recent or fp in self._older:
+        if fp in self._recent_fingerprints:
             return SkipReason.DUPLICATE
-        self._remember(fp)
+        self._recent_fingerprints.add(fp)
         host = parsed.raw_host or ""
         reason: SkipReason | None = None
         if parsed.scheme not in _CRAWLABLE_SCHEMES:
@@ -139,9 +146,9 @@ class Frontier:
         skipped: list[Skipped],
     ) -> SkipReason:
         fp = fingerprint(url, request.method)
-        if fp in self._recent or fp in self._older:
+        if fp in self._recent_fingerprints:
             return SkipReason.DUPLICATE
-        self._remember(fp)
+        self._recent_fingerprints.add(fp)
         skipped.append(
             Skipped(
                 url=url[:8192],
@@ -154,18 +161,32 @@ class Frontier:
         )
         return reason
 
-    def _remember(self, fp: int) -> None:
-        """Add to the bounded cache: two generations, the older one dropped when full."""
-        recent = self._recent
-        recent.add(fp)
-        if len(recent) >= _RECENT_LIMIT:
-            self._older = recent
-            self._recent = set()
-
     def _check_callback(self, name: str) -> None:
         if name not in self._known_callbacks:
             callback_of(self._spider, name)  # raises SpiderError when it does not exist
             self._known_callbacks.add(name)
+
+
+class _RecentSet(Generic[_Key]):
+    """A bounded set of recently seen keys: two generations, the older dropped when full.
+
+    Membership can only say "seen recently"; the database's unique index decides the rest.
+    """
+
+    __slots__ = ("_limit", "_older", "_recent")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._recent: set[_Key] = set()
+        self._older: set[_Key] = set()
+
+    def __contains__(self, key: _Key) -> bool:
+        return key in self._recent or key in self._older
+
+    def add(self, key: _Key) -> None:
+        self._recent.add(key)
+        if len(self._recent) >= self._limit:
+            self._older, self._recent = self._recent, set()
 
 
 def _to_json(value: Mapping[str, object], what: str, request: Request) -> str | None:

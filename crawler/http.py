@@ -160,6 +160,10 @@ class Response:
     def _links(self) -> tuple[str, ...]:
         return tuple(extract_links(self.tree, self.url))
 
+    @functools.cached_property
+    def _link_set(self) -> frozenset[str]:
+        return frozenset(self._links)
+
     def urljoin(self, url: str) -> str:
         """Resolve a (possibly relative) URL against this page's URL."""
         return canonical_url(url, self.url)
@@ -181,10 +185,13 @@ class Response:
             meta: user data handed to the target's response.
         """
         href = (target.attributes.get("href") or "") if isinstance(target, LexborNode) else target
-        try:
-            url = canonical_url(href, self.url)
-        except (ValueError, TypeError, UnicodeError):
-            url = href.strip()  # kept as written: admission records it as an invalid URL
+        if "_links" in self.__dict__ and href in self._link_set:
+            url = href  # one of links(): already canonical
+        else:
+            try:
+                url = canonical_url(href, self.url)
+            except (ValueError, TypeError, UnicodeError):
+                url = href.strip()  # kept as written: admission records it as an invalid URL
         return Request(
             url,
             callback=callback,

@@ -7,6 +7,7 @@ percent-encoding is normalised. Paths and queries keep their case and their orde
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 
@@ -116,16 +117,29 @@ def extract_links(tree: LexborHTMLParser, page_url: str) -> list[str]:
 def _resolve_unique(hrefs: Iterable[str | None], base: URL) -> list[str]:
     """Resolve hrefs against `base`, keeping the first occurrence of each result."""
     seen: dict[str, None] = {}
-    self_url = try_canonical_url(str(base))
+    base_text = str(base)
+    origin = f"{base.scheme}://{base.raw_authority}"
+    self_url = try_canonical_url(base_text)
     for href in hrefs:
         if not href:
             continue
         stripped = href.strip(_STRIP)
-        if not stripped or stripped.startswith("#"):
+        if not stripped or stripped[0] == "#":
             continue
-        resolved = try_canonical_url(stripped, base)
-        if resolved is None:
-            resolved = stripped
+        # The result of a root-relative href depends only on the origin, so pages of one site
+        # share cache entries; other relative hrefs depend on the whole base URL.
+        if stripped[0] == "/" and not stripped.startswith("//"):
+            resolved = _resolve(origin, stripped)
+        else:
+            resolved = _resolve(base_text, stripped)
         if resolved != self_url:
             seen.setdefault(resolved, None)
     return list(seen)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _resolve(base: str, href: str) -> str:
+    """Canonical form of `href` against `base`, or `href` itself when it is invalid (memoised:
+    sites repeat the same links on every page)."""
+    resolved = try_canonical_url(href, base)
+    return href if resolved is None else resolved
