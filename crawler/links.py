@@ -119,6 +119,7 @@ def _resolve_unique(hrefs: Iterable[str | None], base: URL) -> list[str]:
     seen: dict[str, None] = {}
     base_text = str(base)
     origin = f"{base.scheme}://{base.raw_authority}"
+    directory = origin + base.raw_path[: base.raw_path.rfind("/") + 1]
     self_url = try_canonical_url(base_text)
     for href in hrefs:
         if not href:
@@ -126,15 +127,31 @@ def _resolve_unique(hrefs: Iterable[str | None], base: URL) -> list[str]:
         stripped = href.strip(_STRIP)
         if not stripped or stripped[0] == "#":
             continue
-        # The result of a root-relative href depends only on the origin, so pages of one site
-        # share cache entries; other relative hrefs depend on the whole base URL.
-        if stripped[0] == "/" and not stripped.startswith("//"):
+        # Resolve against the least of the base that decides the result (RFC 3986 5.2), so
+        # that the pages of one site share cache entries: the origin for root-relative and
+        # absolute hrefs, the base's directory for relative paths, the whole base for "?q".
+        if stripped[0] == "/" or _has_scheme(stripped):
             resolved = _resolve(origin, stripped)
-        else:
+        elif stripped[0] == "?":
             resolved = _resolve(base_text, stripped)
+        else:
+            resolved = _resolve(directory, stripped)
         if resolved != self_url:
             seen.setdefault(resolved, None)
     return list(seen)
+
+
+def _has_scheme(href: str) -> bool:
+    """Whether an href starts with `scheme:` (RFC 3986: a letter, then letters, digits, +-.)."""
+    colon = href.find(":")
+    if colon <= 0:
+        return False
+    scheme = href[:colon]
+    return (
+        scheme[0].isascii()
+        and scheme[0].isalpha()
+        and all(c.isascii() and (c.isalnum() or c in "+-.") for c in scheme)
+    )
 
 
 @functools.lru_cache(maxsize=65_536)

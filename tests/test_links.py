@@ -82,3 +82,34 @@ def test_extract_links_are_absolute_fragment_free_and_unique() -> None:
 def test_extract_links_honours_base_href() -> None:
     html = '<head><base href="http://cdn.test/root/"></head><a href="x">x</a>'
     assert extract_links(LexborHTMLParser(html), "http://site.test/") == ["http://cdn.test/root/x"]
+
+
+@pytest.mark.parametrize(
+    "href",
+    [
+        "../up.html",
+        "same.html",
+        "./dot/x",
+        "?q=2",
+        "/root",
+        "//other.test/x",
+        "http://abs.test/y",
+        "mailto:a@b.c",
+        "a:b/c",
+        "1a:b",
+        "sub/../x",
+        "../../../../deep",
+    ],
+)
+def test_cached_resolution_equals_resolving_against_each_page(href: str) -> None:
+    for page in [
+        "http://s.test/a/b/page.html?x=1",
+        "http://s.test/a/b/other.html",
+        "http://s.test/",
+    ]:
+        html = f'<a href="{href}">x</a>'
+        expected = try_canonical_url(href, page) or href
+        links = extract_links(LexborHTMLParser(html), page)
+        assert links in ([expected], []), (page, href, links, expected)
+        if expected != try_canonical_url(page):
+            assert links == [expected]
