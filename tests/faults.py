@@ -18,8 +18,8 @@ Connections (raw server unless noted):
     /raw/headers-then-stall           Content-Length 1000, a few bytes, then silence
     /raw/trickle?seconds=N&rate=R     a valid page at R (1) bytes/s for N (30) s, then the rest
     /raw/content-length-long          declares 1000 bytes, sends fewer, closes
-    /raw/content-length-short         declares fewer bytes than it sends
-    /raw/bad-chunked                  a chunk-size line that is not hex
+    /raw/content-length-short         declares fewer bytes than it sends (SHORT_PAGE first)
+    /raw/bad-chunked?pause=S          a chunk-size line that is not hex, after S (0) s
 Encodings and sizes:
     /corrupt-gzip                     `Content-Encoding: gzip` over an invalid deflate stream
     /gzip-bomb?bytes=N                N (1 GiB) zeros as gzip (~1 MB: deflate tops out near 1030:1)
@@ -58,6 +58,7 @@ import calendar
 import codecs
 import functools
 import html
+import itertools
 import random
 import socket
 import struct
@@ -72,9 +73,10 @@ from types import TracebackType
 from typing import Final, Self, TypeAlias, final
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
-import brotli  # type: ignore[import-untyped]  # brotli ships no type hints
+import brotli
 from aiohttp import web
-from faults_raw import serve_raw
+
+from tests.faults_raw import serve_raw
 
 _Handler: TypeAlias = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -125,13 +127,13 @@ FAULTS: Final[tuple[Fault, ...]] = (
     _done("/retry-after?seconds=1&status=503", "503 with Retry-After: 1, then 200"),
     _done("/retry-after-date?seconds=1", "429 with an HTTP-date Retry-After, then 200"),
     _failed("/refused", "connection", "nothing listens on the port"),
-    _failed("/raw/reset-mid-body", "connection", "TCP RST after part of the body"),
+    _failed("/raw/reset-mid-body", "protocol", "RST mid-body: to aiohttp, an unfinished body"),
     _failed("/raw/never-answers", "timeout", "accepts and never answers"),
     _failed("/raw/headers-then-stall", "timeout", "headers, a few bytes, then silence"),
     _failed("/raw/trickle?seconds=30", "timeout", "a byte a second for 30 s"),
     _done("/raw/trickle?seconds=1", "a byte a second for 1 s, then the rest"),
     _failed("/raw/content-length-long", "protocol", "closes before Content-Length is met"),
-    _done("/raw/content-length-short", "extra bytes after Content-Length are ignored"),
+    _failed("/raw/content-length-short", "protocol", "bytes after the declared body"),
     _failed("/raw/bad-chunked", "protocol", "invalid chunk-size line"),
     _failed("/corrupt-gzip", "protocol", "Content-Encoding: gzip over garbage"),
     _failed("/gzip-bomb", "too_large", "1 GiB of zeros as ~1 MB of gzip"),
@@ -427,7 +429,7 @@ async def _long_line(request: web.Request) -> web.StreamResponse:
     head, tail = b"<html><body><p>", b"</p></body></html>"
     size = max(int(request.query.get("bytes", "10000000")), len(head) + len(tail))
     middle = _filler(size - len(head) - len(tail), b"x")
-    return await _stream(request, [head, *middle, tail], size)
+    return await _stream(request, itertools.chain([head], middle, [tail]), size)
 
 
 async def _binary(request: web.Request) -> web.StreamResponse:

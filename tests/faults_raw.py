@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -114,9 +113,13 @@ async def _content_length_short(
 async def _bad_chunked(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, query: Mapping[str, str]
 ) -> None:
-    """Send one good chunk, then a chunk-size line that is not hexadecimal."""
+    """Send one good chunk, then (after `pause` s, default 0) a chunk-size line that is not hex."""
     head = _head("200 OK", {"Content-Type": "text/html", "Transfer-Encoding": "chunked"})
-    writer.write(head + b"6\r\n<html>\r\nzz\r\nbroken\r\n0\r\n\r\n")
+    writer.write(head + b"6\r\n<html>\r\n")
+    if pause := float(query.get("pause", "0")):
+        await writer.drain()
+        await asyncio.sleep(pause)
+    writer.write(b"zz\r\nbroken\r\n0\r\n\r\n")
     await writer.drain()
 
 
@@ -151,9 +154,16 @@ async def serve_raw(sock: socket.socket, record: Record) -> AsyncIterator[None]:
     Connections still open at exit (a client stuck on `/raw/never-answers`, say) are
     cancelled and closed, so nothing outlives the test.
     """
-    tasks: set[asyncio.Task[object]] = set()
-    serve = functools.partial(_serve, record=record, tasks=tasks)
-    server = await asyncio.start_server(serve, sock=sock)
+    tasks: set[asyncio.Task[None]] = set()
+
+    def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Our own tasks, not start_server's: Python 3.11 logs a cancelled handler task of
+        # its own as an error, and at exit we cancel whatever is still being served.
+        task = asyncio.get_running_loop().create_task(_serve(reader, writer, record))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    server = await asyncio.start_server(accept, sock=sock)
     try:
         yield
     finally:
@@ -165,22 +175,15 @@ async def serve_raw(sock: socket.socket, record: Record) -> AsyncIterator[None]:
 
 
 async def _serve(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    *,
-    record: Record,
-    tasks: set[asyncio.Task[object]],
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, record: Record
 ) -> None:
     """Read one request head, record it, and run the fault its path names."""
-    if (task := asyncio.current_task()) is not None:
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
     try:
         with contextlib.suppress(
             ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError
         ):
-            request_line = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-            parts = request_line.split(" ", 2)
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+            parts = head.split(" ", 2)
             target = urlsplit(parts[1] if len(parts) == 3 else "/")
             path = unquote(target.path)
             query = parse_qsl(target.query, keep_blank_values=True)
