@@ -7,6 +7,7 @@ silently.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import inspect
@@ -14,11 +15,16 @@ import pkgutil
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Final
 
 from crawler.errors import SpiderError, SpiderNotFound
 from crawler.spider import Spider
 
-__all__ = ["available_spiders", "find_spider"]
+__all__ = ["BUNDLED_SPIDERS", "available_spiders", "find_spider", "spider_reference"]
+
+_FILE_MODULE_PREFIX: Final = "crawler_spiders_"
+BUNDLED_SPIDERS: Final = Path(__file__).resolve().parent.parent / "spiders"
+"""The example spiders shipped with the crawler (installed next to the `crawler` package)."""
 
 
 def _spiders_in(module: ModuleType) -> list[type[Spider]]:
@@ -48,7 +54,7 @@ def _import_file(path: Path) -> ModuleType:
     if not path.is_file():
         raise SpiderNotFound(f"no such spider file: {path}")
     resolved = path.resolve()
-    module_name = f"crawler_spiders_{abs(hash(str(resolved))):x}_{resolved.stem}"
+    module_name = f"{_FILE_MODULE_PREFIX}{abs(hash(str(resolved))):x}_{resolved.stem}"
     if module_name in sys.modules:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, resolved)
@@ -64,16 +70,40 @@ def _import_file(path: Path) -> ModuleType:
     return module
 
 
+def _spider_files(directory: Path) -> list[Path]:
+    return [path for path in sorted(directory.glob("*.py")) if path.name != "__init__.py"]
+
+
 def _search_modules(cwd: Path) -> list[ModuleType]:
+    """Import the local `spiders/` folder's files, then the bundled spiders.
+
+    The bundled ones are imported as the `spiders` package when that name resolves to them;
+    otherwise (a local `spiders/` folder shadows the name) by file path, so they never vanish.
+    """
     modules: list[ModuleType] = []
-    local = cwd / "spiders"
-    bundled = _import_module("spiders")
-    bundled_dirs = [Path(p).resolve() for p in getattr(bundled, "__path__", [])]
-    if local.is_dir() and local.resolve() not in bundled_dirs:
-        modules.extend(_import_file(path) for path in sorted(local.glob("*.py")))
-    for info in pkgutil.iter_modules(getattr(bundled, "__path__", [])):
-        modules.append(_import_module(f"spiders.{info.name}"))
+    local = (cwd / "spiders").resolve()
+    bundled = BUNDLED_SPIDERS.resolve()
+    if local.is_dir() and local != bundled:
+        modules.extend(_import_file(path) for path in _spider_files(local))
+    spec = importlib.util.find_spec("spiders")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if bundled in {Path(p).resolve() for p in locations}:
+        for info in pkgutil.iter_modules([str(bundled)]):
+            modules.append(_import_module(f"spiders.{info.name}"))
+    elif bundled.is_dir():
+        modules.extend(_import_file(path) for path in _spider_files(bundled))
     return modules
+
+
+def spider_reference(cls: type[Spider]) -> str:
+    """Return how to name a spider class on the command line: `module:Class` or `file.py:Class`."""
+    module = sys.modules.get(cls.__module__)
+    if cls.__module__.startswith(_FILE_MODULE_PREFIX) and module and module.__file__:
+        path = Path(module.__file__)
+        with contextlib.suppress(ValueError):
+            path = path.relative_to(Path.cwd())
+        return f"{path}:{cls.__qualname__}"
+    return f"{cls.__module__}:{cls.__qualname__}"
 
 
 def available_spiders(cwd: Path | None = None) -> dict[str, type[Spider]]:
