@@ -76,3 +76,23 @@ def log_tail(log: Path, lines: int = 15) -> str:
         return ""
     text = log.read_text(encoding="utf-8", errors="replace").rstrip()
     return "\n".join(text.splitlines()[-lines:])
+
+
+def machine_busy_seconds() -> float:
+    """Return the CPU seconds all CPUs have spent busy since boot (from ``/proc/stat``)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """Return the CPU seconds used so far by process ``pid`` and its direct children."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended meanwhile
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # fields[1] is the parent
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total

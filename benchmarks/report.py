@@ -27,6 +27,11 @@ HEADERS: Final = (
 _NONE: Final = "-"
 
 
+def _noise_limit(measurement: Measurement) -> float:
+    """CPU seconds other processes may use during a run before its figures are flagged noisy."""
+    return max(0.5, 0.1 * measurement.wall_seconds)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunResult:
     """One run of one tool in one round, judged."""
@@ -38,6 +43,10 @@ class RunResult:
     """Requests the server answered during the run (or the tool's own count)."""
     items: int | None
     verdict: Verdict
+    server_cpu_seconds: float
+    """CPU time the static server used during the run."""
+    other_cpu_seconds: float
+    """CPU time the rest of the machine used during the run: not ours, a sign of noise."""
 
 
 def _spread(values: Sequence[float], digits: int) -> str:
@@ -77,6 +86,10 @@ def summarize(
         runs = [result for result in results if result.tool == tool]
         pages, items = _counts([r.pages for r in runs]), _counts([r.items for r in runs])
         notes = "; ".join(dict.fromkeys(r.verdict.reason for r in runs if r.verdict.reason))
+        if noisy := [r for r in runs if r.other_cpu_seconds > _noise_limit(r.measurement)]:
+            busiest = max(r.other_cpu_seconds for r in noisy)
+            noise = f"other processes busy in {len(noisy)} run(s), up to {busiest:.0f} CPU s"
+            notes = f"{notes}; {noise}" if notes else noise
         if tool not in speeds:
             rows.append([tool, pages, items, *[_NONE] * 5, f"no figures: {notes}"])
             continue

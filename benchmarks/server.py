@@ -123,10 +123,20 @@ class StaticServer:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.kind: Literal["nginx", "aiohttp"] = "aiohttp"
         self.version = ""
-        self._tmp = Path(tempfile.mkdtemp(prefix="bench-server-"))
+        self.counts_requests = True
+        """Whether :meth:`requests_served` works (nginx may lack ``stub_status``)."""
+        self._tmp = Path(tempfile.mkdtemp(prefix="bench-server-"))  # removed by stop()
         self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Self:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # no stray process or temporary directory when start-up fails
+            raise
+        return self
+
+    def _start(self) -> None:
         nginx = None
         if self.requested != "aiohttp":
             nginx = find_nginx() or install_nginx()
@@ -153,7 +163,6 @@ class StaticServer:
         )
         log.close()
         self._wait_until_ready(self._process)
-        return self
 
     def __exit__(
         self,
@@ -175,8 +184,13 @@ class StaticServer:
         self._process = None
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def requests_served(self) -> int:
-        """Return how many requests the server has answered so far, this one included."""
+    def requests_served(self) -> int | None:
+        """Return how many requests the server has answered so far, this one included.
+
+        None if this nginx was built without ``stub_status``, so there is no counter.
+        """
+        if not self.counts_requests:
+            return None
         url = self.base_url + STATUS_PATH
         with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=5) as r:
             text = r.read().decode()
@@ -200,17 +214,15 @@ class StaticServer:
             for name in _OPTIONAL_TEMP_PATHS
             if f"--without-http_{name}_module" not in built_with.stderr
         )
-        if "http_stub_status_module" in built_with.stderr:
-            status = f"        location = {STATUS_PATH} {{ stub_status; }}\n"
-        else:
-            status = ""
+        self.counts_requests = "http_stub_status_module" in built_with.stderr
+        status = f"        location = {STATUS_PATH} {{ stub_status; }}\n"
         conf = _NGINX_CONF.format(
             user="user root;\n" if os.geteuid() == 0 else "",  # workers must read a 0700 temp dir
             tmp=self._tmp,
             temp_paths=temp_paths,
             port=self.port,
             root=self.root,
-            status=status,
+            status=status if self.counts_requests else "",
         )
         (self._tmp / "nginx.conf").write_text(conf)
         return [

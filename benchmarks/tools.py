@@ -10,6 +10,8 @@ import json
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Mapping
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -108,6 +110,10 @@ class Ours:
 
     name = "ours"
 
+    def __init__(self, settings: Mapping[str, str] = OURS_SETTINGS) -> None:
+        self.settings = settings
+        """``-s`` settings; ``{concurrency}`` in a value is replaced by ``--concurrency``."""
+
     def prepare(self) -> None:
         """Check that the crawler imports and has a ``crawl`` command."""
         for args in (["-c", "import crawler"], ["-m", "crawler", "crawl", "--help"]):
@@ -126,7 +132,7 @@ class Ours:
         """``python -m crawler crawl benchmarks/bench_spider.py:BenchSpider -o ours.db ...``."""
         settings = [
             arg
-            for key, value in OURS_SETTINGS.items()
+            for key, value in self.settings.items()
             for arg in ("-s", f"{key}={value.format(concurrency=ctx.concurrency)}")
         ]
         spider = f"{(BENCH_DIR / 'bench_spider.py').relative_to(REPO_ROOT)}:BenchSpider"
@@ -150,7 +156,7 @@ class Ours:
         if not db.exists():
             return Collected(pages=None, items=None, problem="no ours.db was written")
         try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+            with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
                 return self._read(connection)
         except sqlite3.Error as error:
             return Collected(pages=None, items=None, problem=f"reading ours.db: {error}")

@@ -20,7 +20,7 @@ def venv_python(name: str) -> Path:
 
 
 def ensure_venv(name: str, requirements: list[str], *, probe: str) -> Path:
-    """Create the virtualenv ``name`` with ``requirements`` unless ``probe`` already imports there.
+    """Create the virtualenv ``name`` with ``requirements``, unless it exists with exactly those.
 
     Args:
         name: directory name under ``benchmarks/.venvs``.
@@ -34,7 +34,10 @@ def ensure_venv(name: str, requirements: list[str], *, probe: str) -> Path:
         RuntimeError: if the environment cannot be created or the install fails.
     """
     python = venv_python(name)
-    if python.exists() and _imports(python, probe):
+    marker = VENVS_DIR / name / "benchmark-requirements.txt"
+    wanted = "\n".join(requirements) + "\n"
+    ready = python.exists() and marker.exists() and marker.read_text() == wanted
+    if ready and _imports(python, probe):
         return python
     print(f"setting up {VENVS_DIR / name} with {' '.join(requirements)} ...", flush=True)
     steps = [
@@ -48,6 +51,7 @@ def ensure_venv(name: str, requirements: list[str], *, probe: str) -> Path:
             raise RuntimeError(f"{' '.join(step)} failed:\n{result.stdout}{result.stderr}")
     if not _imports(python, probe):
         raise RuntimeError(f"{probe} still does not import in {VENVS_DIR / name}")
+    marker.write_text(wanted)
     return python
 
 
