@@ -31,6 +31,7 @@ OURS_SETTINGS: Final = {
     "concurrency": "{concurrency}",
     "concurrency_per_host": "{concurrency}",
     "obey_robots": "false",
+    "autothrottle": "false",
 }
 """The ``-s key=value`` settings passed to our CLI; edit here if the CLI rejects one."""
 

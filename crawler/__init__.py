@@ -27,7 +27,9 @@ from crawler.errors import (
     StorageError,
 )
 from crawler.http import Callback, Item, Request, Response
+from crawler.rules import CrawlSpider, Rule
 from crawler.settings import Settings, load_settings
+from crawler.sitemaps import SitemapSpider
 from crawler.spider import Spider, text_of
 
 __all__ = [
@@ -35,6 +37,7 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "Crawl",
+    "CrawlSpider",
     "CrawlerError",
     "FetchError",
     "FetchTimeout",
@@ -46,7 +49,9 @@ __all__ = [
     "Request",
     "Response",
     "ResponseTooLarge",
+    "Rule",
     "Settings",
+    "SitemapSpider",
     "SkipReason",
     "Spider",
     "SpiderError",

@@ -17,7 +17,9 @@ from typing import Final, final
 from crawler.errors import SkipReason, SpiderError, StopCrawl
 from crawler.frontier import Frontier
 from crawler.http import Request, Response
+from crawler.items import ItemProcessor, is_item
 from crawler.records import Candidate, ErrorRecord, PageResult, Skipped
+from crawler.rules import Refused
 from crawler.spider import Spider, callback_of, item_type_name
 from crawler.stats import Stats
 from crawler.storage import utc_now
@@ -53,6 +55,7 @@ class CallbackRunner:
         self._frontier = frontier
         self._stats = stats
         self._on_stop = on_stop
+        self._items = ItemProcessor(spider)
 
     def admit(
         self,
@@ -96,7 +99,7 @@ class CallbackRunner:
         try:
             callback = callback_of(self._spider, name)
             async for output in callback(response):
-                self._route(output, response, result)
+                await self._route(output, response, result)
                 if len(result.candidates) + len(result.skipped) >= SPILL_AT:
                     await spill(result.candidates, result.skipped)
                     result.candidates, result.skipped = [], []
@@ -107,7 +110,7 @@ class CallbackRunner:
             message = f"{type(exc).__name__}: {exc}"
             result.errors.append(spider_error(response.url, message, name))
 
-    def _route(self, output: object, response: Response, result: PageResult) -> None:
+    async def _route(self, output: object, response: Response, result: PageResult) -> None:
         request = response.request
         if isinstance(output, Request):
             self.admit(
@@ -119,6 +122,21 @@ class CallbackRunner:
                 callback=request.callback,
             )
             return
+        if isinstance(output, Refused):  # a link the spider chose not to follow (rules.py)
+            reason = self._frontier.refuse(
+                output.url,
+                output.reason,
+                depth=response.depth + 1,
+                parent_id=result.request_id,
+                skipped=result.skipped,
+            )
+            if reason is SkipReason.DUPLICATE:  # counted, not stored, as in admit()
+                self._stats.skipped[reason.value] += 1
+            return
+        if is_item(output):  # checked, converted, process_item: None when refused or dropped
+            output = await self._items.process(output, response, result)
+            if output is None:
+                return
         try:
             data = serialise_item(output)
         except (TypeError, ValueError) as exc:
@@ -134,7 +152,10 @@ class CallbackRunner:
             logger.error("%s (callback %s, %s)", message, request.callback, response.url)
             result.errors.append(spider_error(response.url, message, request.callback))
             return
-        result.items.append((item_type_name(output, self._spider), data))  # type: ignore[arg-type]
+        type_name = item_type_name(output, self._spider)  # type: ignore[arg-type]
+        if dataclasses.is_dataclass(output):  # its typed table is made from the class
+            result.item_classes[type(output)] = type_name
+        self._items.add(result, type_name, data, response)
 
 
 def spider_error(url: str, message: str, callback: str | None) -> ErrorRecord:

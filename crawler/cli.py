@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from crawler import __version__
+from crawler.bench import bench
 from crawler.cli_common import (
     EXIT_INTERRUPTED,
     check_start_url,
@@ -29,11 +30,13 @@ from crawler.cli_common import (
     user_errors,
     with_start_urls,
 )
-from crawler.discovery import available_spiders, find_spider
+from crawler.cli_results import export, parse, query, reparse, stats
+from crawler.cli_spiders import new, record, serve_demo
+from crawler.discovery import available_spiders, find_spider, spider_reference
 from crawler.engine import Crawl
-from crawler.errors import QueryError, StorageError
-from crawler.output import OutputFormat, write_rows
-from crawler.settings import describe_settings
+from crawler.errors import StorageError
+from crawler.output import write_rows
+from crawler.settings import LoadedSettings, describe_settings
 from crawler.stats import render_summary
 from crawler.status import crawl_status
 
@@ -71,6 +74,11 @@ def cli() -> None:
 @click.option("--config", type=click.Path(path_type=Path), help="Config file [./config.toml].")
 @click.option("--fresh", is_flag=True, help="Empty the database first instead of resuming.")
 @click.option(
+    "--explain",
+    is_flag=True,
+    help="Print the settings this crawl would use and where each comes from; do not crawl.",
+)
+@click.option(
     "--log-level",
     default="WARNING",
     show_default=True,
@@ -85,6 +93,7 @@ def crawl(
     start_urls: tuple[str, ...],
     config: Path | None,
     fresh: bool,
+    explain: bool,
     log_level: str,
 ) -> None:
     """Crawl with SPIDER (a name, module:Class or file.py) into a SQLite file.
@@ -103,6 +112,9 @@ def crawl(
         if concurrency is not None:
             overrides["concurrency"] = str(concurrency)
         loaded = load_crawl_settings(spider_class, config, overrides)
+        if explain:
+            Console().print(_settings_table(loaded))
+            return
         db = output or Path(f"{spider_class.name}.db")
         run = Crawl(spider_class(), db=db, settings=loaded.settings, fresh=fresh, console=console)
         summary = run_with_signals(run)
@@ -119,50 +131,8 @@ def list_spiders() -> None:
         spiders = available_spiders()
     table = Table("name", "class", "start URLs")
     for name, cls in spiders.items():
-        table.add_row(
-            name, f"{cls.__module__}:{cls.__qualname__}", "\n".join(cls.start_urls) or "-"
-        )
+        table.add_row(name, spider_reference(cls), "\n".join(cls.start_urls) or "-")
     Console().print(table)
-
-
-@cli.command()
-@click.argument("database", type=click.Path(path_type=Path))
-@click.argument("sql")
-@click.option(
-    "-f",
-    "--format",
-    "fmt",
-    default=None,
-    type=click.Choice(["table", "json", "jsonl", "csv"]),
-    help="Output format [table on a terminal, else csv].",
-)
-@click.option(
-    "-p",
-    "--param",
-    "params",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Bind :NAME in the SQL to VALUE (repeatable).",
-)
-def query(database: Path, sql: str, fmt: OutputFormat | None, params: tuple[str, ...]) -> None:
-    """Run read-only SQL against a crawl DATABASE and print the rows."""
-    with user_errors():
-        conn = open_read_only(database)
-        try:
-            bound = parse_assignments(params) if params else {}
-            try:
-                cursor = conn.execute(sql, bound)
-            except (sqlite3.Error, sqlite3.Warning) as exc:
-                raise QueryError(f"SQL error: {exc}") from None
-            columns = [d[0] for d in cursor.description or ()]
-            out = Console()
-            chosen: OutputFormat = fmt or ("table" if out.is_terminal else "csv")
-            try:
-                write_rows(columns, cursor, fmt=chosen, out=sys.stdout, console=out)
-            except sqlite3.Error as exc:
-                raise QueryError(f"SQL error: {exc}") from None
-        finally:
-            conn.close()
 
 
 @cli.command()
@@ -211,11 +181,16 @@ def show_settings(spider: str | None, assignments: tuple[str, ...], config: Path
         spider_class = find_spider(spider) if spider else None
         overrides: dict[str, object] = dict(parse_assignments(assignments))
         loaded = load_crawl_settings(spider_class, config, overrides)
+    Console().print(_settings_table(loaded))
+
+
+def _settings_table(loaded: LoadedSettings) -> Table:
+    """Every setting's effective value, the layer it came from, and what it means."""
     docs = describe_settings()
     table = Table("setting", "value", "from", "meaning")
     for name, source in loaded.sources.items():
         table.add_row(name, repr(getattr(loaded.settings, name)), source, docs.get(name, ""))
-    Console().print(table)
+    return table
 
 
 DEMO_QUERY: Final = """
@@ -271,3 +246,14 @@ def demo(output: Path, books: int) -> None:
 def main() -> None:
     """Entry point of the `crawler` console script."""
     cli(prog_name="crawler")
+
+
+cli.add_command(bench)
+cli.add_command(new)
+cli.add_command(record)
+cli.add_command(serve_demo)
+cli.add_command(query)
+cli.add_command(export)
+cli.add_command(stats)
+cli.add_command(reparse)
+cli.add_command(parse)

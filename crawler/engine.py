@@ -25,12 +25,15 @@ import aiosqlite
 from rich.console import Console
 
 from crawler.callbacks import CallbackRunner, spider_error
-from crawler.errors import StorageError
+from crawler.errors import SkipReason, StorageError
 from crawler.feeder import Feeder
 from crawler.fetcher import Deferred, Failed, Fetcher
 from crawler.frontier import Frontier
+from crawler.hosts import Hosts
 from crawler.http import Response
+from crawler.item_tables import declare_item_tables
 from crawler.records import Claimed, PageRecord, PageResult, RequestState
+from crawler.robots import RobotsCache
 from crawler.runs import finish_run, release_leases, start_run
 from crawler.schema import open_database
 from crawler.settings import Settings, load_settings
@@ -80,6 +83,9 @@ class Crawl:
         self._frontier = Frontier(settings, spider, list(spider.allowed_domains))
         self._callbacks = CallbackRunner(spider, self._frontier, self.stats, on_stop=self.stop)
         self._parse_types = frozenset(settings.parse_content_types)
+        self._any_type_callbacks = frozenset(spider.any_content_callbacks)
+        self._hosts = Hosts(settings)
+        self._robots = RobotsCache(settings, self._hosts)
 
     def stop(self, reason: str = "interrupted") -> None:
         """Stop taking new work; in-flight requests finish within `shutdown_grace`."""
@@ -99,9 +105,7 @@ class Crawl:
                 conn, spider=self.spider.name, settings=settings_json, fresh=self._fresh
             )
             queue: asyncio.Queue[Claimed | None] = asyncio.Queue()
-            feeder = Feeder(
-                queue, window=self.settings.queue_window, workers=self.settings.concurrency
-            )
+            feeder = Feeder(queue, settings=self.settings, hosts=self._hosts, robots=self._robots)
             storage = Storage(
                 conn,
                 run_id=run_id,
@@ -110,8 +114,11 @@ class Crawl:
                 on_committed=feeder.release,
             )
             await storage.load_counts()
+            await self._robots.load(conn)
+            await declare_item_tables(conn, self.spider)
             self.started = True
-            async with Fetcher(self.settings, self._frontier.redirect_refusal) as fetcher:
+            refusal = self._frontier.redirect_refusal
+            async with Fetcher(self.settings, refusal, hosts=self._hosts) as fetcher:
                 await self.spider.opened()
                 await self._run_tasks(storage, feeder, fetcher, queue)
             if self.status == "running":
@@ -162,7 +169,9 @@ class Crawl:
                     crawl.create_task(feeder.run(storage), name="feeder")
                     crawl.create_task(self._stopper(feeder), name="stopper")
                     self._workers = [
-                        crawl.create_task(self._work(queue, storage, fetcher), name=f"worker-{i}")
+                        crawl.create_task(
+                            self._work(queue, storage, fetcher, feeder), name=f"worker-{i}"
+                        )
                         for i in range(self.settings.concurrency)
                     ]
                     await self._wait_workers()
@@ -212,7 +221,11 @@ class Crawl:
         feeder.release()  # the hold taken before seeding started
 
     async def _work(
-        self, queue: asyncio.Queue[Claimed | None], storage: Storage, fetcher: Fetcher
+        self,
+        queue: asyncio.Queue[Claimed | None],
+        storage: Storage,
+        fetcher: Fetcher,
+        feeder: Feeder,
     ) -> None:
         """Fetch and process requests until the feeder sends the stop sentinel."""
         while (claimed := await queue.get()) is not None:
@@ -221,11 +234,22 @@ class Crawl:
                 result = await self._process(claimed, fetcher, storage)
             finally:
                 self.stats.in_flight -= 1
+                feeder.done(claimed)  # its host may take another request
             await storage.submit(result)
 
     async def _process(self, claimed: Claimed, fetcher: Fetcher, storage: Storage) -> PageResult:
         """Fetch one request and run its callback; every outcome becomes a PageResult."""
         request = claimed.request
+        robots = await self._robots.check(request.url, fetcher)  # fetches robots.txt once
+        if not robots.allowed:
+            return PageResult(
+                request_id=claimed.id,
+                url=request.url,
+                state=RequestState.SKIPPED,
+                reason=SkipReason.ROBOTS.value,
+                attempts=claimed.attempts,
+                robots=robots.fetched,
+            )
         outcome = await fetcher.fetch(request, attempts_before=claimed.attempts)
         result = PageResult(
             request_id=claimed.id,
@@ -233,6 +257,7 @@ class Crawl:
             state=RequestState.DONE,
             attempts=outcome.attempts,
             errors=list(outcome.failures),
+            robots=robots.fetched,
         )
         self.stats.retries += max(0, outcome.attempts - claimed.attempts - 1)
         if isinstance(outcome, Failed):
@@ -250,7 +275,10 @@ class Crawl:
             body=outcome.body,
             request=request,
         )
-        parseable = outcome.status < 300 and response.content_type in self._parse_types
+        parseable = outcome.status < 300 and (
+            response.content_type in self._parse_types
+            or request.callback in self._any_type_callbacks
+        )
         result.page = PageRecord(
             url=request.url,
             final_url=outcome.url,

@@ -1,42 +1,67 @@
-"""The feeder task: keeps the in-memory `asyncio.Queue` topped up from the SQLite frontier.
+"""The feeder task: claims pending requests from the SQLite frontier and hands the workers
+only requests whose host is ready, hosts taking turns.
 
-The queue is a bounded window (`queue_window`); everything else waits in `requests` with
-state `pending`. The feeder decides when the crawl is over: nothing claimed by this run is
-still unfinished and the frontier holds no pending request. Then, or when asked to stop, it
-puts one `None` per worker on the queue.
+Claimed requests are leased to this run in `requests` (so another process does not take
+them, and none is lost if this one dies) and wait in memory in `HostQueues`: at most
+`queue_window` in all, and a bounded share per host, so one slow host cannot fill the window.
+The work queue only ever receives requests whose host had room and whose delay had passed,
+and never more than the workers can start (plus a little slack): workers do not sit waiting
+for one host while another has work. Requests that robots.txt disallows are recorded as
+skipped here, without a worker.
+
+The feeder also decides when the crawl is over: nothing claimed is unfinished and the
+frontier holds no pending request. Then, or when asked to stop, it puts one `None` per worker
+on the queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import Final, final
 
-from crawler.records import Claimed
+from crawler.errors import SkipReason
+from crawler.hosts import Hosts
+from crawler.links import host_of
+from crawler.records import Claimed, PageResult, RequestState
+from crawler.robots import RobotsCache
+from crawler.scheduling import HostQueues
+from crawler.settings import Settings
 from crawler.storage import Storage
 
 __all__ = ["Feeder"]
 
 _IDLE_POLL: Final = 1.0
+_MIN_WAIT: Final = 0.001
 
 
 @final
 class Feeder:
-    """Claims pending requests into the work queue and detects the end of the crawl."""
+    """Claims pending requests, hands out those whose host is ready, detects the end."""
 
     def __init__(
         self,
         queue: asyncio.Queue[Claimed | None],
         *,
-        window: int,
-        workers: int,
+        settings: Settings,
+        hosts: Hosts,
+        robots: RobotsCache,
     ) -> None:
         self._queue = queue
-        self._window = window
-        self._workers = workers
+        self._window = settings.queue_window
+        self._workers = settings.concurrency
+        self._most_handed_out = self._workers + max(1, self._workers // 4)
+        self._per_host = max(4 * settings.concurrency_per_host, self._window // 8)
+        self._hosts = hosts
+        self._held = HostQueues(hosts, robots)
+        self._handed_out = 0
         self._outstanding = 0
         self._changed = asyncio.Event()
         self._stopping = False
+        self._frontier_changed = True
+        self._last_empty_claim = -math.inf
+        self._due_at: float | None = None
 
     def hold(self) -> None:
         """Count one unit of work that may still add requests (e.g. seeding) as unfinished."""
@@ -45,10 +70,20 @@ class Feeder:
     def release(self, count: int = 1) -> None:
         """Mark `count` held or claimed requests as committed; called by the storage writer."""
         self._outstanding -= count
+        self._frontier_changed = True
         self._changed.set()
 
     def wake(self) -> None:
         """Tell the feeder the frontier may have changed."""
+        self._frontier_changed = True
+        self._changed.set()
+
+    def done(self, claimed: Claimed) -> None:
+        """A worker finished with a request it took from the queue: its host has room again."""
+        host = host_of(claimed.request.url)
+        self._hosts.finish(host)
+        self._held.unblock(host)
+        self._handed_out -= 1
         self._changed.set()
 
     def stop(self) -> None:
@@ -66,33 +101,88 @@ class Feeder:
         try:
             await self._feed(storage)
         finally:
+            never_started = len(self._held.drain())
             while not self._queue.empty():
                 if self._queue.get_nowait() is not None:
-                    self._outstanding -= 1  # never started: its lease is released at close
+                    never_started += 1
+            self._outstanding -= never_started  # their leases are released at close
             for _ in range(self._workers):
                 self._queue.put_nowait(None)
 
     async def _feed(self, storage: Storage) -> None:
-        queue = self._queue
         while not self._stopping:
             self._changed.clear()
-            wait = _IDLE_POLL
-            room = self._window - queue.qsize()
-            if room >= self._window // 2 or queue.empty():
-                batch = await storage.claim(room)
+            await self._skip_disallowed(storage)
+            self._hand_out()
+            if self._should_claim():
+                self._frontier_changed = False
+                room = self._window - len(self._held) - self._handed_out
+                batch = await storage.claim(
+                    room, held=self._held.held_by_host(), per_host=self._per_host
+                )
                 if self.stopping:  # stop() was called while the claim was running
                     return
-                for claimed in batch.claimed:
-                    queue.put_nowait(claimed)
                 self._outstanding += len(batch.claimed)
+                for claimed in batch.claimed:
+                    self._held.add(claimed)
                 if batch.claimed:
                     continue
-                if self._outstanding <= 0 and batch.pending == 0:
+                if self._outstanding <= 0 and batch.pending == 0 and not batch.capped:
                     return
-                if batch.next_due is not None:
-                    wait = min(_IDLE_POLL, max(0.01, batch.next_due - time.time()))
+                self._last_empty_claim = self._hosts.clock()
+                due = batch.next_due
+                self._due_at = due if due is not None and due > time.time() else None
             try:
-                async with asyncio.timeout(wait):
+                async with asyncio.timeout(self._wait_time()):
                     await self._changed.wait()
             except TimeoutError:
                 pass
+
+    def _hand_out(self) -> None:
+        """Put requests of ready hosts on the work queue while workers can take them."""
+        now = self._hosts.clock()
+        while self._handed_out < self._most_handed_out:
+            claimed = self._held.pop_ready(now)
+            if claimed is None:
+                return
+            self._queue.put_nowait(claimed)
+            self._handed_out += 1
+
+    async def _skip_disallowed(self, storage: Storage) -> None:
+        """Record the held requests that robots.txt disallows as skipped."""
+        for claimed in self._held.take_refused():
+            await storage.submit(
+                PageResult(
+                    request_id=claimed.id,
+                    url=claimed.request.url,
+                    state=RequestState.SKIPPED,
+                    reason=SkipReason.ROBOTS.value,
+                    attempts=claimed.attempts,
+                )
+            )
+
+    def _should_claim(self) -> bool:
+        """Claim when there is room and more requests could help: the held ones run low or
+        none of them can be handed out. After a claim that found nothing, wait for the
+        frontier to change, a deferred request to fall due, or the idle poll."""
+        room = self._window - len(self._held) - self._handed_out
+        if room <= 0:
+            return False
+        worth_asking = (
+            self._frontier_changed
+            or self._hosts.clock() - self._last_empty_claim >= _IDLE_POLL
+            or (self._due_at is not None and time.time() >= self._due_at)
+        )
+        starving = self._handed_out < self._most_handed_out
+        return worth_asking and (starving or room >= self._window // 2)
+
+    def _wait_time(self) -> float:
+        """Seconds until something may be ready without being told (a host's delay ends, a
+        deferred request falls due, the idle poll); workers finishing wake the feeder."""
+        wait = _IDLE_POLL
+        ready_at = self._held.next_ready_at()
+        if ready_at is not None and self._handed_out < self._most_handed_out:
+            wait = min(wait, ready_at - self._hosts.clock())
+        if self._due_at is not None:
+            wait = min(wait, self._due_at - time.time())
+        return max(_MIN_WAIT, wait)

@@ -41,6 +41,7 @@ from crawler.errors import (
     RedirectError,
     ResponseTooLarge,
 )
+from crawler.hosts import Hosts
 from crawler.http import Request
 from crawler.links import try_canonical_url
 from crawler.records import ErrorRecord
@@ -109,9 +110,12 @@ class _RetryableStatus(Exception):
 class Fetcher:
     """The crawl's HTTP client. Use as `async with Fetcher(settings, check) as fetcher:`."""
 
-    def __init__(self, settings: Settings, redirect_check: RedirectCheck) -> None:
+    def __init__(
+        self, settings: Settings, redirect_check: RedirectCheck, *, hosts: Hosts | None = None
+    ) -> None:
         self._settings = settings
         self._redirect_check = redirect_check
+        self._hosts = hosts if hosts is not None else Hosts(settings)
         self._semaphore = asyncio.Semaphore(settings.concurrency)
         self._retry_statuses = frozenset(settings.retry_statuses)
         connector = aiohttp.TCPConnector(
@@ -213,12 +217,15 @@ class Fetcher:
         return min(self._settings.backoff_max, random.uniform(base / 2, base * 1.5))
 
     async def _fetch_once(self, request: Request) -> Fetched:
-        """One attempt, redirects included, holding a semaphore permit throughout."""
-        async with self._semaphore:
+        """One attempt, redirects included, holding its host's slot (which waits for the
+        host's delay and reports the response to its throttle) and a semaphore permit."""
+        async with self._hosts.slot(request.url) as slot, self._semaphore:
             started = time.monotonic()
             with _translate_errors(request.url):
                 async with asyncio.timeout(self._settings.request_timeout):
                     url, status, headers, body = await self._follow_redirects(request)
+            retry_after = parse_retry_after(headers.get("Retry-After"))
+            slot.responded(status, retry_after)
             return Fetched(
                 url=url,
                 status=status,

@@ -136,6 +136,26 @@ class Frontier:
         )
         return None
 
+    def refuse(
+        self,
+        url: str,
+        reason: SkipReason,
+        *,
+        depth: int,
+        parent_id: int | None,
+        skipped: list[Skipped],
+    ) -> SkipReason:
+        """Record a URL the spider chose not to follow (a CrawlSpider link no rule matched)
+        as skipped with `reason`; returns DUPLICATE instead when it was seen just now."""
+        try:
+            canonical, parsed = parse_canonical(url)
+        except (ValueError, TypeError, UnicodeError):
+            canonical, host = url, ""
+        else:
+            host = parsed.raw_host or ""
+        request = Request(canonical, depth=depth)
+        return self._skip(request, canonical, host, reason, parent_id, skipped)
+
     def _skip(
         self,
         request: Request,

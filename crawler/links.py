@@ -11,12 +11,13 @@ import functools
 import hashlib
 from collections.abc import Iterable
 
-from selectolax.lexbor import LexborHTMLParser
+from selectolax.lexbor import LexborHTMLParser, LexborNode
 from yarl import URL
 
 __all__ = [
     "canonical_url",
     "extract_links",
+    "extract_links_in",
     "fingerprint",
     "host_of",
     "parse_canonical",
@@ -111,6 +112,16 @@ def extract_links(tree: LexborHTMLParser, page_url: str) -> list[str]:
     page = URL(page_url)
     base = _base_of(tree, page)
     hrefs = (node.attributes.get("href") for node in tree.css("a[href]"))
+    return _resolve_unique(hrefs, base)
+
+
+def extract_links_in(
+    nodes: Iterable[LexborNode], tree: LexborHTMLParser, page_url: str
+) -> list[str]:
+    """Return the `<a href>` targets inside `nodes` (a node that is a link counts), resolved
+    and de-duplicated as `extract_links` does (the page's `<base href>` applies)."""
+    base = _base_of(tree, URL(page_url))
+    hrefs = (link.attributes.get("href") for node in nodes for link in node.css("a[href]"))
     return _resolve_unique(hrefs, base)
 
 

@@ -17,10 +17,14 @@ from crawler.http import Request
 __all__ = [
     "Candidate",
     "Claimed",
+    "DropReason",
     "ErrorRecord",
+    "ItemErrorRecord",
+    "ItemKey",
     "PageRecord",
     "PageResult",
     "RequestState",
+    "RobotsRecord",
     "Skipped",
 ]
 
@@ -32,6 +36,17 @@ class RequestState(StrEnum):
     DONE = "done"
     FAILED = "failed"
     SKIPPED = "skipped"
+
+
+class DropReason(StrEnum):
+    """Why an item was not stored; the value is the key in the `items_dropped` stats."""
+
+    INVALID = "invalid"
+    """A field did not fit its type, or a de-duplication field is missing; see `item_errors`."""
+    DUPLICATE = "duplicate"
+    """Its de-duplication key (`Spider.dedupe_items_by`) was stored before."""
+    PROCESS_ITEM = "process_item"
+    """The spider's `process_item` returned None."""
 
 
 @final
@@ -105,6 +120,52 @@ class ErrorRecord:
 
 @final
 @dataclass(slots=True, kw_only=True)
+class ItemErrorRecord:
+    """An item refused on its way in (a field of the wrong type, a missing de-duplication
+    field), as stored in `item_errors`."""
+
+    url: str
+    callback: str
+    item_type: str
+    field: str
+    """The first bad field (`price`, `tags[2]`); the message lists every problem."""
+    message: str
+    data: str
+    """The item as yielded, as JSON."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ItemKey:
+    """An item's de-duplication key (see `Spider.dedupe_items_by`)."""
+
+    type: str
+    key: str
+    """The key fields' values, as a JSON array."""
+    key_hash: int
+    """64-bit hash of `key`; `item_keys` holds one row per (type, key_hash)."""
+
+
+@final
+@dataclass(slots=True, kw_only=True)
+class RobotsRecord:
+    """One fetch of a robots.txt, as stored in `robots` (one row per robots.txt URL)."""
+
+    url: str
+    host: str
+    fetched_at: str
+    status: int | None
+    """The HTTP status; None when no response arrived."""
+    outcome: str
+    """`rules`, `allow_all` or `disallow_all` (see crawler.robots.RobotsOutcome)."""
+    crawl_delay: float | None
+    body: str | None
+    error: str | None
+    """Why the outcome is `allow_all` or `disallow_all`, when it is not the rules."""
+
+
+@final
+@dataclass(slots=True, kw_only=True)
 class PageResult:
     """Everything one request produced; committed together, in one transaction."""
 
@@ -118,7 +179,17 @@ class PageResult:
     page: PageRecord | None = None
     items: list[tuple[str, str]] = field(default_factory=list)
     """(type name, JSON data) pairs."""
+    item_classes: dict[type, str] = field(default_factory=dict)
+    """The dataclass of each dataclass item in `items`, with its type name: the writer makes
+    their typed tables from these (see crawler.item_tables)."""
     links: list[str] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     errors: list[ErrorRecord] = field(default_factory=list)
+    item_keys: dict[int, ItemKey] = field(default_factory=dict)
+    """De-duplication keys of `items`, by index; the writer drops items whose key it has seen."""
+    item_errors: list[ItemErrorRecord] = field(default_factory=list)
+    dropped: list[DropReason] = field(default_factory=list)
+    """Why items were dropped before storage (`process_item`), one entry per item."""
+    robots: RobotsRecord | None = None
+    """The robots.txt fetched for this request's host before fetching the request."""

@@ -16,11 +16,22 @@ from typing import Any, Final
 import aiosqlite
 
 from crawler.errors import StorageError
+from crawler.item_tables import drop_item_tables
 from crawler.storage import utc_now
 
 __all__ = ["finish_run", "release_leases", "start_run"]
 
-_TABLES: Final = ("links", "items", "errors", "pages", "requests", "crawls")
+_TABLES: Final = (
+    "links",
+    "items",
+    "item_keys",
+    "item_errors",
+    "errors",
+    "robots",
+    "pages",
+    "requests",
+    "crawls",
+)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -47,6 +58,7 @@ async def start_run(
         async with conn.execute("SELECT DISTINCT spider FROM crawls") as cursor:
             spiders = {row[0] for row in await cursor.fetchall()}
         if fresh:
+            await drop_item_tables(conn)
             for table in _TABLES:
                 await conn.execute(f"DELETE FROM {table}")
         elif spiders - {spider}:

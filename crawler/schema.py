@@ -9,6 +9,11 @@ Tables (one SQLite file per crawl target, WAL mode):
 - `links`    every `<a href>` of every parsed page (from_url → to_url)
 - `items`    every item a callback yielded: type name and JSON data (`json_extract` works)
 - `errors`   every failed attempt, spider exception and rejected item
+- `robots`   every robots.txt fetched: status, outcome (rules, allow_all, disallow_all), text
+- `item_errors` every item refused by validation: URL, callback, type, field, message, data
+- `item_keys`   de-duplication keys of stored items (`Spider.dedupe_items_by`), one per type
+- `item_tables` the typed item tables (`book`, one column per dataclass field) and the views
+                of dict item types (`quote_view`), made by crawler.item_tables
 
 The schema version is `PRAGMA user_version`; `PRAGMA application_id` marks crawl databases.
 """
@@ -64,7 +69,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         discovered_at TEXT NOT NULL,
         finished_at   TEXT
     );
-    CREATE INDEX requests_frontier ON requests (priority DESC, id) WHERE state = 'pending';
+    CREATE INDEX requests_frontier ON requests (host, priority DESC, id)
+        WHERE state = 'pending';              -- claims: hosts take turns (crawler.storage)
     CREATE TABLE pages (
         id            INTEGER PRIMARY KEY,
         request_id    INTEGER NOT NULL UNIQUE REFERENCES requests (id),
@@ -106,6 +112,46 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         attempt       INTEGER NOT NULL,
         callback      TEXT,
         created_at    TEXT NOT NULL
+    );
+    CREATE TABLE robots (
+        url           TEXT PRIMARY KEY,       -- the robots.txt URL: scheme://host[:port]/robots.txt
+        host          TEXT NOT NULL,
+        fetched_at    TEXT NOT NULL,
+        status        INTEGER,                -- HTTP status; NULL when no response arrived
+        outcome       TEXT NOT NULL,          -- rules | allow_all | disallow_all
+        crawl_delay   REAL,                   -- Crawl-delay of user_agent's group, seconds
+        body          TEXT,                   -- the robots.txt (first 500 KiB), for rules
+        error         TEXT,                   -- why allow_all or disallow_all
+        crawl_id      INTEGER NOT NULL
+    );
+    CREATE TABLE item_errors (
+        id            INTEGER PRIMARY KEY,
+        crawl_id      INTEGER NOT NULL,
+        request_id    INTEGER,
+        url           TEXT NOT NULL,
+        callback      TEXT,
+        item_type     TEXT NOT NULL,
+        field         TEXT NOT NULL,          -- the first bad field: price, tags[2]
+        message       TEXT NOT NULL,          -- every problem found in the item
+        data          TEXT NOT NULL,          -- JSON: the item as yielded
+        created_at    TEXT NOT NULL
+    );
+    CREATE TABLE item_keys (
+        type          TEXT NOT NULL,
+        key_hash      INTEGER NOT NULL,       -- 64-bit hash of key
+        key           TEXT NOT NULL,          -- JSON array of the key fields' values
+        crawl_id      INTEGER NOT NULL,
+        created_at    TEXT NOT NULL,
+        UNIQUE (type, key_hash)
+    );
+    CREATE TABLE item_tables (
+        type          TEXT NOT NULL,          -- item type name, as in items.type
+        kind          TEXT NOT NULL,          -- table (dataclass items) | view (dict items)
+        name          TEXT NOT NULL UNIQUE,   -- the table or view: book, quote_view
+        columns       TEXT NOT NULL,          -- JSON object: field or key -> column
+        json_columns  TEXT NOT NULL,          -- JSON array: columns holding JSON text
+        last_item_id  INTEGER NOT NULL DEFAULT 0,  -- views: items.id scanned for new keys
+        PRIMARY KEY (type, kind)
     );
     """,
 )

@@ -38,13 +38,15 @@ class Settings:
     """Requests in flight across all hosts (the size of the worker pool and the fetch semaphore)."""
 
     concurrency_per_host: int = 8
-    """Requests in flight to any one host."""
+    """Requests in flight to any one host: a hard cap (autothrottle may use fewer). 8, as in
+    Scrapy, fetches a fast site in parallel without one crawl looking like an attack."""
 
     delay_per_host: float = 0.0
-    """Seconds between two requests to the same host (0 = no delay)."""
+    """Least seconds between the starts of two requests to the same host (0 = no fixed delay:
+    autothrottle and robots.txt `Crawl-delay` set it); a larger `Crawl-delay` wins."""
 
     randomize_delay: bool = False
-    """Multiply `delay_per_host` by a random factor between 0.5 and 1.5 for each request."""
+    """Multiply each host's delay by a random factor between 0.5 and 1.5 for each request."""
 
     request_timeout: float = 30.0
     """Seconds one attempt may take in total: connecting, headers and the whole body."""
@@ -87,7 +89,9 @@ class Settings:
     """Longest URL admitted, in characters; longer ones are skipped as `url_too_long`."""
 
     user_agent: str = DEFAULT_USER_AGENT
-    """The User-Agent header sent with every request."""
+    """The User-Agent header sent with every request, also the name robots.txt groups are
+    matched against. The default names this crawler and its version, so that site owners can
+    tell who is visiting."""
 
     parse_content_types: list[str] = field(
         default_factory=lambda: ["text/html", "application/xhtml+xml"]
@@ -114,6 +118,34 @@ class Settings:
 
     progress_interval: float = 10.0
     """Seconds between progress log lines when not writing to a terminal."""
+
+    obey_robots: bool = True
+    """Fetch each host's robots.txt once, skip the URLs it disallows for `user_agent` (reason
+    `robots`) and honour its `Crawl-delay`. On by default, because RFC 9309 asks crawlers to
+    and sites ban those that do not. A robots.txt that answers 4xx allows everything."""
+
+    robots_error_cooldown: float = 600.0
+    """Seconds a host whose robots.txt failed (5xx, 429, timeout or connection error, after
+    retries) is treated as disallowing everything before robots.txt is fetched again; Google
+    does the same, because a failing robots.txt may hide a "keep out"."""
+
+    crawl_delay_max: float = 30.0
+    """Longest robots.txt `Crawl-delay` honoured, in seconds; longer ones are capped to this
+    (as Nutch and StormCrawler do), so one site cannot stall a crawl for hours."""
+
+    autothrottle: bool = True
+    """Adapt each host's delay and concurrency to how it answers: the delay follows its
+    response time divided by `autothrottle_target_concurrency`; a 429 or 503 halves its
+    concurrency and at least doubles its delay, a timeout or connection error halves its
+    concurrency; successes speed it back up. On by default so that a slow site is not
+    overloaded and a fast one is not held back."""
+
+    autothrottle_target_concurrency: float = 1.0
+    """Requests autothrottle aims to have in flight to each host on average (Scrapy's default:
+    about one visitor clicking as fast as the site answers); `concurrency_per_host` still caps."""
+
+    autothrottle_max_delay: float = 60.0
+    """Longest delay, in seconds, autothrottle may put between two requests to one host."""
 
     shutdown_grace: float = 10.0
     """Seconds in-flight requests get to finish after the first Ctrl-C."""
@@ -234,6 +266,8 @@ _POSITIVE: Final = (
     "write_batch_size",
     "write_interval",
     "progress_interval",
+    "autothrottle_target_concurrency",
+    "autothrottle_max_delay",
 )
 _NOT_NEGATIVE: Final = (
     "delay_per_host",
@@ -246,6 +280,8 @@ _NOT_NEGATIVE: Final = (
     "max_depth",
     "max_pages",
     "shutdown_grace",
+    "robots_error_cooldown",
+    "crawl_delay_max",
 )
 
 

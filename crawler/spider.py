@@ -18,7 +18,7 @@ from selectolax.lexbor import LexborNode
 from crawler.errors import SpiderError
 from crawler.http import Callback, Item, Request, Response
 
-__all__ = ["Spider", "callback_of", "item_type_name", "text_of"]
+__all__ = ["Spider", "callback_of", "dataclass_type_name", "item_type_name", "text_of"]
 
 
 class Spider:
@@ -49,6 +49,17 @@ class Spider:
     settings: ClassVar[Mapping[str, object]] = {}
     item_type: ClassVar[str] = "item"
     """Type name recorded for dict items (dataclass items use their class name)."""
+    any_content_callbacks: ClassVar[Sequence[str]] = ()
+    """Names of callbacks that get responses of any content type (XML, gzip, JSON…); the
+    others only get the `parse_content_types` setting's (HTML by default)."""
+    item_types: ClassVar[Sequence[type]] = ()
+    """Dataclasses this spider yields; their typed tables (`book` for `Book`) are created when
+    the crawl starts, so queries work before the first item (see crawler.item_tables)."""
+    dedupe_items_by: ClassVar[Sequence[str] | Mapping[str, Sequence[str]]] = ()
+    """Fields whose values identify an item: `("upc",)` for every item type, or per type name
+    (`{"book": ("upc",)}`). An item whose key was stored before, in this run or an earlier
+    one, is dropped and counted. A spider may also define `async def process_item(self, item,
+    response)`, returning the item (possibly changed) or None to drop it (see crawler.items)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -104,8 +115,13 @@ def item_type_name(item: Item, spider: Spider) -> str:
     """Return the recorded type name of an item: `BookItem` → `book_item`; dicts use
     the spider's `item_type`."""
     if dataclasses.is_dataclass(item) and not isinstance(item, type):
-        return _CAMEL_BOUNDARY.sub("_", type(item).__name__).lower()
+        return dataclass_type_name(type(item))
     return spider.item_type
+
+
+def dataclass_type_name(cls: type) -> str:
+    """Return the recorded type name of a dataclass: `BookItem` → `book_item`."""
+    return _CAMEL_BOUNDARY.sub("_", cls.__name__).lower()
 
 
 def text_of(node: LexborNode | None, default: str = "") -> str:

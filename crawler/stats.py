@@ -35,6 +35,9 @@ class Stats:
     """HTTP responses recorded in `pages`."""
     items: int = 0
     items_by_type: Counter[str] = field(default_factory=Counter)
+    items_dropped: Counter[str] = field(default_factory=Counter)
+    """Items not stored, by reason: `invalid` (rows in `item_errors`), `duplicate`,
+    `process_item` (the spider's `process_item` returned None)."""
     admitted: int = 0
     """New rows in `requests` with state `pending`."""
     done: int = 0
@@ -67,6 +70,7 @@ class Stats:
             "pages": self.pages,
             "items": self.items,
             "items_by_type": dict(sorted(self.items_by_type.items())),
+            "items_dropped": dict(sorted(self.items_dropped.items())),
             "requests_admitted": self.admitted,
             "requests_done": self.done,
             "requests_failed": self.failed,
@@ -107,9 +111,11 @@ def render_summary(spider: str, status: str, summary: dict[str, Any]) -> Table:
     table = Table(title=f"crawl of {spider!r}: {status}", show_header=False, title_justify="left")
     table.add_column(style="bold")
     table.add_column()
+    dropped: dict[str, int] = summary.get("items_dropped", {})
     rows: list[tuple[str, object]] = [
         ("pages", f"{summary['pages']:,}"),
         ("items", _breakdown(summary["items"], summary["items_by_type"])),
+        ("items dropped", _breakdown(sum(dropped.values()), dropped)),
         ("requests done", f"{summary['requests_done']:,}"),
         ("requests failed", f"{summary['requests_failed']:,}"),
         ("still pending", f"{summary['requests_pending']:,}"),

@@ -14,7 +14,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, final
@@ -23,7 +23,17 @@ import aiosqlite
 
 from crawler.errors import SkipReason, StorageError
 from crawler.http import Request
-from crawler.records import Candidate, Claimed, ErrorRecord, PageResult, RequestState, Skipped
+from crawler.item_tables import ItemTables
+from crawler.records import (
+    Candidate,
+    Claimed,
+    DropReason,
+    ErrorRecord,
+    ItemKey,
+    PageResult,
+    RequestState,
+    Skipped,
+)
 from crawler.settings import Settings
 from crawler.stats import Stats
 
@@ -33,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 LEASE_SECONDS: Final = 120.0
 _SQL_PARAMS_PER_QUERY: Final = 500
+_HOSTS_PER_CLAIM: Final = 256
 
 
 def utc_now() -> str:
@@ -63,12 +74,17 @@ class ClaimBatch:
     """Pending rows left (leased elsewhere or not yet due); counted only when none was claimed."""
     next_due: float | None = None
     """Earliest `not_before` among pending rows, when any is delayed."""
+    capped: bool = False
+    """Nothing was claimed because hosts with pending requests already hold `per_host` in
+    memory; then `pending` and `next_due` are not counted (that would scan the frontier)."""
 
 
 @dataclass(slots=True)
 class _ClaimOrder:
     limit: int
     reply: asyncio.Future[ClaimBatch]
+    held: Mapping[str, int]
+    per_host: int
 
 
 _Message = PageResult | Seeds | _ClaimOrder
@@ -101,6 +117,8 @@ class Storage:
         )
         self._admitted_total = 0
         self._last_lease_renewal = time.monotonic()
+        self._host_cursor = ""
+        self._item_tables = ItemTables()
 
     async def load_counts(self) -> None:
         """Read the totals a resumed crawl continues from (the `max_pages` budget, pending).
@@ -124,7 +142,7 @@ class Storage:
         if self._settings.order == "dfs":
             await self._conn.execute(
                 "CREATE INDEX IF NOT EXISTS requests_frontier_dfs "
-                "ON requests (priority DESC, id DESC) WHERE state = 'pending'"
+                "ON requests (host, priority DESC, id DESC) WHERE state = 'pending'"
             )
         self._stats.pending = await self._scalar(
             "SELECT count(*) FROM requests WHERE state = 'pending'"
@@ -144,10 +162,18 @@ class Storage:
         await self._inbox.put(seeds)
         await seeds.committed
 
-    async def claim(self, limit: int) -> ClaimBatch:
-        """Lease up to `limit` due pending requests to this run, highest priority first."""
+    async def claim(
+        self, limit: int, *, held: Mapping[str, int] | None = None, per_host: int = 0
+    ) -> ClaimBatch:
+        """Lease up to `limit` due pending requests to this run.
+
+        Hosts take turns (round-robin over the hosts with pending requests, continuing after
+        the host the previous claim ended with), each host's requests highest priority
+        first. With `per_host`, a host that already has `held[host]` requests in memory gets
+        at most `per_host - held[host]` more, so one host cannot fill the feeder's window.
+        """
         reply: asyncio.Future[ClaimBatch] = asyncio.get_running_loop().create_future()
-        await self._inbox.put(_ClaimOrder(limit, reply))
+        await self._inbox.put(_ClaimOrder(limit, reply, held or {}, per_host))
         return await reply
 
     async def stop_writer(self) -> None:
@@ -181,7 +207,7 @@ class Storage:
                 await self._commit(writes)
             for order in orders:
                 if not order.reply.done():
-                    order.reply.set_result(await self._claim(order.limit))
+                    order.reply.set_result(await self._claim(order))
             if time.monotonic() - self._last_lease_renewal > LEASE_SECONDS / 4:
                 await self._renew_leases()
         except sqlite3.Error as exc:
@@ -308,6 +334,7 @@ class Storage:
     async def _write_results(self, results: list[PageResult], now: str) -> None:
         if not results:
             return
+        await self._write_item_checks(results, now)
         conn = self._conn
         next_page_id = await self._scalar("SELECT coalesce(max(id), 0) FROM pages") + 1
         pages: list[tuple[object, ...]] = []
@@ -315,6 +342,7 @@ class Storage:
         items: list[tuple[object, ...]] = []
         errors: list[tuple[object, ...]] = []
         updates: list[tuple[object, ...]] = []
+        robots_rows: list[tuple[object, ...]] = []
         stats = self._stats
         for result in results:
             if (page := result.page) is not None:
@@ -368,33 +396,120 @@ class Storage:
                 stats.failed += 1
             elif result.state is RequestState.PENDING:
                 stats.rescheduled += 1
+            elif result.state is RequestState.SKIPPED:  # robots.txt, learnt after admission
+                stats.skipped[result.reason or "skipped"] += 1
+                self._admitted_total -= 1  # never fetched: it does not use the max_pages budget
+            if (robots := result.robots) is not None:
+                robots_rows.append(
+                    (
+                        robots.url,
+                        robots.host,
+                        robots.fetched_at,
+                        robots.status,
+                        robots.outcome,
+                        robots.crawl_delay,
+                        robots.body,
+                        robots.error,
+                        self._run_id,
+                    )
+                )
             if result.state is not RequestState.PENDING:
                 stats.pending -= 1
         await conn.executemany(_INSERT_PAGE, pages)
         await conn.executemany(_INSERT_LINK, links)
         await conn.executemany(_INSERT_ITEM, items)
+        await self._item_tables.write(conn, results)  # typed tables and views, from `items`
         await conn.executemany(_INSERT_ERROR, errors)
         await conn.executemany(_FINISH_REQUEST, updates)
+        await conn.executemany(_UPSERT_ROBOTS, robots_rows)
 
-    async def _claim(self, limit: int) -> ClaimBatch:
+    async def _write_item_checks(self, results: list[PageResult], now: str) -> None:
+        """Drop items whose de-duplication key is already stored (by an earlier batch or run,
+        or earlier in this batch) and store the new keys; write refused items to `item_errors`.
+        Runs first, so everything after it sees only the items that are kept."""
+        stats = self._stats
+        keys = [key for result in results for key in result.item_keys.values()]
+        seen = await self._stored_item_keys(keys)
+        key_rows: list[tuple[object, ...]] = []
+        error_rows: list[tuple[object, ...]] = []
+        for result in results:
+            run, request = self._run_id, result.request_id
+            error_rows.extend(
+                (run, request, e.url, e.callback, e.item_type, e.field, e.message, e.data, now)
+                for e in result.item_errors
+            )
+            if result.item_keys:
+                kept: list[tuple[str, str]] = []
+                for index, item in enumerate(result.items):
+                    if (key := result.item_keys.get(index)) is not None:
+                        if (key.type, key.key_hash) in seen:
+                            stats.items_dropped[DropReason.DUPLICATE.value] += 1
+                            continue
+                        seen.add((key.type, key.key_hash))
+                        key_rows.append((key.type, key.key_hash, key.key, self._run_id, now))
+                    kept.append(item)
+                result.items, result.item_keys = kept, {}
+            stats.items_dropped.update(reason.value for reason in result.dropped)
+            if result.item_errors:
+                stats.items_dropped[DropReason.INVALID.value] += len(result.item_errors)
+        await self._conn.executemany(_INSERT_ITEM_KEY, key_rows)
+        await self._conn.executemany(_INSERT_ITEM_ERROR, error_rows)
+
+    async def _stored_item_keys(self, keys: list[ItemKey]) -> set[tuple[str, int]]:
+        by_type: dict[str, set[int]] = {}
+        for key in keys:
+            by_type.setdefault(key.type, set()).add(key.key_hash)
+        found: set[tuple[str, int]] = set()
+        for type_name, hashes in by_type.items():
+            ordered = sorted(hashes)
+            for start in range(0, len(ordered), _SQL_PARAMS_PER_QUERY):
+                chunk = ordered[start : start + _SQL_PARAMS_PER_QUERY]
+                marks = ",".join("?" * len(chunk))
+                sql = f"SELECT key_hash FROM item_keys WHERE type = ? AND key_hash IN ({marks})"
+                async with self._conn.execute(sql, [type_name, *chunk]) as cursor:
+                    found.update((type_name, row[0]) for row in await cursor.fetchall())
+        return found
+
+    async def _claim(self, order: _ClaimOrder) -> ClaimBatch:
         now = time.time()
-        order = "priority DESC, id DESC" if self._settings.order == "dfs" else "priority DESC, id"
-        sql = _CLAIM.format(order=order)
-        async with self._conn.execute(
-            sql, (self._run_id, now + LEASE_SECONDS, now, now, limit)
-        ) as cursor:
-            rows = await cursor.fetchall()
-        claimed = [_claimed_from_row(row) for row in rows]
         descending = self._settings.order == "dfs"
+        sql = _CLAIM.format(order="priority DESC, id DESC" if descending else "priority DESC, id")
+        per_host = order.per_host or order.limit
+        claimed: list[Claimed] = []
+        capped = False
+        for host in await self._pending_hosts():
+            room = min(order.limit - len(claimed), per_host - order.held.get(host, 0))
+            if len(claimed) >= order.limit:
+                break
+            if room <= 0:
+                capped = True
+                continue
+            params = (self._run_id, now + LEASE_SECONDS, host, now, now, room)
+            async with self._conn.execute(sql, params) as cursor:
+                claimed.extend(_claimed_from_row(row) for row in await cursor.fetchall())
+            self._host_cursor = host
         claimed.sort(key=lambda c: (-c.request.priority, -c.id if descending else c.id))
-        if claimed:
-            return ClaimBatch(claimed=claimed)
+        if claimed or capped:
+            return ClaimBatch(claimed=claimed, capped=capped and not claimed)
         async with self._conn.execute(
             "SELECT count(*), min(not_before) FROM requests WHERE state = 'pending'"
         ) as cursor:
             row = await cursor.fetchone()
         pending, next_due = (row[0], row[1]) if row else (0, None)
         return ClaimBatch(claimed=[], pending=int(pending), next_due=next_due)
+
+    async def _pending_hosts(self) -> list[str]:
+        """Up to `_HOSTS_PER_CLAIM` hosts with pending requests, in turn: those after the
+        host the last claim ended with, then from the first host on."""
+        hosts = await self._hosts_after(self._host_cursor, _HOSTS_PER_CLAIM)
+        if len(hosts) < _HOSTS_PER_CLAIM and self._host_cursor:
+            wrapped = await self._hosts_after("", _HOSTS_PER_CLAIM - len(hosts))
+            hosts.extend(host for host in wrapped if host <= self._host_cursor)
+        return hosts
+
+    async def _hosts_after(self, after: str, count: int) -> list[str]:
+        async with self._conn.execute(_PENDING_HOSTS, (after, count)) as cursor:
+            return [str(row[0]) for row in await cursor.fetchall()]
 
     async def _renew_leases(self) -> None:
         self._last_lease_renewal = time.monotonic()
@@ -467,15 +582,37 @@ _INSERT_ERROR: Final = (
     "INSERT INTO errors (crawl_id, request_id, url, kind, message, attempt, callback, created_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_ITEM_KEY: Final = (
+    "INSERT INTO item_keys (type, key_hash, key, crawl_id, created_at) VALUES (?, ?, ?, ?, ?)"
+)
+_INSERT_ITEM_ERROR: Final = (
+    "INSERT INTO item_errors (crawl_id, request_id, url, callback, item_type, field, message, "
+    "data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _FINISH_REQUEST: Final = (
     "UPDATE requests SET state = ?, reason = ?, attempts = ?, not_before = ?, finished_at = ?, "
     "lease_owner = NULL, lease_expires = NULL WHERE id = ?"
 )
 _CLAIM: Final = (
     "UPDATE requests SET lease_owner = ?, lease_expires = ? WHERE id IN ("
-    " SELECT id FROM requests WHERE state = 'pending'"
+    " SELECT id FROM requests WHERE state = 'pending' AND host = ?"
     " AND (lease_expires IS NULL OR lease_expires < ?)"
     " AND (not_before IS NULL OR not_before <= ?)"
     " ORDER BY {order} LIMIT ?) "
     "RETURNING id, url, method, callback, headers, meta, depth, priority, attempts"
+)
+_PENDING_HOSTS: Final = """
+WITH RECURSIVE next_host (host, n) AS (
+    SELECT (SELECT min(host) FROM requests WHERE state = 'pending' AND host > ?), 1
+    UNION ALL
+    SELECT (SELECT min(host) FROM requests WHERE state = 'pending' AND host > next_host.host),
+           n + 1
+    FROM next_host WHERE next_host.host IS NOT NULL AND n < ?
+)
+SELECT host FROM next_host WHERE host IS NOT NULL
+"""
+"""Hosts with pending requests, in order, after a given one: one index seek per host."""
+_UPSERT_ROBOTS: Final = (
+    "INSERT OR REPLACE INTO robots (url, host, fetched_at, status, outcome, crawl_delay, body, "
+    "error, crawl_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )

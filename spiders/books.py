@@ -29,6 +29,7 @@ class BooksSpider(Spider):
     name = "books"
     start_urls = ("https://books.toscrape.com/",)
     allowed_domains = ("books.toscrape.com",)
+    item_types = (Book,)
 
     async def parse(self, response: Response) -> AsyncIterator[Book | Request]:
         """Follow the sidebar categories, the books listed here and the next listing page."""

@@ -20,8 +20,16 @@ def settings_table() -> str:
     lines = ["| setting | type | default | meaning |", "|---|---|---|---|"]
     for field in dataclasses.fields(Settings):
         default = getattr(defaults, field.name)
-        shown = f'"{default}"' if isinstance(default, str) else str(default).lower() if isinstance(default, bool) else str(default)
-        lines.append(f"| `{field.name}` | {type_name(field.name)} | `{shown}` | {docs[field.name]} |")
+        shown = (
+            f'"{default}"'
+            if isinstance(default, str)
+            else str(default).lower()
+            if isinstance(default, bool)
+            else str(default)
+        )
+        lines.append(
+            f"| `{field.name}` | {type_name(field.name)} | `{shown}` | {docs[field.name]} |"
+        )
     return "\n".join(lines)
 
 
@@ -33,7 +41,9 @@ def test_readme_lists_every_setting_exactly() -> None:
 def test_readme_documents_every_command() -> None:
     text = README.read_text()
     for name in cli.commands:
-        assert re.search(rf"`crawler {re.escape(name)}\b", text), f"README does not document `crawler {name}`"
+        assert re.search(rf"`crawler {re.escape(name)}\b", text), (
+            f"README does not document `crawler {name}`"
+        )
 
 
 def test_readme_gives_the_two_setup_commands() -> None:

@@ -148,9 +148,7 @@ async def faults() -> AsyncIterator[TestServer]:
         yield server
 
 
-async def test_hostile_endpoints_end_in_recorded_states(
-    faults: TestServer, db_path: Path
-) -> None:
+async def test_hostile_endpoints_end_in_recorded_states(faults: TestServer, db_path: Path) -> None:
     spider = with_start_urls(FollowAllSpider, [str(faults.make_url("/"))])
     settings = {**FAST, "max_size": 4096, "max_redirects": 3, "request_timeout": 0.5}
     stats = await crawl(spider, db=db_path, settings=settings)

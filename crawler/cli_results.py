@@ -1,0 +1,360 @@
+"""Commands for working with results: query, export, stats, reparse and parse.
+
+Each opens the crawl database read-only unless it must write (`query --write`, `reparse`).
+Bad input — a missing file, a file that is not a crawl database, bad SQL, an unknown item
+type — is one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Final, Literal
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from crawler.cli_common import (
+    EXIT_INTERRUPTED,
+    UserError,
+    check_start_url,
+    load_crawl_settings,
+    parse_assignments,
+    setup_logging,
+    user_errors,
+)
+from crawler.discovery import find_spider
+from crawler.errors import QueryError, StorageError
+from crawler.export import item_rows, known_item_types
+from crawler.output import OutputFormat, write_rows
+from crawler.parse_page import ParsedPage, parse_page
+from crawler.reparse import ReparseSummary
+from crawler.reparse import reparse as reparse_database
+from crawler.report import crawl_report, render_report
+from crawler.schema import APPLICATION_ID
+
+__all__ = ["export", "parse", "query", "reparse", "stats"]
+
+ExportFormat = Literal["jsonl", "json", "csv"]
+_SUFFIX_FORMATS: Final[dict[str, ExportFormat]] = {".csv": "csv", ".json": "json"}
+
+
+def connect_file(path: Path, *, write: bool = False) -> sqlite3.Connection:
+    """Open an existing SQLite file, read-only (`?mode=ro`) unless `write`.
+
+    Raises:
+        StorageError: the file does not exist or is not an SQLite database.
+    """
+    if not path.is_file():
+        raise StorageError(f"no such database file: {path}")
+    uri = path.resolve().as_uri() + ("?mode=rw" if write else "?mode=ro")
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"cannot read {path}: {exc}") from None
+    return conn
+
+
+def open_crawl_database(path: Path) -> sqlite3.Connection:
+    """Open a crawl database read-only, refusing other SQLite files."""
+    conn = connect_file(path)
+    if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+        conn.close()
+        raise StorageError(f"{path} is not a crawl database")
+    return conn
+
+
+@contextmanager
+def _stdout_pipe() -> Iterator[None]:
+    """Stop quietly when stdout is closed early (`crawler query … | head`)."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+        sys.exit(1)
+
+
+def _sql_error(exc: Exception) -> QueryError:
+    message = str(exc)
+    if "readonly" in message:
+        return QueryError(f"the database is open read-only ({message}); add --write to change it")
+    return QueryError(f"SQL error: {message}")
+
+
+def _bound_params(params: tuple[str, ...]) -> dict[str, str]:
+    bound: dict[str, str] = {}
+    for param in params:
+        name, sep, value = param.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"--param expects NAME=VALUE, got {param!r}")
+        bound[name.strip().lstrip(":")] = value
+    return bound
+
+
+@click.command()
+@click.argument("database", type=click.Path(path_type=Path))
+@click.argument("sql")
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    default=None,
+    type=click.Choice(["table", "json", "jsonl", "csv"]),
+    help="Output format [table on a terminal, else csv].",
+)
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Bind :NAME in the SQL to VALUE, a string (repeatable).",
+)
+@click.option("--write", is_flag=True, help="Open the database for writing (default: read-only).")
+def query(
+    database: Path, sql: str, fmt: OutputFormat | None, params: tuple[str, ...], write: bool
+) -> None:
+    """Run SQL against a crawl DATABASE and print the rows.
+
+    The file is opened read-only unless --write is given.
+    """
+    with user_errors(), _stdout_pipe():
+        bound = _bound_params(params)
+        conn = connect_file(database, write=write)
+        try:
+            try:
+                cursor = conn.execute(sql, bound)
+            except (sqlite3.Error, sqlite3.Warning) as exc:
+                raise _sql_error(exc) from None
+            if cursor.description is None:  # no result columns: a write or a pragma
+                click.echo(f"{max(cursor.rowcount, 0):,} rows changed", err=True)
+                return
+            columns = [d[0] for d in cursor.description]
+            out = Console()
+            chosen: OutputFormat = fmt or ("table" if out.is_terminal else "csv")
+            try:
+                write_rows(columns, cursor, fmt=chosen, out=sys.stdout, console=out)
+            except sqlite3.Error as exc:
+                raise _sql_error(exc) from None
+        finally:
+            conn.close()
+
+
+@click.command()
+@click.argument("database", type=click.Path(path_type=Path))
+@click.option("-t", "--type", "type_name", required=True, help="Item type: book, quote, …")
+@click.option(
+    "-f",
+    "--format",
+    "fmt",
+    default=None,
+    type=click.Choice(["jsonl", "json", "csv"]),
+    help="Output format [from the -o suffix: .csv, .json, else jsonl].",
+)
+@click.option("-o", "--output", default="-", show_default=True, help="File to write; - is stdout.")
+def export(database: Path, type_name: str, fmt: ExportFormat | None, output: str) -> None:
+    """Export the items of one type from a crawl DATABASE, streaming.
+
+    Dataclass items come from their typed table, dict items from `items`.
+    """
+    with user_errors(), _stdout_pipe():
+        chosen: ExportFormat = fmt or _SUFFIX_FORMATS.get(Path(output).suffix.lower(), "jsonl")
+        conn = open_crawl_database(database)
+        try:
+            try:
+                rows = item_rows(conn, type_name, decode_json=chosen != "csv")
+                if rows is None:
+                    known = ", ".join(known_item_types(conn)) or "none"
+                    raise UserError(f"unknown item type {type_name!r} (known types: {known})")
+                if output == "-":
+                    write_rows(rows.columns, rows.rows, fmt=chosen, out=sys.stdout)
+                    return
+                count = _export_to_file(Path(output), rows.columns, rows.rows, chosen)
+            except sqlite3.Error as exc:
+                raise QueryError(f"cannot export {type_name!r}: {exc}") from None
+        finally:
+            conn.close()
+    click.echo(f"exported {count:,} {type_name} rows to {output}", err=True)
+
+
+def _export_to_file(
+    path: Path, columns: list[str], rows: Iterator[object], fmt: ExportFormat
+) -> int:
+    """Write to `path`.part, then rename: an interrupted export leaves no half file."""
+    partial = path.with_name(path.name + ".part")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as out:
+            count = write_rows(columns, rows, fmt=fmt, out=out)  # type: ignore[arg-type]
+        partial.replace(path)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return count
+
+
+@click.command()
+@click.argument("database", type=click.Path(path_type=Path))
+@click.option(
+    "-f", "--format", "fmt", default="table", type=click.Choice(["table", "json"]), help="[table]"
+)
+def stats(database: Path, fmt: str) -> None:
+    """Summarise a crawl DATABASE: pages by status, hosts, depth, errors, items, speed.
+
+    Everything is counted from the tables, so it works on any file, even one being written.
+    """
+    with user_errors():
+        conn = open_crawl_database(database)
+        try:
+            report = crawl_report(conn)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot read {database}: {exc}") from None
+        finally:
+            conn.close()
+    if fmt == "json":
+        click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+    else:
+        Console().print(render_report(report, title=f"crawl database {database}"))
+
+
+@click.command()
+@click.argument("spider")
+@click.argument("database", type=click.Path(path_type=Path))
+@click.option(
+    "-s", "--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override a setting."
+)
+@click.option("--config", type=click.Path(path_type=Path), help="Config file [./config.toml].")
+@click.option(
+    "-f", "--format", "fmt", default="table", type=click.Choice(["table", "json"]), help="[table]"
+)
+def reparse(
+    spider: str, database: Path, assignments: tuple[str, ...], config: Path | None, fmt: str
+) -> None:
+    """Re-run SPIDER's callbacks over the page bodies stored in DATABASE, with no network.
+
+    Replaces the items (and typed tables) those pages produced: fix a selector, then reparse
+    instead of crawling again. Needs a crawl made with -s store_body=true.
+    """
+    setup_logging("WARNING", Console(stderr=True))
+    with user_errors():
+        spider_class = find_spider(spider)
+        loaded = load_crawl_settings(spider_class, config, dict(parse_assignments(assignments)))
+        open_crawl_database(database).close()  # refuse other files before opening for writing
+        try:
+            summary = asyncio.run(reparse_database(spider_class(), database, loaded.settings))
+        except KeyboardInterrupt:
+            click.echo("reparse interrupted: run it again to finish", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+    if fmt == "json":
+        click.echo(json.dumps(summary.as_dict(), indent=2))
+    else:
+        Console().print(_summary_table(summary, database))
+
+
+def _summary_table(summary: ReparseSummary, database: Path) -> Table:
+    data = summary.as_dict()
+    table = Table(title=f"reparse of {database}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for name, value in data.items():
+        shown = (
+            ", ".join(f"{k}: {v:,}" for k, v in value.items()) or "-"
+            if isinstance(value, dict)
+            else "-"
+            if value is None
+            else f"{value:,}"
+            if isinstance(value, int)
+            else str(value)
+        )
+        table.add_row(name.replace("_", " "), shown)
+    return table
+
+
+@click.command()
+@click.argument("spider")
+@click.argument("url")
+@click.option("-c", "--callback", help="Spider method to run [the stored one, else parse].")
+@click.option(
+    "--from",
+    "database",
+    type=click.Path(path_type=Path),
+    help="Read the page from this crawl database instead of fetching it.",
+)
+@click.option(
+    "-s", "--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override a setting."
+)
+@click.option("--config", type=click.Path(path_type=Path), help="Config file [./config.toml].")
+@click.option(
+    "-f", "--format", "fmt", default="text", type=click.Choice(["text", "json"]), help="[text]"
+)
+def parse(
+    spider: str,
+    url: str,
+    callback: str | None,
+    database: Path | None,
+    assignments: tuple[str, ...],
+    config: Path | None,
+    fmt: str,
+) -> None:
+    """Show what SPIDER's callback yields for the page at URL: items and requests.
+
+    Fetches URL (or reads it from a crawl database with --from) and prints the items as JSON
+    and the requests with their callback and depth. Nothing is stored. Exit code 1 when the
+    callback raised or the page would not be parsed.
+    """
+    setup_logging("WARNING", Console(stderr=True))
+    with user_errors():
+        spider_class = find_spider(spider)
+        if database is None:
+            check_start_url(url)
+        else:
+            open_crawl_database(database).close()
+        loaded = load_crawl_settings(spider_class, config, dict(parse_assignments(assignments)))
+        page = asyncio.run(
+            parse_page(
+                spider_class(), url, settings=loaded.settings, callback=callback, database=database
+            )
+        )
+    if fmt == "json":
+        click.echo(json.dumps(page.as_dict(), indent=2, ensure_ascii=False))
+    else:
+        _print_page(page)
+    if not page.parsed or page.errors:
+        sys.exit(1)
+
+
+def _print_page(page: ParsedPage) -> None:
+    click.echo(f"{page.status} {page.content_type} {page.url} (callback {page.callback})")
+    if not page.parsed:
+        click.echo(
+            "not parsed: a crawl parses responses with status < 300 and a content type "
+            "listed in parse_content_types",
+            err=True,
+        )
+        return
+    click.echo(f"\nitems ({len(page.items)}):")
+    for type_name, data in page.items:
+        click.echo(f"{type_name} {data}")
+    click.echo(
+        f"\nrequests ({len(page.requests)} to crawl, {len(page.skipped)} skipped, "
+        f"{page.duplicates} duplicates):"
+    )
+    for c in page.requests:
+        click.echo(f"{c.request.callback:<16} depth {c.request.depth:<3} {c.url}")
+    for s in page.skipped:
+        click.echo(f"{'skip: ' + s.reason.value:<16} depth {s.depth:<3} {s.url}")
+    for problem in [*page.invalid_items, *page.dropped]:
+        click.echo(f"item not stored: {problem}")
+    for error in page.errors:
+        click.echo(f"error ({error.kind}): {error.message}", err=True)

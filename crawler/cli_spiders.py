@@ -1,0 +1,231 @@
+"""Commands for writing spiders: `new` (scaffold a spider), `record` (save pages as test
+fixtures) and `serve-demo` (run a bundled demo site on 127.0.0.1 to practise on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import signal
+import socket
+import sqlite3
+import sys
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import click
+from aiohttp import web
+from rich.console import Console
+
+from crawler.cli_common import (
+    UserError,
+    check_start_url,
+    load_crawl_settings,
+    open_read_only,
+    setup_logging,
+    user_errors,
+)
+from crawler.discovery import find_spider
+from crawler.fetcher import Deferred, Failed, Fetcher
+from crawler.http import Request
+from crawler.links import try_canonical_url
+from crawler.scaffold import write_spider
+from crawler.settings import Settings
+from crawler.testing import PageFixture, save_fixture
+
+__all__ = ["new", "record", "serve_demo"]
+
+
+@click.command()
+@click.argument("name")
+@click.argument("url")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("spiders"),
+    show_default=True,
+    help="Directory to write NAME.py in.",
+)
+def new(name: str, url: str, directory: Path) -> None:
+    """Write a new spider NAME for the site at URL, ready to crawl and to edit.
+
+    It follows the site's links and yields one item per page with the page's title.
+    """
+    with user_errors():
+        path = write_spider(name, url, directory)
+    found_by_name = directory.resolve() == (Path.cwd() / "spiders").resolve()
+    click.echo(f"created {path}; run it with: crawler crawl {name if found_by_name else path}")
+
+
+@click.command()
+@click.argument("spider")
+@click.argument("urls", nargs=-1, required=True, metavar="URL...")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Fixture directory [tests/fixtures/<spider>/].",
+)
+@click.option(
+    "--from",
+    "database",
+    type=click.Path(path_type=Path),
+    help="Take the pages from this crawl database (crawled with -s store_body=true).",
+)
+def record(spider: str, urls: tuple[str, ...], output: Path | None, database: Path | None) -> None:
+    """Save pages as test fixtures (URL, status, headers and body) for crawler.testing.
+
+    Each page is fetched with SPIDER's settings, or read from a crawl database with --from,
+    and saved as <name>.json (metadata) plus <name>.html (body), named after the URL's path.
+    """
+    with user_errors():
+        spider_class = find_spider(spider)
+        checked = [check_start_url(url) for url in urls]
+        directory = output or Path("tests") / "fixtures" / spider_class.name
+        failures: list[str] = []
+        if database is not None:
+            pages = _pages_from_database(database, checked)
+            source = database.name
+        else:
+            settings = load_crawl_settings(spider_class, None, {}).settings
+            pages, failures = asyncio.run(_fetch_pages(settings, checked))
+            source = "network"
+    for page in pages:
+        path = save_fixture(
+            directory,
+            url=page.url,
+            final_url=page.final_url,
+            status=page.status,
+            headers=page.headers,
+            body=page.body,
+            source=source,
+        )
+        click.echo(f"saved {path} ({page.status}, {len(page.body):,} bytes) from {page.url}")
+    for failure in failures:
+        click.echo(f"error: {failure}", err=True)
+    if failures:
+        sys.exit(1)
+
+
+async def _fetch_pages(
+    settings: Settings, urls: Sequence[str]
+) -> tuple[list[PageFixture], list[str]]:
+    pages: list[PageFixture] = []
+    failures: list[str] = []
+    async with Fetcher(settings, lambda target: None) as fetcher:
+        for url in urls:
+            outcome = await fetcher.fetch(Request(url))
+            if isinstance(outcome, Failed):
+                failures.append(f"cannot fetch {url}: {outcome.error.kind}: {outcome.error}")
+            elif isinstance(outcome, Deferred):
+                failures.append(f"cannot fetch {url}: the server asked to retry much later")
+            else:
+                pages.append(
+                    PageFixture(
+                        url=url,
+                        final_url=outcome.url,
+                        status=outcome.status,
+                        headers=_joined(outcome.headers.items()),
+                        body=outcome.body,
+                    )
+                )
+    return pages, failures
+
+
+def _joined(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Headers as a dict; repeated headers are joined with ", " (as HTTP allows)."""
+    joined: dict[str, str] = {}
+    for name, value in headers:
+        joined[name] = f"{joined[name]}, {value}" if name in joined else value
+    return joined
+
+
+def _pages_from_database(database: Path, urls: Sequence[str]) -> list[PageFixture]:
+    conn = open_read_only(database)
+    try:
+        return [_page_from_database(conn, database, url) for url in urls]
+    except sqlite3.Error as exc:
+        raise UserError(f"cannot read pages from {database}: {exc}") from None
+    finally:
+        conn.close()
+
+
+def _page_from_database(conn: sqlite3.Connection, database: Path, url: str) -> PageFixture:
+    canonical = try_canonical_url(url) or url
+    row = conn.execute(
+        "SELECT url, final_url, status, content_type, encoding, body FROM pages "
+        "WHERE url IN (?, ?) OR final_url IN (?, ?) ORDER BY id DESC LIMIT 1",
+        (url, canonical, url, canonical),
+    ).fetchone()
+    if row is None:
+        raise UserError(f"{database} has no page for {url}")
+    page_url, final_url, status, content_type, encoding, body = row
+    if body is None:
+        raise UserError(
+            f"{database} has no body for {url}; crawl with -s store_body=true to keep bodies"
+        )
+    try:
+        content = gzip.decompress(body)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UserError(f"{database}: the stored body of {url} is corrupt: {exc}") from None
+    header = f"{content_type}; charset={encoding}" if encoding else str(content_type)
+    return PageFixture(
+        url=str(page_url),
+        final_url=str(final_url),
+        status=int(status),
+        headers={"Content-Type": header},
+        body=content,
+    )
+
+
+@click.command(name="serve-demo")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="Port on 127.0.0.1 (0 picks a free one).",
+)
+@click.option(
+    "--site",
+    type=click.Choice(["books", "quotes"]),
+    default="books",
+    show_default=True,
+    help="The book catalogue or the quotes site.",
+)
+@click.option("--size", type=click.IntRange(min=1), help="Books or quotes [300 books, 100 quotes].")
+def serve_demo(port: int, site: str, size: int | None) -> None:
+    """Serve a bundled demo site on 127.0.0.1 until Ctrl-C, to write and test spiders against.
+
+    Crawl it from another terminal, e.g. crawler crawl books --start-url http://127.0.0.1:8000/
+    """
+    from crawler.demo import catalogue_app, quotes_app  # only loaded when asked for
+
+    setup_logging("WARNING", Console(stderr=True))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))  # loopback only: the demo site is never exposed
+    except OSError as exc:
+        sock.close()
+        raise UserError(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}") from None
+    if site == "books":
+        app = catalogue_app(book_count=size or 300)
+    else:
+        app = quotes_app(quote_count=size or 100)
+    asyncio.run(_serve(app, sock, f"demo {site} site"))
+
+
+async def _serve(app: web.Application, sock: socket.socket, what: str) -> None:
+    from crawler.demo.serve import serve_app  # only loaded when asked for
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with serve_app(app, sock) as url:
+        click.echo(f"serving the {what} at {url} (Ctrl-C to stop)")
+        await stop.wait()
+    click.echo("stopped", err=True)

@@ -1,0 +1,285 @@
+"""Per-host politeness: how many requests each host may have in flight, how long to wait
+between two of them, and how both adapt to the way the host answers.
+
+Two parties share a `HostState`. The feeder *reserves* a host when it hands one of its
+requests to a worker and only hands out requests of hosts that are ready (fewer reservations
+than the host's limit, its delay passed, no cool-down): that is what keeps a slow host from
+occupying the workers. The fetcher takes a *slot* around each attempt: the slot waits for the
+host's next start time (so delays hold even when workers race), measures the response time
+and feeds status and latency to the host's `Throttle`. A retry's backoff sleep happens
+between attempts, outside any slot.
+
+`Throttle` is the arithmetic alone, without clocks or I/O (see its docstring).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Final, Self, final
+
+from crawler.errors import ConnectError, FetchTimeout, ProtocolError
+from crawler.links import host_of
+from crawler.settings import Settings
+
+__all__ = ["HostState", "Hosts", "Slot", "Throttle", "ThrottlePolicy"]
+
+logger = logging.getLogger(__name__)
+
+THROTTLE_STATUSES: Final = frozenset({429, 503})
+"""Statuses that mean "slow down": the host gets a cool-down and a lower pace."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThrottlePolicy:
+    """The settings a `Throttle` works within."""
+
+    min_delay: float
+    """`delay_per_host`: the delay never goes below it (nor below a host's Crawl-delay)."""
+    max_delay: float
+    """`autothrottle_max_delay`: the delay never goes above it (unless Crawl-delay is larger)."""
+    max_concurrency: int
+    """`concurrency_per_host`: the hard cap on the concurrency limit."""
+    target_concurrency: float
+    """`autothrottle_target_concurrency`: delay = latency / target, on average."""
+    adaptive: bool
+    """`autothrottle`: adapt the delay and the limit; when off, only cool-downs apply."""
+    slowed_delay: float
+    """The least delay after a 429/503 or a failure (`backoff_base`)."""
+    retry_after_max: float
+    """The longest cool-down a `Retry-After` can ask for."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """Return the policy the settings describe."""
+        return cls(
+            min_delay=settings.delay_per_host,
+            max_delay=settings.autothrottle_max_delay,
+            max_concurrency=settings.concurrency_per_host,
+            target_concurrency=settings.autothrottle_target_concurrency,
+            adaptive=settings.autothrottle,
+            slowed_delay=settings.backoff_base,
+            retry_after_max=settings.retry_after_max,
+        )
+
+
+@final
+class Throttle:
+    """The pace of one host: its delay, its concurrency limit and its cool-down.
+
+    Like Scrapy's AutoThrottle, each response pulls the delay halfway towards
+    `latency / target_concurrency`; only a success (status < 400) may lower it. On top of
+    that, additive increase / multiplicative decrease of the concurrency limit: a 429 or 503
+    halves the limit, at least doubles the delay and starts a host-wide cool-down (the
+    `Retry-After`, else the new delay); a failure without a response (timeout, reset) halves
+    the limit only; each success raises the limit by one, up to the cap.
+
+    All methods take the current time as an argument, so the maths can be tested with a fake
+    clock. With `adaptive` off, the delay stays at its floor, the limit at the cap, and only
+    `Retry-After` cool-downs apply.
+    """
+
+    def __init__(self, policy: ThrottlePolicy) -> None:
+        self.policy = policy
+        self.floor = policy.min_delay
+        """The least delay: `delay_per_host`, raised by robots.txt `Crawl-delay`."""
+        self.delay = policy.min_delay
+        """Seconds between the starts of two requests to this host."""
+        self.limit = policy.max_concurrency
+        """Requests allowed in flight to this host."""
+        self.blocked_until = -math.inf
+        """No request may start before this time (a cool-down)."""
+
+    def set_floor(self, seconds: float) -> None:
+        """Raise the least delay (a robots.txt `Crawl-delay`); never below `delay_per_host`."""
+        self.floor = max(self.policy.min_delay, seconds)
+        self.delay = self._clamp(self.delay)
+
+    def on_response(
+        self, now: float, latency: float, status: int, retry_after: float | None = None
+    ) -> None:
+        """Account for one response that took `latency` seconds."""
+        policy = self.policy
+        if status in THROTTLE_STATUSES:
+            if policy.adaptive:
+                self._slow_down()
+            if retry_after is not None:
+                pause = min(retry_after, policy.retry_after_max)
+            else:
+                pause = self.delay if policy.adaptive else 0.0
+            self.blocked_until = max(self.blocked_until, now + pause)
+            return
+        if not policy.adaptive:
+            return
+        averaged = (self.delay + latency / policy.target_concurrency) / 2
+        if status < 400:
+            self.delay = self._clamp(averaged)
+            self.limit = min(policy.max_concurrency, self.limit + 1)
+        else:  # an error page is no evidence that the host can go faster
+            self.delay = self._clamp(max(self.delay, averaged))
+
+    def on_failure(self, now: float) -> None:
+        """Account for an attempt that got no response (timeout, refused, reset): fewer in
+        flight. The delay stays: a failure says nothing about the host's response time, and
+        the fetcher's retry backoff already waits."""
+        if self.policy.adaptive:
+            self.limit = max(1, self.limit // 2)
+
+    def _slow_down(self) -> None:
+        self.limit = max(1, self.limit // 2)
+        self.delay = self._clamp(max(2 * self.delay, self.policy.slowed_delay))
+
+    def _clamp(self, delay: float) -> float:
+        return min(max(delay, self.floor), max(self.policy.max_delay, self.floor))
+
+
+@final
+@dataclass(slots=True)
+class HostState:
+    """Everything the feeder and the fetcher know about one host."""
+
+    host: str
+    throttle: Throttle
+    reserved: int = 0
+    """Requests handed to workers and not finished yet (the feeder's count)."""
+    released_at: float = -math.inf
+    """When the feeder last handed out a request of this host."""
+    last_start: float = -math.inf
+    """When the last attempt started."""
+    next_start: float = -math.inf
+    """The earliest time the next attempt may start (set by the fetcher's slots)."""
+    active: int = 0
+    """Attempts in progress right now."""
+
+    def start_at(self) -> float:
+        """The earliest time an attempt may start: the delay and any cool-down passed."""
+        return max(self.next_start, self.throttle.blocked_until)
+
+    def ready_at(self) -> float:
+        """The earliest time the feeder may hand out another request of this host."""
+        return max(self.start_at(), self.released_at + self.throttle.delay)
+
+
+@final
+class Slot:
+    """One attempt's hold on its host; the fetcher reports the response through it."""
+
+    __slots__ = ("retry_after", "status")
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+        self.retry_after: float | None = None
+
+    def responded(self, status: int, retry_after: float | None) -> None:
+        """Record the status (and `Retry-After`) of the final response of this attempt."""
+        self.status = status
+        self.retry_after = retry_after
+
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@final
+class Hosts:
+    """The `HostState` of every host seen in this crawl.
+
+    `clock`, `sleep` and `rand` are injectable so that tests can run the timing on a fake
+    clock; by default they are `time.monotonic`, `asyncio.sleep` and `random.random`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._policy = ThrottlePolicy.from_settings(settings)
+        self._randomize = settings.randomize_delay
+        self._clock = clock
+        self._sleep = sleep
+        self._rand = rand
+        self._states: dict[str, HostState] = {}
+        self._busy: set[str] = set()
+
+    @property
+    def clock(self) -> Clock:
+        """The clock every time in a `HostState` is measured on."""
+        return self._clock
+
+    def __getitem__(self, host: str) -> HostState:
+        """Return a host's state, creating it on first use."""
+        state = self._states.get(host)
+        if state is None:
+            state = self._states[host] = HostState(host, Throttle(self._policy))
+        return state
+
+    def set_crawl_delay(self, host: str, seconds: float) -> None:
+        """Apply a robots.txt `Crawl-delay` to a host, counted from its last request (the
+        robots.txt fetch itself)."""
+        state = self[host]
+        state.throttle.set_floor(seconds)
+        state.next_start = max(state.next_start, state.last_start + state.throttle.delay)
+
+    def reserve(self, host: str) -> None:
+        """The feeder hands one request of `host` to the workers."""
+        state = self[host]
+        state.reserved += 1
+        state.released_at = self._clock()
+        self._busy.add(host)
+
+    def finish(self, host: str) -> None:
+        """A worker is done with a request of `host` (fetched, failed or skipped)."""
+        state = self[host]
+        state.reserved = max(0, state.reserved - 1)
+        if not state.reserved:
+            self._busy.discard(host)
+
+    def reservations(self) -> dict[str, int]:
+        """Requests handed to workers and not finished, per host (hosts with none left out)."""
+        return {host: self._states[host].reserved for host in self._busy}
+
+    @asynccontextmanager
+    async def slot(self, url: str) -> AsyncIterator[Slot]:
+        """Hold the host of `url` for one attempt.
+
+        Waits until the host's delay and cool-down have passed, then sets the next start
+        time and yields a `Slot` for the fetcher to report the response status through. On
+        exit the latency and the status (or the failure) adjust the host's throttle.
+        """
+        state = self[host_of(url)]
+        while (wait := state.start_at() - self._clock()) > 0:
+            await self._sleep(wait)
+        started = state.last_start = self._clock()
+        factor = 0.5 + self._rand() if self._randomize else 1.0
+        state.next_start = started + state.throttle.delay * factor
+        state.active += 1
+        slot = Slot()
+        try:
+            yield slot
+        except (FetchTimeout, ConnectError, ProtocolError):  # too large, redirect: not the host
+            state.throttle.on_failure(self._clock())
+            raise
+        finally:
+            state.active -= 1
+        if slot.status is not None:
+            now = self._clock()
+            state.throttle.on_response(now, now - started, slot.status, slot.retry_after)
+            if slot.status in THROTTLE_STATUSES:
+                logger.info(
+                    "%s answered %d: pausing it for %.1fs, then at most %d in flight, %.2fs apart",
+                    state.host,
+                    slot.status,
+                    max(0.0, state.throttle.blocked_until - now),
+                    state.throttle.limit,
+                    state.throttle.delay,
+                )

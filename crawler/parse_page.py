@@ -1,0 +1,203 @@
+"""Parsing one page outside a crawl (`crawler parse`): fetch it with the crawl's `Fetcher`,
+or read it from a crawl database, run one callback, and report everything it yielded.
+
+The page goes through the same `CallbackRunner` as in a crawl, so items are validated and
+post-processed, and requests are admitted by a `Frontier` (the page's host counts as an
+allowed domain, as with `crawl --start-url`) to show which a crawl would follow and which it
+would skip, and why. Nothing is written anywhere.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sqlite3
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, final
+
+from yarl import URL
+
+from crawler.callbacks import CallbackRunner
+from crawler.errors import FetchError, StorageError
+from crawler.fetcher import Deferred, Failed, Fetcher
+from crawler.frontier import Frontier
+from crawler.http import Request, Response
+from crawler.links import try_canonical_url
+from crawler.records import Candidate, ErrorRecord, PageResult, RequestState, Skipped
+from crawler.reparse import request_from_row, response_from_row
+from crawler.schema import connect
+from crawler.settings import Settings
+from crawler.spider import Spider, callback_of
+from crawler.stats import Stats
+
+__all__ = ["ParsedPage", "parse_page"]
+
+
+@final
+@dataclass(slots=True, kw_only=True)
+class ParsedPage:
+    """One page and what its callback yielded."""
+
+    url: str
+    status: int
+    content_type: str
+    callback: str
+    parsed: bool
+    """False when a crawl would not parse the page (error status, other content type)."""
+    items: list[tuple[str, str]] = field(default_factory=list)
+    requests: list[Candidate] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    duplicates: int = 0
+    """Requests refused as repeats of one yielded earlier on this page."""
+    errors: list[ErrorRecord] = field(default_factory=list)
+    invalid_items: list[str] = field(default_factory=list)
+    """Items refused by validation: `type.field: message`."""
+    dropped: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the page and its output as JSON-ready data."""
+        return {
+            "url": self.url,
+            "status": self.status,
+            "content_type": self.content_type,
+            "callback": self.callback,
+            "parsed": self.parsed,
+            "items": [{"type": t, "data": json.loads(data)} for t, data in self.items],
+            "requests": [
+                {"url": c.url, "callback": c.request.callback, "depth": c.request.depth}
+                for c in self.requests
+            ],
+            "skipped": [
+                {"url": s.url, "reason": s.reason.value, "depth": s.depth} for s in self.skipped
+            ],
+            "duplicates": self.duplicates,
+            "errors": [{"kind": e.kind, "message": e.message} for e in self.errors],
+            "invalid_items": self.invalid_items,
+            "dropped": self.dropped,
+        }
+
+
+async def parse_page(
+    spider: Spider,
+    url: str,
+    *,
+    settings: Settings,
+    callback: str | None = None,
+    database: Path | None = None,
+) -> ParsedPage:
+    """Fetch `url` (or read it from `database`), run the callback and collect its output.
+
+    Args:
+        spider: the spider whose callback runs.
+        url: the page.
+        settings: the crawl settings (user agent, timeouts, parse_content_types…).
+        callback: the spider method to run; default: the one the crawl used (with
+            `database`), else `parse`.
+        database: read the page from this crawl database (it needs stored bodies).
+
+    Raises:
+        SpiderError: no such callback.
+        FetchError: the page could not be fetched.
+        StorageError: the database does not hold the page or its body.
+    """
+    if callback is not None:
+        callback_of(spider, callback)
+    if database is not None:
+        response = await _stored_response(database, url, callback)
+    else:
+        response = await _fetched_response(url, settings, callback or "parse")
+    request = response.request
+    callback_of(spider, request.callback)
+    page = ParsedPage(
+        url=response.url,
+        status=response.status,
+        content_type=response.content_type,
+        callback=request.callback,
+        parsed=response.status < 300 and response.content_type in settings.parse_content_types,
+    )
+    if not page.parsed:
+        return page
+    stats = Stats()
+    host = URL(response.url).raw_host or ""
+    frontier = Frontier(settings, spider, [*spider.allowed_domains, host])
+    runner = CallbackRunner(spider, frontier, stats, on_stop=lambda reason: None)
+    result = PageResult(request_id=0, url=request.url, state=RequestState.DONE)
+
+    async def collect(candidates: list[Candidate], skipped: list[Skipped]) -> None:
+        page.requests.extend(candidates)
+        page.skipped.extend(skipped)
+
+    await spider.opened()
+    try:
+        await runner.run(response, result, links=False, spill=collect)
+    finally:
+        await spider.closed("finished")
+    await collect(result.candidates, result.skipped)
+    page.items = result.items
+    page.duplicates = stats.skipped["duplicate"]
+    page.errors = result.errors
+    page.invalid_items = [f"{e.item_type}.{e.field}: {e.message}" for e in result.item_errors]
+    page.dropped = [str(reason) for reason in result.dropped]
+    return page
+
+
+async def _fetched_response(url: str, settings: Settings, callback: str) -> Response:
+    request = Request(url, callback=callback)
+    async with Fetcher(settings, lambda target: None) as fetcher:
+        outcome = await fetcher.fetch(request)
+    if isinstance(outcome, Failed):
+        error = outcome.error
+        raise FetchError(url, f"cannot fetch {url}: {error.kind}: {error.message}")
+    if isinstance(outcome, Deferred):
+        raise FetchError(url, "the server asked to retry later (Retry-After)")
+    return Response(
+        url=outcome.url,
+        status=outcome.status,
+        headers=outcome.headers,
+        body=outcome.body,
+        request=request,
+    )
+
+
+_STORED_PAGE = """
+SELECT p.final_url, p.status, p.content_type, p.encoding, p.body,
+       r.url, r.callback, r.method, r.headers, r.meta, r.depth
+FROM pages AS p JOIN requests AS r ON r.id = p.request_id
+WHERE p.url IN (?, ?) OR p.final_url IN (?, ?) ORDER BY p.id DESC LIMIT 1
+"""
+
+
+async def _stored_response(database: Path, url: str, callback: str | None) -> Response:
+    canonical = try_canonical_url(url) or url
+    conn = await connect(database, read_only=True)
+    try:
+        rows = await conn.execute_fetchall(_STORED_PAGE, (url, canonical, url, canonical))
+    except sqlite3.Error as exc:  # not a crawl database
+        raise StorageError(f"cannot read pages from {database}: {exc}") from None
+    finally:
+        await conn.close()
+    row = next(iter(rows), None)
+    if row is None:
+        raise StorageError(f"{database} has no page {url}")
+    final_url, status, content_type, encoding, blob = row[:5]
+    if blob is None:
+        raise StorageError(
+            f"{database} holds {url} without its body; crawl with -s store_body=true"
+        )
+    try:
+        body = gzip.decompress(blob)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise StorageError(f"the stored body of {url} is damaged: {exc}") from None
+    request = request_from_row(*row[5:])
+    if callback is not None:
+        request = request.replace(callback=callback)
+    return response_from_row(
+        url=final_url,
+        status=int(status),
+        content_type=content_type,
+        encoding=encoding,
+        body=body,
+        request=request,
+    )

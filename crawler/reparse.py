@@ -1,0 +1,352 @@
+"""Running a spider's callbacks outside a crawl: over the page bodies a crawl stored
+(`crawler reparse`), or over one page fetched or read from a database (`crawler parse`).
+
+Both build the same `Response` a crawl builds and run it through the same `CallbackRunner`,
+so what you see is what a crawl would store. Requests the callbacks yield are admitted by a
+`Frontier` (to show or count what a crawl would do with them) and never fetched.
+
+Reparse replaces, for every page with a stored body, what its callbacks produced: its
+`items`, typed-table rows and item views, `item_errors`, and `errors` of kind `spider` and
+`item`; `item_keys` is rebuilt. It reads pages in batches of `REPARSE_BATCH` and writes each
+batch in one transaction on one connection, so memory stays flat; an interrupted reparse
+leaves the batches it committed (run it again to finish).
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import time
+import zlib
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, final
+
+import aiosqlite
+
+from crawler.callbacks import CallbackRunner
+from crawler.errors import StorageError
+from crawler.frontier import Frontier
+from crawler.http import Request, Response
+from crawler.item_tables import ItemTables, declare_item_tables, quote_identifier
+from crawler.records import Candidate, DropReason, PageResult, RequestState, Skipped
+from crawler.schema import open_database
+from crawler.settings import Settings
+from crawler.spider import Spider
+from crawler.stats import Stats
+from crawler.storage import LEASE_SECONDS, utc_now
+
+__all__ = ["REPARSE_BATCH", "ReparseSummary", "reparse", "request_from_row", "response_from_row"]
+
+REPARSE_BATCH: Final = 100
+"""Pages parsed and committed per transaction."""
+CALLBACK_ERROR_KINDS: Final = ("spider", "item")
+
+
+@final
+@dataclass(slots=True, kw_only=True)
+class ReparseSummary:
+    """What a reparse did."""
+
+    pages: int = 0
+    """Pages whose callback ran."""
+    not_parsed: int = 0
+    """Pages with a body that a crawl would not parse (error status, other content type)."""
+    without_body: int = 0
+    """Pages with no stored body: their items were kept as they were."""
+    items: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    requests: int = 0
+    """Requests the callbacks yielded (not crawled)."""
+    stopped: str | None = None
+    """Why a callback stopped the reparse (`StopCrawl`), if one did."""
+
+    def stopping(self) -> bool:
+        """Whether a callback raised `StopCrawl`: no further page is parsed."""
+        return self.stopped is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the summary as JSON-ready data."""
+        return {
+            "pages": self.pages,
+            "not_parsed": self.not_parsed,
+            "without_body": self.without_body,
+            "items": sum(self.items.values()),
+            "items_by_type": dict(sorted(self.items.items())),
+            "items_dropped": dict(sorted(self.dropped.items())),
+            "errors": dict(sorted(self.errors.items())),
+            "requests_not_crawled": self.requests,
+            "stopped": self.stopped,
+        }
+
+
+def response_from_row(
+    *,
+    url: str,
+    status: int,
+    content_type: str,
+    encoding: str | None,
+    body: bytes,
+    request: Request,
+) -> Response:
+    """Rebuild the Response a crawl parsed from a `pages` row (body already decompressed)."""
+    header = f"{content_type}; charset={encoding}" if encoding else content_type
+    return Response(
+        url=url, status=status, headers={"Content-Type": header}, body=body, request=request
+    )
+
+
+def request_from_row(
+    url: str, callback: str | None, method: str, headers: str | None, meta: str | None, depth: int
+) -> Request:
+    """Rebuild a stored request (the `requests` columns)."""
+    return Request(
+        url,
+        callback=callback or "parse",
+        method=method or "GET",
+        headers=json.loads(headers) if headers else None,
+        meta=json.loads(meta) if meta else None,
+        depth=depth,
+    )
+
+
+async def reparse(spider: Spider, db: Path, settings: Settings) -> ReparseSummary:
+    """Re-run `spider`'s callbacks over the bodies stored in `db` (an existing file),
+    replacing what they produced.
+
+    Raises:
+        StorageError: not a crawl database, another spider's crawl, no stored bodies, or a
+            crawl is running on the file.
+    """
+    conn = await open_database(db)
+    try:
+        summary = ReparseSummary()
+        await _check(conn, spider, db, summary)
+        stats = Stats()
+        frontier = Frontier(settings, spider, list(spider.allowed_domains))
+        runner = CallbackRunner(spider, frontier, stats, on_stop=_stopper(summary))
+        await spider.opened()
+        try:
+            await _transaction(conn, lambda: _clear(conn))
+            await _parse_all(conn, runner, settings, summary)
+            await declare_item_tables(conn, spider)
+            await _transaction(conn, lambda: _update_run_stats(conn))
+        finally:
+            await spider.closed("finished")
+        summary.requests += stats.skipped["duplicate"]
+        return summary
+    finally:
+        await conn.close()
+
+
+def _stopper(summary: ReparseSummary) -> Callable[[str], None]:
+    def stop(reason: str) -> None:
+        summary.stopped = summary.stopped or reason
+
+    return stop
+
+
+async def _check(
+    conn: aiosqlite.Connection, spider: Spider, db: Path, summary: ReparseSummary
+) -> None:
+    spiders = {str(row[0]) for row in await conn.execute_fetchall("SELECT spider FROM crawls")}
+    if spiders - {spider.name}:
+        others = ", ".join(sorted(spiders - {spider.name}))
+        raise StorageError(f"{db} holds a crawl of spider {others!r}, not {spider.name!r}")
+    running = await conn.execute_fetchall(
+        "SELECT id FROM crawls WHERE status = 'running' AND heartbeat_at > ?",
+        (time.time() - LEASE_SECONDS,),
+    )
+    if running:
+        raise StorageError(f"a crawl is running on {db}; reparse it when the crawl has ended")
+    rows = await conn.execute_fetchall(
+        "SELECT count(body), count(*) - count(body) FROM pages WHERE status < 300"
+    )
+    with_body, summary.without_body = (int(v) for v in next(iter(rows)))
+    if not with_body:
+        raise StorageError(
+            f"{db} has no stored page bodies to reparse; crawl with -s store_body=true"
+        )
+
+
+async def _transaction(conn: aiosqlite.Connection, work: Callable[[], Awaitable[None]]) -> None:
+    await conn.execute("BEGIN IMMEDIATE")
+    try:
+        await work()
+        await conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            await conn.execute("ROLLBACK")
+        raise
+
+
+_REPARSED: Final = "SELECT request_id FROM pages WHERE body IS NOT NULL"
+
+
+async def _clear(conn: aiosqlite.Connection) -> None:
+    """Delete what the callbacks produced for every page with a body; drop emptied tables."""
+    await conn.execute(f"DELETE FROM items WHERE request_id IN ({_REPARSED})")
+    marks = ", ".join("?" * len(CALLBACK_ERROR_KINDS))
+    await conn.execute(
+        f"DELETE FROM errors WHERE kind IN ({marks}) AND request_id IN ({_REPARSED})",
+        CALLBACK_ERROR_KINDS,
+    )
+    await conn.execute(f"DELETE FROM item_errors WHERE request_id IN ({_REPARSED})")
+    # Keys cannot be told apart by page: they are rebuilt from the items stored from here on.
+    await conn.execute("DELETE FROM item_keys")
+    registered = await conn.execute_fetchall("SELECT type, kind, name FROM item_tables")
+    for type_name, kind, name in registered:
+        quoted = quote_identifier(str(name))
+        if kind == "table":
+            await conn.execute(f"DELETE FROM {quoted} WHERE request_id IN ({_REPARSED})")
+            left = await conn.execute_fetchall(f"SELECT 1 FROM {quoted} LIMIT 1")
+            drop = f"DROP TABLE IF EXISTS {quoted}"
+        else:
+            left = await conn.execute_fetchall(
+                "SELECT 1 FROM items WHERE type = ? LIMIT 1", (type_name,)
+            )
+            drop = f"DROP VIEW IF EXISTS {quoted}"
+        if not left:  # made again from the current dataclass / keys as items arrive
+            await conn.execute(drop)
+            await conn.execute("DELETE FROM item_tables WHERE name = ?", (name,))
+
+
+_PAGES: Final = """
+SELECT p.id, p.request_id, p.crawl_id, p.final_url, p.status, p.content_type, p.encoding,
+       p.body, r.url, r.callback, r.method, r.headers, r.meta, r.depth
+FROM pages AS p JOIN requests AS r ON r.id = p.request_id
+WHERE p.body IS NOT NULL AND p.id > ? ORDER BY p.id LIMIT ?
+"""
+
+
+async def _parse_all(
+    conn: aiosqlite.Connection, runner: CallbackRunner, settings: Settings, summary: ReparseSummary
+) -> None:
+    parse_types = frozenset(settings.parse_content_types)
+    tables = ItemTables()
+    seen_keys: set[tuple[str, int]] = set()
+    after = 0
+
+    async def count(candidates: list[Candidate], skipped: list[Skipped]) -> None:
+        summary.requests += len(candidates) + len(skipped)
+
+    while not summary.stopping():
+        rows = await conn.execute_fetchall(_PAGES, (after, REPARSE_BATCH))
+        if not rows:
+            break
+        batch: list[tuple[int, PageResult]] = []
+        for row in rows:
+            page_id, request_id, crawl_id, final_url, status, content_type, encoding, blob = row[:8]
+            after = int(page_id)
+            if int(status) >= 300 or content_type not in parse_types:
+                summary.not_parsed += 1
+                continue
+            try:
+                body = gzip.decompress(blob)
+            except (OSError, EOFError, zlib.error):
+                summary.not_parsed += 1  # a damaged body: nothing to parse
+                continue
+            request = request_from_row(*row[8:])
+            response = response_from_row(
+                url=final_url,
+                status=int(status),
+                content_type=content_type,
+                encoding=encoding,
+                body=body,
+                request=request,
+            )
+            result = PageResult(
+                request_id=int(request_id), url=request.url, state=RequestState.DONE
+            )
+            await runner.run(response, result, links=False, spill=count)
+            await count(result.candidates, result.skipped)
+            summary.pages += 1
+            batch.append((int(crawl_id), result))
+            if summary.stopping():
+                break
+        await _transaction(conn, functools.partial(_store, conn, tables, batch, seen_keys, summary))
+
+
+async def _store(
+    conn: aiosqlite.Connection,
+    tables: ItemTables,
+    batch: Sequence[tuple[int, PageResult]],
+    seen_keys: set[tuple[str, int]],
+    summary: ReparseSummary,
+) -> None:
+    """Write one batch's items (de-duplicated as the crawl's writer does), typed rows and
+    errors."""
+    now = utc_now()
+    items: list[tuple[object, ...]] = []
+    keys: list[tuple[object, ...]] = []
+    errors: list[tuple[object, ...]] = []
+    item_errors: list[tuple[object, ...]] = []
+    for crawl_id, result in batch:
+        kept: list[tuple[str, str]] = []
+        for index, (type_name, data) in enumerate(result.items):
+            if (key := result.item_keys.get(index)) is not None:
+                if (key.type, key.key_hash) in seen_keys:
+                    summary.dropped[DropReason.DUPLICATE.value] += 1
+                    continue
+                seen_keys.add((key.type, key.key_hash))
+                keys.append((key.type, key.key_hash, key.key, crawl_id, now))
+            kept.append((type_name, data))
+            items.append((crawl_id, result.request_id, result.url, type_name, data, now))
+            summary.items[type_name] += 1
+        result.items = kept
+        summary.dropped.update(reason.value for reason in result.dropped)
+        if result.item_errors:
+            summary.dropped[DropReason.INVALID.value] += len(result.item_errors)
+        for e in result.errors:
+            summary.errors[e.kind] += 1
+            errors.append(
+                (crawl_id, result.request_id, e.url, e.kind, e.message, e.attempt, e.callback, now)
+            )
+        request_id = result.request_id
+        item_errors.extend(
+            (crawl_id, request_id, e.url, e.callback, e.item_type, e.field, e.message, e.data, now)
+            for e in result.item_errors
+        )
+    await conn.executemany(
+        "INSERT INTO items (crawl_id, request_id, page_url, type, data, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        items,
+    )
+    await conn.executemany(
+        "INSERT OR IGNORE INTO item_keys (type, key_hash, key, crawl_id, created_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        keys,
+    )
+    await conn.executemany(
+        "INSERT INTO errors (crawl_id, request_id, url, kind, message, attempt, callback, "
+        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        errors,
+    )
+    await conn.executemany(
+        "INSERT INTO item_errors (crawl_id, request_id, url, callback, item_type, field, "
+        "message, data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        item_errors,
+    )
+    await tables.write(conn, [result for _, result in batch])
+
+
+async def _update_run_stats(conn: aiosqlite.Connection) -> None:
+    """Make each run's stored counters agree with the tables again."""
+    await conn.execute(
+        """
+        UPDATE crawls SET stats = json_set(
+            coalesce(stats, '{}'),
+            '$.items', (SELECT count(*) FROM items WHERE crawl_id = crawls.id),
+            '$.items_by_type', json((SELECT json_group_object(type, n) FROM (
+                SELECT type, count(*) AS n FROM items WHERE crawl_id = crawls.id
+                GROUP BY type ORDER BY type))),
+            '$.errors', json((SELECT json_group_object(kind, n) FROM (
+                SELECT kind, count(*) AS n FROM errors WHERE crawl_id = crawls.id
+                GROUP BY kind ORDER BY kind))))
+        WHERE json_valid(coalesce(stats, '{}'))
+        """
+    )

@@ -1,0 +1,171 @@
+"""`crawler reparse`: callbacks re-run over stored bodies, offline, replacing their items."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crawler.demo import expected_books
+from tests.conftest import RunCli, rows, scalar
+from tests.results_site import BOOKS, copy_database, crawl_books_once
+
+UPPER_SPIDER = '''
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from crawler import Response
+from spiders.books import Book as BaseBook, BooksSpider
+
+
+@dataclass
+class Book(BaseBook):
+    title_length: int = 0
+
+
+class UpperBooksSpider(BooksSpider):
+    """The books spider with a "fixed" selector: titles upper-cased, and a new field."""
+
+    name = "books"
+    item_types = (Book,)
+    dedupe_items_by = {dedupe!r}
+
+    async def parse_book(self, response: Response) -> AsyncIterator[Book]:
+        async for book in super().parse_book(response):
+            for _ in range({copies}):
+                changes = {{"title": book.title.upper(), "title_length": len(book.title)}}
+                yield Book(**{{**vars(book), **changes}})
+'''
+
+
+def upper_spider(directory: Path, *, dedupe: tuple[str, ...] = (), copies: int = 1) -> Path:
+    path = directory / "upper_books.py"
+    path.write_text(UPPER_SPIDER.format(dedupe=dedupe, copies=copies))
+    return path
+
+
+@pytest.fixture(scope="module")
+def crawled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return crawl_books_once(tmp_path_factory.mktemp("crawled") / "books.db")
+
+
+@pytest.fixture
+def books_db(crawled: Path, db_path: Path) -> Path:
+    return copy_database(crawled, db_path)
+
+
+def snapshot(db: Path) -> dict[str, Any]:
+    """What a reparse must leave alone."""
+    return {
+        "pages": rows(db, "SELECT id, url, status, body FROM pages ORDER BY id"),
+        "requests": rows(db, "SELECT * FROM requests ORDER BY id"),
+        "links": scalar(db, "SELECT count(*) FROM links"),
+        "fetch_errors": rows(
+            db, "SELECT url, kind FROM errors WHERE kind NOT IN ('spider', 'item')"
+        ),
+    }
+
+
+async def reparse(run_cli: RunCli, spider: Path | str, db: Path) -> dict[str, Any]:
+    result = await run_cli("reparse", str(spider), str(db), "--format", "json")
+    assert result.code == 0, result.stderr
+    summary: dict[str, Any] = json.loads(result.stdout)
+    return summary
+
+
+async def test_reparse_replaces_items_with_what_the_changed_callback_yields(
+    books_db: Path, tmp_path: Path, run_cli: RunCli
+) -> None:
+    before = snapshot(books_db)
+    assert scalar(books_db, "SELECT count(*) FROM book WHERE title = upper(title)") == 0
+    spider = upper_spider(tmp_path)
+    for _ in range(2):  # a second reparse replaces the first one's output, adding nothing
+        summary = await reparse(run_cli, spider, books_db)
+        assert summary["items_by_type"] == {"book": BOOKS}
+        assert summary["errors"] == {"spider": 1}  # the product page without a price
+        assert summary["requests_not_crawled"] > 0
+        assert summary["pages"] == scalar(books_db, "SELECT count(*) FROM pages WHERE status = 200")
+        assert summary["not_parsed"] == 1  # the 404 page
+    want = sorted((str(b["title"]).upper(), len(str(b["title"]))) for b in expected_books(BOOKS))
+    assert rows(books_db, "SELECT title, title_length FROM book ORDER BY title") == want
+    assert scalar(books_db, "SELECT count(*) FROM items WHERE type = 'book'") == BOOKS
+    upper_in_items = "SELECT count(*) FROM items WHERE json_extract(data, '$.title') = upper(json_extract(data, '$.title'))"  # noqa: E501
+    assert scalar(books_db, upper_in_items) == BOOKS
+    assert scalar(books_db, "SELECT count(*) FROM errors WHERE kind = 'spider'") == 1
+    stats = json.loads(scalar(books_db, "SELECT stats FROM crawls"))
+    assert (stats["items"], stats["items_by_type"]) == (BOOKS, {"book": BOOKS})
+    assert stats["errors"] == {"http_status": 1, "spider": 1}
+    assert snapshot(books_db) == before  # no request was crawled, no page or link changed
+
+
+async def test_reparse_rebuilds_deduplication_keys(
+    books_db: Path, tmp_path: Path, run_cli: RunCli
+) -> None:
+    keyed = upper_spider(tmp_path, dedupe=("upc",))
+    for _ in range(2):  # keys of replaced items must not make their new versions duplicates
+        summary = await reparse(run_cli, keyed, books_db)
+        assert summary["items_by_type"] == {"book": BOOKS}
+        assert scalar(books_db, "SELECT count(*) FROM item_keys") == BOOKS
+    doubled = upper_spider(tmp_path, dedupe=("title",), copies=2)
+    summary = await reparse(run_cli, doubled, books_db)
+    assert summary["items_by_type"] == {"book": BOOKS}
+    assert summary["items_dropped"] == {"duplicate": BOOKS}
+    assert scalar(books_db, "SELECT count(*) FROM book") == BOOKS
+    # The keys are those of the stored items only: titles now, no upc left over.
+    titles = sorted(f'["{str(b["title"]).upper()}"]' for b in expected_books(BOOKS))
+    assert [r[0] for r in rows(books_db, "SELECT key FROM item_keys ORDER BY key")] == titles
+
+
+async def test_pages_without_a_body_keep_their_items(
+    books_db: Path, tmp_path: Path, run_cli: RunCli
+) -> None:
+    with sqlite3.connect(books_db) as conn:
+        conn.execute(
+            "UPDATE pages SET body = NULL WHERE request_id IN "
+            "(SELECT request_id FROM items ORDER BY id LIMIT 5)"
+        )
+    conn.close()
+    summary = await reparse(run_cli, upper_spider(tmp_path), books_db)
+    assert summary["without_body"] == 5
+    assert summary["items_by_type"] == {"book": BOOKS - 5}
+    assert scalar(books_db, "SELECT count(*) FROM book") == BOOKS
+    assert scalar(books_db, "SELECT count(*) FROM book WHERE title != upper(title)") == 5
+    assert scalar(books_db, "SELECT count(*) FROM book WHERE title_length IS NULL") == 5
+
+
+async def test_reparse_refuses_files_it_cannot_reparse(
+    books_db: Path, tmp_path: Path, run_cli: RunCli
+) -> None:
+    no_bodies = copy_database(books_db, tmp_path / "no-bodies.db")
+    running = copy_database(books_db, tmp_path / "running.db")
+    with sqlite3.connect(no_bodies) as conn:
+        conn.execute("UPDATE pages SET body = NULL")
+    conn.close()
+    with sqlite3.connect(running) as conn:
+        conn.execute("UPDATE crawls SET status = 'running', heartbeat_at = ?", (time.time(),))
+    conn.close()
+    not_crawl = tmp_path / "other.db"
+    with sqlite3.connect(not_crawl) as conn:
+        conn.execute("CREATE TABLE pages (x)")
+    conn.close()
+    cases = [
+        (["books", str(no_bodies)], "no stored page bodies to reparse; crawl with -s store_body"),
+        (["site", str(books_db)], "holds a crawl of spider 'books', not 'site'"),
+        (["books", str(running)], "a crawl is running on"),
+        (["books", str(tmp_path / "none.db")], "no such database file"),
+        (["books", str(not_crawl)], "is not a crawl database"),
+        (["nosuchspider", str(books_db)], "unknown spider 'nosuchspider'"),
+    ]  # fmt: skip
+    for args, message in cases:
+        result = await run_cli("reparse", *args)
+        assert result.code == 2, (args, result.stdout, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "none.db").exists()
+    assert scalar(no_bodies, "SELECT count(*) FROM book") == BOOKS  # nothing was removed
