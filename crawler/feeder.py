@@ -61,6 +61,11 @@ class Feeder:
         self._stopping = False
         self._frontier_changed = True
         self._last_empty_claim = -math.inf
+        self._refill_below = self._window
+        """Held requests below which a claim is worth a query while workers are busy."""
+        self._capped_at: int | None = None
+        """Held requests when a claim found every pending host at its cap; no new claim is
+        worth a query until half of those are done."""
         self._due_at: float | None = None
 
     def hold(self) -> None:
@@ -125,7 +130,9 @@ class Feeder:
                 self._outstanding += len(batch.claimed)
                 for claimed in batch.claimed:
                     self._held.add(claimed)
+                self._capped_at = len(self._held) if batch.capped and not batch.claimed else None
                 if batch.claimed:
+                    self._refill_below = len(self._held) // 2
                     continue
                 if self._outstanding <= 0 and batch.pending == 0 and not batch.capped:
                     return
@@ -168,13 +175,15 @@ class Feeder:
         room = self._window - len(self._held) - self._handed_out
         if room <= 0:
             return False
+        if self._capped_at is not None and len(self._held) > self._capped_at // 2:
+            return False  # the hosts we hold requests for are still at their cap
         worth_asking = (
             self._frontier_changed
             or self._hosts.clock() - self._last_empty_claim >= _IDLE_POLL
             or (self._due_at is not None and time.time() >= self._due_at)
         )
-        starving = self._handed_out < self._most_handed_out
-        return worth_asking and (starving or room >= self._window // 2)
+        starving = self._handed_out < self._most_handed_out  # nothing held is ready to go
+        return worth_asking and (starving or len(self._held) <= self._refill_below)
 
     def _wait_time(self) -> float:
         """Seconds until something may be ready without being told (a host's delay ends, a

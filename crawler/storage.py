@@ -181,23 +181,41 @@ class Storage:
         await self._inbox.put(None)
 
     async def run_writer(self) -> None:
-        """Commit queued results in batches until `stop_writer()` is called."""
-        batch_size = self._settings.write_batch_size
+        """Commit queued results in batches until `stop_writer()` is called.
+
+        A batch is closed when it holds `write_batch_size` messages, when `write_interval`
+        has passed since its first message, or at once when someone waits for it (a claim,
+        or requests handed over with `submit_and_wait`): few, large transactions.
+        """
         stopping = False
         while not stopping:
             first = await self._inbox.get()
-            messages: list[_Message] = []
             if first is None:
-                stopping = True
-            else:
-                messages.append(first)
-            while len(messages) < batch_size and not self._inbox.empty():
-                message = self._inbox.get_nowait()
-                if message is None:
-                    stopping = True
-                    break
-                messages.append(message)
+                break
+            messages: list[_Message] = [first]
+            stopping = await self._gather(messages)
             await self._process(messages)
+
+    async def _gather(self, messages: list[_Message]) -> bool:
+        """Add queued messages to the batch; return True when the stop sentinel came."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._settings.write_interval
+        while len(messages) < self._settings.write_batch_size and not _is_awaited(messages[-1]):
+            if self._inbox.empty():
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        message = await self._inbox.get()
+                except TimeoutError:
+                    break
+            else:
+                message = self._inbox.get_nowait()
+            if message is None:
+                return True
+            messages.append(message)
+        return False
 
     async def _process(self, messages: list[_Message]) -> None:
         writes = [m for m in messages if not isinstance(m, _ClaimOrder)]
@@ -478,12 +496,13 @@ class Storage:
         claimed: list[Claimed] = []
         capped = False
         for host in await self._pending_hosts():
-            room = min(order.limit - len(claimed), per_host - order.held.get(host, 0))
             if len(claimed) >= order.limit:
                 break
-            if room <= 0:
-                capped = True
+            host_room = per_host - order.held.get(host, 0)
+            if host_room < max(1, per_host // 4):
+                capped = True  # refill a host in chunks, not one request per finished page
                 continue
+            room = min(order.limit - len(claimed), host_room)
             params = (self._run_id, now + LEASE_SECONDS, host, now, now, room)
             async with self._conn.execute(sql, params) as cursor:
                 claimed.extend(_claimed_from_row(row) for row in await cursor.fetchall())
@@ -525,6 +544,13 @@ class Storage:
         async with self._conn.execute(sql, tuple(params)) as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row and row[0] is not None else 0
+
+
+def _is_awaited(message: _Message) -> bool:
+    """Whether a coroutine waits for this message to be processed."""
+    return isinstance(message, _ClaimOrder) or (
+        isinstance(message, Seeds) and message.committed is not None
+    )
 
 
 def _commit_waiters(writes: Sequence[PageResult | Seeds]) -> list[asyncio.Future[None]]:
