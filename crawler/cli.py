@@ -36,6 +36,7 @@ from crawler.discovery import available_spiders, find_spider, spider_reference
 from crawler.engine import Crawl
 from crawler.errors import StorageError
 from crawler.output import write_rows
+from crawler.processes import combined_summary, last_run_id, run_processes
 from crawler.settings import LoadedSettings, describe_settings
 from crawler.stats import render_summary
 from crawler.status import crawl_status
@@ -79,6 +80,14 @@ def cli() -> None:
     help="Print the settings this crawl would use and where each comes from; do not crawl.",
 )
 @click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Crawler processes sharing the database (to use more than one core).",
+)
+@click.option("--worker", is_flag=True, hidden=True, help="Run as one of --processes.")
+@click.option(
     "--log-level",
     default="WARNING",
     show_default=True,
@@ -94,13 +103,15 @@ def crawl(
     config: Path | None,
     fresh: bool,
     explain: bool,
+    processes: int,
+    worker: bool,
     log_level: str,
 ) -> None:
     """Crawl with SPIDER (a name, module:Class or file.py) into a SQLite file.
 
     Running again into the same file resumes the crawl where it stopped.
     """
-    console = Console(stderr=True)
+    console = Console(stderr=True, force_terminal=False if worker else None)
     setup_logging(log_level, console)
     with user_errors():
         spider_class = find_spider(spider)
@@ -116,12 +127,45 @@ def crawl(
             Console().print(_settings_table(loaded))
             return
         db = output or Path(f"{spider_class.name}.db")
+        if processes > 1:
+            _crawl_in_processes(processes, db, fresh)
+            return
         run = Crawl(spider_class(), db=db, settings=loaded.settings, fresh=fresh, console=console)
         summary = run_with_signals(run)
     Console().print(render_summary(run.spider.name, run.status, summary))
     click.echo(f"results: {db}", err=True)
     if run.status == "interrupted":
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _crawl_in_processes(count: int, db: Path, fresh: bool) -> None:
+    """Run this same crawl command in `count` worker processes over one database file."""
+    args = _worker_arguments(sys.argv[sys.argv.index("crawl") + 1 :], db)
+    if fresh:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+    after = last_run_id(db)
+    code = run_processes(count, args)
+    if not db.exists():
+        sys.exit(code or 1)
+    status, summary = combined_summary(db, after)
+    Console().print(render_summary(f"{count} processes", status, summary))
+    click.echo(f"results: {db}", err=True)
+    sys.exit(code)
+
+
+def _worker_arguments(argv: list[str], db: Path) -> list[str]:
+    """The crawl's own arguments for a worker: without --processes and --fresh, with -o."""
+    args: list[str] = []
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg == "--processes":
+            skip_next = True
+        elif not arg.startswith("--processes=") and arg != "--fresh":
+            args.append(arg)
+    return [*args, "-o", str(db), "--worker"]
 
 
 @cli.command(name="list")
