@@ -138,6 +138,10 @@ def _resolve_unique(hrefs: Iterable[str | None], base: URL) -> list[str]:
         stripped = href.strip(_STRIP)
         if not stripped or stripped[0] == "#":
             continue
+        if "#" in stripped:  # the fragment never changes the result: share cache entries
+            stripped = stripped.split("#", 1)[0]
+            if not stripped:
+                continue
         # Resolve against the least of the base that decides the result (RFC 3986 5.2), so
         # that the pages of one site share cache entries: the origin for root-relative and
         # absolute hrefs, the base's directory for relative paths, the whole base for "?q".
@@ -165,7 +169,7 @@ def _has_scheme(href: str) -> bool:
     )
 
 
-@functools.lru_cache(maxsize=65_536)
+@functools.lru_cache(maxsize=131_072)
 def _resolve(base: str, href: str) -> str:
     """Canonical form of `href` against `base`, or `href` itself when it is invalid (memoised:
     sites repeat the same links on every page)."""
