@@ -1,0 +1,196 @@
+"""Running crawls: status while running, several processes on one file, DFS order, a second
+Ctrl-C, progress lines, and --help on every command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import BaseTestServer, TestServer
+
+from crawler import crawl
+from crawler.cli import cli
+from crawler.cli_common import with_start_urls
+from tests.conftest import ROOT, RunCli, rows, scalar
+from tests.sites import html_page
+from tests.spiders import FollowAllSpider
+
+QUIET = ["-s", "autothrottle=false", "-s", "obey_robots=false"]
+
+
+def tree_app(pages: int, delay: float) -> web.Application:
+    """A binary tree of pages: /p/n links to /p/2n+1 and /p/2n+2."""
+
+    async def page(request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        await asyncio.sleep(delay)
+        links = "".join(f'<a href="/p/{m}">{m}</a>' for m in (2 * n + 1, 2 * n + 2) if m < pages)
+        return web.Response(
+            text=html_page(f"<p class='n'>{n}</p>{links}"), content_type="text/html"
+        )
+
+    app = web.Application()
+    app.router.add_get("/p/{n}", page)
+    return app
+
+
+@pytest.fixture
+async def slow_tree() -> AsyncIterator[BaseTestServer]:
+    async with TestServer(tree_app(pages=150, delay=0.03), host="127.0.0.1") as server:
+        yield server
+
+
+async def start(server: BaseTestServer, db: Path, *extra: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "crawler",
+        "crawl",
+        "tests.spiders:FollowAllSpider",
+        "-o",
+        str(db),
+        "--start-url",
+        str(server.make_url("/p/0")),
+        "--concurrency",
+        "2",
+        *QUIET,
+        *extra,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def pages_in(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        return int(scalar(db, "SELECT count(*) FROM pages"))
+    except Exception:  # the schema may not exist yet
+        return 0
+
+
+async def wait_for_pages(db: Path, count: int) -> None:
+    async with asyncio.timeout(30):
+        while await asyncio.to_thread(pages_in, db) < count:  # noqa: ASYNC110 - another process's file
+            await asyncio.sleep(0.05)
+
+
+async def test_status_while_running_and_after(
+    slow_tree: BaseTestServer, db_path: Path, run_cli: RunCli
+) -> None:
+    process = await start(slow_tree, db_path)
+    await wait_for_pages(db_path, 10)
+    running = await run_cli("status", str(db_path), "-f", "json")
+    assert running.code == 0, running.stderr
+    state = json.loads(running.stdout)
+    assert state["spider"] == "follow_all"
+    assert state["latest_run"]["status"] == "running"
+    assert state["requests"]["done"] >= 10
+    assert state["requests"]["pending"] + state["in_flight"] >= 1
+    async with asyncio.timeout(60):
+        await process.communicate()
+    assert process.returncode == 0
+    finished = json.loads((await run_cli("status", str(db_path), "-f", "json")).stdout)
+    assert finished["latest_run"]["status"] == "finished"
+    assert finished["requests"] == {"pending": 0, "done": 150, "failed": 0, "skipped": 0}
+    table = await run_cli("status", str(db_path))
+    assert "done" in table.stdout and "150" in table.stdout
+
+
+async def test_two_processes_share_one_frontier(tmp_path: Path, run_cli: RunCli) -> None:
+    db = tmp_path / "shared.db"
+    async with TestServer(tree_app(pages=300, delay=0.01), host="127.0.0.1") as server:
+        result = await run_cli(
+            "crawl",
+            "tests.spiders:FollowAllSpider",
+            "-o",
+            str(db),
+            "--start-url",
+            str(server.make_url("/p/0")),
+            "--processes",
+            "2",
+            "--concurrency",
+            "4",
+            *QUIET,
+            limit=120,
+        )
+    assert result.code == 0, result.stderr
+    assert "crawl of '2 processes': finished" in result.stdout
+    assert scalar(db, "SELECT count(*) FROM pages") == 300
+    assert scalar(db, "SELECT count(DISTINCT url) FROM pages") == 300
+    assert scalar(db, "SELECT count(*) FROM items") == 300
+    runs = rows(db, "SELECT status, json_extract(stats, '$.pages') FROM crawls ORDER BY id")
+    assert [status for status, _ in runs] == ["finished", "finished"]
+    assert sum(int(pages) for _, pages in runs) == 300
+    assert all(int(pages) > 0 for _, pages in runs)  # both processes did work
+    assert scalar(db, "PRAGMA integrity_check") == "ok"
+
+
+async def test_dfs_order_goes_deep_first(db_path: Path) -> None:
+    async with TestServer(tree_app(pages=31, delay=0), host="127.0.0.1") as server:
+        spider = with_start_urls(FollowAllSpider, [str(server.make_url("/p/0"))])
+        settings = {"order": "dfs", "concurrency": 1, "autothrottle": False, "obey_robots": False}
+        await crawl(spider, db=db_path, settings=settings)
+    depths = [int(d) for (d,) in rows(db_path, "SELECT depth FROM pages ORDER BY id")]
+    assert depths[:5] == [0, 1, 2, 3, 4]  # breadth-first would be 0, 1, 1, 2, 2
+
+
+def hanging_app(fast_pages: int) -> web.Application:
+    """Pages /p/0 … answer at once and link on; pages past `fast_pages` take 20 seconds."""
+
+    async def page(request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        if n >= fast_pages:
+            await asyncio.sleep(20)
+        links = "".join(f'<a href="/p/{m}">{m}</a>' for m in (2 * n + 1, 2 * n + 2))
+        return web.Response(
+            text=html_page(f"<p class='n'>{n}</p>{links}"), content_type="text/html"
+        )
+
+    app = web.Application()
+    app.router.add_get("/p/{n}", page)
+    return app
+
+
+async def test_second_ctrl_c_exits_at_once_and_the_database_survives(db_path: Path) -> None:
+    async with TestServer(hanging_app(fast_pages=15), host="127.0.0.1") as server:
+        process = await start(server, db_path, "-s", "shutdown_grace=30")
+        await wait_for_pages(db_path, 15)
+        await asyncio.sleep(0.3)  # the workers are now waiting on 20-second pages
+        process.send_signal(signal.SIGINT)
+        await asyncio.sleep(0.3)
+        assert process.returncode is None  # the first Ctrl-C waits for in-flight requests
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(5):  # far below the 20 s pages and the 30 s grace
+            await process.communicate()
+    assert process.returncode in (130, -signal.SIGINT)
+    assert scalar(db_path, "PRAGMA integrity_check") == "ok"
+    assert scalar(db_path, "SELECT count(*) FROM pages") == 15
+    assert scalar(db_path, "SELECT count(*) FROM requests WHERE state = 'pending'") > 0
+
+
+async def test_progress_lines_when_not_on_a_terminal(
+    slow_tree: BaseTestServer, db_path: Path
+) -> None:
+    process = await start(slow_tree, db_path, "-s", "progress_interval=0.3")
+    async with asyncio.timeout(60):
+        _, stderr = await process.communicate()
+    lines = [
+        line for line in stderr.decode().splitlines() if "pages/s" not in line and "queued" in line
+    ]
+    assert len(lines) >= 2
+    assert "in flight" in lines[0] and "errors" in lines[0]
+
+
+@pytest.mark.parametrize("command", sorted(cli.commands))
+async def test_every_command_has_help(command: str, run_cli: RunCli) -> None:
+    result = await run_cli(command, "--help")
+    assert result.code == 0, result.stderr
+    assert f"Usage: crawler {command}" in result.stdout
