@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Iterable
+from typing import Final, NamedTuple
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 from yarl import URL
 
 __all__ = [
+    "CanonicalParts",
+    "canonical_parts",
     "canonical_url",
     "extract_links",
     "extract_links_in",
@@ -59,6 +63,47 @@ def parse_canonical(url: str, base: str | URL | None = None) -> tuple[str, URL]:
             text += "/"  # yarl prints a bare host without the root path
         return text, parsed
     return str(parsed), parsed
+
+
+class CanonicalParts(NamedTuple):
+    """A canonical absolute URL with the two parts admission needs."""
+
+    url: str
+    scheme: str
+    host: str
+    """Lowercase, IDNA-encoded host; "" for URLs without one (mailto:, javascript:)."""
+
+
+# Matches only what yarl would print unchanged: lowercase http(s) scheme and host, a
+# non-default port, a path without dot segments, no percent sign, no fragment. Most links a
+# crawl sees (the output of extract_links and follow) are already in this form.
+_ALREADY_CANONICAL: Final = re.compile(
+    r"(https?)://([a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*)"
+    r"(?::([1-9][0-9]{0,4}))?"
+    r"(/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*)(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@/?]+)?"
+)
+_DOT_SEGMENT: Final = re.compile(r"/\.\.?(?:/|$|\?)")
+
+
+def canonical_parts(url: str) -> CanonicalParts:
+    """Return the canonical form of an absolute URL with its scheme and host.
+
+    URLs that are already canonical take a fast path that skips parsing; everything else
+    goes through yarl (`parse_canonical`). Both give the same result.
+
+    Raises:
+        ValueError: as `canonical_url`.
+    """
+    match = _ALREADY_CANONICAL.fullmatch(url)
+    if match is not None and not _DOT_SEGMENT.search(url):
+        scheme, host, port = match.group(1, 2, 3)
+        if port is None or (int(port) <= 65535 and port != _DEFAULT_PORTS[scheme]):
+            return CanonicalParts(url, scheme, host)
+    text, parsed = parse_canonical(url)
+    return CanonicalParts(text, parsed.scheme, parsed.raw_host or "")
+
+
+_DEFAULT_PORTS: Final = {"http": "80", "https": "443"}
 
 
 def try_canonical_url(url: str, base: str | URL | None = None) -> str | None:

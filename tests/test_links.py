@@ -113,3 +113,45 @@ def test_cached_resolution_equals_resolving_against_each_page(href: str) -> None
         assert links in ([expected], []), (page, href, links, expected)
         if expected != try_canonical_url(page):
             assert links == [expected]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/a/b.html",
+        "https://example.com/",
+        "http://example.com",
+        "http://example.com:80/x",
+        "https://example.com:443/x",
+        "http://example.com:8080/x?q=1&r=2",
+        "http://example.com:99999/x",
+        "http://Example.com/x",
+        "HTTP://example.com/x",
+        "http://example.com/a/../b",
+        "http://example.com/a/./b",
+        "http://example.com/a/..",
+        "http://example.com/%7euser",
+        "http://example.com/a b",
+        "http://example.com/ü",
+        "http://example.com/x#frag",
+        "http://example.com/x?y=a#frag",
+        "http://ex-ample.com/x-y_z~1/(a)!$&'*+,;=:@",
+        "http://-bad.com/x",
+        "http://example.com./x",
+        "http://127.0.0.1:8000/p/1.html",
+        "http://example.com//double//slash",
+        "http://example.com/?",
+        "http://example.com/x?a=b?c",
+        "mailto:a@b.c",
+    ],
+)
+def test_canonical_parts_fast_path_agrees_with_yarl(url: str) -> None:
+    from crawler.links import canonical_parts, parse_canonical
+
+    try:
+        text, parsed = parse_canonical(url)
+    except ValueError:
+        with pytest.raises(ValueError, match=r".*"):
+            canonical_parts(url)
+        return
+    assert canonical_parts(url) == (text, parsed.scheme, parsed.raw_host or "")
