@@ -3,7 +3,9 @@
 This is the one place where user code's failures are caught. A raising callback keeps the
 items and requests it yielded before the exception; the error is logged with its traceback,
 stored in `errors` (kind `spider`), counted, and the crawl goes on. Output that is neither an
-item nor a Request, and items that cannot be stored as JSON, are recorded the same way.
+item nor a Request, and items that cannot be stored as JSON, are recorded the same way. A
+callback that holds the event loop longer than `blocking_warning` (a `time.sleep`, blocking
+I/O) is named in a warning and an `errors` row of kind `blocking`.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Final, final
+import time
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from typing import Any, Final, Generic, TypeVar, final
 
 from crawler.errors import SkipReason, SpiderError, StopCrawl
 from crawler.frontier import Frontier
@@ -30,7 +33,9 @@ logger = logging.getLogger(__name__)
 
 SPIDER_ERROR: Final = "spider"
 ITEM_ERROR: Final = "item"
+BLOCKING_ERROR: Final = "blocking"
 SPILL_AT: Final = 5000
+_T = TypeVar("_T")
 
 
 def serialise_item(item: object) -> str | None:
@@ -49,13 +54,20 @@ class CallbackRunner:
     """Runs a spider's callbacks and routes what they yield into a `PageResult`."""
 
     def __init__(
-        self, spider: Spider, frontier: Frontier, stats: Stats, *, on_stop: Callable[[str], None]
+        self,
+        spider: Spider,
+        frontier: Frontier,
+        stats: Stats,
+        *,
+        on_stop: Callable[[str], None],
+        blocking_warning: float = 0.0,
     ) -> None:
         self._spider = spider
         self._frontier = frontier
         self._stats = stats
         self._on_stop = on_stop
         self._items = ItemProcessor(spider)
+        self._blocking_warning = blocking_warning
 
     def admit(
         self,
@@ -90,15 +102,24 @@ class CallbackRunner:
         """Run the request's callback over `response`, filling `result`.
 
         When a callback yields very many requests, they are handed to `spill` (committed
-        ahead of the page) every `SPILL_AT` URLs, so memory stays bounded.
+        ahead of the page) every `SPILL_AT` URLs, so memory stays bounded. Each step of the
+        callback is timed (see `_TimedStep`) to catch one that blocks the event loop.
         """
         request = response.request
         name = request.callback
         if links:
             result.links = response.links()
+        blocked = 0.0
         try:
-            callback = callback_of(self._spider, name)
-            async for output in callback(response):
+            outputs = callback_of(self._spider, name)(response)
+            while True:
+                step = _TimedStep(anext(outputs))
+                try:
+                    output = await step
+                except StopAsyncIteration:
+                    break
+                finally:
+                    blocked = max(blocked, step.longest)
                 await self._route(output, response, result)
                 if len(result.candidates) + len(result.skipped) >= SPILL_AT:
                     await spill(result.candidates, result.skipped)
@@ -109,6 +130,13 @@ class CallbackRunner:
             logger.exception("callback %s failed on %s", name, response.url)
             message = f"{type(exc).__name__}: {exc}"
             result.errors.append(spider_error(response.url, message, name))
+        if self._blocking_warning and blocked > self._blocking_warning:
+            message = (
+                f"callback {name} blocked the event loop for {blocked:.1f} s; "
+                "move blocking work to asyncio.to_thread"
+            )
+            logger.warning("%s (%s)", message, response.url)
+            result.errors.append(_error(response.url, BLOCKING_ERROR, message, name))
 
     async def _route(self, output: object, response: Response, result: PageResult) -> None:
         request = response.request
@@ -156,6 +184,45 @@ class CallbackRunner:
         if dataclasses.is_dataclass(output):  # its typed table is made from the class
             result.item_classes[type(output)] = type_name
         self._items.add(result, type_name, data, response)
+
+
+@final
+class _TimedStep(Generic[_T]):
+    """Await one step of a callback, timing the longest stretch it ran without yielding.
+
+    Between two real suspensions a coroutine runs synchronously, and no other task can run:
+    each `send()` into it is one such stretch. Timing those, rather than the step's wall
+    time, blames the callback that held the loop, not one that merely waited while another
+    did. The cost is two clock reads per resumption.
+    """
+
+    __slots__ = ("_awaitable", "longest")
+
+    def __init__(self, awaitable: Awaitable[_T]) -> None:
+        self._awaitable = awaitable
+        self.longest = 0.0
+        """The longest synchronous stretch so far, in seconds."""
+
+    def __await__(self) -> Generator[Any, Any, _T]:
+        inner = self._awaitable.__await__()
+        value: Any = None
+        error: BaseException | None = None
+        while True:  # `yield from inner`, with a clock around each resumption
+            start = time.perf_counter()
+            try:
+                suspended_on = inner.send(value) if error is None else inner.throw(error)
+            except StopIteration as stop:
+                return stop.value  # type: ignore[no-any-return]
+            finally:
+                self.longest = max(self.longest, time.perf_counter() - start)
+            value, error = None, None
+            try:
+                value = yield suspended_on
+            except GeneratorExit:
+                inner.close()
+                raise
+            except BaseException as exc:  # cancellation and the like go to the callback
+                error = exc
 
 
 def spider_error(url: str, message: str, callback: str | None) -> ErrorRecord:

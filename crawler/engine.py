@@ -81,7 +81,13 @@ class Crawl:
         self._stop_requested = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._frontier = Frontier(settings, spider, list(spider.allowed_domains))
-        self._callbacks = CallbackRunner(spider, self._frontier, self.stats, on_stop=self.stop)
+        self._callbacks = CallbackRunner(
+            spider,
+            self._frontier,
+            self.stats,
+            on_stop=self.stop,
+            blocking_warning=settings.blocking_warning,
+        )
         self._parse_types = frozenset(settings.parse_content_types)
         self._any_type_callbacks = frozenset(spider.any_content_callbacks)
         self._hosts = Hosts(settings)
@@ -143,10 +149,13 @@ class Crawl:
                 await finish_run(
                     conn, run_id, status=self.status, reason=self.reason, stats=self.stats.as_dict()
                 )
-        except sqlite3.Error:
-            logger.exception("could not record the end of the run")
+        except sqlite3.Error as exc:  # disk full or read-only: the next run marks it crashed
+            logger.warning("could not record the end of the run: %s", exc)
         finally:
-            await conn.close()
+            try:
+                await conn.close()
+            except sqlite3.Error as exc:
+                logger.warning("could not close the database cleanly: %s", exc)
         try:
             await self.spider.closed(self.status)
         except Exception:

@@ -1,10 +1,12 @@
 """The admission gate: decides, once, whether a URL is crawled, and records why not.
 
 Every request — start URLs, spider requests, followed links — passes `Frontier.admit`:
-canonical URL → fingerprint → recently seen? → scheme → length → allowed domains → depth.
+canonical URL → fingerprint → recently seen? → scheme → length → allowed domains → depth →
+spider trap (see `is_trap_url`).
 Refusals become `Skipped` rows with a `SkipReason`; admitted requests become `Candidate`s
 that the storage writer de-duplicates against the `requests` table (the real seen-set, which
-survives restarts) and checks against `max_pages` before writing them as `pending`.
+survives restarts) and checks against `max_pages` and `max_pages_per_host` before writing
+them as `pending`.
 
 The in-memory seen-set is only a bounded cache that spares the database the ~95% of links
 that repeat what was just seen; it never decides alone that a URL is new.
@@ -13,6 +15,7 @@ that repeat what was just seen; it never decides alone that a URL is new.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Final, Generic, TypeVar, final
 
@@ -20,16 +23,20 @@ from yarl import URL
 
 from crawler.errors import SkipReason, SpiderError
 from crawler.http import Request
-from crawler.links import fingerprint, parse_canonical
+from crawler.links import canonical_parts, fingerprint
 from crawler.records import Candidate, Skipped
 from crawler.settings import Settings
 from crawler.spider import Spider, callback_of
 
-__all__ = ["Frontier", "normalise_domain"]
+__all__ = ["Frontier", "is_trap_url", "normalise_domain"]
 
 _RECENT_LIMIT: Final = 200_000
 _Key = TypeVar("_Key", int, str)
 _CRAWLABLE_SCHEMES: Final = ("http", "https")
+_REPEATED_SEGMENTS: Final = re.compile(r"(/[^/]++(?:/[^/]++){0,7}?)\1\1(?=/|$)")
+"""One to eight path segments, then the same segments twice more, ending at a segment's end."""
+_TRAP_QUERY_VALUE: Final = 512
+"""Longest query parameter value (as written, percent-encoded) that is not taken for a trap."""
 
 
 def normalise_domain(domain: str) -> str:
@@ -40,6 +47,33 @@ def normalise_domain(domain: str) -> str:
     else:
         domain = URL(f"http://{domain}").raw_host or ""
     return domain.strip(".")
+
+
+def is_trap_url(url: str) -> bool:
+    """Return whether a URL has the shape of a spider trap (skip reason `trap`).
+
+    Two rules, both cheap and both about the URL alone (a growing value cannot be seen
+    without its parent, so a long one stands in for it):
+
+    - the path repeats a segment, or a sequence of up to 8 segments, three or more times in
+      a row: `/a/a/a/`, `/x/y/x/y/x/y` (relative links that resolve ever deeper). Twice is
+      not enough (`/2024/05/05/` is an ordinary date); empty segments (`//`) do not count.
+    - a query parameter's value is longer than 512 characters as written (session ids or
+      state that grow with every page).
+
+    Traps that keep a plausible shape (an endless calendar) are stopped by `max_depth`,
+    `max_url_length` and `max_pages_per_host` instead.
+    """
+    authority = url.find("://")
+    start = url.find("/", authority + 3) if authority >= 0 else -1
+    if start < 0:
+        return False
+    path, _, query = url[start:].partition("?")
+    if len(query) > _TRAP_QUERY_VALUE and any(
+        len(part.partition("=")[2]) > _TRAP_QUERY_VALUE for part in query.split("&")
+    ):
+        return True
+    return path.count("/") >= 3 and _REPEATED_SEGMENTS.search(path) is not None
 
 
 @final
@@ -91,7 +125,7 @@ class Frontier:
         if is_get and request.url in self._recent_urls:  # the cheap path for most links
             return SkipReason.DUPLICATE
         try:
-            url, parsed = parse_canonical(request.url)
+            url, scheme, host = canonical_parts(request.url)
         except (ValueError, TypeError, UnicodeError):
             return self._skip(request, request.url, "", SkipReason.INVALID, parent_id, skipped)
         if is_get:
@@ -101,9 +135,8 @@ class Frontier:
         if fp in self._recent_fingerprints:
             return SkipReason.DUPLICATE
         self._recent_fingerprints.add(fp)
-        host = parsed.raw_host or ""
         reason: SkipReason | None = None
-        if parsed.scheme not in _CRAWLABLE_SCHEMES:
+        if scheme not in _CRAWLABLE_SCHEMES:
             reason = SkipReason.SCHEME
         elif len(url) > self._settings.max_url_length:
             reason = SkipReason.URL_TOO_LONG
@@ -111,10 +144,12 @@ class Frontier:
             reason = SkipReason.OFFSITE
         elif self._settings.max_depth and request.depth > self._settings.max_depth:
             reason = SkipReason.DEPTH
+        elif is_trap_url(url):
+            reason = SkipReason.TRAP
         if reason is not None:
             skipped.append(
                 Skipped(
-                    url=url[:8192],
+                    url=url,
                     fingerprint=fp,
                     host=host,
                     reason=reason,
@@ -148,11 +183,9 @@ class Frontier:
         """Record a URL the spider chose not to follow (a CrawlSpider link no rule matched)
         as skipped with `reason`; returns DUPLICATE instead when it was seen just now."""
         try:
-            canonical, parsed = parse_canonical(url)
+            canonical, _, host = canonical_parts(url)
         except (ValueError, TypeError, UnicodeError):
             canonical, host = url, ""
-        else:
-            host = parsed.raw_host or ""
         request = Request(canonical, depth=depth)
         return self._skip(request, canonical, host, reason, parent_id, skipped)
 
@@ -171,7 +204,7 @@ class Frontier:
         self._recent_fingerprints.add(fp)
         skipped.append(
             Skipped(
-                url=url[:8192],
+                url=url,
                 fingerprint=fp,
                 host=host,
                 reason=reason,

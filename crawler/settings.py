@@ -147,6 +147,16 @@ class Settings:
     autothrottle_max_delay: float = 60.0
     """Longest delay, in seconds, autothrottle may put between two requests to one host."""
 
+    max_pages_per_host: int = 0
+    """Most requests admitted for fetching from any one host (0 = no limit); more are skipped
+    as `max_pages_per_host`. A backstop against spider traps (endless calendars, session ids)
+    that depth and URL length do not stop; a resume with a larger limit fetches them."""
+
+    blocking_warning: float = 0.5
+    """Seconds a spider callback may run without giving the event loop back (`time.sleep`,
+    blocking I/O, heavy CPU) before a WARNING names it and an `errors` row of kind `blocking`
+    records it (0 = no check); while it runs, no other request makes progress."""
+
     shutdown_grace: float = 10.0
     """Seconds in-flight requests get to finish after the first Ctrl-C."""
 
@@ -279,6 +289,8 @@ _NOT_NEGATIVE: Final = (
     "max_redirects",
     "max_depth",
     "max_pages",
+    "max_pages_per_host",
+    "blocking_warning",
     "shutdown_grace",
     "robots_error_cooldown",
     "crawl_delay_max",

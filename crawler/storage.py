@@ -14,6 +14,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ import aiosqlite
 from crawler.errors import SkipReason, StorageError
 from crawler.http import Request
 from crawler.item_tables import ItemTables
+from crawler.links import host_of
 from crawler.records import (
     Candidate,
     Claimed,
@@ -116,29 +118,29 @@ class Storage:
             maxsize=settings.write_batch_size * 4
         )
         self._admitted_total = 0
+        self._admitted_by_host: Counter[str] = Counter()
+        """Requests admitted per host, kept only when `max_pages_per_host` is set."""
         self._last_lease_renewal = time.monotonic()
         self._host_cursor = ""
         self._item_tables = ItemTables()
 
     async def load_counts(self) -> None:
-        """Read the totals a resumed crawl continues from (the `max_pages` budget, pending).
+        """Read the totals a resumed crawl continues from (the `max_pages` and
+        `max_pages_per_host` budgets, pending).
 
-        URLs an earlier run refused only because its `max_pages` budget was spent go back to
-        pending, as far as this run's budget allows: the limit belonged to that run, not to
-        the URLs.
+        URLs an earlier run refused only because its `max_pages` or `max_pages_per_host`
+        budget was spent go back to pending, as far as this run's budgets allow: the limit
+        belonged to that run, not to the URLs.
         """
         self._admitted_total = await self._scalar(
             "SELECT count(*) FROM requests WHERE state != 'skipped'"
         )
-        max_pages = self._settings.max_pages
-        room = max(0, max_pages - self._admitted_total) if max_pages else -1
-        cursor = await self._conn.execute(
-            "UPDATE requests SET state = 'pending', reason = NULL, finished_at = NULL "
-            "WHERE id IN (SELECT id FROM requests WHERE state = 'skipped' AND reason = ? "
-            "ORDER BY id LIMIT ?)",
-            (SkipReason.MAX_PAGES.value, room),
-        )
-        self._admitted_total += cursor.rowcount
+        if self._settings.max_pages_per_host:
+            async with self._conn.execute(
+                "SELECT host, count(*) FROM requests WHERE state != 'skipped' GROUP BY host"
+            ) as cursor:
+                self._admitted_by_host.update({str(h): int(n) for h, n in await cursor.fetchall()})
+        await self._reopen_budget_skips()
         if self._settings.order == "dfs":
             await self._conn.execute(
                 "CREATE INDEX IF NOT EXISTS requests_frontier_dfs "
@@ -147,6 +149,27 @@ class Storage:
         self._stats.pending = await self._scalar(
             "SELECT count(*) FROM requests WHERE state = 'pending'"
         )
+
+    async def _reopen_budget_skips(self) -> None:
+        """Put rows skipped for `max_pages` or `max_pages_per_host` back to pending, oldest
+        first, as far as this run's budgets have room (each host's, with a per-host budget)."""
+        max_pages, per_host = self._settings.max_pages, self._settings.max_pages_per_host
+        room = max(0, max_pages - self._admitted_total) if max_pages else -1  # -1: no limit
+        hosts: list[str | None] = [None]  # None: every host at once, without a per-host budget
+        if per_host:
+            async with self._conn.execute(_BUDGET_SKIPPED_HOSTS, _BUDGET_REASONS) as cursor:
+                hosts = [str(row[0]) for row in await cursor.fetchall()]
+        for host in hosts:
+            limit = room
+            if host is not None:
+                host_room = max(0, per_host - self._admitted_by_host[host])
+                limit = host_room if room < 0 else min(room, host_room)
+            cursor = await self._conn.execute(_REOPEN_BUDGET_SKIPS, (*_BUDGET_REASONS, host, limit))
+            self._admitted_total += cursor.rowcount
+            if host is not None:
+                self._admitted_by_host[host] += cursor.rowcount
+            if room >= 0:
+                room -= cursor.rowcount
 
     async def submit(self, message: PageResult | Seeds) -> None:
         """Queue a result for the next transaction (waits when the writer is far behind)."""
@@ -292,7 +315,8 @@ class Storage:
     async def _admit(
         self, candidates: list[Candidate], now: str
     ) -> tuple[list[tuple[object, ...]], list[Skipped]]:
-        """De-duplicate candidates against the table and apply the `max_pages` budget."""
+        """De-duplicate candidates against the table and apply the `max_pages` and
+        `max_pages_per_host` budgets."""
         unique: dict[int, Candidate] = {}
         for candidate in candidates:
             if candidate.fingerprint in unique:
@@ -301,25 +325,32 @@ class Storage:
                 unique[candidate.fingerprint] = candidate
         existing = await self._existing_fingerprints(list(unique))
         self._stats.skipped[SkipReason.DUPLICATE.value] += len(existing)
-        max_pages = self._settings.max_pages
+        max_pages, per_host = self._settings.max_pages, self._settings.max_pages_per_host
         rows: list[tuple[object, ...]] = []
         over_budget: list[Skipped] = []
         for fp, c in unique.items():
             if fp in existing:
                 continue
+            reason = None
             if max_pages and self._admitted_total >= max_pages:
+                reason = SkipReason.MAX_PAGES
+            elif per_host and self._admitted_by_host[c.host] >= per_host:
+                reason = SkipReason.MAX_PAGES_PER_HOST
+            if reason is not None:
                 over_budget.append(
                     Skipped(
                         url=c.url,
                         fingerprint=fp,
                         host=c.host,
-                        reason=SkipReason.MAX_PAGES,
+                        reason=reason,
                         depth=c.request.depth,
                         parent_id=c.parent_id,
                     )
                 )
                 continue
             self._admitted_total += 1
+            if per_host:
+                self._admitted_by_host[c.host] += 1
             r = c.request
             rows.append(
                 (
@@ -417,6 +448,8 @@ class Storage:
             elif result.state is RequestState.SKIPPED:  # robots.txt, learnt after admission
                 stats.skipped[result.reason or "skipped"] += 1
                 self._admitted_total -= 1  # never fetched: it does not use the max_pages budget
+                if self._settings.max_pages_per_host:
+                    self._admitted_by_host[host_of(result.url)] -= 1
             if (robots := result.robots) is not None:
                 robots_rows.append(
                     (
@@ -585,6 +618,16 @@ def _claimed_from_row(row: Sequence[object]) -> Claimed:
     return Claimed(id=int(row_id), request=request, attempts=int(attempts))  # type: ignore[call-overload]
 
 
+_BUDGET_REASONS: Final = (SkipReason.MAX_PAGES.value, SkipReason.MAX_PAGES_PER_HOST.value)
+"""Skip reasons that belong to a run's budget, not to the URL: a resume re-opens them."""
+_BUDGET_SKIPPED_HOSTS: Final = (
+    "SELECT DISTINCT host FROM requests WHERE state = 'skipped' AND reason IN (?, ?)"
+)
+_REOPEN_BUDGET_SKIPS: Final = (
+    "UPDATE requests SET state = 'pending', reason = NULL, finished_at = NULL "
+    "WHERE id IN (SELECT id FROM requests WHERE state = 'skipped' AND reason IN (?, ?) "
+    "AND host = coalesce(?, host) ORDER BY id LIMIT ?)"
+)
 _INSERT_REQUEST: Final = (
     "INSERT OR IGNORE INTO requests (url, fingerprint, host, method, callback, headers, meta, "
     "depth, priority, state, parent_id, crawl_id, discovered_at) "

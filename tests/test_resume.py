@@ -63,6 +63,8 @@ def crawl_args(server: BaseTestServer, db: Path) -> list[str]:
         "4",
         "-s",
         "write_batch_size=50",
+        "-s",
+        "autothrottle=false",  # the site's artificial latency would slow every host down
     ]
 
 
