@@ -107,7 +107,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         request_id    INTEGER,
         url           TEXT NOT NULL,
         kind          TEXT NOT NULL,          -- timeout | connection | protocol | http_status |
-                                              -- too_large | redirect | spider | item
+                                              -- too_large | redirect | spider | item | blocking
         message       TEXT NOT NULL,
         attempt       INTEGER NOT NULL,
         callback      TEXT,
