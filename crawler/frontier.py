@@ -147,16 +147,7 @@ class Frontier:
         elif is_trap_url(url):
             reason = SkipReason.TRAP
         if reason is not None:
-            skipped.append(
-                Skipped(
-                    url=url,
-                    fingerprint=fp,
-                    host=host,
-                    reason=reason,
-                    depth=request.depth,
-                    parent_id=parent_id,
-                )
-            )
+            skipped.append(_skipped(url, fp, host, reason, request.depth, parent_id))
             return reason
         candidates.append(
             Candidate(
@@ -202,22 +193,21 @@ class Frontier:
         if fp in self._recent_fingerprints:
             return SkipReason.DUPLICATE
         self._recent_fingerprints.add(fp)
-        skipped.append(
-            Skipped(
-                url=url,
-                fingerprint=fp,
-                host=host,
-                reason=reason,
-                depth=request.depth,
-                parent_id=parent_id,
-            )
-        )
+        skipped.append(_skipped(url, fp, host, reason, request.depth, parent_id))
         return reason
 
     def _check_callback(self, name: str) -> None:
         if name not in self._known_callbacks:
             callback_of(self._spider, name)  # raises SpiderError when it does not exist
             self._known_callbacks.add(name)
+
+
+def _skipped(
+    url: str, fp: int, host: str, reason: SkipReason, depth: int, parent_id: int | None
+) -> Skipped:
+    return Skipped(
+        url=url, fingerprint=fp, host=host, reason=reason, depth=depth, parent_id=parent_id
+    )
 
 
 class _RecentSet(Generic[_Key]):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
-__all__ = ["follow_app", "html_page"]
+__all__ = ["follow_app", "html_page", "tree_app"]
 
 
 def html_page(body: str, title: str = "page", head: str = "") -> str:
@@ -44,4 +46,23 @@ def follow_app(pages: int = 60, links_per_page: int = 5) -> web.Application:
     app = web.Application()
     app.router.add_get("/", index)
     app.router.add_get("/p/{n:\\d+}", page)
+    return app
+
+
+def tree_app(pages: int, delay: float = 0.0, *, link_parent: bool = False) -> web.Application:
+    """A binary tree of pages: /p/n links to /p/2n+1 and /p/2n+2 (and /p/n//2 with
+    `link_parent`), each answering after `delay` seconds, with its number in `p.n`."""
+
+    async def page(request: web.Request) -> web.Response:
+        n = int(request.match_info["n"])
+        if delay:
+            await asyncio.sleep(delay)
+        targets = (2 * n + 1, 2 * n + 2, n // 2) if link_parent else (2 * n + 1, 2 * n + 2)
+        links = "".join(f'<a href="/p/{m}">{m}</a>' for m in targets if m < pages)
+        return web.Response(
+            text=html_page(f"<p class='n'>{n}</p>{links}"), content_type="text/html"
+        )
+
+    app = web.Application()
+    app.router.add_get("/p/{n}", page)
     return app

@@ -19,28 +19,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
 
+from tests import sites
 from tests.conftest import ROOT, rows, scalar
-from tests.sites import html_page
 
 PAGES = 240
 
 
 def tree_app(pages: int = PAGES, delay: float = 0.02) -> web.Application:
-    """A binary tree of pages (/p/n links to 2n+1 and 2n+2), each answering after `delay`."""
-
-    async def page(request: web.Request) -> web.Response:
-        n = int(request.match_info["n"])
-        await asyncio.sleep(delay)
-        links = "".join(
-            f'<a href="/p/{m}">{m}</a>' for m in (2 * n + 1, 2 * n + 2, n // 2) if m < pages
-        )
-        return web.Response(
-            text=html_page(f"<p class='n'>{n}</p>{links}"), content_type="text/html"
-        )
-
-    app = web.Application()
-    app.router.add_get("/p/{n}", page)
-    return app
+    """The binary tree of test pages, each also linking back to its parent."""
+    return sites.tree_app(pages, delay, link_parent=True)
 
 
 @pytest.fixture

@@ -18,26 +18,10 @@ from crawler import crawl
 from crawler.cli import cli
 from crawler.cli_common import with_start_urls
 from tests.conftest import ROOT, RunCli, rows, scalar
-from tests.sites import html_page
+from tests.sites import html_page, tree_app
 from tests.spiders import FollowAllSpider
 
 QUIET = ["-s", "autothrottle=false", "-s", "obey_robots=false"]
-
-
-def tree_app(pages: int, delay: float) -> web.Application:
-    """A binary tree of pages: /p/n links to /p/2n+1 and /p/2n+2."""
-
-    async def page(request: web.Request) -> web.Response:
-        n = int(request.match_info["n"])
-        await asyncio.sleep(delay)
-        links = "".join(f'<a href="/p/{m}">{m}</a>' for m in (2 * n + 1, 2 * n + 2) if m < pages)
-        return web.Response(
-            text=html_page(f"<p class='n'>{n}</p>{links}"), content_type="text/html"
-        )
-
-    app = web.Application()
-    app.router.add_get("/p/{n}", page)
-    return app
 
 
 @pytest.fixture
