@@ -65,6 +65,7 @@ class Feeder:
         self._stopping = False
         self._frontier_changed = True
         self._last_empty_claim = -math.inf
+        self._hurried = False
         self._refill_below = self._window
         """Held requests below which a claim is worth a query while workers are busy."""
         self._capped_at: int | None = None
@@ -79,6 +80,7 @@ class Feeder:
     def release(self, count: int = 1) -> None:
         """Mark `count` held or claimed requests as committed; called by the storage writer."""
         self._outstanding -= count
+        self._hurried = False
         self._frontier_changed = True
         self._changed.set()
 
@@ -123,6 +125,10 @@ class Feeder:
             self._changed.clear()
             await self._skip_disallowed(storage)
             self._hand_out()
+            idle = self._handed_out < self._most_handed_out and not len(self._held)
+            if idle and not self._hurried and self._outstanding > self._handed_out:
+                storage.hurry()  # finished pages wait in the writer: their links are the work
+                self._hurried = True
             if self._should_claim():
                 self._frontier_changed = False
                 room = self._window - len(self._held) - self._handed_out

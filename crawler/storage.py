@@ -10,6 +10,7 @@ lease, so several processes can share one file) also go through the writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
@@ -89,7 +90,12 @@ class _ClaimOrder:
     per_host: int
 
 
-_Message = PageResult | Seeds | _ClaimOrder
+@dataclass(slots=True)
+class _Flush:
+    """Commit the batch being gathered now (the feeder has nothing left to hand out)."""
+
+
+_Message = PageResult | Seeds | _ClaimOrder | _Flush
 
 
 @final
@@ -185,6 +191,12 @@ class Storage:
         await self._inbox.put(seeds)
         await seeds.committed
 
+    def hurry(self) -> None:
+        """Commit what the writer is gathering without waiting for `write_interval`: workers
+        are idle until the requests it holds become claimable."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self._inbox.put_nowait(_Flush())
+
     async def claim(
         self, limit: int, *, held: Mapping[str, int] | None = None, per_host: int = 0
     ) -> ClaimBatch:
@@ -241,7 +253,7 @@ class Storage:
         return False
 
     async def _process(self, messages: list[_Message]) -> None:
-        writes = [m for m in messages if not isinstance(m, _ClaimOrder)]
+        writes = [m for m in messages if isinstance(m, PageResult | Seeds)]
         orders = [m for m in messages if isinstance(m, _ClaimOrder)]
         try:
             if writes:
@@ -581,7 +593,7 @@ class Storage:
 
 def _is_awaited(message: _Message) -> bool:
     """Whether a coroutine waits for this message to be processed."""
-    return isinstance(message, _ClaimOrder) or (
+    return isinstance(message, _ClaimOrder | _Flush) or (
         isinstance(message, Seeds) and message.committed is not None
     )
 

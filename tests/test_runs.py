@@ -90,7 +90,7 @@ async def test_status_while_running_and_after(
 
 async def test_two_processes_share_one_frontier(tmp_path: Path, run_cli: RunCli) -> None:
     db = tmp_path / "shared.db"
-    async with TestServer(tree_app(pages=300, delay=0.01), host="127.0.0.1") as server:
+    async with TestServer(tree_app(pages=300, delay=0.05), host="127.0.0.1") as server:
         result = await run_cli(
             "crawl",
             "tests.spiders:FollowAllSpider",
