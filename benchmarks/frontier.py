@@ -69,15 +69,20 @@ async def measure_admission(urls: int, db: Path) -> tuple[float, float]:
     async with asyncio.TaskGroup() as group:
         group.create_task(storage.run_writer())
         seeds = Seeds()
+        previous: asyncio.Future[None] | None = None
         for index in range(urls):
             request = Request(f"http://site{index % 97}.test/catalogue/item-{index}.html?ref=bench")
             frontier.admit(
                 request, parent_id=None, candidates=seeds.candidates, skipped=seeds.skipped
             )
-            if len(seeds.candidates) >= BATCH:
-                await storage.submit_and_wait(seeds)
-                seeds = Seeds()
+            if len(seeds.candidates) >= BATCH:  # as the engine seeds: one batch committing
+                committed = await storage.submit_for_commit(seeds)
+                if previous is not None:
+                    await previous
+                previous, seeds = committed, Seeds()
         await storage.submit_and_wait(seeds)
+        if previous is not None:
+            await previous
         await storage.stop_writer()
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     pending = (

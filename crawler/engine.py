@@ -211,6 +211,7 @@ class Crawl:
     async def _seed(self, storage: Storage, feeder: Feeder) -> None:
         """Admit the spider's start requests, in batches, while the crawl already runs."""
         seeds = Seeds()
+        previous: asyncio.Future[None] | None = None  # the batch the writer is committing
         try:
             async for request in self.spider.start_requests():
                 self._callbacks.admit(
@@ -221,12 +222,16 @@ class Crawl:
                     errors=seeds.errors,
                 )
                 if len(seeds.candidates) + len(seeds.skipped) >= _SEED_BATCH:
-                    await storage.submit_and_wait(seeds)
-                    seeds = Seeds()
+                    committed = await storage.submit_for_commit(seeds)
+                    if previous is not None:
+                        await previous
+                    previous, seeds = committed, Seeds()
         except Exception as exc:
             logger.exception("spider %s: start_requests() failed", self.spider.name)
             seeds.errors.append(spider_error("", f"{type(exc).__name__}: {exc}", "start_requests"))
         await storage.submit(seeds)
+        if previous is not None:
+            await previous
         feeder.release()  # the hold taken before seeding started
 
     async def _work(

@@ -129,8 +129,9 @@ class Frontier:
         except (ValueError, TypeError, UnicodeError):
             return self._skip(request, request.url, "", SkipReason.INVALID, parent_id, skipped)
         if is_get:
-            self._recent_urls.add(request.url)
             self._recent_urls.add(url)
+            if url is not request.url:
+                self._recent_urls.add(request.url)
         fp = fingerprint(url, request.method)
         if fp in self._recent_fingerprints:
             return SkipReason.DUPLICATE

@@ -162,7 +162,7 @@ _PRAGMAS: Final = (
     "PRAGMA synchronous = NORMAL",
     "PRAGMA busy_timeout = 10000",
     "PRAGMA temp_store = MEMORY",
-    "PRAGMA cache_size = -16000",
+    "PRAGMA cache_size = -32000",
 )
 
 

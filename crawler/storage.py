@@ -187,9 +187,17 @@ class Storage:
         Used for large volumes (start requests, a callback yielding very many requests) so
         that at most one batch of them is held in memory at a time.
         """
+        await (await self.submit_for_commit(seeds))
+
+    async def submit_for_commit(self, seeds: Seeds) -> asyncio.Future[None]:
+        """Queue discovered requests; return a future resolved once they are committed.
+
+        Lets a producer prepare its next batch while the writer commits this one (SQLite
+        releases the GIL while it writes), keeping at most two batches in memory.
+        """
         seeds.committed = asyncio.get_running_loop().create_future()
         await self._inbox.put(seeds)
-        await seeds.committed
+        return seeds.committed
 
     def hurry(self) -> None:
         """Commit what the writer is gathering without waiting for `write_interval`: workers
@@ -288,7 +296,11 @@ class Storage:
                 skipped.extend(message.skipped)
             new_rows, budget_skips = await self._admit(candidates, now)
             skipped.extend(budget_skips)
+            changes_before = conn.total_changes
             await conn.executemany(_INSERT_REQUEST, new_rows)
+            # INSERT OR IGNORE drops what the table already has (with no budget to apply,
+            # _admit did not look; another process may also have added it just now)
+            already_known = len(new_rows) - (conn.total_changes - changes_before)
             await conn.executemany(
                 _INSERT_SKIPPED,
                 [
@@ -317,8 +329,10 @@ class Storage:
                 await conn.execute("ROLLBACK")
             raise
         stats = self._stats
-        stats.admitted += len(new_rows)
-        stats.pending += len(new_rows)
+        stats.admitted += len(new_rows) - already_known
+        stats.pending += len(new_rows) - already_known
+        stats.skipped[SkipReason.DUPLICATE.value] += already_known
+        self._admitted_total -= already_known
         for skip in skipped:
             stats.skipped[skip.reason.value] += 1
         for error in seed_errors:
@@ -335,9 +349,13 @@ class Storage:
                 self._stats.skipped[SkipReason.DUPLICATE.value] += 1
             else:
                 unique[candidate.fingerprint] = candidate
-        existing = await self._existing_fingerprints(list(unique))
-        self._stats.skipped[SkipReason.DUPLICATE.value] += len(existing)
         max_pages, per_host = self._settings.max_pages, self._settings.max_pages_per_host
+        # Budgets need to know which candidates are new before inserting; otherwise the
+        # unique index sorts them out during the insert (one index lookup instead of two).
+        existing = (
+            await self._existing_fingerprints(list(unique)) if max_pages or per_host else set()
+        )
+        self._stats.skipped[SkipReason.DUPLICATE.value] += len(existing)
         rows: list[tuple[object, ...]] = []
         over_budget: list[Skipped] = []
         for fp, c in unique.items():
