@@ -356,6 +356,12 @@ class Storage:
             await self._existing_fingerprints(list(unique)) if max_pages or per_host else set()
         )
         self._stats.skipped[SkipReason.DUPLICATE.value] += len(existing)
+        if max_pages and unique:
+            # Other processes may share this file (--processes): count inside the
+            # transaction, so the budget holds for all of them together.
+            self._admitted_total = await self._scalar(
+                "SELECT count(*) FROM requests WHERE state != 'skipped'"
+            )
         rows: list[tuple[object, ...]] = []
         over_budget: list[Skipped] = []
         for fp, c in unique.items():

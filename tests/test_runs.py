@@ -179,3 +179,25 @@ async def test_every_command_has_help(command: str, run_cli: RunCli) -> None:
     result = await run_cli(command, "--help")
     assert result.code == 0, result.stderr
     assert f"Usage: crawler {command}" in result.stdout
+
+
+async def test_max_pages_holds_across_processes(tmp_path: Path, run_cli: RunCli) -> None:
+    db = tmp_path / "budget.db"
+    async with TestServer(tree_app(pages=300, delay=0.05), host="127.0.0.1") as server:
+        result = await run_cli(
+            "crawl",
+            "tests.spiders:FollowAllSpider",
+            "-o",
+            str(db),
+            "--start-url",
+            str(server.make_url("/p/0")),
+            "--processes",
+            "2",
+            "--max-pages",
+            "60",
+            *QUIET,
+            limit=120,
+        )
+    assert result.code == 0, result.stderr
+    assert scalar(db, "SELECT count(*) FROM pages") == 60
+    assert scalar(db, "SELECT count(*) FROM requests WHERE state != 'skipped'") == 60
