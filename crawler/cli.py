@@ -7,6 +7,7 @@ code 2; Ctrl-C stops a crawl cleanly (exit 130), a second Ctrl-C at once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import sys
@@ -37,6 +38,7 @@ from crawler.engine import Crawl
 from crawler.errors import StorageError
 from crawler.output import write_rows
 from crawler.processes import combined_summary, last_run_id, run_processes
+from crawler.schema import open_database
 from crawler.settings import LoadedSettings, describe_settings
 from crawler.stats import render_summary
 from crawler.status import crawl_status
@@ -144,6 +146,7 @@ def _crawl_in_processes(count: int, db: Path, fresh: bool) -> None:
     if fresh:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
+    asyncio.run(_create_database(db))  # before the workers, which would race to create it
     after = last_run_id(db)
     code = run_processes(count, args)
     if not db.exists():
@@ -152,6 +155,11 @@ def _crawl_in_processes(count: int, db: Path, fresh: bool) -> None:
     Console().print(render_summary(f"{count} processes", status, summary))
     click.echo(f"results: {db}", err=True)
     sys.exit(code)
+
+
+async def _create_database(db: Path) -> None:
+    """Create (or migrate) the database file, then close it."""
+    await (await open_database(db)).close()
 
 
 def _worker_arguments(argv: list[str], db: Path) -> list[str]:

@@ -158,9 +158,9 @@ MIGRATIONS: Final[tuple[str, ...]] = (
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 _PRAGMAS: Final = (
+    "PRAGMA busy_timeout = 10000",  # first: another process may hold the lock right now
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = NORMAL",
-    "PRAGMA busy_timeout = 10000",
     "PRAGMA temp_store = MEMORY",
     "PRAGMA cache_size = -32000",
 )
@@ -174,8 +174,9 @@ async def connect(path: Path, *, read_only: bool = False) -> aiosqlite.Connectio
     except sqlite3.Error as exc:
         raise StorageError(f"cannot open database {path}: {exc}") from None
     try:
-        for pragma in _PRAGMAS[1:] if read_only else _PRAGMAS:
-            await conn.execute(pragma)
+        for pragma in _PRAGMAS:
+            if not (read_only and "journal_mode" in pragma):
+                await conn.execute(pragma)
     except sqlite3.DatabaseError as exc:
         await conn.close()
         if "not a database" in str(exc):
@@ -219,6 +220,8 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
         return
     try:
         await conn.execute("BEGIN IMMEDIATE")
+        # Another process may have created the schema while we waited for the lock.
+        version = await _scalar(conn, "PRAGMA user_version")
         for script in MIGRATIONS[version:]:
             for statement in _statements(script):
                 await conn.execute(statement)

@@ -201,3 +201,25 @@ async def test_max_pages_holds_across_processes(tmp_path: Path, run_cli: RunCli)
     assert result.code == 0, result.stderr
     assert scalar(db, "SELECT count(*) FROM pages") == 60
     assert scalar(db, "SELECT count(*) FROM requests WHERE state != 'skipped'") == 60
+
+
+async def test_processes_creating_one_new_file_at_once_all_succeed(tmp_path: Path) -> None:
+    db = tmp_path / "new.db"
+    script = (
+        "import asyncio, sys\n"
+        "from pathlib import Path\n"
+        "from crawler.schema import open_database\n"
+        "async def main():\n"
+        "    await (await open_database(Path(sys.argv[1]))).close()\n"
+        "asyncio.run(main())\n"
+    )
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, str(db), cwd=ROOT, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(4)
+    ]
+    async with asyncio.timeout(30):
+        results = [await p.communicate() for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], [e.decode() for _, e in results]
+    assert scalar(db, "PRAGMA user_version") == 1
