@@ -10,12 +10,13 @@ I/O) is named in a warning and an `errors` row of kind `blocking`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
-from typing import Any, Final, Generic, TypeVar, final
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final, final
 
 from crawler.errors import SkipReason, SpiderError, StopCrawl
 from crawler.frontier import Frontier
@@ -27,7 +28,7 @@ from crawler.spider import Spider, callback_of, item_type_name
 from crawler.stats import Stats
 from crawler.storage import utc_now
 
-__all__ = ["CallbackRunner", "serialise_item", "spider_error"]
+__all__ = ["CallbackRunner", "LoopHeartbeat", "serialise_item", "spider_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ SPIDER_ERROR: Final = "spider"
 ITEM_ERROR: Final = "item"
 BLOCKING_ERROR: Final = "blocking"
 SPILL_AT: Final = 5000
-_T = TypeVar("_T")
 
 
 def serialise_item(item: object) -> str | None:
@@ -61,6 +61,7 @@ class CallbackRunner:
         *,
         on_stop: Callable[[str], None],
         blocking_warning: float = 0.0,
+        heartbeat: LoopHeartbeat | None = None,
     ) -> None:
         self._spider = spider
         self._frontier = frontier
@@ -68,6 +69,7 @@ class CallbackRunner:
         self._on_stop = on_stop
         self._items = ItemProcessor(spider)
         self._blocking_warning = blocking_warning
+        self._heartbeat = heartbeat
 
     def admit(
         self,
@@ -103,23 +105,30 @@ class CallbackRunner:
 
         When a callback yields very many requests, they are handed to `spill` (committed
         ahead of the page) every `SPILL_AT` URLs, so memory stays bounded. Each step of the
-        callback is timed (see `_TimedStep`) to catch one that blocks the event loop.
+        callback is timed against the loop's heartbeat (see `LoopHeartbeat`) to catch one that
+        blocks the event loop.
         """
         request = response.request
         name = request.callback
         if links:
             result.links = response.links()
         blocked = 0.0
+        heartbeat, threshold = self._heartbeat, self._blocking_warning
         try:
             outputs = callback_of(self._spider, name)(response)
             while True:
-                step = _TimedStep(anext(outputs))
+                start = time.perf_counter()
                 try:
-                    output = await step
+                    output = await anext(outputs)
                 except StopAsyncIteration:
                     break
                 finally:
-                    blocked = max(blocked, step.longest)
+                    # Only a step slower than the threshold can have blocked that long; it
+                    # did if the loop's heartbeat did not tick while it ran.
+                    if heartbeat is not None and threshold:
+                        end = time.perf_counter()
+                        if end - start > threshold:
+                            blocked = max(blocked, end - max(start, heartbeat.last))
                 await self._route(output, response, result)
                 if len(result.candidates) + len(result.skipped) >= SPILL_AT:
                     await spill(result.candidates, result.skipped)
@@ -187,42 +196,27 @@ class CallbackRunner:
 
 
 @final
-class _TimedStep(Generic[_T]):
-    """Await one step of a callback, timing the longest stretch it ran without yielding.
+class LoopHeartbeat:
+    """A clock the event loop advances every `interval` seconds while it is free to run tasks.
 
-    Between two real suspensions a coroutine runs synchronously, and no other task can run:
-    each `send()` into it is one such stretch. Timing those, rather than the step's wall
-    time, blames the callback that held the loop, not one that merely waited while another
-    did. The cost is two clock reads per resumption.
+    A callback step that took longer than the warning threshold while the heartbeat did not
+    advance held the loop itself (`time.sleep`, blocking I/O, heavy CPU); one that merely
+    waited let the heartbeat tick. Two clock reads per step instead of wrapping every
+    resumption of every callback.
     """
 
-    __slots__ = ("_awaitable", "longest")
+    __slots__ = ("interval", "last")
 
-    def __init__(self, awaitable: Awaitable[_T]) -> None:
-        self._awaitable = awaitable
-        self.longest = 0.0
-        """The longest synchronous stretch so far, in seconds."""
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.last = time.perf_counter()
+        """When the loop last ran the heartbeat (time.perf_counter)."""
 
-    def __await__(self) -> Generator[Any, Any, _T]:
-        inner = self._awaitable.__await__()
-        value: Any = None
-        error: BaseException | None = None
-        while True:  # `yield from inner`, with a clock around each resumption
-            start = time.perf_counter()
-            try:
-                suspended_on = inner.send(value) if error is None else inner.throw(error)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            finally:
-                self.longest = max(self.longest, time.perf_counter() - start)
-            value, error = None, None
-            try:
-                value = yield suspended_on
-            except GeneratorExit:
-                inner.close()
-                raise
-            except BaseException as exc:  # cancellation and the like go to the callback
-                error = exc
+    async def run(self) -> None:
+        """Tick until cancelled."""
+        while True:
+            self.last = time.perf_counter()
+            await asyncio.sleep(self.interval)
 
 
 def spider_error(url: str, message: str, callback: str | None) -> ErrorRecord:

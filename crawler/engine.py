@@ -24,7 +24,7 @@ from typing import Any, Final, final
 import aiosqlite
 from rich.console import Console
 
-from crawler.callbacks import CallbackRunner, spider_error
+from crawler.callbacks import CallbackRunner, LoopHeartbeat, spider_error
 from crawler.errors import SkipReason, StorageError
 from crawler.feeder import Feeder
 from crawler.fetcher import Deferred, Failed, Fetcher
@@ -81,12 +81,14 @@ class Crawl:
         self._stop_requested = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._frontier = Frontier(settings, spider, list(spider.allowed_domains))
+        self._heartbeat = LoopHeartbeat()
         self._callbacks = CallbackRunner(
             spider,
             self._frontier,
             self.stats,
             on_stop=self.stop,
             blocking_warning=settings.blocking_warning,
+            heartbeat=self._heartbeat,
         )
         self._parse_types = frozenset(settings.parse_content_types)
         self._any_type_callbacks = frozenset(spider.any_content_callbacks)
@@ -172,6 +174,7 @@ class Crawl:
             async with asyncio.TaskGroup() as outer:
                 outer.create_task(storage.run_writer(), name="writer")
                 progress = outer.create_task(self._progress(), name="progress")
+                heartbeat = outer.create_task(self._heartbeat.run(), name="heartbeat")
                 async with asyncio.TaskGroup() as crawl:
                     feeder.hold()
                     crawl.create_task(self._seed(storage, feeder), name="seed")
@@ -187,6 +190,7 @@ class Crawl:
                     self._stop_requested.set()  # ends the stopper once the workers are done
                 await storage.stop_writer()
                 progress.cancel()
+                heartbeat.cancel()
         except* StorageError as group:
             raise group.exceptions[0] from None
 
