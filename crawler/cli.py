@@ -24,6 +24,7 @@ from crawler.cli_common import (
     EXIT_INTERRUPTED,
     check_start_url,
     load_crawl_settings,
+    open_crawl_database,
     open_read_only,
     parse_assignments,
     run_with_signals,
@@ -196,7 +197,7 @@ def status(database: Path, fmt: str) -> None:
     Safe to run while the crawl is running.
     """
     with user_errors():
-        conn = open_read_only(database)
+        conn = open_crawl_database(database)
         try:
             state = crawl_status(conn)
         except sqlite3.DatabaseError as exc:

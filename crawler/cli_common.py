@@ -22,6 +22,7 @@ from yarl import URL
 from crawler.engine import Crawl
 from crawler.errors import ConfigError, CrawlerError, StorageError
 from crawler.frontier import normalise_domain
+from crawler.schema import APPLICATION_ID
 from crawler.settings import LoadedSettings, load_settings, read_config_file
 from crawler.spider import Spider
 
@@ -32,6 +33,7 @@ __all__ = [
     "UserError",
     "check_start_url",
     "load_crawl_settings",
+    "open_crawl_database",
     "open_read_only",
     "parse_assignments",
     "run_with_signals",
@@ -163,13 +165,28 @@ def run_with_signals(
         sys.exit(1)
 
 
-def open_read_only(path: Path) -> sqlite3.Connection:
-    """Open an existing database file read-only; errors name the file."""
+def open_read_only(path: Path, *, write: bool = False) -> sqlite3.Connection:
+    """Open an existing SQLite file, read-only (`?mode=ro`) unless `write`.
+
+    Raises:
+        StorageError: the file does not exist or is not an SQLite database.
+    """
     if not path.is_file():
         raise StorageError(f"no such database file: {path}")
+    uri = path.resolve().as_uri() + ("?mode=rw" if write else "?mode=ro")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 10000")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
         raise StorageError(f"cannot read {path}: {exc}") from None
+    return conn
+
+
+def open_crawl_database(path: Path) -> sqlite3.Connection:
+    """Open a crawl database read-only, refusing other SQLite files."""
+    conn = open_read_only(path)
+    if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+        conn.close()
+        raise StorageError(f"{path} is not a crawl database")
     return conn

@@ -26,6 +26,8 @@ from crawler.cli_common import (
     UserError,
     check_start_url,
     load_crawl_settings,
+    open_crawl_database,
+    open_read_only,
     parse_assignments,
     setup_logging,
     user_errors,
@@ -38,39 +40,11 @@ from crawler.parse_page import ParsedPage, parse_page
 from crawler.reparse import ReparseSummary
 from crawler.reparse import reparse as reparse_database
 from crawler.report import crawl_report, render_report
-from crawler.schema import APPLICATION_ID
 
 __all__ = ["export", "parse", "query", "reparse", "stats"]
 
 ExportFormat = Literal["jsonl", "json", "csv"]
 _SUFFIX_FORMATS: Final[dict[str, ExportFormat]] = {".csv": "csv", ".json": "json"}
-
-
-def connect_file(path: Path, *, write: bool = False) -> sqlite3.Connection:
-    """Open an existing SQLite file, read-only (`?mode=ro`) unless `write`.
-
-    Raises:
-        StorageError: the file does not exist or is not an SQLite database.
-    """
-    if not path.is_file():
-        raise StorageError(f"no such database file: {path}")
-    uri = path.resolve().as_uri() + ("?mode=rw" if write else "?mode=ro")
-    try:
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout = 10000")
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise StorageError(f"cannot read {path}: {exc}") from None
-    return conn
-
-
-def open_crawl_database(path: Path) -> sqlite3.Connection:
-    """Open a crawl database read-only, refusing other SQLite files."""
-    conn = connect_file(path)
-    if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
-        conn.close()
-        raise StorageError(f"{path} is not a crawl database")
-    return conn
 
 
 @contextmanager
@@ -131,7 +105,7 @@ def query(
     """
     with user_errors(), _stdout_pipe():
         bound = _bound_params(params)
-        conn = connect_file(database, write=write)
+        conn = open_read_only(database, write=write)
         try:
             try:
                 cursor = conn.execute(sql, bound)
