@@ -204,34 +204,46 @@ async def open_database(path: Path) -> aiosqlite.Connection:
 
 
 async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
+    """Check that the file is a crawl database of a known version and bring it up to date.
+
+    Everything happens under the write lock, so processes opening one new file at the same
+    time see it either empty or complete, and only the first one creates the schema.
+    """
     try:
+        await conn.execute("BEGIN IMMEDIATE")
         version = await _scalar(conn, "PRAGMA user_version")
         app_id = await _scalar(conn, "PRAGMA application_id")
         tables = await _scalar(conn, "SELECT count(*) FROM sqlite_master")
     except sqlite3.DatabaseError as exc:
-        raise StorageError(f"{path} is not a crawl database ({exc})") from None
-    if tables and app_id != APPLICATION_ID:
-        raise StorageError(f"{path} is not a crawl database")
-    if version > SCHEMA_VERSION:
-        raise StorageError(
-            f"{path} has schema version {version}, newer than this crawler's {SCHEMA_VERSION}"
-        )
-    if version == SCHEMA_VERSION:
-        return
+        await _rollback(conn)
+        if "not a database" in str(exc):
+            raise StorageError(f"{path} is not a crawl database ({exc})") from None
+        raise StorageError(f"cannot use database {path}: {exc}") from None
     try:
-        await conn.execute("BEGIN IMMEDIATE")
-        # Another process may have created the schema while we waited for the lock.
-        version = await _scalar(conn, "PRAGMA user_version")
+        if tables and app_id != APPLICATION_ID:
+            raise StorageError(f"{path} is not a crawl database")
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"{path} has schema version {version}, newer than this crawler's {SCHEMA_VERSION}"
+            )
         for script in MIGRATIONS[version:]:
             for statement in _statements(script):
                 await conn.execute(statement)
-        await conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        if version < SCHEMA_VERSION:
+            await conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         await conn.execute("COMMIT")
     except sqlite3.Error as exc:
-        if conn.in_transaction:
-            await conn.execute("ROLLBACK")
+        await _rollback(conn)
         raise StorageError(f"cannot create the schema in {path}: {exc}") from None
+    except BaseException:
+        await _rollback(conn)
+        raise
+
+
+async def _rollback(conn: aiosqlite.Connection) -> None:
+    if conn.in_transaction:
+        await conn.execute("ROLLBACK")
 
 
 def _statements(script: str) -> list[str]:
