@@ -52,11 +52,13 @@ class Feeder:
         self._window = settings.queue_window
         self._workers = settings.concurrency
         self._most_handed_out = self._workers + max(1, self._workers // 4)
-        # Requests held or in flight per host: enough to keep the host busy between claims,
-        # few enough that other processes sharing the file get their share. Depth-first
-        # order holds nothing extra, so that each claim takes the newest requests.
+        # Requests held or in flight per host: enough to keep the host busy between claims
+        # (a claim waits for the writer's commit: tens of milliseconds, in which a fast host
+        # answers hundreds of requests), few enough that other processes sharing the file
+        # get their share. Depth-first order holds nothing extra, so that each claim takes
+        # the newest requests.
         in_flight = min(settings.concurrency, settings.concurrency_per_host)
-        self._per_host = in_flight if settings.order == "dfs" else 2 * in_flight + 4
+        self._per_host = in_flight if settings.order == "dfs" else 8 * in_flight + 4
         self._hosts = hosts
         self._held = HostQueues(hosts, robots)
         self._handed_out = 0

@@ -163,8 +163,15 @@ class HostState:
         return max(self.next_start, self.throttle.blocked_until)
 
     def ready_at(self) -> float:
-        """The earliest time the feeder may hand out another request of this host."""
-        return max(self.start_at(), self.released_at + self.throttle.delay)
+        """The earliest time the feeder may hand out another request of this host.
+
+        Without a delay that is now: several requests may go out in the same instant (the
+        feeder's clock reading can be older than the last `released_at`).
+        """
+        delay = self.throttle.delay
+        if delay <= 0:
+            return self.start_at()
+        return max(self.start_at(), self.released_at + delay)
 
 
 @final

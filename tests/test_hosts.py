@@ -257,6 +257,18 @@ def test_a_host_at_its_limit_waits_until_a_request_finishes() -> None:
     assert len(queues) == 1
 
 
+def test_without_a_delay_a_host_takes_its_whole_limit_in_one_instant() -> None:
+    ticks = iter(range(1, 1_000_000))  # a clock that moves on every reading, as a real one
+    hosts = Hosts(settings(autothrottle=False, concurrency_per_host=4), clock=lambda: next(ticks))
+    queues = HostQueues(hosts, Verdicts())
+    for number in range(6):
+        queues.add(claimed(f"http://a.test/{number}", number))
+    now = hosts.clock()  # read once, before the reservations: older than each `released_at`
+    handed_out = [queues.pop_ready(now) for _ in range(5)]
+    assert [c is not None for c in handed_out] == [True, True, True, True, False]
+    assert queues.next_ready_at() is None  # at its limit (blocked), not waiting for a time
+
+
 def test_a_host_in_its_delay_waits_while_others_go_ahead() -> None:
     hosts = Hosts(settings(autothrottle=False, delay_per_host=1.0))
     queues = HostQueues(hosts, Verdicts())
