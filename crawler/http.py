@@ -141,7 +141,13 @@ class Response:
 
     @functools.cached_property
     def tree(self) -> LexborHTMLParser:
-        """The parsed HTML document (selectolax's Lexbor parser)."""
+        """The parsed HTML document (selectolax's Lexbor parser).
+
+        A UTF-8 body goes to Lexbor as it is, without a decode and re-encode; any other
+        body is decoded to `text` first.
+        """
+        if self.encoding == "utf-8" and b"\x00" not in self.body:
+            return LexborHTMLParser(self.body)
         return LexborHTMLParser(self.text)
 
     def css(self, selector: str) -> list[LexborNode]:

@@ -450,7 +450,8 @@ class Storage:
                         page.body,
                     )
                 )
-                links.extend((page_id, page.final_url, to_url) for to_url in result.links)
+                if result.links:  # one row per page: SQLite splits the list, off the loop
+                    links.append((page_id, page.final_url, json.dumps(result.links)))
                 stats.pages += 1
                 stats.statuses[page.status] += 1
                 stats.bytes_received += page.size_bytes
@@ -678,7 +679,10 @@ _INSERT_PAGE: Final = (
     "encoding, size_bytes, depth, elapsed_ms, fetched_at, body) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-_INSERT_LINK: Final = "INSERT INTO links (page_id, from_url, to_url) VALUES (?, ?, ?)"
+_INSERT_LINK: Final = (
+    "INSERT INTO links (page_id, from_url, to_url) "
+    "SELECT ?, ?, value FROM json_each(?) ORDER BY key"
+)
 _INSERT_ITEM: Final = (
     "INSERT INTO items (crawl_id, request_id, page_url, type, data, created_at) "
     "VALUES (?, ?, ?, ?, ?, ?)"

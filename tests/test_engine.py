@@ -100,6 +100,29 @@ async def test_every_table_is_filled_consistently(
     assert scalar(db_path, "PRAGMA user_version") == 1
 
 
+async def test_links_are_stored_in_page_order_once_each(db_path: Path) -> None:
+    hrefs = ["/z", "/a", "mailto:x@y.invalid", "/caf%C3%A9?q=%E2%82%AC", "/a#again", "/m"]
+    app = web.Application()
+    app.router.add_get(
+        "/", page_handler(html_page("".join(f'<a href="{h}">{h}</a>' for h in hrefs)))
+    )
+    async with TestServer(app, host="127.0.0.1") as server:
+        spider = with_start_urls(FollowAllSpider, [start(server, "/")])
+        await crawl(spider, db=db_path, settings={**FAST, "max_pages": 1})
+        origin = str(server.make_url("/")).rstrip("/")
+    stored = rows(db_path, "SELECT from_url, to_url FROM links ORDER BY rowid")
+    assert stored == [
+        (f"{origin}/", to)
+        for to in (
+            f"{origin}/z",
+            f"{origin}/a",
+            "mailto:x@y.invalid",
+            f"{origin}/caf%C3%A9?q=%E2%82%AC",
+            f"{origin}/m",
+        )
+    ]
+
+
 async def test_allowed_domains_refuse_other_hosts(db_path: Path) -> None:
     other = web.Application()
     other.router.add_get("/", page_handler(html_page("other")))

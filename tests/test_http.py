@@ -93,6 +93,24 @@ def test_nul_bytes_are_dropped_from_text() -> None:
     assert make_response(b"<p>a\x00b</p>").text == "<p>ab</p>"
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        ("<p>café € 東京</p>".encode(), "text/html; charset=utf-8"),  # parsed from the bytes
+        ("<p>café € 東京</p>".encode(), "text/html"),
+        (codecs.BOM_UTF8 + "<p>café € 東京</p>".encode(), "text/html"),  # from the text
+        ("<p>café € 東京</p>".encode("utf-16-le"), "text/html; charset=utf-16-le"),
+        ("<p>café €</p>".encode("cp1252"), "text/html; charset=utf-8"),  # wrong declaration
+        ("<p>caf\x00é € 東京</p>".encode(), "text/html"),  # NUL: from the text, without it
+    ],
+)
+def test_the_tree_reads_the_same_text_whatever_the_encoding(body: bytes, content_type: str) -> None:
+    response = make_response(body, content_type)
+    paragraph = response.css_first("p")
+    assert paragraph is not None
+    assert paragraph.text() == response.text.lstrip("\ufeff")[3:-4]
+
+
 def test_detect_encoding_order() -> None:
     assert detect_encoding(codecs.BOM_UTF8 + b"x", "text/html; charset=cp1252") == "utf-8-sig"
     assert detect_encoding(b"x", "text/html; charset=cp1252") == "cp1252"
