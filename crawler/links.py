@@ -136,7 +136,9 @@ def host_of(url: str) -> str:
 
 def _base_of(tree: LexborHTMLParser, page_url: URL) -> URL:
     """Return the base URL for relative links: the page's `<base href>` or the page URL."""
-    base_node = tree.css_first("base[href]")
+    # The first <base> with an href, anywhere in the document (tags() is a cheaper walk
+    # than a CSS query, and most pages have no <base> at all).
+    base_node = next((node for node in tree.tags("base") if "href" in node.attrs), None)
     if base_node is not None:
         href = base_node.attributes.get("href")
         if href and href.strip(_STRIP):
@@ -170,6 +172,19 @@ def extract_links_in(
     return _resolve_unique(hrefs, base)
 
 
+# An href that joins to a canonical URL by concatenation: path characters yarl prints as they
+# are (no "%", no "#"), an optional non-empty query. Root-relative ones must not start with
+# "//" (that is a host); relative ones have no ":" (it could be a scheme). Dot segments are
+# checked on the joined result.
+_PLAIN_ROOT_RELATIVE: Final = re.compile(
+    r"/(?!/)[A-Za-z0-9\-._~!$&'()*+,;=:@/]*(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@/?]+)?"
+)
+_PLAIN_RELATIVE: Final = re.compile(
+    r"[A-Za-z0-9\-._~!$&'()*+,;=@][A-Za-z0-9\-._~!$&'()*+,;=@/]*"
+    r"(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@/?]+)?"
+)
+
+
 def _resolve_unique(hrefs: Iterable[str | None], base: URL) -> list[str]:
     """Resolve hrefs against `base`, keeping the first occurrence of each result."""
     seen: dict[str, None] = {}
@@ -177,6 +192,9 @@ def _resolve_unique(hrefs: Iterable[str | None], base: URL) -> list[str]:
     origin = f"{base.scheme}://{base.raw_authority}"
     directory = origin + base.raw_path[: base.raw_path.rfind("/") + 1]
     self_url = try_canonical_url(base_text)
+    # Plain hrefs are joined by concatenation when the base's directory is itself canonical
+    # and has no percent-escapes (yarl's join decodes some of them).
+    plain = "%" not in directory and _is_canonical(directory)
     for href in hrefs:
         if not href:
             continue
@@ -190,7 +208,13 @@ def _resolve_unique(hrefs: Iterable[str | None], base: URL) -> list[str]:
         # Resolve against the least of the base that decides the result (RFC 3986 5.2), so
         # that the pages of one site share cache entries: the origin for root-relative and
         # absolute hrefs, the base's directory for relative paths, the whole base for "?q".
-        if stripped[0] == "/" or _has_scheme(stripped):
+        if plain and (
+            _PLAIN_ROOT_RELATIVE.fullmatch(stripped) or _PLAIN_RELATIVE.fullmatch(stripped)
+        ):
+            resolved = (origin if stripped[0] == "/" else directory) + stripped
+            if _DOT_SEGMENT.search(resolved):
+                resolved = _resolve(origin if stripped[0] == "/" else directory, stripped)
+        elif stripped[0] == "/" or _has_scheme(stripped):
             resolved = _resolve(origin, stripped)
         elif stripped[0] == "?":
             resolved = _resolve(base_text, stripped)
@@ -199,6 +223,11 @@ def _resolve_unique(hrefs: Iterable[str | None], base: URL) -> list[str]:
         if resolved != self_url:
             seen.setdefault(resolved, None)
     return list(seen)
+
+
+def _is_canonical(url: str) -> bool:
+    """Whether an absolute http(s) URL is already in canonical form."""
+    return try_canonical_url(url) == url
 
 
 def _has_scheme(href: str) -> bool:

@@ -82,6 +82,11 @@ def test_extract_links_are_absolute_fragment_free_and_unique() -> None:
 def test_extract_links_honours_base_href() -> None:
     html = '<head><base href="http://cdn.test/root/"></head><a href="x">x</a>'
     assert extract_links(LexborHTMLParser(html), "http://site.test/") == ["http://cdn.test/root/x"]
+    # the first <base> that has an href counts, wherever it is
+    html = '<base target="_top"><a href="x">x</a><base href="/in/body/"><base href="/later/">'
+    assert extract_links(LexborHTMLParser(html), "http://site.test/") == [
+        "http://site.test/in/body/x"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -99,6 +104,28 @@ def test_extract_links_honours_base_href() -> None:
         "1a:b",
         "sub/../x",
         "../../../../deep",
+        # joined by concatenation (plain), or sent to yarl by a dot segment or a character
+        "p/1.html?x=1&y=2",
+        "/p/1.html?x=/a?b",
+        "x-y_z~1/(a)!$&'*+,;=@",
+        "/x-y_z~1/(a)!$&'*+,;=:@",
+        ".",
+        "..",
+        "a/./b",
+        "a/b/..",
+        "/p/..",
+        "/p/.?q",
+        "..?q",
+        "x?",
+        "/x?",
+        "a//b",
+        "/a//b",
+        "%7Euser",
+        "/%7euser",
+        "ü",
+        "/ü?q=ü",
+        "a b",
+        "A/B.HTML",
     ],
 )
 def test_cached_resolution_equals_resolving_against_each_page(href: str) -> None:
@@ -106,6 +133,8 @@ def test_cached_resolution_equals_resolving_against_each_page(href: str) -> None
         "http://s.test/a/b/page.html?x=1",
         "http://s.test/a/b/other.html",
         "http://s.test/",
+        "http://s.test:8080/dir/",
+        "http://s.test/%7edir/page",  # a base that is not canonical: no concatenation
     ]:
         html = f'<a href="{href}">x</a>'
         expected = try_canonical_url(href, page) or href
