@@ -41,12 +41,22 @@ SPILL_AT: Final = 5000
 def serialise_item(item: object) -> str | None:
     """Return an item as a JSON object, or None if it is not an item (dict or dataclass)."""
     if dataclasses.is_dataclass(item) and not isinstance(item, type):
-        data: object = dataclasses.asdict(item)
+        data: object = _fields_of(item)
     elif isinstance(item, Mapping):
         data = dict(item)
     else:
         return None
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return json.dumps(
+        data, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=_fields_of
+    )
+
+
+def _fields_of(value: object) -> dict[str, object]:
+    """A dataclass instance as a dict of its fields, one level at a time (json.dumps calls
+    this again for nested dataclasses; cheaper than `dataclasses.asdict`'s deep copy)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 @final

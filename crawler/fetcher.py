@@ -125,11 +125,9 @@ class Fetcher:
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                sock_connect=settings.connect_timeout,
-                sock_read=settings.request_timeout,
-            ),
+            # The whole attempt is bounded by `request_timeout` in `_fetch_once`; a read
+            # timeout as well would only re-arm a timer on every chunk received.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
             auto_decompress=False,
             headers={"User-Agent": settings.user_agent, "Accept-Encoding": SUPPORTED_ENCODINGS},
             cookie_jar=aiohttp.CookieJar(unsafe=True),
@@ -149,27 +147,39 @@ class Fetcher:
         await self._session.close()
 
     async def fetch(self, request: Request, *, attempts_before: int = 0) -> FetchOutcome:
-        """Fetch a request, retrying retryable failures with backoff; never raises FetchError."""
+        """Fetch a request, retrying retryable failures with backoff; never raises FetchError.
+
+        The first attempt runs on its own, since most requests need no other; a retryable
+        failure sleeps its backoff and hands the remaining attempts to tenacity.
+        """
         failures: list[ErrorRecord] = []
-        attempts = attempts_before
-        remaining = max(1, self._settings.max_retries + 1 - attempts_before)
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(remaining),
-            wait=self._backoff,
-            retry=retry_if_exception(self._is_retryable),
-            before_sleep=_log_retry,
-            reraise=True,
-        )
+        budget = max(1, self._settings.max_retries + 1 - attempts_before)
+        attempts = attempts_before + 1
         try:
+            try:
+                return await self._attempt(request, attempts, failures, is_last=budget == 1)
+            except (FetchError, _RetryableStatus) as first:
+                if budget == 1 or not self._is_retryable(first):
+                    raise
+                delay = self._backoff_delay(first, 1)
+                _log_retry(first, 1, delay)
+                await asyncio.sleep(delay)
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(budget - 1),
+                wait=lambda state: self._backoff_delay(_exception(state), state.attempt_number + 1),
+                retry=retry_if_exception(self._is_retryable),
+                before_sleep=lambda state: _log_retry(
+                    _exception(state),
+                    state.attempt_number + 1,
+                    state.next_action.sleep if state.next_action else 0.0,
+                ),
+                reraise=True,
+            )
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    is_last = attempts - attempts_before >= remaining
-                    try:
-                        return await self._fetch_checked(request, attempts, failures, is_last)
-                    except FetchError as error:
-                        failures.append(_failure(request.url, error, attempts))
-                        raise
+                    is_last = attempts - attempts_before >= budget
+                    return await self._attempt(request, attempts, failures, is_last=is_last)
         except _RetryableStatus as exhausted:
             return exhausted.response
         except _DeferRequest as defer:
@@ -177,6 +187,16 @@ class Fetcher:
         except FetchError as error:
             return Failed(error=error, attempts=attempts, failures=failures)
         raise AssertionError("unreachable: tenacity either returns or reraises")  # pragma: no cover
+
+    async def _attempt(
+        self, request: Request, attempt: int, failures: list[ErrorRecord], *, is_last: bool
+    ) -> Fetched:
+        """One attempt; a failure without a response is added to `failures` and raised."""
+        try:
+            return await self._fetch_checked(request, attempt, failures, is_last)
+        except FetchError as error:
+            failures.append(_failure(request.url, error, attempt))
+            raise
 
     async def _fetch_checked(
         self, request: Request, attempt: int, failures: list[ErrorRecord], is_last: bool
@@ -208,12 +228,12 @@ class Fetcher:
             return True
         return isinstance(exc, FetchTimeout | ConnectError | ProtocolError)
 
-    def _backoff(self, state: RetryCallState) -> float:
-        """Retry-After when the server sent one, else exponential backoff with full jitter."""
-        exc = state.outcome.exception() if state.outcome else None
+    def _backoff_delay(self, exc: BaseException | None, attempt_number: int) -> float:
+        """Seconds to wait after failed attempt `attempt_number` (1 for the first): the
+        Retry-After when the server sent one, else exponential backoff with full jitter."""
         if isinstance(exc, _RetryableStatus) and exc.error.retry_after is not None:
             return exc.error.retry_after
-        base = self._settings.backoff_base * 2 ** (state.attempt_number - 1)
+        base = self._settings.backoff_base * 2 ** (attempt_number - 1)
         return min(self._settings.backoff_max, random.uniform(base / 2, base * 1.5))
 
     async def _fetch_once(self, request: Request) -> Fetched:
@@ -347,7 +367,9 @@ def _failure(url: str, error: FetchError, attempt: int) -> ErrorRecord:
     )
 
 
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    sleep = state.next_action.sleep if state.next_action else 0.0
-    logger.info("retrying after %s (attempt %d, waiting %.2fs)", exc, state.attempt_number, sleep)
+def _exception(state: RetryCallState) -> BaseException | None:
+    return state.outcome.exception() if state.outcome else None
+
+
+def _log_retry(exc: BaseException | None, attempt_number: int, sleep: float) -> None:
+    logger.info("retrying after %s (attempt %d, waiting %.2fs)", exc, attempt_number, sleep)

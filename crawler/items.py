@@ -259,8 +259,10 @@ def _json_of(item: object) -> str:
 
 
 @functools.cache
+@functools.cache
 def _field_types(cls: type) -> dict[str, Any] | None:
-    """The resolved field annotations of a dataclass, or None (logged) when they cannot be."""
+    """The resolved field annotations of a dataclass, or None (logged once) when they cannot
+    be; resolved once per class."""
     try:
         return typing.get_type_hints(cls)
     except Exception as exc:  # e.g. a name imported only under TYPE_CHECKING
@@ -298,6 +300,8 @@ def _check_dataclass(item: T, prefix: str) -> T | _Problems:
 
 def _convert(value: object, hint: Any, where: str) -> object:
     """Return `value` fitted to `hint` (the same object when it already fits) or `_Problems`."""
+    if type(value) is hint and hint in _EXACT_FITS:  # the common case, decided at once
+        return value
     if hint is Any or hint is object:
         return value
     origin = typing.get_origin(hint)
@@ -353,6 +357,11 @@ def _convert_scalar(value: object, hint: type) -> object:
             number = float(text)
         return number if number is not None and math.isfinite(number) else _NO
     return value if isinstance(value, hint) and not _is_bool_for_number(value, hint) else _NO
+
+
+_EXACT_FITS: Final = frozenset({str, int, bool})
+"""Types whose values need no check or conversion when they are exactly of that type (a float
+still has to be finite)."""
 
 
 def _is_bool_for_number(value: object, hint: type) -> bool:

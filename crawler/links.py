@@ -126,8 +126,14 @@ def fingerprint(canonical: str, method: str = "GET", body: bytes = b"") -> int:
     return int.from_bytes(digest.digest(), "big", signed=True)
 
 
+_PLAIN_HOST: Final = re.compile(r"https?://([a-z0-9.-]+)(?::[0-9]+)?(?:[/?#]|$)")
+"""The host of an http(s) URL whose authority is already lowercase ASCII, without userinfo."""
+
+
 def host_of(url: str) -> str:
     """Return the lowercase host (IDNA-encoded) of an absolute URL, or "" if it has none."""
+    if (plain := _PLAIN_HOST.match(url)) is not None:
+        return plain.group(1)
     try:
         return URL(url).raw_host or ""
     except (ValueError, TypeError, UnicodeError):

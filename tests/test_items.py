@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import io
 import json
 import re
@@ -16,6 +17,7 @@ from aiohttp.test_utils import BaseTestServer
 from rich.console import Console
 
 from crawler import Request, Response, Spider, SpiderError, crawl, text_of
+from crawler.callbacks import serialise_item
 from crawler.cli_common import with_start_urls
 from crawler.items import Invalid, ItemProcessor, item_key, validate_item
 from crawler.stats import render_summary
@@ -401,3 +403,21 @@ def test_the_summary_shows_dropped_items_by_reason() -> None:
     console = Console(record=True, width=120, file=io.StringIO())
     console.print(render_summary("books", "finished", summary))
     assert re.search(r"items dropped +│ 3 \(duplicate: 2, invalid: 1\)", console.export_text())
+
+
+def test_dataclass_items_are_stored_as_json_of_their_fields_nested_ones_too() -> None:
+    @dataclass
+    class Part:
+        name: str
+        sizes: tuple[int, ...] = (1, 2)
+
+    @dataclass
+    class Kit:
+        main: Part
+        spares: list[Part]
+        by_room: dict[str, list[Part]]
+
+    kit = Kit(Part("a"), [Part("b", (3,))], {"hall": [Part("c")]})
+    assert serialise_item(kit) == json.dumps(dataclasses.asdict(kit), separators=(",", ":"))
+    with pytest.raises(TypeError, match="Object of type date is not JSON serializable"):
+        serialise_item(Kit(Part("a"), [datetime.date(2026, 1, 1)], {}))  # type: ignore[list-item]

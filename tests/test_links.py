@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from selectolax.lexbor import LexborHTMLParser
+from yarl import URL
 
 from crawler.links import canonical_url, extract_links, fingerprint, host_of, try_canonical_url
 
@@ -62,6 +63,29 @@ def test_fingerprint_is_stable_and_method_aware() -> None:
 def test_host_of_returns_idna_lowercase_host() -> None:
     assert host_of("http://Bücher.Example:81/x") == "xn--bcher-kva.example"
     assert host_of("not a url at all") == ""
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://a.test/x",
+        "https://a.test",
+        "http://a.test:8080/x?y",
+        "http://a.test?q",
+        "http://a.test#f",
+        "http://127.0.0.1:8000/p/1.html",
+        "http://example.com./x",
+        "http://user:pw@a.test/x",
+        "http://A.Test/x",
+        "http://[::1]:80/x",
+        "http://xn--bcher-kva.example/",
+        "http://a_b.test/x",
+        "ftp://a.test/x",
+        "mailto:a@b.test",
+    ],
+)
+def test_host_of_plain_urls_agrees_with_yarl(url: str) -> None:
+    assert host_of(url) == (URL(url).raw_host or "")
 
 
 def test_extract_links_are_absolute_fragment_free_and_unique() -> None:
