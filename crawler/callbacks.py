@@ -139,7 +139,17 @@ class CallbackRunner:
                         end = time.perf_counter()
                         if end - start > threshold:
                             blocked = max(blocked, end - max(start, heartbeat.last))
-                await self._route(output, response, result)
+                if type(output) is Request:  # most outputs: admitted here, no coroutine
+                    self.admit(
+                        output,
+                        parent_id=result.request_id,
+                        candidates=result.candidates,
+                        skipped=result.skipped,
+                        errors=result.errors,
+                        callback=name,
+                    )
+                else:
+                    await self._route(output, response, result)
                 if len(result.candidates) + len(result.skipped) >= SPILL_AT:
                     await spill(result.candidates, result.skipped)
                     result.candidates, result.skipped = [], []

@@ -120,10 +120,12 @@ class Frontier:
         skipped: list[Skipped],
     ) -> SkipReason | None:
         """Check one request; record it as a candidate or as skipped. See the class doc."""
-        self._check_callback(request.callback)
+        if request.callback not in self._known_callbacks:
+            self._check_callback(request.callback)
         is_get = request.method == "GET"
-        if is_get and request.url in self._recent_urls:  # the cheap path for most links
-            return SkipReason.DUPLICATE
+        recent = self._recent_urls
+        if is_get and (request.url in recent.recent or request.url in recent.older):
+            return SkipReason.DUPLICATE  # the cheap path for most links (no method call)
         try:
             url, scheme, host = canonical_parts(request.url)
         except (ValueError, TypeError, UnicodeError):
@@ -217,20 +219,20 @@ class _RecentSet(Generic[_Key]):
     Membership can only say "seen recently"; the database's unique index decides the rest.
     """
 
-    __slots__ = ("_limit", "_older", "_recent")
+    __slots__ = ("_limit", "older", "recent")
 
     def __init__(self, limit: int) -> None:
         self._limit = limit
-        self._recent: set[_Key] = set()
-        self._older: set[_Key] = set()
+        self.recent: set[_Key] = set()
+        self.older: set[_Key] = set()
 
     def __contains__(self, key: _Key) -> bool:
-        return key in self._recent or key in self._older
+        return key in self.recent or key in self.older
 
     def add(self, key: _Key) -> None:
-        self._recent.add(key)
-        if len(self._recent) >= self._limit:
-            self._older, self._recent = self._recent, set()
+        self.recent.add(key)
+        if len(self.recent) >= self._limit:
+            self.older, self.recent = self.recent, set()
 
 
 def _to_json(value: Mapping[str, object], what: str, request: Request) -> str | None:

@@ -140,7 +140,7 @@ def host_of(url: str) -> str:
         return ""
 
 
-def _base_of(tree: LexborHTMLParser, page_url: URL) -> URL:
+def _base_of(tree: LexborHTMLParser, page_url: str) -> str:
     """Return the base URL for relative links: the page's `<base href>` or the page URL."""
     # The first <base> with an href, anywhere in the document (tags() is a cheaper walk
     # than a CSS query, and most pages have no <base> at all).
@@ -149,7 +149,7 @@ def _base_of(tree: LexborHTMLParser, page_url: URL) -> URL:
         href = base_node.attributes.get("href")
         if href and href.strip(_STRIP):
             try:
-                return page_url.join(URL(href.strip(_STRIP)))
+                return str(URL(page_url).join(URL(href.strip(_STRIP))))
             except (ValueError, TypeError, UnicodeError):
                 pass
     return page_url
@@ -162,10 +162,8 @@ def extract_links(tree: LexborHTMLParser, page_url: str) -> list[str]:
     admission step can record it as an invalid URL instead of losing it silently. Empty hrefs
     and fragment-only hrefs (links to the page itself) are left out.
     """
-    page = URL(page_url)
-    base = _base_of(tree, page)
     hrefs = (node.attributes.get("href") for node in tree.css("a[href]"))
-    return _resolve_unique(hrefs, base)
+    return _resolve_unique(hrefs, _base_of(tree, page_url))
 
 
 def extract_links_in(
@@ -173,9 +171,8 @@ def extract_links_in(
 ) -> list[str]:
     """Return the `<a href>` targets inside `nodes` (a node that is a link counts), resolved
     and de-duplicated as `extract_links` does (the page's `<base href>` applies)."""
-    base = _base_of(tree, URL(page_url))
     hrefs = (link.attributes.get("href") for node in nodes for link in node.css("a[href]"))
-    return _resolve_unique(hrefs, base)
+    return _resolve_unique(hrefs, _base_of(tree, page_url))
 
 
 # An href that joins to a canonical URL by concatenation: path characters yarl prints as they
@@ -191,16 +188,45 @@ _PLAIN_RELATIVE: Final = re.compile(
 )
 
 
-def _resolve_unique(hrefs: Iterable[str | None], base: URL) -> list[str]:
+def _origin_and_directory(base: str) -> tuple[str, str, bool]:
+    """Split a base URL into its origin (`scheme://authority`) and the directory of its path
+    (ending in "/"); the flag says whether plain hrefs may be joined to them by concatenation
+    (the base is canonical and has no percent-escapes, some of which yarl's join decodes)."""
+    match = _ALREADY_CANONICAL.fullmatch(base)
+    if match is not None and "%" not in base and not _DOT_SEGMENT.search(base):
+        origin, path = base[: match.start(4)], match.group(4)
+        directory = origin + path[: path.rfind("/") + 1]
+        return origin, directory, _is_canonical(base)
+    parsed = URL(base)
+    origin = f"{parsed.scheme}://{parsed.raw_authority}"
+    directory = origin + parsed.raw_path[: parsed.raw_path.rfind("/") + 1]
+    return origin, directory, "%" not in directory and _is_canonical(directory)
+
+
+def _join_plain(href: str, origin: str, directory: str) -> str | None:
+    """Join a plain href (see `_PLAIN_RELATIVE`) to a canonical base by concatenation, leading
+    "../" segments included; None when it is not plain or the result has dot segments."""
+    if href[0] == "/":
+        if _PLAIN_ROOT_RELATIVE.fullmatch(href) is None:
+            return None
+        joined = origin + href
+    else:
+        root = len(origin) + 1  # the directory never climbs above "origin/"
+        while href.startswith("../"):
+            href = href[3:]
+            if len(directory) > root:
+                directory = directory[: directory.rindex("/", 0, -1) + 1]
+        if not href or _PLAIN_RELATIVE.fullmatch(href) is None:
+            return None
+        joined = directory + href
+    return None if _DOT_SEGMENT.search(joined) else joined
+
+
+def _resolve_unique(hrefs: Iterable[str | None], base: str) -> list[str]:
     """Resolve hrefs against `base`, keeping the first occurrence of each result."""
     seen: dict[str, None] = {}
-    base_text = str(base)
-    origin = f"{base.scheme}://{base.raw_authority}"
-    directory = origin + base.raw_path[: base.raw_path.rfind("/") + 1]
-    self_url = try_canonical_url(base_text)
-    # Plain hrefs are joined by concatenation when the base's directory is itself canonical
-    # and has no percent-escapes (yarl's join decodes some of them).
-    plain = "%" not in directory and _is_canonical(directory)
+    origin, directory, plain = _origin_and_directory(base)
+    self_url = try_canonical_url(base)
     for href in hrefs:
         if not href:
             continue
@@ -211,19 +237,15 @@ def _resolve_unique(hrefs: Iterable[str | None], base: URL) -> list[str]:
             stripped = stripped.split("#", 1)[0]
             if not stripped:
                 continue
+        if plain and (resolved := _join_plain(stripped, origin, directory)) is not None:
+            pass
         # Resolve against the least of the base that decides the result (RFC 3986 5.2), so
         # that the pages of one site share cache entries: the origin for root-relative and
         # absolute hrefs, the base's directory for relative paths, the whole base for "?q".
-        if plain and (
-            _PLAIN_ROOT_RELATIVE.fullmatch(stripped) or _PLAIN_RELATIVE.fullmatch(stripped)
-        ):
-            resolved = (origin if stripped[0] == "/" else directory) + stripped
-            if _DOT_SEGMENT.search(resolved):
-                resolved = _resolve(origin if stripped[0] == "/" else directory, stripped)
         elif stripped[0] == "/" or _has_scheme(stripped):
             resolved = _resolve(origin, stripped)
         elif stripped[0] == "?":
-            resolved = _resolve(base_text, stripped)
+            resolved = _resolve(base, stripped)
         else:
             resolved = _resolve(directory, stripped)
         if resolved != self_url:
@@ -233,7 +255,10 @@ def _resolve_unique(hrefs: Iterable[str | None], base: URL) -> list[str]:
 
 def _is_canonical(url: str) -> bool:
     """Whether an absolute http(s) URL is already in canonical form."""
-    return try_canonical_url(url) == url
+    try:
+        return canonical_parts(url).url == url
+    except (ValueError, TypeError, UnicodeError):
+        return False
 
 
 def _has_scheme(href: str) -> bool:

@@ -150,6 +150,13 @@ def test_extract_links_honours_base_href() -> None:
         "/ü?q=ü",
         "a b",
         "A/B.HTML",
+        "../p/1.html",
+        "../../a/b.html?q=1",
+        "../",
+        "../..",
+        "../.",
+        "../x/../y",
+        "..//x",
     ],
 )
 def test_cached_resolution_equals_resolving_against_each_page(href: str) -> None:
@@ -159,6 +166,8 @@ def test_cached_resolution_equals_resolving_against_each_page(href: str) -> None
         "http://s.test/",
         "http://s.test:8080/dir/",
         "http://s.test/%7edir/page",  # a base that is not canonical: no concatenation
+        "http://s.test:80/a/b/c/d",
+        "http://s.test:99999/a/",
     ]:
         html = f'<a href="{href}">x</a>'
         expected = try_canonical_url(href, page) or href
