@@ -298,8 +298,10 @@ class Fetcher:
         limit = self._settings.max_size
         encoding = response.headers.get("Content-Encoding", "")
         length = response.content_length
-        if not encoding and length is not None and length > limit:
-            raise ResponseTooLarge(url, f"Content-Length {length} exceeds max_size {limit}")
+        if not encoding and length is not None:
+            if length > limit:
+                raise ResponseTooLarge(url, f"Content-Length {length} exceeds max_size {limit}")
+            return await response.read()  # the framing bounds it: read it at once
         try:
             decoder = decoder_for(encoding, limit)
             parts: list[bytes] = []

@@ -56,9 +56,9 @@ class Request:
         depth: int = 0,
     ) -> None:
         self.url = url
-        self.callback: str = _callback_name(callback)
-        self.method = method.upper()
-        self.headers: dict[str, str] = dict(headers or {})
+        self.callback: str = "parse" if callback is None else _callback_name(callback)
+        self.method = method if method == "GET" else method.upper()
+        self.headers: dict[str, str] = dict(headers) if headers else {}
         self.meta: dict[str, Any] = meta if meta is not None else {}
         self.priority = priority
         self.depth = depth

@@ -94,13 +94,21 @@ def canonical_parts(url: str) -> CanonicalParts:
     Raises:
         ValueError: as `canonical_url`.
     """
+    if (parts := _already_canonical(url)) is not None:
+        return parts
+    text, parsed = parse_canonical(url)
+    return CanonicalParts(text, parsed.scheme, parsed.raw_host or "")
+
+
+def _already_canonical(url: str) -> CanonicalParts | None:
+    """The parts of a URL that is already in canonical form, read without parsing; None when
+    it may not be (then yarl decides)."""
     match = _ALREADY_CANONICAL.fullmatch(url)
     if match is not None and not _DOT_SEGMENT.search(url):
         scheme, host, port = match.group(1, 2, 3)
         if port is None or (int(port) <= 65535 and port != _DEFAULT_PORTS[scheme]):
             return CanonicalParts(url, scheme, host)
-    text, parsed = parse_canonical(url)
-    return CanonicalParts(text, parsed.scheme, parsed.raw_host or "")
+    return None
 
 
 _DEFAULT_PORTS: Final = {"http": "80", "https": "443"}
@@ -193,11 +201,13 @@ def _origin_and_directory(base: str) -> tuple[str, str, bool]:
     (ending in "/"); the flag says whether plain hrefs may be joined to them by concatenation
     (the base is canonical and has no percent-escapes, some of which yarl's join decodes)."""
     match = _ALREADY_CANONICAL.fullmatch(base)
-    if match is not None and "%" not in base and not _DOT_SEGMENT.search(base):
+    if match is not None and "%" not in base and _already_canonical(base) is not None:
         origin, path = base[: match.start(4)], match.group(4)
-        directory = origin + path[: path.rfind("/") + 1]
-        return origin, directory, _is_canonical(base)
-    parsed = URL(base)
+        return origin, origin + path[: path.rfind("/") + 1], True
+    try:
+        parsed = URL(base)
+    except (ValueError, TypeError, UnicodeError):  # hrefs then resolve to themselves
+        return base, base, False
     origin = f"{parsed.scheme}://{parsed.raw_authority}"
     directory = origin + parsed.raw_path[: parsed.raw_path.rfind("/") + 1]
     return origin, directory, "%" not in directory and _is_canonical(directory)
@@ -226,7 +236,7 @@ def _resolve_unique(hrefs: Iterable[str | None], base: str) -> list[str]:
     """Resolve hrefs against `base`, keeping the first occurrence of each result."""
     seen: dict[str, None] = {}
     origin, directory, plain = _origin_and_directory(base)
-    self_url = try_canonical_url(base)
+    self_url = base if plain else try_canonical_url(base)
     for href in hrefs:
         if not href:
             continue
@@ -243,7 +253,8 @@ def _resolve_unique(hrefs: Iterable[str | None], base: str) -> list[str]:
         # that the pages of one site share cache entries: the origin for root-relative and
         # absolute hrefs, the base's directory for relative paths, the whole base for "?q".
         elif stripped[0] == "/" or _has_scheme(stripped):
-            resolved = _resolve(origin, stripped)
+            absolute = _already_canonical(stripped) if stripped[0] != "/" else None
+            resolved = absolute.url if absolute is not None else _resolve(origin, stripped)
         elif stripped[0] == "?":
             resolved = _resolve(base, stripped)
         else:
