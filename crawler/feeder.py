@@ -52,13 +52,14 @@ class Feeder:
         self._window = settings.queue_window
         self._workers = settings.concurrency
         self._most_handed_out = self._workers + max(1, self._workers // 4)
+        self._commit_chunk = max(1, self._workers // 2)
         # Requests held or in flight per host: enough to keep the host busy between claims
         # (a claim waits for the writer's commit: tens of milliseconds, in which a fast host
         # answers hundreds of requests), few enough that other processes sharing the file
         # get their share. Depth-first order holds nothing extra, so that each claim takes
         # the newest requests.
         in_flight = min(settings.concurrency, settings.concurrency_per_host)
-        self._per_host = in_flight if settings.order == "dfs" else 8 * in_flight + 4
+        self._per_host = in_flight if settings.order == "dfs" else 16 * in_flight + 4
         self._hosts = hosts
         self._held = HostQueues(hosts, robots)
         self._handed_out = 0
@@ -97,6 +98,8 @@ class Feeder:
         self._hosts.finish(host)
         self._held.unblock(host)
         self._handed_out -= 1
+        if not self._stopping:
+            self._hand_out()  # at once: the feeder task may be waiting for a claim
         self._changed.set()
 
     def stop(self) -> None:
@@ -145,6 +148,9 @@ class Feeder:
                 self._capped_at = len(self._held) if batch.capped and not batch.claimed else None
                 if batch.claimed:
                     self._refill_below = len(self._held) // 2
+                    # With more due requests left, the next refill need not wait for a
+                    # commit (that wait starved the workers on a fast host).
+                    self._frontier_changed = batch.more
                     continue
                 if self._outstanding <= 0 and batch.pending == 0 and not batch.capped:
                     return
@@ -189,8 +195,12 @@ class Feeder:
             return False
         if self._capped_at is not None and len(self._held) > self._capped_at // 2:
             return False  # the hosts we hold requests for are still at their cap
+        # Finished pages the writer has not committed yet: a claim commits them first, and
+        # their links are likely the next work.
+        uncommitted = self._outstanding - len(self._held) - self._handed_out
         worth_asking = (
             self._frontier_changed
+            or uncommitted >= self._commit_chunk
             or self._hosts.clock() - self._last_empty_claim >= _IDLE_POLL
             or (self._due_at is not None and time.time() >= self._due_at)
         )

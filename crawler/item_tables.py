@@ -229,6 +229,24 @@ class ItemTables:
             else:
                 await self._refresh_view(conn, type_name)
 
+    def ready_inserts(self, results: Sequence[PageResult]) -> list[str] | None:
+        """The statements `write` would run for this batch, parameters inlined, when that is
+        all it would do (every item type has its table, checked against its class); None
+        when `write` has more to do (a new class, a dict type's view, the first batch)."""
+        if not self._loaded:
+            return None
+        statements: list[str] = []
+        type_names: set[str] = set()
+        for result in results:
+            if any(cls not in self._checked for cls in result.item_classes):
+                return None
+            type_names.update(type_name for type_name, _ in result.items)
+        for type_name in sorted(type_names):
+            if (table := self._tables.get(type_name)) is None:
+                return None
+            statements.append(_insert_sql(table, _literal(type_name)))
+        return statements
+
     async def ensure_table(
         self,
         conn: aiosqlite.Connection,
@@ -401,8 +419,9 @@ async def _register(conn: aiosqlite.Connection, entry: _Object, kind: str) -> No
     )
 
 
-def _insert_sql(table: _Object) -> str:
-    """INSERT … SELECT copying a type's items newer than the table's newest row."""
+def _insert_sql(table: _Object, type_value: str = "?") -> str:
+    """INSERT … SELECT copying a type's items newer than the table's newest row (the type
+    name a parameter, or `type_value` as an SQL literal)."""
     quoted = quote_identifier(table.name)
     json_columns = set(table.json_columns)
     targets = [ID_COLUMN, *table.columns.values(), *META_COLUMNS]
@@ -415,7 +434,7 @@ def _insert_sql(table: _Object) -> str:
     values += list(META_COLUMNS)
     return (
         f"INSERT INTO {quoted} ({', '.join(quote_identifier(c) for c in targets)}) "
-        f"SELECT {', '.join(values)} FROM items WHERE type = ? "
+        f"SELECT {', '.join(values)} FROM items WHERE type = {type_value} "
         f"AND id > (SELECT coalesce(max({quote_identifier(ID_COLUMN)}), 0) FROM {quoted})"
     )
 

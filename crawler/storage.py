@@ -23,6 +23,7 @@ from typing import Any, Final, final
 
 import aiosqlite
 
+from crawler.bulk import BulkStatement, Script
 from crawler.errors import SkipReason, StorageError
 from crawler.http import Request
 from crawler.item_tables import ItemTables
@@ -73,6 +74,9 @@ class ClaimBatch:
     """What a claim returned, and what the frontier looked like if it returned nothing."""
 
     claimed: list[Claimed]
+    more: bool = False
+    """Some host had more due requests than this claim took (or the claim stopped at its
+    limit): another claim would find work even if nothing is committed in between."""
     pending: int = 0
     """Pending rows left (leased elsewhere or not yet due); counted only when none was claimed."""
     next_due: float | None = None
@@ -285,45 +289,47 @@ class Storage:
             self._on_committed(sum(1 for m in writes if isinstance(m, PageResult)))
 
     async def _commit(self, writes: Sequence[PageResult | Seeds]) -> None:
+        """Write a batch in one transaction. Usually that is one call to the database thread
+        (see `crawler.bulk`); budgets, item keys, stored bodies and new item types need
+        queries or parameters in between, and take one call per statement instead."""
         conn = self._conn
         now = utc_now()
-        await conn.execute("BEGIN IMMEDIATE")
+        candidates: list[Candidate] = []
+        skipped: list[Skipped] = []
+        for message in writes:
+            candidates.extend(message.candidates)
+            skipped.extend(message.skipped)
+        results = [m for m in writes if isinstance(m, PageResult)]
+        seed_errors = [e for m in writes if isinstance(m, Seeds) for e in m.errors]
+        item_inserts = self._one_call_item_inserts(results)
+        if item_inserts is None:
+            await conn.execute("BEGIN IMMEDIATE")
         try:
-            candidates: list[Candidate] = []
-            skipped: list[Skipped] = []
-            for message in writes:
-                candidates.extend(message.candidates)
-                skipped.extend(message.skipped)
             new_rows, budget_skips = await self._admit(candidates, now)
             skipped.extend(budget_skips)
-            changes_before = conn.total_changes
-            await conn.executemany(_INSERT_REQUEST, new_rows)
+            rest = Script()
+            rest.add(_INSERT_SKIPPED, [_skipped_row(self._run_id, s, now) for s in skipped])
+            await self._write_results(results, now, rest)
+            rest.add(_INSERT_ERROR, [_error_row(self._run_id, None, e) for e in seed_errors])
             # INSERT OR IGNORE drops what the table already has (with no budget to apply,
             # _admit did not look; another process may also have added it just now)
-            already_known = len(new_rows) - (conn.total_changes - changes_before)
-            await conn.executemany(
-                _INSERT_SKIPPED,
-                [
-                    (
-                        s.url,
-                        s.fingerprint,
-                        s.host,
-                        s.depth,
-                        s.reason.value,
-                        s.parent_id,
-                        self._run_id,
-                        now,
-                        now,
-                    )
-                    for s in skipped
-                ],
-            )
-            await self._write_results([m for m in writes if isinstance(m, PageResult)], now)
-            seed_errors = [e for m in writes if isinstance(m, Seeds) for e in m.errors]
-            await conn.executemany(
-                _INSERT_ERROR, [_error_row(self._run_id, None, e) for e in seed_errors]
-            )
-            await conn.execute("COMMIT")
+            if item_inserts is not None:
+                script = Script()
+                if new_rows:
+                    script.statements.append(_CREATE_ADMITTED_COUNT)
+                    script.add(_INSERT_REQUEST, new_rows)
+                    script.statements.append(_COUNT_ADMITTED)
+                script.statements += rest.statements + item_inserts
+                await script.run_as_transaction(conn)
+                admitted = await self._admitted_in_last_batch() if new_rows else 0
+                already_known = len(new_rows) - admitted
+            else:
+                changes_before = conn.total_changes
+                await _INSERT_REQUEST.run(conn, new_rows)
+                already_known = len(new_rows) - (conn.total_changes - changes_before)
+                await rest.run_each(conn)
+                await self._write_after_script(results)
+                await conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 await conn.execute("ROLLBACK")
@@ -337,6 +343,21 @@ class Storage:
             stats.skipped[skip.reason.value] += 1
         for error in seed_errors:
             stats.errors[error.kind] += 1
+
+    def _one_call_item_inserts(self, results: list[PageResult]) -> list[str] | None:
+        """The typed-table inserts of a batch that can be written in one call, else None."""
+        settings = self._settings
+        if settings.max_pages or settings.max_pages_per_host:
+            return None  # the budgets count inside the transaction
+        for result in results:
+            if result.item_keys or (result.page is not None and result.page.body is not None):
+                return None  # stored keys are looked up; bodies are BLOB parameters
+        return self._item_tables.ready_inserts(results)
+
+    async def _admitted_in_last_batch(self) -> int:
+        """How many requests the last one-call batch inserted (`_COUNT_ADMITTED` noted it)."""
+        async with self._conn.execute(_TAKE_ADMITTED_COUNT) as cursor:
+            return sum(int(row[0]) for row in await cursor.fetchall())
 
     async def _admit(
         self, candidates: list[Candidate], now: str
@@ -416,12 +437,12 @@ class Storage:
                 found.update(row[0] for row in await cursor.fetchall())
         return found
 
-    async def _write_results(self, results: list[PageResult], now: str) -> None:
+    async def _write_results(self, results: list[PageResult], now: str, script: Script) -> None:
+        """Add the rows of a batch's results to `script` (pages, links, items, errors, request
+        states, robots answers); the item checks before them may query the table."""
         if not results:
             return
-        await self._write_item_checks(results, now)
-        conn = self._conn
-        next_page_id = await self._scalar("SELECT coalesce(max(id), 0) FROM pages") + 1
+        await self._write_item_checks(results, now, script)
         pages: list[tuple[object, ...]] = []
         links: list[tuple[object, ...]] = []
         items: list[tuple[object, ...]] = []
@@ -431,11 +452,8 @@ class Storage:
         stats = self._stats
         for result in results:
             if (page := result.page) is not None:
-                page_id = next_page_id
-                next_page_id += 1
                 pages.append(
                     (
-                        page_id,
                         result.request_id,
                         self._run_id,
                         page.url,
@@ -447,11 +465,10 @@ class Storage:
                         page.depth,
                         page.elapsed_ms,
                         page.fetched_at,
-                        page.body,
                     )
                 )
-                if result.links:  # one row per page: SQLite splits the list, off the loop
-                    links.append((page_id, page.final_url, json.dumps(result.links)))
+                if result.links:
+                    links.append((result.request_id, page.final_url, result.links))
                 stats.pages += 1
                 stats.statuses[page.status] += 1
                 stats.bytes_received += page.size_bytes
@@ -503,15 +520,27 @@ class Storage:
                 )
             if result.state is not RequestState.PENDING:
                 stats.pending -= 1
-        await conn.executemany(_INSERT_PAGE, pages)
-        await conn.executemany(_INSERT_LINK, links)
-        await conn.executemany(_INSERT_ITEM, items)
-        await self._item_tables.write(conn, results)  # typed tables and views, from `items`
-        await conn.executemany(_INSERT_ERROR, errors)
-        await conn.executemany(_FINISH_REQUEST, updates)
-        await conn.executemany(_UPSERT_ROBOTS, robots_rows)
+        script.add(_INSERT_PAGE, pages)
+        script.add(_INSERT_LINK, links)
+        script.add(_INSERT_ITEM, items)
+        script.add(_INSERT_ERROR, errors)
+        script.add(_FINISH_REQUEST, updates)
+        script.add(_UPSERT_ROBOTS, robots_rows)
 
-    async def _write_item_checks(self, results: list[PageResult], now: str) -> None:
+    async def _write_after_script(self, results: list[PageResult]) -> None:
+        """What needs the script's rows in place: page bodies (BLOBs cannot travel in JSON)
+        and the typed item tables and views, filled from `items`."""
+        bodies = [
+            (result.page.body, result.request_id)
+            for result in results
+            if result.page is not None and result.page.body is not None
+        ]
+        if bodies:
+            await self._conn.executemany(_SET_PAGE_BODY, bodies)
+        if results:
+            await self._item_tables.write(self._conn, results)
+
+    async def _write_item_checks(self, results: list[PageResult], now: str, script: Script) -> None:
         """Drop items whose de-duplication key is already stored (by an earlier batch or run,
         or earlier in this batch) and store the new keys; write refused items to `item_errors`.
         Runs first, so everything after it sees only the items that are kept."""
@@ -540,8 +569,8 @@ class Storage:
             stats.items_dropped.update(reason.value for reason in result.dropped)
             if result.item_errors:
                 stats.items_dropped[DropReason.INVALID.value] += len(result.item_errors)
-        await self._conn.executemany(_INSERT_ITEM_KEY, key_rows)
-        await self._conn.executemany(_INSERT_ITEM_ERROR, error_rows)
+        script.add(_INSERT_ITEM_KEY, key_rows)
+        script.add(_INSERT_ITEM_ERROR, error_rows)
 
     async def _stored_item_keys(self, keys: list[ItemKey]) -> set[tuple[str, int]]:
         by_type: dict[str, set[int]] = {}
@@ -564,9 +593,10 @@ class Storage:
         sql = _CLAIM.format(order="priority DESC, id DESC" if descending else "priority DESC, id")
         per_host = order.per_host or order.limit
         claimed: list[Claimed] = []
-        capped = False
+        capped = more = False
         for host in await self._pending_hosts():
             if len(claimed) >= order.limit:
+                more = True
                 break
             host_room = per_host - order.held.get(host, 0)
             if host_room < max(1, per_host // 4):
@@ -575,11 +605,13 @@ class Storage:
             room = min(order.limit - len(claimed), host_room)
             params = (self._run_id, now + LEASE_SECONDS, host, now, now, room)
             async with self._conn.execute(sql, params) as cursor:
-                claimed.extend(_claimed_from_row(row) for row in await cursor.fetchall())
+                rows = list(await cursor.fetchall())
+            claimed.extend(_claimed_from_row(row) for row in rows)
+            more = more or len(rows) == room
             self._host_cursor = host
         claimed.sort(key=lambda c: (-c.request.priority, -c.id if descending else c.id))
         if claimed or capped:
-            return ClaimBatch(claimed=claimed, capped=capped and not claimed)
+            return ClaimBatch(claimed=claimed, more=more, capped=capped and not claimed)
         async with self._conn.execute(
             "SELECT count(*), min(not_before) FROM requests WHERE state = 'pending'"
         ) as cursor:
@@ -627,6 +659,20 @@ def _commit_waiters(writes: Sequence[PageResult | Seeds]) -> list[asyncio.Future
     return [m.committed for m in writes if isinstance(m, Seeds) and m.committed is not None]
 
 
+def _skipped_row(run_id: int, skip: Skipped, now: str) -> tuple[object, ...]:
+    return (
+        skip.url,
+        skip.fingerprint,
+        skip.host,
+        skip.depth,
+        skip.reason.value,
+        skip.parent_id,
+        run_id,
+        now,
+        now,
+    )
+
+
 def _error_row(run_id: int, request_id: int | None, error: ErrorRecord) -> tuple[object, ...]:
     return (
         run_id,
@@ -665,42 +711,65 @@ _REOPEN_BUDGET_SKIPS: Final = (
     "WHERE id IN (SELECT id FROM requests WHERE state = 'skipped' AND reason IN (?, ?) "
     "AND host = coalesce(?, host) ORDER BY id LIMIT ?)"
 )
-_INSERT_REQUEST: Final = (
+_INSERT_REQUEST: Final = BulkStatement(
     "INSERT OR IGNORE INTO requests (url, fingerprint, host, method, callback, headers, meta, "
     "depth, priority, state, parent_id, crawl_id, discovered_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)"
+    "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, 'pending', {9}, {10}, {11} "
+    "FROM {rows} ORDER BY {order}",
+    12,
 )
-_INSERT_SKIPPED: Final = (
+_CREATE_ADMITTED_COUNT: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS batch_admitted (admitted INTEGER NOT NULL)"
+)
+_COUNT_ADMITTED: Final = "INSERT INTO temp.batch_admitted (admitted) SELECT changes()"
+"""Right after the requests insert of a one-call batch: how many rows that insert added."""
+_TAKE_ADMITTED_COUNT: Final = "DELETE FROM temp.batch_admitted RETURNING admitted"
+_INSERT_SKIPPED: Final = BulkStatement(
     "INSERT OR IGNORE INTO requests (url, fingerprint, host, depth, state, reason, parent_id, "
-    "crawl_id, discovered_at, finished_at) VALUES (?, ?, ?, ?, 'skipped', ?, ?, ?, ?, ?)"
+    "crawl_id, discovered_at, finished_at) "
+    "SELECT {0}, {1}, {2}, {3}, 'skipped', {4}, {5}, {6}, {7}, {8} FROM {rows} ORDER BY {order}",
+    9,
 )
-_INSERT_PAGE: Final = (
-    "INSERT INTO pages (id, request_id, crawl_id, url, final_url, status, content_type, "
-    "encoding, size_bytes, depth, elapsed_ms, fetched_at, body) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_PAGE: Final = BulkStatement(
+    "INSERT INTO pages (request_id, crawl_id, url, final_url, status, content_type, "
+    "encoding, size_bytes, depth, elapsed_ms, fetched_at) "
+    "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10} "
+    "FROM {rows} ORDER BY {order}",
+    11,
 )
-_INSERT_LINK: Final = (
-    "INSERT INTO links (page_id, from_url, to_url) "
-    "SELECT ?, ?, value FROM json_each(?) ORDER BY key"
+_SET_PAGE_BODY: Final = "UPDATE pages SET body = ? WHERE request_id = ?"
+_INSERT_LINK: Final = BulkStatement(
+    "INSERT INTO links (page_id, from_url, to_url) SELECT page.id, {1}, link.value "
+    "FROM {rows} JOIN pages AS page ON page.request_id = {0} "
+    "JOIN json_each({row}, '$[2]') AS link ORDER BY {order}, link.key",
+    3,
 )
-_INSERT_ITEM: Final = (
+_INSERT_ITEM: Final = BulkStatement(
     "INSERT INTO items (crawl_id, request_id, page_url, type, data, created_at) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
+    "SELECT {0}, {1}, {2}, {3}, {4}, {5} FROM {rows} ORDER BY {order}",
+    6,
 )
-_INSERT_ERROR: Final = (
+_INSERT_ERROR: Final = BulkStatement(
     "INSERT INTO errors (crawl_id, request_id, url, kind, message, attempt, callback, created_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7} FROM {rows} ORDER BY {order}",
+    8,
 )
-_INSERT_ITEM_KEY: Final = (
-    "INSERT INTO item_keys (type, key_hash, key, crawl_id, created_at) VALUES (?, ?, ?, ?, ?)"
+_INSERT_ITEM_KEY: Final = BulkStatement(
+    "INSERT INTO item_keys (type, key_hash, key, crawl_id, created_at) "
+    "SELECT {0}, {1}, {2}, {3}, {4} FROM {rows} ORDER BY {order}",
+    5,
 )
-_INSERT_ITEM_ERROR: Final = (
+_INSERT_ITEM_ERROR: Final = BulkStatement(
     "INSERT INTO item_errors (crawl_id, request_id, url, callback, item_type, field, message, "
-    "data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "data, created_at) SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8} "
+    "FROM {rows} ORDER BY {order}",
+    9,
 )
-_FINISH_REQUEST: Final = (
-    "UPDATE requests SET state = ?, reason = ?, attempts = ?, not_before = ?, finished_at = ?, "
-    "lease_owner = NULL, lease_expires = NULL WHERE id = ?"
+_FINISH_REQUEST: Final = BulkStatement(
+    "UPDATE requests SET state = {0}, reason = {1}, attempts = {2}, not_before = {3}, "
+    "finished_at = {4}, lease_owner = NULL, lease_expires = NULL "
+    "FROM {rows} WHERE requests.id = {5}",
+    6,
 )
 _CLAIM: Final = (
     "UPDATE requests SET lease_owner = ?, lease_expires = ? WHERE id IN ("
@@ -721,7 +790,9 @@ WITH RECURSIVE next_host (host, n) AS (
 SELECT host FROM next_host WHERE host IS NOT NULL
 """
 """Hosts with pending requests, in order, after a given one: one index seek per host."""
-_UPSERT_ROBOTS: Final = (
+_UPSERT_ROBOTS: Final = BulkStatement(
     "INSERT OR REPLACE INTO robots (url, host, fetched_at, status, outcome, crawl_delay, body, "
-    "error, crawl_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "error, crawl_id) SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8} "
+    "FROM {rows} ORDER BY {order}",
+    9,
 )
