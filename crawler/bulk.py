@@ -13,12 +13,15 @@ batch's statements, rows inlined as quoted JSON literals, and runs them with one
 `executescript`: a commit is a handful of awaits instead of one per table.
 
 Values must be JSON-representable: None, bool, int (64-bit), finite float and str. BLOB
-columns (a page's stored body) go through `executemany` instead.
+columns (a page's stored body) go through `executemany` instead. SQLite's JSON functions
+end a string at a NUL character, so a NUL in a value is stored as U+FFFD, the replacement
+character (as undecodable bytes are).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Final, final
 
@@ -27,6 +30,8 @@ import aiosqlite
 __all__ = ["BulkStatement", "Script"]
 
 _ROW: Final = "_row"
+_ESCAPED_NUL: Final = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+r"""A JSON `\u0000` escape, not an escaped backslash followed by "u0000"."""
 
 
 @final
@@ -75,7 +80,10 @@ class BulkStatement:
     def _json(self, rows: Sequence[Sequence[object]]) -> str:
         if len(rows[0]) != self.fields:
             raise ValueError(f"rows of {len(rows[0])} fields for a statement of {self.fields}")
-        return json.dumps(rows, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(rows, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        if "\\u0000" in text:  # rare: only then look for escapes that are really NULs
+            text = _ESCAPED_NUL.sub(lambda m: m.group(1) + "\\ufffd", text)
+        return text
 
 
 def _literal(text: str) -> str:
