@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Sequence
 from typing import Final, final
 
@@ -30,6 +31,18 @@ import aiosqlite
 __all__ = ["BulkStatement", "Script"]
 
 _ROW: Final = "_row"
+_ROWS_IN_ORDER: Final = " FROM {rows} ORDER BY {order}"
+_HAS_ARROW: Final = sqlite3.sqlite_version_info >= (3, 38)
+"""SQLite 3.38 added `->>`, which reads a row's fields ~20% faster than `json_extract`."""
+
+
+def _field(index: int) -> str:
+    """The SQL that reads field `index` of the current row."""
+    if _HAS_ARROW:
+        return f"{_ROW}.value ->> {index}"
+    return f"json_extract({_ROW}.value, '$[{index}]')"
+
+
 _ESCAPED_NUL: Final = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
 r"""A JSON `\u0000` escape, not an escaped backslash followed by "u0000"."""
 
@@ -53,20 +66,33 @@ class BulkStatement:
     """
 
     def __init__(self, template: str, fields: int) -> None:
-        values = [f"json_extract({_ROW}.value, '$[{i}]')" for i in range(fields)]
+        values = [_field(i) for i in range(fields)]
         self.fields = fields
         self.sql = template.format(
             *values, rows=f"json_each(?) AS {_ROW}", order=f"{_ROW}.key", row=f"{_ROW}.value"
         )
+        simple = template.removesuffix(_ROWS_IN_ORDER)
+        self.row_sql = simple.format(*["?"] * fields) if simple != template else None
+        """The same statement for one row of parameters (`INSERT … SELECT ?, ?`), when the
+        template ends in `FROM {rows} ORDER BY {order}`: for `executemany`."""
 
     async def run(self, conn: aiosqlite.Connection, rows: Sequence[Sequence[object]]) -> None:
-        """Run the statement for `rows` (nothing happens for an empty list).
+        """Run the statement for `rows` on its own (nothing happens for an empty list).
+
+        Uses `executemany` when the statement has a one-row form: on its own, a statement
+        gains nothing from JSON, and SQLite reads plain parameters faster.
 
         Raises:
             ValueError: a row has the wrong number of fields, or a float is not finite.
             TypeError: a value JSON cannot carry (bytes, objects).
         """
-        if rows:
+        if not rows:
+            return
+        if self.row_sql is not None:
+            if len(rows[0]) != self.fields:
+                raise ValueError(f"rows of {len(rows[0])} fields for a statement of {self.fields}")
+            await conn.executemany(self.row_sql, rows)
+        else:
             await conn.execute(self.sql, (self._json(rows),))
 
     def inline(self, rows: Sequence[Sequence[object]]) -> str:
@@ -94,7 +120,8 @@ def _literal(text: str) -> str:
 
 @final
 class Script:
-    """Statements gathered for one `executescript` call, in order; empty row lists add none.
+    """Statements gathered for one `executescript` call (or one call each), in order; empty
+    row lists add none.
 
     Example:
         ```python
@@ -106,23 +133,43 @@ class Script:
     """
 
     def __init__(self) -> None:
-        self.statements: list[str] = []
+        self._steps: list[str | tuple[BulkStatement, Sequence[Sequence[object]]]] = []
 
     def add(self, statement: BulkStatement, rows: Sequence[Sequence[object]]) -> None:
         """Add `statement` for `rows` (nothing for an empty list)."""
         if rows:
-            self.statements.append(statement.inline(rows))
+            self._steps.append((statement, rows))
+
+    def add_sql(self, sql: str) -> None:
+        """Add a statement without parameters."""
+        self._steps.append(sql)
+
+    def extend(self, other: Script) -> None:
+        """Add the statements of `other`, after these."""
+        self._steps.extend(other._steps)
+
+    def __len__(self) -> int:
+        return len(self._steps)
 
     async def run_as_transaction(self, conn: aiosqlite.Connection) -> None:
-        """Run the statements in one `BEGIN IMMEDIATE … COMMIT`, in one call.
+        """Run the statements in one `BEGIN IMMEDIATE … COMMIT`, in one call, rows inlined.
 
         The connection must not be in a transaction: `executescript` commits an open one
         first. On an error the transaction is left open for the caller to roll back.
+
+        Raises:
+            as `BulkStatement.run`, before anything is sent.
         """
-        body = ";\n".join(["BEGIN IMMEDIATE", *self.statements, "COMMIT"])
-        await conn.executescript(body)
+        statements = [
+            step if isinstance(step, str) else step[0].inline(step[1]) for step in self._steps
+        ]
+        await conn.executescript(";\n".join(["BEGIN IMMEDIATE", *statements, "COMMIT"]))
 
     async def run_each(self, conn: aiosqlite.Connection) -> None:
-        """Run the statements one call each, inside the caller's transaction."""
-        for statement in self.statements:
-            await conn.execute(statement)
+        """Run the statements one call each (`BulkStatement.run`), inside the caller's
+        transaction."""
+        for step in self._steps:
+            if isinstance(step, str):
+                await conn.execute(step)
+            else:
+                await step[0].run(conn, step[1])

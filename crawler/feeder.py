@@ -59,7 +59,7 @@ class Feeder:
         # get their share. Depth-first order holds nothing extra, so that each claim takes
         # the newest requests.
         in_flight = min(settings.concurrency, settings.concurrency_per_host)
-        self._per_host = in_flight if settings.order == "dfs" else 16 * in_flight + 4
+        self._per_host = in_flight if settings.order == "dfs" else 8 * in_flight + 4
         self._hosts = hosts
         self._held = HostQueues(hosts, robots)
         self._handed_out = 0

@@ -3,8 +3,9 @@
 Workers hand `PageResult`s to `Storage.submit`; the writer task drains its inbox and commits
 many results per `BEGIN IMMEDIATE … COMMIT`. Each result's page, items, links, errors, newly
 discovered requests and the request's final state are in the same transaction, so a crash
-never leaves a page marked done whose links were lost. Claims of pending requests (with a
-lease, so several processes can share one file) also go through the writer.
+never leaves a page marked done whose links were lost. A batch is usually a single call to
+aiosqlite's thread (see `crawler.bulk`). Claims of pending requests (with a lease, so
+several processes can share one file) also go through the writer.
 """
 
 from __future__ import annotations
@@ -316,10 +317,12 @@ class Storage:
             if item_inserts is not None:
                 script = Script()
                 if new_rows:
-                    script.statements.append(_CREATE_ADMITTED_COUNT)
+                    script.add_sql(_CREATE_ADMITTED_COUNT)
                     script.add(_INSERT_REQUEST, new_rows)
-                    script.statements.append(_COUNT_ADMITTED)
-                script.statements += rest.statements + item_inserts
+                    script.add_sql(_COUNT_ADMITTED)
+                script.extend(rest)
+                for sql in item_inserts:
+                    script.add_sql(sql)
                 await script.run_as_transaction(conn)
                 admitted = await self._admitted_in_last_batch() if new_rows else 0
                 already_known = len(new_rows) - admitted
@@ -347,6 +350,8 @@ class Storage:
     def _one_call_item_inserts(self, results: list[PageResult]) -> list[str] | None:
         """The typed-table inserts of a batch that can be written in one call, else None."""
         settings = self._settings
+        if not results:
+            return None  # start requests: large and rare, plain parameters are cheaper
         if settings.max_pages or settings.max_pages_per_host:
             return None  # the budgets count inside the transaction
         for result in results:

@@ -33,27 +33,43 @@ def stored(path: Path) -> list[tuple[object, ...]]:
         return conn.execute("SELECT a, b, c, d FROM t ORDER BY id").fetchall()
 
 
-def expected() -> list[tuple[object, ...]]:
-    """The rows as stored: bools as integers, a NUL character as U+FFFD."""
+def expected(*, nul: str = "\ufffd") -> list[tuple[object, ...]]:
+    """The rows as stored: bools as integers, a NUL character as `nul` (U+FFFD when the rows
+    travel as JSON)."""
     return [
         tuple(
-            int(v)
-            if isinstance(v, bool)
-            else v.replace("\x00", "\ufffd")
-            if isinstance(v, str)
-            else v
+            int(v) if isinstance(v, bool) else v.replace("\x00", nul) if isinstance(v, str) else v
             for v in row
         )
         for row in AWKWARD_ROWS
     ]
 
 
-async def test_a_bulk_statement_stores_every_value_exactly_and_in_order(tmp_path: Path) -> None:
+async def test_a_bulk_statement_on_its_own_stores_every_value_exactly_and_in_order(
+    tmp_path: Path,
+) -> None:
     conn = await open_table(tmp_path / "t.db")
-    await INSERT.run(conn, AWKWARD_ROWS)
+    assert INSERT.row_sql == "INSERT INTO t (a, b, c, d) SELECT ?, ?, ?, ?"
+    await INSERT.run(conn, AWKWARD_ROWS)  # one row of parameters at a time
     await INSERT.run(conn, [])  # nothing to do
     await conn.close()
-    assert stored(tmp_path / "t.db") == expected()
+    assert stored(tmp_path / "t.db") == expected(nul="\x00")
+
+
+async def test_a_statement_without_a_one_row_form_reads_its_rows_from_json(
+    tmp_path: Path,
+) -> None:
+    conn = await open_table(tmp_path / "t.db")
+    await INSERT.run(conn, AWKWARD_ROWS)
+    update = BulkStatement("UPDATE t SET b = {1} FROM {rows} WHERE t.a = {0}", 2)
+    assert update.row_sql is None
+    await update.run(conn, [(1, "one"), (3, "it's three\x00")])
+    await conn.close()
+    assert [row[1] for row in stored(tmp_path / "t.db")[:3]] == [
+        "one",
+        AWKWARD_ROWS[1][1],
+        "it's three\ufffd",
+    ]
 
 
 async def test_a_script_inlines_the_rows_safely_and_commits_them_in_one_call(
@@ -63,7 +79,7 @@ async def test_a_script_inlines_the_rows_safely_and_commits_them_in_one_call(
     script = Script()
     script.add(INSERT, AWKWARD_ROWS)
     script.add(INSERT, [])
-    assert len(script.statements) == 1
+    assert len(script) == 1
     await script.run_as_transaction(conn)
     assert not conn.in_transaction
     await conn.close()
@@ -96,18 +112,25 @@ async def test_run_each_runs_the_same_statements_inside_the_callers_transaction(
     await script.run_each(conn)
     await conn.execute("COMMIT")
     await conn.close()
-    assert stored(tmp_path / "t.db") == expected()
+    assert stored(tmp_path / "t.db") == expected(nul="\x00")
 
 
 async def test_rows_that_json_cannot_carry_or_of_the_wrong_width_are_refused(
     tmp_path: Path,
 ) -> None:
     conn = await open_table(tmp_path / "t.db")
-    with pytest.raises(ValueError, match="3 fields for a statement of 4"):
-        await INSERT.run(conn, [(1, "x", 0.0)])
-    with pytest.raises(ValueError, match="Out of range float"):
-        await INSERT.run(conn, [(1, "x", float("nan"), None)])
-    with pytest.raises(TypeError):
-        Script().add(INSERT, [(1, b"bytes", 0.0, None)])
-    await conn.close()
+    try:
+        with pytest.raises(ValueError, match="3 fields for a statement of 4"):
+            await INSERT.run(conn, [(1, "x", 0.0)])
+        for bad, error in [
+            ((1, "x", float("nan"), None), ValueError),
+            ((1, b"x", 0, None), TypeError),
+        ]:
+            script = Script()
+            script.add(INSERT, [bad])
+            with pytest.raises(error):
+                await script.run_as_transaction(conn)  # refused before anything is sent
+            assert not conn.in_transaction
+    finally:
+        await conn.close()
     assert stored(tmp_path / "t.db") == []
