@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from crawler import Request, Response, Spider, text_of
+from crawler import RequestBatch, Response, Spider, text_of
 
 
 @dataclass
@@ -24,13 +24,13 @@ class Product:
 
 
 class BenchSpider(Spider):
-    """Yields the page's product and follows every link on the page."""
+    """Yields the page's product and follows every link on the page (one `follow_all()`)."""
 
     name = "bench"
     start_urls = ("http://127.0.0.1:8000/index.html",)
 
-    async def parse(self, response: Response) -> AsyncIterator[Product | Request]:
-        """Yield the product (if the page has one) and a request for each link."""
+    async def parse(self, response: Response) -> AsyncIterator[Product | RequestBatch]:
+        """Yield the product (if the page has one) and requests for every link."""
         if (product := response.css_first("div.product")) is not None:
             yield Product(
                 title=text_of(product.css_first("h1.title")),
@@ -38,5 +38,4 @@ class BenchSpider(Spider):
                 sku=text_of(product.css_first("span.sku")),
                 rating=int(text_of(product.css_first("span.rating"))),
             )
-        for url in response.links():
-            yield response.follow(url)
+        yield response.follow_all()

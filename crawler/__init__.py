@@ -26,7 +26,7 @@ from crawler.errors import (
     StopCrawl,
     StorageError,
 )
-from crawler.http import Callback, Item, Request, Response
+from crawler.http import Callback, Item, Request, RequestBatch, Response
 from crawler.rules import CrawlSpider, Rule
 from crawler.settings import Settings, load_settings
 from crawler.sitemaps import SitemapSpider
@@ -47,6 +47,7 @@ __all__ = [
     "QueryError",
     "RedirectError",
     "Request",
+    "RequestBatch",
     "Response",
     "ResponseTooLarge",
     "Rule",

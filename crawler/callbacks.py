@@ -20,7 +20,7 @@ from typing import Final, final
 
 from crawler.errors import SkipReason, SpiderError, StopCrawl
 from crawler.frontier import Frontier
-from crawler.http import Request, Response
+from crawler.http import Request, RequestBatch, Response
 from crawler.items import ItemProcessor, is_item
 from crawler.records import Candidate, ErrorRecord, PageResult, Skipped
 from crawler.rules import Refused
@@ -148,6 +148,8 @@ class CallbackRunner:
                         errors=result.errors,
                         callback=name,
                     )
+                elif type(output) is RequestBatch:
+                    await self._admit_batch(output, result, name, spill)
                 else:
                     await self._route(output, response, result)
                 if len(result.candidates) + len(result.skipped) >= SPILL_AT:
@@ -166,6 +168,33 @@ class CallbackRunner:
             )
             logger.warning("%s (%s)", message, response.url)
             result.errors.append(_error(response.url, BLOCKING_ERROR, message, name))
+
+    async def _admit_batch(
+        self,
+        batch: RequestBatch,
+        result: PageResult,
+        callback: str,
+        spill: Callable[[list[Candidate], list[Skipped]], Awaitable[None]],
+    ) -> None:
+        """Pass a batch's URLs through the frontier, `SPILL_AT` at a time (a batch may hold a
+        whole sitemap); a wrong batch (unknown callback, unstorable meta) is one error."""
+        for start in range(0, len(batch.urls), SPILL_AT):
+            try:
+                duplicates = self._frontier.admit_batch(
+                    batch,
+                    batch.urls[start : start + SPILL_AT],
+                    parent_id=result.request_id,
+                    candidates=result.candidates,
+                    skipped=result.skipped,
+                )
+            except SpiderError as exc:
+                logger.error("%s", exc)
+                result.errors.append(spider_error(batch.urls[start], str(exc), callback))
+                return
+            self._stats.skipped[SkipReason.DUPLICATE.value] += duplicates
+            if len(result.candidates) + len(result.skipped) >= SPILL_AT:
+                await spill(result.candidates, result.skipped)
+                result.candidates, result.skipped = [], []
 
     async def _route(self, output: object, response: Response, result: PageResult) -> None:
         request = response.request

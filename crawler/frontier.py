@@ -22,7 +22,7 @@ from typing import Final, Generic, TypeVar, final
 from yarl import URL
 
 from crawler.errors import SkipReason, SpiderError
-from crawler.http import Request
+from crawler.http import Request, RequestBatch
 from crawler.links import canonical_parts, fingerprint
 from crawler.records import Candidate, Skipped
 from crawler.settings import Settings
@@ -159,11 +159,48 @@ class Frontier:
                 host=host,
                 request=request if request.url == url else request.replace(url=url),
                 parent_id=parent_id,
-                meta_json=_to_json(request.meta, "meta", request),
-                headers_json=_to_json(request.headers, "headers", request),
+                meta_json=_to_json(request.meta, "meta", f"request {request.url}"),
+                headers_json=_to_json(request.headers, "headers", f"request {request.url}"),
             )
         )
         return None
+
+    def admit_batch(
+        self,
+        batch: RequestBatch,
+        urls: Sequence[str],
+        *,
+        parent_id: int | None,
+        candidates: list[Candidate],
+        skipped: list[Skipped],
+    ) -> int:
+        """Check `urls`, some or all of a batch's, as `admit` checks requests one by one;
+        return how many were refused as duplicates. A URL seen just now costs one set lookup:
+        its request is never built.
+
+        Raises:
+            SpiderError: the batch's callback does not exist or its `meta` or headers cannot
+                be stored (then none of `urls` is admitted).
+        """
+        if not urls:
+            return 0
+        self._check_callback(batch.callback)
+        where = f"{len(urls)} requests from follow_all ({urls[0]}, ...)"
+        _to_json(batch.meta, "meta", where)
+        _to_json(batch.headers, "headers", where)
+        recent, older = self._recent_urls.recent, self._recent_urls.older
+        duplicates = 0
+        for url in urls:
+            if url in recent or url in older:
+                duplicates += 1
+                continue
+            request = batch.request_for(url)
+            refused = self.admit(
+                request, parent_id=parent_id, candidates=candidates, skipped=skipped
+            )
+            if refused is SkipReason.DUPLICATE:
+                duplicates += 1
+        return duplicates
 
     def refuse(
         self,
@@ -235,12 +272,11 @@ class _RecentSet(Generic[_Key]):
             self.older, self.recent = self.recent, set()
 
 
-def _to_json(value: Mapping[str, object], what: str, request: Request) -> str | None:
+def _to_json(value: Mapping[str, object], what: str, where: str) -> str | None:
+    """`value` as JSON (None when empty); `where` names the request(s) in the error."""
     if not value:
         return None
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
-        raise SpiderError(
-            f"request {request.url}: {what} is not JSON-serialisable: {exc}"
-        ) from None
+        raise SpiderError(f"{where}: {what} is not JSON-serialisable: {exc}") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import codecs
 import functools
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, final
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -21,7 +21,7 @@ from crawler.links import canonical_url, extract_links
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
-__all__ = ["Callback", "Item", "Request", "Response", "decode_body"]
+__all__ = ["Callback", "Item", "Request", "RequestBatch", "Response", "decode_body"]
 
 Item: TypeAlias = "Mapping[str, Any] | DataclassInstance"
 """What a callback yields as data: a dict (or any mapping) or a dataclass instance."""
@@ -72,6 +72,58 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.url} callback={self.callback} depth={self.depth}>"
+
+
+@final
+class RequestBatch:
+    """Requests for many URLs that share a callback, `meta`, priority, headers and depth:
+    what `Response.follow_all()` returns.
+
+    Yield it from a callback as one output. The crawler admits its URLs in one pass and
+    refuses those it has just seen before any `Request` is built for them (on most sites,
+    most of a page's links), which makes it much cheaper than yielding one `Request` per link.
+    Iterating over it gives the `Request`s one by one.
+    """
+
+    __slots__ = ("callback", "depth", "headers", "meta", "priority", "urls")
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        callback: Callback | str | None = None,
+        meta: dict[str, Any] | None = None,
+        priority: int = 0,
+        headers: Mapping[str, str] | None = None,
+        depth: int = 0,
+    ) -> None:
+        self.urls = urls
+        """The absolute URLs to request, in order."""
+        self.callback: str = "parse" if callback is None else _callback_name(callback)
+        self.meta: dict[str, Any] = meta if meta is not None else {}
+        self.priority = priority
+        self.headers: dict[str, str] = dict(headers) if headers else {}
+        self.depth = depth
+
+    def request_for(self, url: str) -> Request:
+        """Return the batch's request for one URL (each gets its own copy of `meta`)."""
+        return Request(
+            url,
+            callback=self.callback,
+            meta=dict(self.meta) if self.meta else None,
+            priority=self.priority,
+            headers=self.headers,
+            depth=self.depth,
+        )
+
+    def __iter__(self) -> Iterator[Request]:
+        return (self.request_for(url) for url in self.urls)
+
+    def __len__(self) -> int:
+        return len(self.urls)
+
+    def __repr__(self) -> str:
+        return f"<RequestBatch of {len(self.urls)} callback={self.callback} depth={self.depth}>"
 
 
 def _callback_name(callback: Callback | str | None) -> str:
@@ -190,22 +242,55 @@ class Response:
             callback: the spider method to parse the target; defaults to `parse`.
             meta: user data handed to the target's response.
         """
-        href = (target.attributes.get("href") or "") if isinstance(target, LexborNode) else target
-        if "_links" in self.__dict__ and href in self._link_set:
-            url = href  # one of links(): already canonical
-        else:
-            try:
-                url = canonical_url(href, self.url)
-            except (ValueError, TypeError, UnicodeError):
-                url = href.strip()  # kept as written: admission records it as an invalid URL
         return Request(
-            url,
+            self._url_of(target),
             callback=callback,
             meta=meta,
             priority=priority,
             headers=headers,
             depth=self.request.depth + 1,
         )
+
+    def follow_all(
+        self,
+        targets: Iterable[str | LexborNode] | None = None,
+        *,
+        callback: Callback | str | None = None,
+        meta: dict[str, Any] | None = None,
+        priority: int = 0,
+        headers: Mapping[str, str] | None = None,
+    ) -> RequestBatch:
+        """Return requests for many links on this page, one level deeper, to yield at once.
+
+        `yield response.follow_all()` follows every link of the page (`links()`); given
+        hrefs or `<a>` nodes, it follows those, as `follow()` would one by one. Duplicates
+        that the crawler has just seen cost almost nothing (see `RequestBatch`).
+
+        Example:
+            ```python
+            yield response.follow_all(response.css("ul.pager a"), callback=self.parse_list)
+            ```
+        """
+        urls = self._links if targets is None else [self._url_of(t) for t in targets]
+        return RequestBatch(
+            urls,
+            callback=callback,
+            meta=meta,
+            priority=priority,
+            headers=headers,
+            depth=self.request.depth + 1,
+        )
+
+    def _url_of(self, target: str | LexborNode) -> str:
+        """The absolute URL of an href or `<a>` node; an invalid one is kept as written (the
+        frontier records it as an invalid URL)."""
+        href = (target.attributes.get("href") or "") if isinstance(target, LexborNode) else target
+        if "_links" in self.__dict__ and href in self._link_set:
+            return href  # one of links(): already canonical
+        try:
+            return canonical_url(href, self.url)
+        except (ValueError, TypeError, UnicodeError):
+            return href.strip()
 
     def __repr__(self) -> str:
         return f"<Response {self.status} {self.url}>"
