@@ -47,6 +47,7 @@ from crawler.links import try_canonical_url
 from crawler.records import ErrorRecord
 from crawler.settings import Settings
 from crawler.storage import utc_now
+from crawler.timeouts import Deadlines
 
 __all__ = ["Deferred", "Failed", "FetchOutcome", "Fetched", "Fetcher", "parse_retry_after"]
 
@@ -54,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 _READ_CHUNK: Final = 64 * 1024
+_MAX_TIMEOUT_LATENESS: Final = 0.25
+"""Seconds a request timeout may fire late (see crawler.timeouts); less for short timeouts."""
 
 
 @final
@@ -117,6 +120,9 @@ class Fetcher:
         self._redirect_check = redirect_check
         self._hosts = hosts if hosts is not None else Hosts(settings)
         self._semaphore = asyncio.Semaphore(settings.concurrency)
+        self._deadlines = Deadlines(
+            resolution=min(_MAX_TIMEOUT_LATENESS, settings.request_timeout / 20)
+        )
         self._retry_statuses = frozenset(settings.retry_statuses)
         connector = aiohttp.TCPConnector(
             limit=settings.concurrency,
@@ -136,6 +142,7 @@ class Fetcher:
         )
 
     async def __aenter__(self) -> Self:
+        await self._deadlines.__aenter__()
         return self
 
     async def __aexit__(
@@ -144,7 +151,10 @@ class Fetcher:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._session.close()
+        try:
+            await self._session.close()
+        finally:
+            await self._deadlines.__aexit__(exc_type, exc, tb)
 
     async def fetch(self, request: Request, *, attempts_before: int = 0) -> FetchOutcome:
         """Fetch a request, retrying retryable failures with backoff; never raises FetchError.
@@ -241,9 +251,11 @@ class Fetcher:
         host's delay and reports the response to its throttle) and a semaphore permit."""
         async with self._hosts.slot(request.url) as slot, self._semaphore:
             started = time.monotonic()
-            with _translate_errors(request.url):
-                async with asyncio.timeout(self._settings.request_timeout):
-                    url, status, headers, body = await self._follow_redirects(request)
+            with (
+                _translate_errors(request.url),
+                self._deadlines.limit(self._settings.request_timeout),
+            ):
+                url, status, headers, body = await self._follow_redirects(request)
             retry_after = parse_retry_after(headers.get("Retry-After"))
             slot.responded(status, retry_after)
             return Fetched(
