@@ -19,9 +19,9 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Final, Self, final
 
 from crawler.errors import ConnectError, FetchTimeout, ProtocolError
@@ -176,11 +176,17 @@ class HostState:
 
 @final
 class Slot:
-    """One attempt's hold on its host; the fetcher reports the response through it."""
+    """One attempt's hold on its host (see `Hosts.slot`); the fetcher reports the response
+    through it. An async context manager written out as a class: it is entered for every
+    request, and a generator-based one costs several times as much."""
 
-    __slots__ = ("retry_after", "status")
+    __slots__ = ("_hosts", "_state", "retry_after", "started", "status")
 
-    def __init__(self) -> None:
+    def __init__(self, hosts: Hosts, state: HostState) -> None:
+        self._hosts = hosts
+        self._state = state
+        self.started = 0.0
+        """When the attempt took its turn (on the hosts' clock)."""
         self.status: int | None = None
         self.retry_after: float | None = None
 
@@ -188,6 +194,18 @@ class Slot:
         """Record the status (and `Retry-After`) of the final response of this attempt."""
         self.status = status
         self.retry_after = retry_after
+
+    async def __aenter__(self) -> Self:
+        self.started = await self._hosts._enter(self._state)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._hosts._exit(self._state, self, exc)
 
 
 Clock = Callable[[], float]
@@ -255,38 +273,41 @@ class Hosts:
         """Requests handed to workers and not finished, per host (hosts with none left out)."""
         return {host: self._states[host].reserved for host in self._busy}
 
-    @asynccontextmanager
-    async def slot(self, url: str) -> AsyncIterator[Slot]:
-        """Hold the host of `url` for one attempt.
+    def slot(self, url: str) -> Slot:
+        """Hold the host of `url` for one attempt: `async with hosts.slot(url) as slot:`.
 
-        Waits until the host's delay and cool-down have passed, then sets the next start
-        time and yields a `Slot` for the fetcher to report the response status through. On
-        exit the latency and the status (or the failure) adjust the host's throttle.
+        Entering waits until the host's delay and cool-down have passed, then sets the next
+        start time; the fetcher reports the response status through the `Slot`. On exit the
+        latency and the status (or the failure) adjust the host's throttle.
         """
-        state = self[host_of(url)]
+        return Slot(self, self[host_of(url)])
+
+    async def _enter(self, state: HostState) -> float:
+        """Wait for the host's turn, take it, and return the start time."""
         while (wait := state.start_at() - self._clock()) > 0:
             await self._sleep(wait)
         started = state.last_start = self._clock()
         factor = 0.5 + self._rand() if self._randomize else 1.0
         state.next_start = started + state.throttle.delay * factor
         state.active += 1
-        slot = Slot()
-        try:
-            yield slot
-        except (FetchTimeout, ConnectError, ProtocolError):  # too large, redirect: not the host
-            state.throttle.on_failure(self._clock())
-            raise
-        finally:
-            state.active -= 1
-        if slot.status is not None:
-            now = self._clock()
-            state.throttle.on_response(now, now - started, slot.status, slot.retry_after)
-            if slot.status in THROTTLE_STATUSES:
-                logger.info(
-                    "%s answered %d: pausing it for %.1fs, then at most %d in flight, %.2fs apart",
-                    state.host,
-                    slot.status,
-                    max(0.0, state.throttle.blocked_until - now),
-                    state.throttle.limit,
-                    state.throttle.delay,
-                )
+        return started
+
+    def _exit(self, state: HostState, slot: Slot, failure: BaseException | None) -> None:
+        """Release the host and feed the attempt's outcome to its throttle."""
+        state.active -= 1
+        if isinstance(failure, FetchTimeout | ConnectError | ProtocolError):
+            state.throttle.on_failure(self._clock())  # too large, redirect: not the host's fault
+            return
+        if failure is not None or slot.status is None:
+            return
+        now = self._clock()
+        state.throttle.on_response(now, now - slot.started, slot.status, slot.retry_after)
+        if slot.status in THROTTLE_STATUSES:
+            logger.info(
+                "%s answered %d: pausing it for %.1fs, then at most %d in flight, %.2fs apart",
+                state.host,
+                slot.status,
+                max(0.0, state.throttle.blocked_until - now),
+                state.throttle.limit,
+                state.throttle.delay,
+            )
