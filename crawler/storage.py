@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import sqlite3
@@ -19,7 +20,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final, final
 
 import aiosqlite
@@ -52,8 +52,19 @@ _HOSTS_PER_CLAIM: Final = 256
 
 
 def utc_now() -> str:
-    """Return the current time as ISO-8601 UTC text, the format of every `*_at` column."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    """Return the current time as ISO-8601 UTC text, the format of every `*_at` column
+    (`2026-12-05T06:55:51.397+00:00`, as `datetime.isoformat(timespec="milliseconds")`).
+
+    Called for every page: the date and time of day are formatted once per second.
+    """
+    now = time.time()
+    second = int(now)
+    return f"{_utc_second(second)}.{int((now - second) * 1000):03d}+00:00"
+
+
+@functools.lru_cache(maxsize=1)
+def _utc_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 @final

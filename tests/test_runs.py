@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from aiohttp.test_utils import BaseTestServer, TestServer
 from crawler import crawl
 from crawler.cli import cli
 from crawler.cli_common import with_start_urls
+from crawler.storage import utc_now
 from tests.conftest import ROOT, RunCli, rows, scalar
 from tests.sites import html_page, tree_app
 from tests.spiders import FollowAllSpider
@@ -223,3 +225,13 @@ async def test_processes_creating_one_new_file_at_once_all_succeed(tmp_path: Pat
         results = [await p.communicate() for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0, 0], [e.decode() for _, e in results]
     assert scalar(db, "PRAGMA user_version") == 1
+
+
+def test_utc_now_is_iso_8601_utc_with_milliseconds() -> None:
+    before = datetime.now(UTC) - timedelta(milliseconds=1)
+    stamps = [utc_now() for _ in range(2000)]
+    after = datetime.now(UTC)
+    for stamp in stamps:
+        assert len(stamp) == len("2026-12-05T06:55:51.397+00:00")
+        assert before <= datetime.fromisoformat(stamp) <= after
+    assert stamps == sorted(stamps)
