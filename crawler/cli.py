@@ -40,7 +40,8 @@ from crawler.errors import StorageError
 from crawler.output import write_rows
 from crawler.processes import combined_summary, last_run_id, run_processes
 from crawler.schema import open_database
-from crawler.settings import LoadedSettings, describe_settings
+from crawler.settings import LoadedSettings, Settings, describe_settings
+from crawler.spider import Spider
 from crawler.stats import render_summary
 from crawler.status import crawl_status
 
@@ -89,7 +90,6 @@ def cli() -> None:
     show_default=True,
     help="Crawler processes sharing the database (to use more than one core).",
 )
-@click.option("--worker", is_flag=True, hidden=True, help="Run as one of --processes.")
 @click.option(
     "--log-level",
     default="WARNING",
@@ -107,14 +107,13 @@ def crawl(
     fresh: bool,
     explain: bool,
     processes: int,
-    worker: bool,
     log_level: str,
 ) -> None:
     """Crawl with SPIDER (a name, module:Class or file.py) into a SQLite file.
 
     Running again into the same file resumes the crawl where it stopped.
     """
-    console = Console(stderr=True, force_terminal=False if worker else None)
+    console = Console(stderr=True)
     setup_logging(log_level, console)
     with user_errors():
         spider_class = find_spider(spider)
@@ -131,7 +130,7 @@ def crawl(
             return
         db = output or Path(f"{spider_class.name}.db")
         if processes > 1:
-            _crawl_in_processes(processes, db, fresh)
+            _crawl_in_processes(processes, db, fresh, spider_class, loaded.settings)
             return
         run = Crawl(spider_class(), db=db, settings=loaded.settings, fresh=fresh, console=console)
         summary = run_with_signals(run)
@@ -141,15 +140,25 @@ def crawl(
         sys.exit(EXIT_INTERRUPTED)
 
 
-def _crawl_in_processes(count: int, db: Path, fresh: bool) -> None:
-    """Run this same crawl command in `count` worker processes over one database file."""
-    args = _worker_arguments(sys.argv[sys.argv.index("crawl") + 1 :], db)
+def _crawl_in_processes(
+    count: int, db: Path, fresh: bool, spider_class: type[Spider], settings: Settings
+) -> None:
+    """Run this crawl in `count` processes over one database file, and print one summary."""
     if fresh:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
-    asyncio.run(_create_database(db))  # before the workers, which would race to create it
+    asyncio.run(_create_database(db))  # before the processes, which would race to create it
     after = last_run_id(db)
-    code = run_processes(count, args)
+
+    def crawl_one() -> int:
+        # Progress as log lines: several live displays on one terminal would overwrite
+        # each other.
+        quiet = Console(stderr=True, force_terminal=False)
+        run = Crawl(spider_class(), db=db, settings=settings, console=quiet)
+        run_with_signals(run)
+        return EXIT_INTERRUPTED if run.status == "interrupted" else 0
+
+    code = run_processes(count, crawl_one)
     if not db.exists():
         sys.exit(code or 1)
     status, summary = combined_summary(db, after)
@@ -161,20 +170,6 @@ def _crawl_in_processes(count: int, db: Path, fresh: bool) -> None:
 async def _create_database(db: Path) -> None:
     """Create (or migrate) the database file, then close it."""
     await (await open_database(db)).close()
-
-
-def _worker_arguments(argv: list[str], db: Path) -> list[str]:
-    """The crawl's own arguments for a worker: without --processes and --fresh, with -o."""
-    args: list[str] = []
-    skip_next = False
-    for arg in argv:
-        if skip_next:
-            skip_next = False
-        elif arg == "--processes":
-            skip_next = True
-        elif not arg.startswith("--processes=") and arg != "--fresh":
-            args.append(arg)
-    return [*args, "-o", str(db), "--worker"]
 
 
 @cli.command(name="list")

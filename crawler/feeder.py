@@ -33,6 +33,9 @@ from crawler.storage import Storage
 __all__ = ["Feeder"]
 
 _IDLE_POLL: Final = 1.0
+_SHARED_POLL: Final = 0.05
+"""Seconds between claims while other processes sharing the file hold every pending request:
+the pages they fetch bring new work (early in a crawl) or end it (at the end) at any moment."""
 _MIN_WAIT: Final = 0.001
 
 
@@ -68,6 +71,8 @@ class Feeder:
         self._stopping = False
         self._frontier_changed = True
         self._last_empty_claim = -math.inf
+        self._poll = _IDLE_POLL
+        """Seconds after a claim that found nothing before the next one is worth a query."""
         self._hurried = False
         self._refill_below = self._window
         """Held requests below which a claim is worth a query while workers are busy."""
@@ -155,6 +160,7 @@ class Feeder:
                 if self._outstanding <= 0 and batch.pending == 0 and not batch.capped:
                     return
                 self._last_empty_claim = self._hosts.clock()
+                self._poll = _SHARED_POLL if batch.leased_elsewhere else _IDLE_POLL
                 due = batch.next_due
                 self._due_at = due if due is not None and due > time.time() else None
             try:
@@ -201,7 +207,7 @@ class Feeder:
         worth_asking = (
             self._frontier_changed
             or uncommitted >= self._commit_chunk
-            or self._hosts.clock() - self._last_empty_claim >= _IDLE_POLL
+            or self._hosts.clock() - self._last_empty_claim >= self._poll
             or (self._due_at is not None and time.time() >= self._due_at)
         )
         starving = self._handed_out < self._most_handed_out  # nothing held is ready to go
@@ -210,7 +216,7 @@ class Feeder:
     def _wait_time(self) -> float:
         """Seconds until something may be ready without being told (a host's delay ends, a
         deferred request falls due, the idle poll); workers finishing wake the feeder."""
-        wait = _IDLE_POLL
+        wait = self._poll
         ready_at = self._held.next_ready_at()
         if ready_at is not None and self._handed_out < self._most_handed_out:
             wait = min(wait, ready_at - self._hosts.clock())

@@ -93,6 +93,9 @@ class ClaimBatch:
     """Pending rows left (leased elsewhere or not yet due); counted only when none was claimed."""
     next_due: float | None = None
     """Earliest `not_before` among pending rows, when any is delayed."""
+    leased_elsewhere: int = 0
+    """Pending rows that other runs (processes sharing the file) hold under a live lease;
+    counted only when none was claimed. Their pages may bring new work at any moment."""
     capped: bool = False
     """Nothing was claimed because hosts with pending requests already hold `per_host` in
     memory; then `pending` and `next_due` are not counted (that would scan the frontier)."""
@@ -628,12 +631,15 @@ class Storage:
         claimed.sort(key=lambda c: (-c.request.priority, -c.id if descending else c.id))
         if claimed or capped:
             return ClaimBatch(claimed=claimed, more=more, capped=capped and not claimed)
-        async with self._conn.execute(
-            "SELECT count(*), min(not_before) FROM requests WHERE state = 'pending'"
-        ) as cursor:
+        async with self._conn.execute(_PENDING_SUMMARY, (self._run_id, now)) as cursor:
             row = await cursor.fetchone()
-        pending, next_due = (row[0], row[1]) if row else (0, None)
-        return ClaimBatch(claimed=[], pending=int(pending), next_due=next_due)
+        pending, next_due, elsewhere = (row[0], row[1], row[2]) if row else (0, None, 0)
+        return ClaimBatch(
+            claimed=[],
+            pending=int(pending),
+            next_due=next_due,
+            leased_elsewhere=int(elsewhere or 0),
+        )
 
     async def _pending_hosts(self) -> list[str]:
         """Up to `_HOSTS_PER_CLAIM` hosts with pending requests, in turn: those after the
@@ -795,6 +801,12 @@ _CLAIM: Final = (
     " ORDER BY {order} LIMIT ?) "
     "RETURNING id, url, method, callback, headers, meta, depth, priority, attempts"
 )
+_PENDING_SUMMARY: Final = (
+    "SELECT count(*), min(not_before), "
+    "sum(lease_owner IS NOT NULL AND lease_owner != ? AND lease_expires >= ?) "
+    "FROM requests WHERE state = 'pending'"
+)
+"""Pending rows, the earliest `not_before`, and how many other runs hold under a live lease."""
 _PENDING_HOSTS: Final = """
 WITH RECURSIVE next_host (host, n) AS (
     SELECT (SELECT min(host) FROM requests WHERE state = 'pending' AND host > ?), 1

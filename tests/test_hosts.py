@@ -4,6 +4,9 @@ the per-host ready queues, and the host-fair claim from the SQLite frontier."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -357,3 +360,22 @@ async def test_claims_let_hosts_take_turns_with_a_cap_per_host(storage: Storage)
     assert [item.request.url for item in more.claimed] == [
         f"http://a.test/{n}" for n in range(4, 10)
     ]
+
+
+async def test_a_claim_that_finds_only_other_runs_leases_says_so(
+    storage: Storage, tmp_path: Path
+) -> None:
+    other_run, now = 999, time.time()
+    with contextlib.closing(sqlite3.connect(tmp_path / "crawl.db")) as other:
+        with other:
+            other.execute(
+                "UPDATE requests SET lease_owner = ?, lease_expires = ? WHERE state = 'pending'",
+                (other_run, now + 60),
+            )
+        batch = await storage.claim(20)
+        assert (batch.claimed, batch.pending, batch.leased_elsewhere) == ([], 55, 55)
+        with other:  # a lease that ran out is nobody's: those requests are claimed again
+            other.execute("UPDATE requests SET lease_expires = ? WHERE host = 'c.test'", (now - 1,))
+    again = await storage.claim(20)
+    assert [item.request.url for item in again.claimed] == ["http://c.test/0", "http://c.test/1"]
+    assert (await storage.claim(20)).leased_elsewhere == 53

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -20,10 +21,13 @@ from crawler.cli import cli
 from crawler.cli_common import with_start_urls
 from crawler.storage import utc_now
 from tests.conftest import ROOT, RunCli, rows, scalar
+from tests.invariants import assert_all_accounted_for
+from tests.polite_sites import Handler
 from tests.sites import html_page, tree_app
 from tests.spiders import FollowAllSpider
 
 QUIET = ["-s", "autothrottle=false", "-s", "obey_robots=false"]
+FAST_QUIET = {"autothrottle": False, "obey_robots": False, "progress_interval": 60.0}
 
 
 @pytest.fixture
@@ -235,3 +239,71 @@ def test_utc_now_is_iso_8601_utc_with_milliseconds() -> None:
         assert len(stamp) == len("2026-12-05T06:55:51.397+00:00")
         assert before <= datetime.fromisoformat(stamp) <= after
     assert stamps == sorted(stamps)
+
+
+RECEIVED = web.AppKey("received", list[str])
+
+
+def counting_tree_app(pages: int, delay: float) -> web.Application:
+    """tree_app's pages, recording the path of every request that reached the server in
+    app[RECEIVED]."""
+
+    @web.middleware
+    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request.app[RECEIVED].append(request.path)
+        return await handler(request)
+
+    app = tree_app(pages, delay)
+    app.middlewares.append(count)
+    app[RECEIVED] = []
+    return app
+
+
+@pytest.mark.parametrize("target", ["parent", "process group"])
+async def test_ctrl_c_stops_all_processes_gracefully_and_a_resume_finishes(
+    target: str, db_path: Path
+) -> None:
+    app = counting_tree_app(pages=150, delay=0.1)
+    async with TestServer(app, host="127.0.0.1") as server:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "crawler",
+            "crawl",
+            "tests.spiders:FollowAllSpider",
+            "-o",
+            str(db_path),
+            "--start-url",
+            str(server.make_url("/p/0")),
+            "--processes",
+            "2",
+            "--concurrency",
+            "4",
+            "-s",
+            "shutdown_grace=30",
+            *QUIET,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group, as a shell gives a command
+        )
+        await wait_for_pages(db_path, 20)
+        if target == "parent":
+            process.send_signal(signal.SIGINT)
+        else:  # what Ctrl-C at a terminal does: every process of the group gets SIGINT
+            os.killpg(process.pid, signal.SIGINT)
+        async with asyncio.timeout(30):
+            stdout, stderr = await process.communicate()
+        received = len(app[RECEIVED])
+        assert process.returncode == 130, stderr.decode()
+        assert "2 processes" in stdout.decode()
+        runs = rows(db_path, "SELECT status FROM crawls ORDER BY id")
+        assert runs == [("interrupted",), ("interrupted",)]
+        # A graceful stop: every request that reached the server was finished and stored
+        # (a second signal would have cancelled those in flight).
+        assert scalar(db_path, "SELECT count(*) FROM pages") == received < 150
+        assert scalar(db_path, "SELECT count(*) FROM requests WHERE lease_owner IS NOT NULL") == 0
+        spider = with_start_urls(FollowAllSpider, [str(server.make_url("/p/0"))])
+        await crawl(spider, db=db_path, settings={**FAST_QUIET, "concurrency": 32})
+    assert_all_accounted_for(db_path)
+    assert scalar(db_path, "SELECT count(*) FROM pages") == 150
