@@ -116,8 +116,16 @@ class Ours:
         """``-s`` settings; ``{concurrency}`` in a value is replaced by ``--concurrency``."""
 
     def prepare(self) -> None:
-        """Check that the crawler imports and has a ``crawl`` command."""
-        for args in (["-c", "import crawler"], ["-m", "crawler", "crawl", "--help"]):
+        """Compile the crawler's modules to bytecode (pip does that for the other tools'
+        packages when it installs them; an editable install does not, and with
+        PYTHONDONTWRITEBYTECODE set every run would compile them again), then check that it
+        imports and has a ``crawl`` command."""
+        for args in (
+            ["-m", "compileall", "-q", "crawler", "spiders"],
+            ["-m", "compileall", "-q", "-l", "benchmarks"],  # not its tools' virtualenvs
+            ["-c", "import crawler"],
+            ["-m", "crawler", "crawl", "--help"],
+        ):
             result = subprocess.run(
                 [str(PROJECT_PYTHON), *args],
                 cwd=REPO_ROOT,
