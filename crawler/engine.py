@@ -12,12 +12,13 @@ within `shutdown_grace`, and the writer commits everything before the run is clo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gzip
 import logging
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Final, final
 
@@ -137,15 +138,18 @@ class Crawl:
                 self.reason = self.reason or f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            await asyncio.shield(self._close(conn, run_id))
+            await _run_to_the_end(self._close(conn, run_id))
         return self.stats.as_dict()
 
     async def _close(self, conn: aiosqlite.Connection, run_id: int | None) -> None:
         """Roll back any half-written batch, free our leases and record how the run ended."""
         self.stats.finished = time.monotonic()
         try:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
+            # A cancelled writer's last batch may still have been running in the database
+            # thread: it committed or rolled back before this ROLLBACK runs.
+            with contextlib.suppress(sqlite3.OperationalError):
+                if conn.in_transaction:
+                    await conn.execute("ROLLBACK")
             if run_id is not None:
                 await release_leases(conn, run_id)
                 await finish_run(
@@ -320,6 +324,29 @@ class Crawl:
                 spill=lambda c, s: storage.submit_and_wait(Seeds(candidates=c, skipped=s)),
             )
         return result
+
+
+async def _run_to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Await `cleanup` to its end even when this task is cancelled meanwhile, then re-raise
+    the cancellation.
+
+    Recording how a run ended takes milliseconds; a second Ctrl-C arriving just then must not
+    cut it short (`asyncio.shield` alone would return at once and leave the cleanup to be
+    cancelled when the event loop shuts down, the run marked `running` and its leases held).
+    """
+    task = asyncio.ensure_future(cleanup)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise  # the cleanup itself was cancelled
+            cancelled = True
+        else:
+            break
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 async def crawl(

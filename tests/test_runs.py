@@ -19,6 +19,7 @@ from aiohttp.test_utils import BaseTestServer, TestServer
 from crawler import crawl
 from crawler.cli import cli
 from crawler.cli_common import with_start_urls
+from crawler.engine import _run_to_the_end
 from crawler.storage import utc_now
 from tests.conftest import ROOT, RunCli, rows, scalar
 from tests.invariants import assert_all_accounted_for
@@ -167,6 +168,26 @@ async def test_second_ctrl_c_exits_at_once_and_the_database_survives(db_path: Pa
     assert scalar(db_path, "SELECT count(*) FROM requests WHERE state = 'pending'") > 0
 
 
+async def test_two_ctrl_c_at_once_in_a_busy_crawl_record_the_run_as_interrupted(
+    db_path: Path,
+) -> None:
+    async with TestServer(tree_app(pages=3000), host="127.0.0.1") as server:
+        process = await start(server, db_path, "--concurrency", "32")
+        await wait_for_pages(db_path, 200)  # the writer is busy committing
+        process.send_signal(signal.SIGINT)
+        process.send_signal(signal.SIGINT)  # the second one cancels, whatever is running
+        async with asyncio.timeout(30):
+            await process.communicate()
+        assert process.returncode == 130
+        assert scalar(db_path, "PRAGMA integrity_check") == "ok"
+        assert rows(db_path, "SELECT status FROM crawls") == [("interrupted",)]
+        assert scalar(db_path, "SELECT count(*) FROM requests WHERE lease_owner IS NOT NULL") == 0
+        spider = with_start_urls(FollowAllSpider, [str(server.make_url("/p/0"))])
+        await crawl(spider, db=db_path, settings={**FAST_QUIET, "concurrency": 32})
+    assert_all_accounted_for(db_path)
+    assert scalar(db_path, "SELECT count(*) FROM pages") == 3000
+
+
 async def test_progress_lines_when_not_on_a_terminal(
     slow_tree: BaseTestServer, db_path: Path
 ) -> None:
@@ -307,3 +328,27 @@ async def test_ctrl_c_stops_all_processes_gracefully_and_a_resume_finishes(
         await crawl(spider, db=db_path, settings={**FAST_QUIET, "concurrency": 32})
     assert_all_accounted_for(db_path)
     assert scalar(db_path, "SELECT count(*) FROM pages") == 150
+
+
+async def test_the_end_of_a_run_is_recorded_even_when_cancelled_meanwhile() -> None:
+    steps: list[str] = []
+
+    async def cleanup() -> None:
+        steps.append("started")
+        await asyncio.sleep(0.2)
+        steps.append("finished")
+
+    async def run() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            await _run_to_the_end(cleanup())
+
+    task = asyncio.create_task(run())
+    await asyncio.sleep(0.01)
+    task.cancel()  # the first Ctrl-C's cancellation
+    await asyncio.sleep(0.05)
+    task.cancel()  # another one, while the cleanup runs
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert steps == ["started", "finished"]
