@@ -157,9 +157,10 @@ class Storage:
         budget was spent go back to pending, as far as this run's budgets allow: the limit
         belonged to that run, not to the URLs.
         """
-        self._admitted_total = await self._scalar(
-            "SELECT count(*) FROM requests WHERE state != 'skipped'"
-        )
+        if self._settings.max_pages:  # a scan of the whole table: only when it is needed
+            self._admitted_total = await self._scalar(
+                "SELECT count(*) FROM requests WHERE state != 'skipped'"
+            )
         if self._settings.max_pages_per_host:
             async with self._conn.execute(
                 "SELECT host, count(*) FROM requests WHERE state != 'skipped' GROUP BY host"
