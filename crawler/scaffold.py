@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from crawler import Request, Response, Spider, text_of
+from crawler import RequestBatch, Response, Spider, text_of
 
 
 @dataclass
@@ -47,11 +47,10 @@ class {class_name}(Spider):
     start_urls = ({url},)
     allowed_domains = ({host_literal},)
 
-    async def parse(self, response: Response) -> AsyncIterator[Page | Request]:
+    async def parse(self, response: Response) -> AsyncIterator[Page | RequestBatch]:
         """Yield this page's item, then follow its links (other sites' links are skipped)."""
         yield Page(url=response.url, title=text_of(response.css_first("title")))
-        for link in response.links():
-            yield response.follow(link)
+        yield response.follow_all()
 '''
 
 
