@@ -56,7 +56,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--ours-setting",
         action="append",
         metavar="KEY=VALUE",
-        help="a -s setting for our crawler; given at least once, replaces tools.OURS_SETTINGS",
+        help="a -s setting for our crawler (ours, ours-2p); given at least once, replaces "
+        "tools.OURS_SETTINGS",
     )
     args = parser.parse_args(argv)
     args.argv = list(argv)
@@ -180,7 +181,10 @@ def _prepare(
     available = dict(TOOLS)
     if ours_settings:
         pairs = (setting.partition("=") for setting in ours_settings)
-        available["ours"] = Ours({key: value for key, _, value in pairs})
+        settings = {key: value for key, _, value in pairs}
+        for processes in (1, 2):
+            tool = Ours(settings, processes=processes)
+            available[tool.name] = tool
     tools: list[Tool] = []
     not_run: dict[str, str] = {}
     for name in names:

@@ -107,13 +107,14 @@ def _read_report(ctx: RunContext, items: bool) -> Collected:
 
 
 class Ours:
-    """This crawler, through its command line, writing a SQLite file."""
+    """This crawler, through its command line, writing a SQLite file (with ``processes``
+    above 1, that many crawler processes sharing the file: ``crawl --processes N``)."""
 
-    name = "ours"
-
-    def __init__(self, settings: Mapping[str, str] = OURS_SETTINGS) -> None:
+    def __init__(self, settings: Mapping[str, str] = OURS_SETTINGS, processes: int = 1) -> None:
         self.settings = settings
         """``-s`` settings; ``{concurrency}`` in a value is replaced by ``--concurrency``."""
+        self.processes = processes
+        self.name = "ours" if processes == 1 else f"ours-{processes}p"
 
     def prepare(self) -> None:
         """Compile the crawler's modules to bytecode (pip does that for the other tools'
@@ -157,6 +158,8 @@ class Ours:
             ctx.start_url,
             *settings,
         ]
+        if self.processes > 1:
+            command += ["--processes", str(self.processes)]
         return command, REPO_ROOT
 
     def collect(self, ctx: RunContext) -> Collected:
@@ -318,6 +321,7 @@ class Floor:
 
 
 TOOLS: Final[dict[str, Tool]] = {
-    tool.name: tool for tool in (Ours(), Scrapy(), Crawlee(), Floor("fetch"), Floor("parse"))
+    tool.name: tool
+    for tool in (Ours(), Ours(processes=2), Scrapy(), Crawlee(), Floor("fetch"), Floor("parse"))
 }
 """Every contender by name, in the order each round runs them."""
