@@ -154,6 +154,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (type, kind)
     );
     """,
+    # 2: URLs refused only for a run's page budget, which a resume reopens; without this
+    # index, finding them scanned every request at the start of every run.
+    """
+    CREATE INDEX requests_budget_skips ON requests (host, id)
+        WHERE state = 'skipped' AND reason IN ('max_pages', 'max_pages_per_host');
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 

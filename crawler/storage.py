@@ -183,14 +183,14 @@ class Storage:
         room = max(0, max_pages - self._admitted_total) if max_pages else -1  # -1: no limit
         hosts: list[str | None] = [None]  # None: every host at once, without a per-host budget
         if per_host:
-            async with self._conn.execute(_BUDGET_SKIPPED_HOSTS, _BUDGET_REASONS) as cursor:
+            async with self._conn.execute(_BUDGET_SKIPPED_HOSTS) as cursor:
                 hosts = [str(row[0]) for row in await cursor.fetchall()]
         for host in hosts:
             limit = room
             if host is not None:
                 host_room = max(0, per_host - self._admitted_by_host[host])
                 limit = host_room if room < 0 else min(room, host_room)
-            cursor = await self._conn.execute(_REOPEN_BUDGET_SKIPS, (*_BUDGET_REASONS, host, limit))
+            cursor = await self._conn.execute(_REOPEN_BUDGET_SKIPS, (host, limit))
             self._admitted_total += cursor.rowcount
             if host is not None:
                 self._admitted_by_host[host] += cursor.rowcount
@@ -724,15 +724,17 @@ def _claimed_from_row(row: Sequence[object]) -> Claimed:
     return Claimed(id=int(row_id), request=request, attempts=int(attempts))  # type: ignore[call-overload]
 
 
-_BUDGET_REASONS: Final = (SkipReason.MAX_PAGES.value, SkipReason.MAX_PAGES_PER_HOST.value)
-"""Skip reasons that belong to a run's budget, not to the URL: a resume re-opens them."""
+_BUDGET_SKIPPED: Final = "state = 'skipped' AND reason IN ('max_pages', 'max_pages_per_host')"
+"""Rows skipped for a reason that belongs to a run's budget, not to the URL: a resume reopens
+them. Written out, not bound, so that the partial index `requests_budget_skips` applies (the
+queries name it: SQLite refuses them rather than scan the whole table)."""
 _BUDGET_SKIPPED_HOSTS: Final = (
-    "SELECT DISTINCT host FROM requests WHERE state = 'skipped' AND reason IN (?, ?)"
+    f"SELECT DISTINCT host FROM requests INDEXED BY requests_budget_skips WHERE {_BUDGET_SKIPPED}"
 )
 _REOPEN_BUDGET_SKIPS: Final = (
     "UPDATE requests SET state = 'pending', reason = NULL, finished_at = NULL "
-    "WHERE id IN (SELECT id FROM requests WHERE state = 'skipped' AND reason IN (?, ?) "
-    "AND host = coalesce(?, host) ORDER BY id LIMIT ?)"
+    "WHERE id IN (SELECT id FROM requests INDEXED BY requests_budget_skips "
+    f"WHERE {_BUDGET_SKIPPED} AND host = coalesce(?, host) ORDER BY id LIMIT ?)"
 )
 _INSERT_REQUEST: Final = BulkStatement(
     "INSERT OR IGNORE INTO requests (url, fingerprint, host, method, callback, headers, meta, "

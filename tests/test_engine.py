@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -12,6 +14,9 @@ from aiohttp.test_utils import BaseTestServer, TestServer
 
 from crawler import crawl
 from crawler.cli_common import with_start_urls
+from crawler.errors import SkipReason
+from crawler.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, _statements, open_database
+from crawler.storage import _BUDGET_SKIPPED_HOSTS, _REOPEN_BUDGET_SKIPS
 from tests.conftest import rows, scalar
 from tests.sites import follow_app, html_page
 from tests.spiders import FollowAllSpider, GarbageSpider, RaisingSpider, StoppingSpider
@@ -97,7 +102,7 @@ async def test_every_table_is_filled_consistently(
         == 7
     )
     assert scalar(db_path, "PRAGMA journal_mode") == "wal"
-    assert scalar(db_path, "PRAGMA user_version") == 1
+    assert scalar(db_path, "PRAGMA user_version") == SCHEMA_VERSION == 2
 
 
 async def test_links_are_stored_in_page_order_once_each(db_path: Path) -> None:
@@ -241,3 +246,30 @@ async def test_resume_after_finish_fetches_nothing_again(
         == 0
     )
     assert scalar(db_path, "SELECT count(*) FROM crawls") == 2
+
+
+async def test_a_version_1_file_is_migrated_and_budget_skips_are_found_by_index(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as old:
+        for statement in _statements(MIGRATIONS[0]):
+            old.execute(statement)
+        old.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        old.execute("PRAGMA user_version = 1")
+        old.execute(
+            "INSERT INTO requests (url, fingerprint, host, depth, state, reason, crawl_id, "
+            "discovered_at) "
+            "VALUES ('http://a.test/1', 1, 'a.test', 1, 'skipped', 'max_pages', 1, 'now')"
+        )
+    await (await open_database(db)).close()
+    assert scalar(db, "PRAGMA user_version") == SCHEMA_VERSION
+    for sql, params in ((_BUDGET_SKIPPED_HOSTS, ()), (_REOPEN_BUDGET_SKIPS, (None, -1))):
+        plan = " ".join(str(row[3]) for row in rows(db, f"EXPLAIN QUERY PLAN {sql}", params))
+        assert "requests_budget_skips" in plan, plan
+    assert rows(db, _BUDGET_SKIPPED_HOSTS) == [("a.test",)]
+    # the SQL spells out the reasons (so that the partial index applies): they must match
+    assert (SkipReason.MAX_PAGES.value, SkipReason.MAX_PAGES_PER_HOST.value) == (
+        "max_pages",
+        "max_pages_per_host",
+    )

@@ -20,6 +20,7 @@ from crawler import crawl
 from crawler.cli import cli
 from crawler.cli_common import with_start_urls
 from crawler.engine import _run_to_the_end
+from crawler.schema import SCHEMA_VERSION
 from crawler.storage import utc_now
 from tests.conftest import ROOT, RunCli, rows, scalar
 from tests.invariants import assert_all_accounted_for
@@ -249,7 +250,7 @@ async def test_processes_creating_one_new_file_at_once_all_succeed(tmp_path: Pat
     async with asyncio.timeout(30):
         results = [await p.communicate() for p in processes]
     assert [p.returncode for p in processes] == [0, 0, 0, 0], [e.decode() for _, e in results]
-    assert scalar(db, "PRAGMA user_version") == 1
+    assert scalar(db, "PRAGMA user_version") == SCHEMA_VERSION
 
 
 def test_utc_now_is_iso_8601_utc_with_milliseconds() -> None:
