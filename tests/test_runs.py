@@ -38,7 +38,11 @@ async def slow_tree() -> AsyncIterator[BaseTestServer]:
         yield server
 
 
-async def start(server: BaseTestServer, db: Path, *extra: str) -> asyncio.subprocess.Process:
+async def start(
+    server: BaseTestServer, db: Path, *extra: str, new_session: bool = False
+) -> asyncio.subprocess.Process:
+    """Start `crawler crawl` (FollowAllSpider, concurrency 2 unless `extra` says otherwise);
+    with `new_session`, in a process group of its own, as a shell starts a command."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -56,6 +60,7 @@ async def start(server: BaseTestServer, db: Path, *extra: str) -> asyncio.subpro
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        start_new_session=new_session,
     )
 
 
@@ -287,27 +292,11 @@ async def test_ctrl_c_stops_all_processes_gracefully_and_a_resume_finishes(
 ) -> None:
     app = counting_tree_app(pages=150, delay=0.1)
     async with TestServer(app, host="127.0.0.1") as server:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "crawler",
-            "crawl",
-            "tests.spiders:FollowAllSpider",
-            "-o",
-            str(db_path),
-            "--start-url",
-            str(server.make_url("/p/0")),
-            "--processes",
-            "2",
-            "--concurrency",
-            "4",
-            "-s",
-            "shutdown_grace=30",
-            *QUIET,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,  # its own process group, as a shell gives a command
+        process = await start(
+            server,
+            db_path,
+            *("--processes", "2", "--concurrency", "4", "-s", "shutdown_grace=30"),
+            new_session=True,
         )
         await wait_for_pages(db_path, 20)
         if target == "parent":
