@@ -28,8 +28,10 @@ from typing import Final, final
 
 import aiosqlite
 
-__all__ = ["BulkStatement", "Script"]
+__all__ = ["BulkStatement", "Script", "select_in"]
 
+_PARAMS_PER_QUERY: Final = 500
+"""Most values of an `IN (...)` list in one query (SQLite allows more; this keeps each short)."""
 _ROW: Final = "_row"
 _ROWS_IN_ORDER: Final = " FROM {rows} ORDER BY {order}"
 _HAS_ARROW: Final = sqlite3.sqlite_version_info >= (3, 38)
@@ -173,3 +175,27 @@ class Script:
                 await conn.execute(step)
             else:
                 await step[0].run(conn, step[1])
+
+
+async def select_in(
+    conn: aiosqlite.Connection,
+    sql: str,
+    values: Sequence[object],
+    params: Sequence[object] = (),
+) -> list[sqlite3.Row]:
+    """The rows of `sql` (which has `{marks}` where the `IN` list goes, after `params`) for
+    every value of `values`, a few hundred values per query.
+
+    Example:
+        ```python
+        rows = await select_in(conn, "SELECT id FROM t WHERE k = ? AND id IN ({marks})",
+                               ids, params=("a",))
+        ```
+    """
+    found: list[sqlite3.Row] = []
+    for start in range(0, len(values), _PARAMS_PER_QUERY):
+        chunk = values[start : start + _PARAMS_PER_QUERY]
+        query = sql.format(marks=",".join("?" * len(chunk)))
+        async with conn.execute(query, [*params, *chunk]) as cursor:
+            found.extend(await cursor.fetchall())
+    return found

@@ -22,11 +22,10 @@ from crawler.errors import SkipReason, SpiderError, StopCrawl
 from crawler.frontier import Frontier
 from crawler.http import Request, RequestBatch, Response
 from crawler.items import ItemProcessor, is_item
-from crawler.records import Candidate, ErrorRecord, PageResult, Skipped
+from crawler.records import Candidate, ErrorRecord, PageResult, Skipped, utc_now
 from crawler.rules import Refused
 from crawler.spider import Spider, callback_of, item_type_name
 from crawler.stats import Stats
-from crawler.storage import utc_now
 
 __all__ = ["CallbackRunner", "LoopHeartbeat", "serialise_item", "spider_error"]
 

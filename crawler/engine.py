@@ -33,14 +33,14 @@ from crawler.frontier import Frontier
 from crawler.hosts import Hosts
 from crawler.http import Response
 from crawler.item_tables import declare_item_tables
-from crawler.records import Claimed, PageRecord, PageResult, RequestState
+from crawler.records import Claimed, PageRecord, PageResult, RequestState, utc_now
 from crawler.robots import RobotsCache
 from crawler.runs import finish_run, release_leases, start_run
 from crawler.schema import open_database
 from crawler.settings import Settings, load_settings
 from crawler.spider import Spider
 from crawler.stats import Stats, show_progress
-from crawler.storage import Seeds, Storage, utc_now
+from crawler.storage import Seeds, Storage
 
 __all__ = ["Crawl", "crawl"]
 

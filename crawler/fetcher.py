@@ -44,9 +44,8 @@ from crawler.errors import (
 from crawler.hosts import Hosts
 from crawler.http import Request
 from crawler.links import try_canonical_url
-from crawler.records import ErrorRecord
+from crawler.records import ErrorRecord, utc_now
 from crawler.settings import Settings
-from crawler.storage import utc_now
 from crawler.timeouts import Deadlines
 
 __all__ = ["Deferred", "Failed", "FetchOutcome", "Fetched", "Fetcher", "parse_retry_after"]

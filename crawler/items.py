@@ -34,9 +34,8 @@ from typing import Any, Final, Literal, TypeVar, Union, final
 
 from crawler.errors import SpiderError, StopCrawl
 from crawler.http import Response
-from crawler.records import DropReason, ErrorRecord, ItemErrorRecord, ItemKey, PageResult
+from crawler.records import DropReason, ErrorRecord, ItemErrorRecord, ItemKey, PageResult, utc_now
 from crawler.spider import Spider, item_type_name
-from crawler.storage import utc_now
 
 __all__ = [
     "Invalid",

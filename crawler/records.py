@@ -2,11 +2,13 @@
 
 A worker turns one `Claimed` request into one `PageResult`; the storage writer commits each
 `PageResult` (its page, items, links, errors, newly discovered URLs and the request's final
-state) in a single transaction.
+state) in a single transaction. Every time in a record is `utc_now()` text.
 """
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import final
@@ -26,7 +28,24 @@ __all__ = [
     "RequestState",
     "RobotsRecord",
     "Skipped",
+    "utc_now",
 ]
+
+
+def utc_now() -> str:
+    """Return the current time as ISO-8601 UTC text, the format of every `*_at` column
+    (`2026-12-05T06:55:51.397+00:00`, as `datetime.isoformat(timespec="milliseconds")`).
+
+    Called for every page: the date and time of day are formatted once per second.
+    """
+    now = time.time()
+    second = int(now)
+    return f"{_utc_second(second)}.{int((now - second) * 1000):03d}+00:00"
+
+
+@functools.lru_cache(maxsize=1)
+def _utc_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 class RequestState(StrEnum):

@@ -28,16 +28,16 @@ from typing import Any, Final, final
 import aiosqlite
 
 from crawler.callbacks import CallbackRunner
+from crawler.claims import LEASE_SECONDS
 from crawler.errors import StorageError
 from crawler.frontier import Frontier
 from crawler.http import Request, Response
 from crawler.item_tables import ItemTables, declare_item_tables, quote_identifier
-from crawler.records import Candidate, DropReason, PageResult, RequestState, Skipped
+from crawler.records import Candidate, DropReason, PageResult, RequestState, Skipped, utc_now
 from crawler.schema import open_database
 from crawler.settings import Settings
 from crawler.spider import Spider
 from crawler.stats import Stats
-from crawler.storage import LEASE_SECONDS, utc_now
 
 __all__ = ["REPARSE_BATCH", "ReparseSummary", "reparse", "request_from_row", "response_from_row"]
 

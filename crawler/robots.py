@@ -37,9 +37,8 @@ from crawler.fetcher import Deferred, Failed, Fetcher
 from crawler.hosts import Clock, Hosts
 from crawler.http import Request
 from crawler.links import host_of
-from crawler.records import RobotsRecord
+from crawler.records import RobotsRecord, utc_now
 from crawler.settings import Settings
-from crawler.storage import utc_now
 
 __all__ = ["RobotsCache", "RobotsCheck", "RobotsOutcome", "robots_url"]
 

@@ -17,7 +17,7 @@ import aiosqlite
 
 from crawler.errors import StorageError
 from crawler.item_tables import drop_item_tables
-from crawler.storage import utc_now
+from crawler.records import utc_now
 
 __all__ = ["finish_run", "release_leases", "start_run"]
 
@@ -93,7 +93,7 @@ async def start_run(
 async def _recover_dead_runs(conn: aiosqlite.Connection, hostname: str) -> None:
     """Mark runs of this machine whose process is gone as crashed and free their leases.
 
-    Runs on other machines keep their leases until these expire (see storage.LEASE_SECONDS).
+    Runs on other machines keep their leases until these expire (see claims.LEASE_SECONDS).
     """
     async with conn.execute(
         "SELECT id, pid, hostname FROM crawls WHERE status = 'running'"

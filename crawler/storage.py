@@ -4,67 +4,46 @@ Workers hand `PageResult`s to `Storage.submit`; the writer task drains its inbox
 many results per `BEGIN IMMEDIATE … COMMIT`. Each result's page, items, links, errors, newly
 discovered requests and the request's final state are in the same transaction, so a crash
 never leaves a page marked done whose links were lost. A batch is usually a single call to
-aiosqlite's thread (see `crawler.bulk`). Claims of pending requests (with a lease, so
-several processes can share one file) also go through the writer.
+aiosqlite's thread (see `crawler.bulk`; the statements are in `crawler.statements`). Claims
+of pending requests (`crawler.claims`) also go through the writer, between batches, and so
+do the page budgets (`crawler.budgets`), counted inside each transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import json
 import logging
 import sqlite3
-import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, final
+from typing import Any, final
 
 import aiosqlite
 
-from crawler.bulk import BulkStatement, Script
+from crawler import statements
+from crawler.budgets import Budgets
+from crawler.bulk import Script, select_in
+from crawler.claims import ClaimBatch, Claims
 from crawler.errors import SkipReason, StorageError
-from crawler.http import Request
 from crawler.item_tables import ItemTables
-from crawler.links import host_of
 from crawler.records import (
     Candidate,
-    Claimed,
     DropReason,
     ErrorRecord,
     ItemKey,
     PageResult,
     RequestState,
     Skipped,
+    utc_now,
 )
 from crawler.settings import Settings
+from crawler.statements import error_row, skipped_row
 from crawler.stats import Stats
 
-__all__ = ["ClaimBatch", "Seeds", "Storage", "utc_now"]
+__all__ = ["Seeds", "Storage"]
 
 logger = logging.getLogger(__name__)
-
-LEASE_SECONDS: Final = 120.0
-_SQL_PARAMS_PER_QUERY: Final = 500
-_HOSTS_PER_CLAIM: Final = 256
-
-
-def utc_now() -> str:
-    """Return the current time as ISO-8601 UTC text, the format of every `*_at` column
-    (`2026-12-05T06:55:51.397+00:00`, as `datetime.isoformat(timespec="milliseconds")`).
-
-    Called for every page: the date and time of day are formatted once per second.
-    """
-    now = time.time()
-    second = int(now)
-    return f"{_utc_second(second)}.{int((now - second) * 1000):03d}+00:00"
-
-
-@functools.lru_cache(maxsize=1)
-def _utc_second(second: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
 
 
 @final
@@ -78,27 +57,6 @@ class Seeds:
     """Start requests that were wrong (unknown callback, bad meta)."""
     committed: asyncio.Future[None] | None = None
     """Resolved once these rows are committed (see `Storage.submit_and_wait`)."""
-
-
-@final
-@dataclass(slots=True, kw_only=True)
-class ClaimBatch:
-    """What a claim returned, and what the frontier looked like if it returned nothing."""
-
-    claimed: list[Claimed]
-    more: bool = False
-    """Some host had more due requests than this claim took (or the claim stopped at its
-    limit): another claim would find work even if nothing is committed in between."""
-    pending: int = 0
-    """Pending rows left (leased elsewhere or not yet due); counted only when none was claimed."""
-    next_due: float | None = None
-    """Earliest `not_before` among pending rows, when any is delayed."""
-    leased_elsewhere: int = 0
-    """Pending rows that other runs (processes sharing the file) hold under a live lease;
-    counted only when none was claimed. Their pages may bring new work at any moment."""
-    capped: bool = False
-    """Nothing was claimed because hosts with pending requests already hold `per_host` in
-    memory; then `pending` and `next_due` are not counted (that would scan the frontier)."""
 
 
 @dataclass(slots=True)
@@ -121,8 +79,9 @@ _Message = PageResult | Seeds | _ClaimOrder | _Flush
 class Storage:
     """Owns the write connection and the writer task of one crawl run.
 
-    Create it with an open connection and a run id, run `run_writer()` as a task, and call
-    `close()` (after the writer has stopped) to release leases and close the file.
+    Create it with an open connection and a run id, call `load_counts()`, run
+    `run_writer()` as a task and end it with `stop_writer()`; the crawl (crawler.engine)
+    then releases the run's leases and closes the file.
     """
 
     def __init__(
@@ -142,60 +101,20 @@ class Storage:
         self._inbox: asyncio.Queue[_Message | None] = asyncio.Queue(
             maxsize=settings.write_batch_size * 4
         )
-        self._admitted_total = 0
-        self._admitted_by_host: Counter[str] = Counter()
-        """Requests admitted per host, kept only when `max_pages_per_host` is set."""
-        self._last_lease_renewal = time.monotonic()
-        self._host_cursor = ""
+        self._budgets = Budgets(conn, run_id=run_id, settings=settings, stats=stats)
+        self._claims = Claims(conn, run_id=run_id, settings=settings)
         self._item_tables = ItemTables()
 
     async def load_counts(self) -> None:
-        """Read the totals a resumed crawl continues from (the `max_pages` and
-        `max_pages_per_host` budgets, pending).
-
-        URLs an earlier run refused only because its `max_pages` or `max_pages_per_host`
-        budget was spent go back to pending, as far as this run's budgets allow: the limit
-        belonged to that run, not to the URLs.
-        """
-        if self._settings.max_pages:  # a scan of the whole table: only when it is needed
-            self._admitted_total = await self._scalar(
-                "SELECT count(*) FROM requests WHERE state != 'skipped'"
-            )
-        if self._settings.max_pages_per_host:
-            async with self._conn.execute(
-                "SELECT host, count(*) FROM requests WHERE state != 'skipped' GROUP BY host"
-            ) as cursor:
-                self._admitted_by_host.update({str(h): int(n) for h, n in await cursor.fetchall()})
-        await self._reopen_budget_skips()
-        if self._settings.order == "dfs":
-            await self._conn.execute(
-                "CREATE INDEX IF NOT EXISTS requests_frontier_dfs "
-                "ON requests (host, priority DESC, id DESC) WHERE state = 'pending'"
-            )
-        self._stats.pending = await self._scalar(
+        """Read what a resumed crawl continues from: the budgets' counts (reopening what
+        earlier runs skipped for theirs), the claim order's index, the pending count."""
+        await self._budgets.load()
+        await self._claims.prepare()
+        async with self._conn.execute(
             "SELECT count(*) FROM requests WHERE state = 'pending'"
-        )
-
-    async def _reopen_budget_skips(self) -> None:
-        """Put rows skipped for `max_pages` or `max_pages_per_host` back to pending, oldest
-        first, as far as this run's budgets have room (each host's, with a per-host budget)."""
-        max_pages, per_host = self._settings.max_pages, self._settings.max_pages_per_host
-        room = max(0, max_pages - self._admitted_total) if max_pages else -1  # -1: no limit
-        hosts: list[str | None] = [None]  # None: every host at once, without a per-host budget
-        if per_host:
-            async with self._conn.execute(_BUDGET_SKIPPED_HOSTS) as cursor:
-                hosts = [str(row[0]) for row in await cursor.fetchall()]
-        for host in hosts:
-            limit = room
-            if host is not None:
-                host_room = max(0, per_host - self._admitted_by_host[host])
-                limit = host_room if room < 0 else min(room, host_room)
-            cursor = await self._conn.execute(_REOPEN_BUDGET_SKIPS, (host, limit))
-            self._admitted_total += cursor.rowcount
-            if host is not None:
-                self._admitted_by_host[host] += cursor.rowcount
-            if room >= 0:
-                room -= cursor.rowcount
+        ) as cursor:
+            row = await cursor.fetchone()
+        self._stats.pending = int(row[0]) if row else 0
 
     async def submit(self, message: PageResult | Seeds) -> None:
         """Queue a result for the next transaction (waits when the writer is far behind)."""
@@ -288,9 +207,9 @@ class Storage:
                 await self._commit(writes)
             for order in orders:
                 if not order.reply.done():
-                    order.reply.set_result(await self._claim(order))
-            if time.monotonic() - self._last_lease_renewal > LEASE_SECONDS / 4:
-                await self._renew_leases()
+                    batch = await self._claims.claim(order.limit, order.held, order.per_host)
+                    order.reply.set_result(batch)
+            await self._claims.renew_leases_if_due()
         except sqlite3.Error as exc:
             failure = StorageError(f"database write failed: {exc}")
             waiters: list[asyncio.Future[Any]] = [o.reply for o in orders]
@@ -321,20 +240,24 @@ class Storage:
         if item_inserts is None:
             await conn.execute("BEGIN IMMEDIATE")
         try:
-            new_rows, budget_skips = await self._admit(candidates, now)
+            new_rows, budget_skips = await self._budgets.admit(candidates, now)
             skipped.extend(budget_skips)
             rest = Script()
-            rest.add(_INSERT_SKIPPED, [_skipped_row(self._run_id, s, now) for s in skipped])
+            rest.add(
+                statements.INSERT_SKIPPED, [skipped_row(self._run_id, s, now) for s in skipped]
+            )
             await self._write_results(results, now, rest)
-            rest.add(_INSERT_ERROR, [_error_row(self._run_id, None, e) for e in seed_errors])
+            rest.add(
+                statements.INSERT_ERROR, [error_row(self._run_id, None, e) for e in seed_errors]
+            )
             # INSERT OR IGNORE drops what the table already has (with no budget to apply,
-            # _admit did not look; another process may also have added it just now)
+            # Budgets.admit did not look; another process may also have added it just now)
             if item_inserts is not None:
                 script = Script()
                 if new_rows:
-                    script.add_sql(_CREATE_ADMITTED_COUNT)
-                    script.add(_INSERT_REQUEST, new_rows)
-                    script.add_sql(_COUNT_ADMITTED)
+                    script.add_sql(statements.CREATE_ADMITTED_COUNT)
+                    script.add(statements.INSERT_REQUEST, new_rows)
+                    script.add_sql(statements.COUNT_ADMITTED)
                 script.extend(rest)
                 for sql in item_inserts:
                     script.add_sql(sql)
@@ -343,7 +266,7 @@ class Storage:
                 already_known = len(new_rows) - admitted
             else:
                 changes_before = conn.total_changes
-                await _INSERT_REQUEST.run(conn, new_rows)
+                await statements.INSERT_REQUEST.run(conn, new_rows)
                 already_known = len(new_rows) - (conn.total_changes - changes_before)
                 await rest.run_each(conn)
                 await self._write_after_script(results)
@@ -356,7 +279,7 @@ class Storage:
         stats.admitted += len(new_rows) - already_known
         stats.pending += len(new_rows) - already_known
         stats.skipped[SkipReason.DUPLICATE.value] += already_known
-        self._admitted_total -= already_known
+        self._budgets.already_known(already_known)
         for skip in skipped:
             stats.skipped[skip.reason.value] += 1
         for error in seed_errors:
@@ -375,87 +298,9 @@ class Storage:
         return self._item_tables.ready_inserts(results)
 
     async def _admitted_in_last_batch(self) -> int:
-        """How many requests the last one-call batch inserted (`_COUNT_ADMITTED` noted it)."""
-        async with self._conn.execute(_TAKE_ADMITTED_COUNT) as cursor:
+        """How many requests the last one-call batch inserted (as `COUNT_ADMITTED` noted)."""
+        async with self._conn.execute(statements.TAKE_ADMITTED_COUNT) as cursor:
             return sum(int(row[0]) for row in await cursor.fetchall())
-
-    async def _admit(
-        self, candidates: list[Candidate], now: str
-    ) -> tuple[list[tuple[object, ...]], list[Skipped]]:
-        """De-duplicate candidates against the table and apply the `max_pages` and
-        `max_pages_per_host` budgets."""
-        unique: dict[int, Candidate] = {}
-        for candidate in candidates:
-            if candidate.fingerprint in unique:
-                self._stats.skipped[SkipReason.DUPLICATE.value] += 1
-            else:
-                unique[candidate.fingerprint] = candidate
-        max_pages, per_host = self._settings.max_pages, self._settings.max_pages_per_host
-        # Budgets need to know which candidates are new before inserting; otherwise the
-        # unique index sorts them out during the insert (one index lookup instead of two).
-        existing = (
-            await self._existing_fingerprints(list(unique)) if max_pages or per_host else set()
-        )
-        self._stats.skipped[SkipReason.DUPLICATE.value] += len(existing)
-        if max_pages and unique:
-            # Other processes may share this file (--processes): count inside the
-            # transaction, so the budget holds for all of them together.
-            self._admitted_total = await self._scalar(
-                "SELECT count(*) FROM requests WHERE state != 'skipped'"
-            )
-        rows: list[tuple[object, ...]] = []
-        over_budget: list[Skipped] = []
-        for fp, c in unique.items():
-            if fp in existing:
-                continue
-            reason = None
-            if max_pages and self._admitted_total >= max_pages:
-                reason = SkipReason.MAX_PAGES
-            elif per_host and self._admitted_by_host[c.host] >= per_host:
-                reason = SkipReason.MAX_PAGES_PER_HOST
-            if reason is not None:
-                over_budget.append(
-                    Skipped(
-                        url=c.url,
-                        fingerprint=fp,
-                        host=c.host,
-                        reason=reason,
-                        depth=c.request.depth,
-                        parent_id=c.parent_id,
-                    )
-                )
-                continue
-            self._admitted_total += 1
-            if per_host:
-                self._admitted_by_host[c.host] += 1
-            r = c.request
-            rows.append(
-                (
-                    c.url,
-                    fp,
-                    c.host,
-                    r.method,
-                    r.callback,
-                    c.headers_json,
-                    c.meta_json,
-                    r.depth,
-                    r.priority,
-                    c.parent_id,
-                    self._run_id,
-                    now,
-                )
-            )
-        return rows, over_budget
-
-    async def _existing_fingerprints(self, fingerprints: list[int]) -> set[int]:
-        found: set[int] = set()
-        for start in range(0, len(fingerprints), _SQL_PARAMS_PER_QUERY):
-            chunk = fingerprints[start : start + _SQL_PARAMS_PER_QUERY]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT fingerprint FROM requests WHERE fingerprint IN ({marks})"
-            async with self._conn.execute(sql, chunk) as cursor:
-                found.update(row[0] for row in await cursor.fetchall())
-        return found
 
     async def _write_results(self, results: list[PageResult], now: str, script: Script) -> None:
         """Add the rows of a batch's results to `script` (pages, links, items, errors, request
@@ -499,7 +344,7 @@ class Storage:
             for kind, _ in result.items:
                 stats.items_by_type[kind] += 1
             stats.items += len(result.items)
-            errors.extend(_error_row(self._run_id, result.request_id, e) for e in result.errors)
+            errors.extend(error_row(self._run_id, result.request_id, e) for e in result.errors)
             for error in result.errors:
                 stats.errors[error.kind] += 1
             finished = None if result.state is RequestState.PENDING else now
@@ -521,9 +366,7 @@ class Storage:
                 stats.rescheduled += 1
             elif result.state is RequestState.SKIPPED:  # robots.txt, learnt after admission
                 stats.skipped[result.reason or "skipped"] += 1
-                self._admitted_total -= 1  # never fetched: it does not use the max_pages budget
-                if self._settings.max_pages_per_host:
-                    self._admitted_by_host[host_of(result.url)] -= 1
+                self._budgets.never_fetched(result.url)
             if (robots := result.robots) is not None:
                 robots_rows.append(
                     (
@@ -540,12 +383,12 @@ class Storage:
                 )
             if result.state is not RequestState.PENDING:
                 stats.pending -= 1
-        script.add(_INSERT_PAGE, pages)
-        script.add(_INSERT_LINK, links)
-        script.add(_INSERT_ITEM, items)
-        script.add(_INSERT_ERROR, errors)
-        script.add(_FINISH_REQUEST, updates)
-        script.add(_UPSERT_ROBOTS, robots_rows)
+        script.add(statements.INSERT_PAGE, pages)
+        script.add(statements.INSERT_LINK, links)
+        script.add(statements.INSERT_ITEM, items)
+        script.add(statements.INSERT_ERROR, errors)
+        script.add(statements.FINISH_REQUEST, updates)
+        script.add(statements.UPSERT_ROBOTS, robots_rows)
 
     async def _write_after_script(self, results: list[PageResult]) -> None:
         """What needs the script's rows in place: page bodies (BLOBs cannot travel in JSON)
@@ -556,7 +399,7 @@ class Storage:
             if result.page is not None and result.page.body is not None
         ]
         if bodies:
-            await self._conn.executemany(_SET_PAGE_BODY, bodies)
+            await self._conn.executemany(statements.SET_PAGE_BODY, bodies)
         if results:
             await self._item_tables.write(self._conn, results)
 
@@ -589,86 +432,19 @@ class Storage:
             stats.items_dropped.update(reason.value for reason in result.dropped)
             if result.item_errors:
                 stats.items_dropped[DropReason.INVALID.value] += len(result.item_errors)
-        script.add(_INSERT_ITEM_KEY, key_rows)
-        script.add(_INSERT_ITEM_ERROR, error_rows)
+        script.add(statements.INSERT_ITEM_KEY, key_rows)
+        script.add(statements.INSERT_ITEM_ERROR, error_rows)
 
     async def _stored_item_keys(self, keys: list[ItemKey]) -> set[tuple[str, int]]:
         by_type: dict[str, set[int]] = {}
         for key in keys:
             by_type.setdefault(key.type, set()).add(key.key_hash)
+        sql = "SELECT key_hash FROM item_keys WHERE type = ? AND key_hash IN ({marks})"
         found: set[tuple[str, int]] = set()
         for type_name, hashes in by_type.items():
-            ordered = sorted(hashes)
-            for start in range(0, len(ordered), _SQL_PARAMS_PER_QUERY):
-                chunk = ordered[start : start + _SQL_PARAMS_PER_QUERY]
-                marks = ",".join("?" * len(chunk))
-                sql = f"SELECT key_hash FROM item_keys WHERE type = ? AND key_hash IN ({marks})"
-                async with self._conn.execute(sql, [type_name, *chunk]) as cursor:
-                    found.update((type_name, row[0]) for row in await cursor.fetchall())
+            rows = await select_in(self._conn, sql, sorted(hashes), params=(type_name,))
+            found.update((type_name, int(row[0])) for row in rows)
         return found
-
-    async def _claim(self, order: _ClaimOrder) -> ClaimBatch:
-        now = time.time()
-        descending = self._settings.order == "dfs"
-        sql = _CLAIM.format(order="priority DESC, id DESC" if descending else "priority DESC, id")
-        per_host = order.per_host or order.limit
-        claimed: list[Claimed] = []
-        capped = more = False
-        for host in await self._pending_hosts():
-            if len(claimed) >= order.limit:
-                more = True
-                break
-            host_room = per_host - order.held.get(host, 0)
-            if host_room < max(1, per_host // 4):
-                capped = True  # refill a host in chunks, not one request per finished page
-                continue
-            room = min(order.limit - len(claimed), host_room)
-            params = (self._run_id, now + LEASE_SECONDS, host, now, now, room)
-            async with self._conn.execute(sql, params) as cursor:
-                rows = list(await cursor.fetchall())
-            claimed.extend(_claimed_from_row(row) for row in rows)
-            more = more or len(rows) == room
-            self._host_cursor = host
-        claimed.sort(key=lambda c: (-c.request.priority, -c.id if descending else c.id))
-        if claimed or capped:
-            return ClaimBatch(claimed=claimed, more=more, capped=capped and not claimed)
-        async with self._conn.execute(_PENDING_SUMMARY, (self._run_id, now)) as cursor:
-            row = await cursor.fetchone()
-        pending, next_due, elsewhere = (row[0], row[1], row[2]) if row else (0, None, 0)
-        return ClaimBatch(
-            claimed=[],
-            pending=int(pending),
-            next_due=next_due,
-            leased_elsewhere=int(elsewhere or 0),
-        )
-
-    async def _pending_hosts(self) -> list[str]:
-        """Up to `_HOSTS_PER_CLAIM` hosts with pending requests, in turn: those after the
-        host the last claim ended with, then from the first host on."""
-        hosts = await self._hosts_after(self._host_cursor, _HOSTS_PER_CLAIM)
-        if len(hosts) < _HOSTS_PER_CLAIM and self._host_cursor:
-            wrapped = await self._hosts_after("", _HOSTS_PER_CLAIM - len(hosts))
-            hosts.extend(host for host in wrapped if host <= self._host_cursor)
-        return hosts
-
-    async def _hosts_after(self, after: str, count: int) -> list[str]:
-        async with self._conn.execute(_PENDING_HOSTS, (after, count)) as cursor:
-            return [str(row[0]) for row in await cursor.fetchall()]
-
-    async def _renew_leases(self) -> None:
-        self._last_lease_renewal = time.monotonic()
-        await self._conn.execute(
-            "UPDATE requests SET lease_expires = ? WHERE lease_owner = ? AND state = 'pending'",
-            (time.time() + LEASE_SECONDS, self._run_id),
-        )
-        await self._conn.execute(
-            "UPDATE crawls SET heartbeat_at = ? WHERE id = ?", (time.time(), self._run_id)
-        )
-
-    async def _scalar(self, sql: str, params: Iterable[object] = ()) -> int:
-        async with self._conn.execute(sql, tuple(params)) as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
 
 
 def _is_awaited(message: _Message) -> bool:
@@ -680,150 +456,3 @@ def _is_awaited(message: _Message) -> bool:
 
 def _commit_waiters(writes: Sequence[PageResult | Seeds]) -> list[asyncio.Future[None]]:
     return [m.committed for m in writes if isinstance(m, Seeds) and m.committed is not None]
-
-
-def _skipped_row(run_id: int, skip: Skipped, now: str) -> tuple[object, ...]:
-    return (
-        skip.url,
-        skip.fingerprint,
-        skip.host,
-        skip.depth,
-        skip.reason.value,
-        skip.parent_id,
-        run_id,
-        now,
-        now,
-    )
-
-
-def _error_row(run_id: int, request_id: int | None, error: ErrorRecord) -> tuple[object, ...]:
-    return (
-        run_id,
-        request_id,
-        error.url,
-        error.kind,
-        error.message,
-        error.attempt,
-        error.callback,
-        error.created_at,
-    )
-
-
-def _claimed_from_row(row: Sequence[object]) -> Claimed:
-    """Rebuild a claimed request from the columns `_CLAIM` returns."""
-    row_id, url, method, callback, headers, meta, depth, priority, attempts = row
-    request = Request(
-        str(url),
-        callback=str(callback or "parse"),
-        method=str(method),
-        headers=json.loads(str(headers)) if headers else None,
-        meta=json.loads(str(meta)) if meta else None,
-        priority=int(priority),  # type: ignore[call-overload]
-        depth=int(depth),  # type: ignore[call-overload]
-    )
-    return Claimed(id=int(row_id), request=request, attempts=int(attempts))  # type: ignore[call-overload]
-
-
-_BUDGET_SKIPPED: Final = "state = 'skipped' AND reason IN ('max_pages', 'max_pages_per_host')"
-"""Rows skipped for a reason that belongs to a run's budget, not to the URL: a resume reopens
-them. Written out, not bound, so that the partial index `requests_budget_skips` applies (the
-queries name it: SQLite refuses them rather than scan the whole table)."""
-_BUDGET_SKIPPED_HOSTS: Final = (
-    f"SELECT DISTINCT host FROM requests INDEXED BY requests_budget_skips WHERE {_BUDGET_SKIPPED}"
-)
-_REOPEN_BUDGET_SKIPS: Final = (
-    "UPDATE requests SET state = 'pending', reason = NULL, finished_at = NULL "
-    "WHERE id IN (SELECT id FROM requests INDEXED BY requests_budget_skips "
-    f"WHERE {_BUDGET_SKIPPED} AND host = coalesce(?, host) ORDER BY id LIMIT ?)"
-)
-_INSERT_REQUEST: Final = BulkStatement(
-    "INSERT OR IGNORE INTO requests (url, fingerprint, host, method, callback, headers, meta, "
-    "depth, priority, state, parent_id, crawl_id, discovered_at) "
-    "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, 'pending', {9}, {10}, {11} "
-    "FROM {rows} ORDER BY {order}",
-    12,
-)
-_CREATE_ADMITTED_COUNT: Final = (
-    "CREATE TEMP TABLE IF NOT EXISTS batch_admitted (admitted INTEGER NOT NULL)"
-)
-_COUNT_ADMITTED: Final = "INSERT INTO temp.batch_admitted (admitted) SELECT changes()"
-"""Right after the requests insert of a one-call batch: how many rows that insert added."""
-_TAKE_ADMITTED_COUNT: Final = "DELETE FROM temp.batch_admitted RETURNING admitted"
-_INSERT_SKIPPED: Final = BulkStatement(
-    "INSERT OR IGNORE INTO requests (url, fingerprint, host, depth, state, reason, parent_id, "
-    "crawl_id, discovered_at, finished_at) "
-    "SELECT {0}, {1}, {2}, {3}, 'skipped', {4}, {5}, {6}, {7}, {8} FROM {rows} ORDER BY {order}",
-    9,
-)
-_INSERT_PAGE: Final = BulkStatement(
-    "INSERT INTO pages (request_id, crawl_id, url, final_url, status, content_type, "
-    "encoding, size_bytes, depth, elapsed_ms, fetched_at) "
-    "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10} "
-    "FROM {rows} ORDER BY {order}",
-    11,
-)
-_SET_PAGE_BODY: Final = "UPDATE pages SET body = ? WHERE request_id = ?"
-_INSERT_LINK: Final = BulkStatement(
-    "INSERT INTO links (page_id, from_url, to_url) SELECT page.id, {1}, link.value "
-    "FROM {rows} JOIN pages AS page ON page.request_id = {0} "
-    "JOIN json_each({row}, '$[2]') AS link ORDER BY {order}, link.key",
-    3,
-)
-_INSERT_ITEM: Final = BulkStatement(
-    "INSERT INTO items (crawl_id, request_id, page_url, type, data, created_at) "
-    "SELECT {0}, {1}, {2}, {3}, {4}, {5} FROM {rows} ORDER BY {order}",
-    6,
-)
-_INSERT_ERROR: Final = BulkStatement(
-    "INSERT INTO errors (crawl_id, request_id, url, kind, message, attempt, callback, created_at) "
-    "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7} FROM {rows} ORDER BY {order}",
-    8,
-)
-_INSERT_ITEM_KEY: Final = BulkStatement(
-    "INSERT INTO item_keys (type, key_hash, key, crawl_id, created_at) "
-    "SELECT {0}, {1}, {2}, {3}, {4} FROM {rows} ORDER BY {order}",
-    5,
-)
-_INSERT_ITEM_ERROR: Final = BulkStatement(
-    "INSERT INTO item_errors (crawl_id, request_id, url, callback, item_type, field, message, "
-    "data, created_at) SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8} "
-    "FROM {rows} ORDER BY {order}",
-    9,
-)
-_FINISH_REQUEST: Final = BulkStatement(
-    "UPDATE requests SET state = {0}, reason = {1}, attempts = {2}, not_before = {3}, "
-    "finished_at = {4}, lease_owner = NULL, lease_expires = NULL "
-    "FROM {rows} WHERE requests.id = {5}",
-    6,
-)
-_CLAIM: Final = (
-    "UPDATE requests SET lease_owner = ?, lease_expires = ? WHERE id IN ("
-    " SELECT id FROM requests WHERE state = 'pending' AND host = ?"
-    " AND (lease_expires IS NULL OR lease_expires < ?)"
-    " AND (not_before IS NULL OR not_before <= ?)"
-    " ORDER BY {order} LIMIT ?) "
-    "RETURNING id, url, method, callback, headers, meta, depth, priority, attempts"
-)
-_PENDING_SUMMARY: Final = (
-    "SELECT count(*), min(not_before), "
-    "sum(lease_owner IS NOT NULL AND lease_owner != ? AND lease_expires >= ?) "
-    "FROM requests WHERE state = 'pending'"
-)
-"""Pending rows, the earliest `not_before`, and how many other runs hold under a live lease."""
-_PENDING_HOSTS: Final = """
-WITH RECURSIVE next_host (host, n) AS (
-    SELECT (SELECT min(host) FROM requests WHERE state = 'pending' AND host > ?), 1
-    UNION ALL
-    SELECT (SELECT min(host) FROM requests WHERE state = 'pending' AND host > next_host.host),
-           n + 1
-    FROM next_host WHERE next_host.host IS NOT NULL AND n < ?
-)
-SELECT host FROM next_host WHERE host IS NOT NULL
-"""
-"""Hosts with pending requests, in order, after a given one: one index seek per host."""
-_UPSERT_ROBOTS: Final = BulkStatement(
-    "INSERT OR REPLACE INTO robots (url, host, fetched_at, status, outcome, crawl_delay, body, "
-    "error, crawl_id) SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8} "
-    "FROM {rows} ORDER BY {order}",
-    9,
-)

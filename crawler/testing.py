@@ -45,8 +45,8 @@ from yarl import URL
 from crawler.errors import SpiderError
 from crawler.http import Item, Request, Response
 from crawler.items import is_item
+from crawler.records import utc_now
 from crawler.spider import Spider, callback_of
-from crawler.storage import utc_now
 
 __all__ = [
     "CallbackResult",

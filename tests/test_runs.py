@@ -20,8 +20,8 @@ from crawler import crawl
 from crawler.cli import cli
 from crawler.cli_common import with_start_urls
 from crawler.engine import _run_to_the_end
+from crawler.records import utc_now
 from crawler.schema import SCHEMA_VERSION
-from crawler.storage import utc_now
 from tests.conftest import ROOT, RunCli, rows, scalar
 from tests.invariants import assert_all_accounted_for
 from tests.polite_sites import Handler

@@ -1,0 +1,174 @@
+"""Claims: leasing due pending requests from the SQLite frontier to this run, hosts taking turns.
+
+A claim marks up to N due pending rows with this run's id and a lease that ends after
+`LEASE_SECONDS` unless it is renewed (every `LEASE_SECONDS / 4`, with the run's heartbeat).
+So several processes can share one file, none taking a row another holds, and a dead
+process's claims return to the frontier when its lease runs out (at once when the next run on
+the same machine finds its process gone: crawler.runs). Claims run on the writer's
+connection, between its batches (crawler.storage).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, final
+
+import aiosqlite
+
+from crawler.http import Request
+from crawler.records import Claimed
+from crawler.settings import Settings
+
+__all__ = ["LEASE_SECONDS", "ClaimBatch", "Claims"]
+
+LEASE_SECONDS: Final = 120.0
+_HOSTS_PER_CLAIM: Final = 256
+
+
+@final
+@dataclass(slots=True, kw_only=True)
+class ClaimBatch:
+    """What a claim returned, and what the frontier looked like if it returned nothing."""
+
+    claimed: list[Claimed]
+    more: bool = False
+    """Some host had more due requests than this claim took (or the claim stopped at its
+    limit): another claim would find work even if nothing is committed in between."""
+    pending: int = 0
+    """Pending rows left (leased elsewhere or not yet due); counted only when none was claimed."""
+    next_due: float | None = None
+    """Earliest `not_before` among pending rows, when any is delayed."""
+    leased_elsewhere: int = 0
+    """Pending rows that other runs (processes sharing the file) hold under a live lease;
+    counted only when none was claimed. Their pages may bring new work at any moment."""
+    capped: bool = False
+    """Nothing was claimed because hosts with pending requests already hold `per_host` in
+    memory; then `pending` and `next_due` are not counted (that would scan the frontier)."""
+
+
+@final
+class Claims:
+    """The claims of one run, on the writer's connection."""
+
+    def __init__(self, conn: aiosqlite.Connection, *, run_id: int, settings: Settings) -> None:
+        self._conn = conn
+        self._run_id = run_id
+        self._depth_first = settings.order == "dfs"
+        self._host_cursor = ""
+        """The host the last claim ended with: the next one starts after it."""
+        self._last_renewal = time.monotonic()
+
+    async def prepare(self) -> None:
+        """Create what this run's claim order needs (depth-first: an index of its own)."""
+        if self._depth_first:
+            await self._conn.execute(
+                "CREATE INDEX IF NOT EXISTS requests_frontier_dfs "
+                "ON requests (host, priority DESC, id DESC) WHERE state = 'pending'"
+            )
+
+    async def claim(self, limit: int, held: Mapping[str, int], per_host: int) -> ClaimBatch:
+        """Lease up to `limit` due pending requests (see `Storage.claim`)."""
+        now = time.time()
+        descending = self._depth_first
+        sql = _CLAIM.format(order="priority DESC, id DESC" if descending else "priority DESC, id")
+        per_host = per_host or limit
+        claimed: list[Claimed] = []
+        capped = more = False
+        for host in await self._pending_hosts():
+            if len(claimed) >= limit:
+                more = True
+                break
+            host_room = per_host - held.get(host, 0)
+            if host_room < max(1, per_host // 4):
+                capped = True  # refill a host in chunks, not one request per finished page
+                continue
+            room = min(limit - len(claimed), host_room)
+            params = (self._run_id, now + LEASE_SECONDS, host, now, now, room)
+            async with self._conn.execute(sql, params) as cursor:
+                rows = list(await cursor.fetchall())
+            claimed.extend(_claimed_from_row(row) for row in rows)
+            more = more or len(rows) == room
+            self._host_cursor = host
+        claimed.sort(key=lambda c: (-c.request.priority, -c.id if descending else c.id))
+        if claimed or capped:
+            return ClaimBatch(claimed=claimed, more=more, capped=capped and not claimed)
+        async with self._conn.execute(_PENDING_SUMMARY, (self._run_id, now)) as cursor:
+            row = await cursor.fetchone()
+        pending, next_due, elsewhere = (row[0], row[1], row[2]) if row else (0, None, 0)
+        return ClaimBatch(
+            claimed=[],
+            pending=int(pending),
+            next_due=next_due,
+            leased_elsewhere=int(elsewhere or 0),
+        )
+
+    async def renew_leases_if_due(self) -> None:
+        """Extend this run's leases and heartbeat, every `LEASE_SECONDS / 4`."""
+        if time.monotonic() - self._last_renewal <= LEASE_SECONDS / 4:
+            return
+        self._last_renewal = time.monotonic()
+        await self._conn.execute(
+            "UPDATE requests SET lease_expires = ? WHERE lease_owner = ? AND state = 'pending'",
+            (time.time() + LEASE_SECONDS, self._run_id),
+        )
+        await self._conn.execute(
+            "UPDATE crawls SET heartbeat_at = ? WHERE id = ?", (time.time(), self._run_id)
+        )
+
+    async def _pending_hosts(self) -> list[str]:
+        """Up to `_HOSTS_PER_CLAIM` hosts with pending requests, in turn: those after the
+        host the last claim ended with, then from the first host on."""
+        hosts = await self._hosts_after(self._host_cursor, _HOSTS_PER_CLAIM)
+        if len(hosts) < _HOSTS_PER_CLAIM and self._host_cursor:
+            wrapped = await self._hosts_after("", _HOSTS_PER_CLAIM - len(hosts))
+            hosts.extend(host for host in wrapped if host <= self._host_cursor)
+        return hosts
+
+    async def _hosts_after(self, after: str, count: int) -> list[str]:
+        async with self._conn.execute(_PENDING_HOSTS, (after, count)) as cursor:
+            return [str(row[0]) for row in await cursor.fetchall()]
+
+
+def _claimed_from_row(row: Sequence[object]) -> Claimed:
+    """Rebuild a claimed request from the columns `_CLAIM` returns."""
+    row_id, url, method, callback, headers, meta, depth, priority, attempts = row
+    request = Request(
+        str(url),
+        callback=str(callback or "parse"),
+        method=str(method),
+        headers=json.loads(str(headers)) if headers else None,
+        meta=json.loads(str(meta)) if meta else None,
+        priority=int(priority),  # type: ignore[call-overload]
+        depth=int(depth),  # type: ignore[call-overload]
+    )
+    return Claimed(id=int(row_id), request=request, attempts=int(attempts))  # type: ignore[call-overload]
+
+
+_CLAIM: Final = (
+    "UPDATE requests SET lease_owner = ?, lease_expires = ? WHERE id IN ("
+    " SELECT id FROM requests WHERE state = 'pending' AND host = ?"
+    " AND (lease_expires IS NULL OR lease_expires < ?)"
+    " AND (not_before IS NULL OR not_before <= ?)"
+    " ORDER BY {order} LIMIT ?) "
+    "RETURNING id, url, method, callback, headers, meta, depth, priority, attempts"
+)
+_PENDING_SUMMARY: Final = (
+    "SELECT count(*), min(not_before), "
+    "sum(lease_owner IS NOT NULL AND lease_owner != ? AND lease_expires >= ?) "
+    "FROM requests WHERE state = 'pending'"
+)
+"""Pending rows, the earliest `not_before`, and how many other runs hold under a live lease."""
+_PENDING_HOSTS: Final = """
+WITH RECURSIVE next_host (host, n) AS (
+    SELECT (SELECT min(host) FROM requests WHERE state = 'pending' AND host > ?), 1
+    UNION ALL
+    SELECT (SELECT min(host) FROM requests WHERE state = 'pending' AND host > next_host.host),
+           n + 1
+    FROM next_host WHERE next_host.host IS NOT NULL AND n < ?
+)
+SELECT host FROM next_host WHERE host IS NOT NULL
+"""
+"""Hosts with pending requests, in order, after a given one: one index seek per host."""

@@ -1,0 +1,127 @@
+"""The statements a write batch runs (crawler.storage), and the rows some of them take.
+
+Each `BulkStatement` writes a whole table's share of a batch in one statement (crawler.bulk).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from crawler.bulk import BulkStatement
+from crawler.records import ErrorRecord, Skipped
+
+__all__ = [
+    "COUNT_ADMITTED",
+    "CREATE_ADMITTED_COUNT",
+    "FINISH_REQUEST",
+    "INSERT_ERROR",
+    "INSERT_ITEM",
+    "INSERT_ITEM_ERROR",
+    "INSERT_ITEM_KEY",
+    "INSERT_LINK",
+    "INSERT_PAGE",
+    "INSERT_REQUEST",
+    "INSERT_SKIPPED",
+    "SET_PAGE_BODY",
+    "TAKE_ADMITTED_COUNT",
+    "UPSERT_ROBOTS",
+    "error_row",
+    "skipped_row",
+]
+
+
+def skipped_row(run_id: int, skip: Skipped, now: str) -> tuple[object, ...]:
+    """The `INSERT_SKIPPED` row of a refused request."""
+    return (
+        skip.url,
+        skip.fingerprint,
+        skip.host,
+        skip.depth,
+        skip.reason.value,
+        skip.parent_id,
+        run_id,
+        now,
+        now,
+    )
+
+
+def error_row(run_id: int, request_id: int | None, error: ErrorRecord) -> tuple[object, ...]:
+    """The `INSERT_ERROR` row of an error."""
+    return (
+        run_id,
+        request_id,
+        error.url,
+        error.kind,
+        error.message,
+        error.attempt,
+        error.callback,
+        error.created_at,
+    )
+
+
+INSERT_REQUEST: Final = BulkStatement(
+    "INSERT OR IGNORE INTO requests (url, fingerprint, host, method, callback, headers, meta, "
+    "depth, priority, state, parent_id, crawl_id, discovered_at) "
+    "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, 'pending', {9}, {10}, {11} "
+    "FROM {rows} ORDER BY {order}",
+    12,
+)
+CREATE_ADMITTED_COUNT: Final = (
+    "CREATE TEMP TABLE IF NOT EXISTS batch_admitted (admitted INTEGER NOT NULL)"
+)
+COUNT_ADMITTED: Final = "INSERT INTO temp.batch_admitted (admitted) SELECT changes()"
+"""Right after the requests insert of a one-call batch: how many rows that insert added."""
+TAKE_ADMITTED_COUNT: Final = "DELETE FROM temp.batch_admitted RETURNING admitted"
+INSERT_SKIPPED: Final = BulkStatement(
+    "INSERT OR IGNORE INTO requests (url, fingerprint, host, depth, state, reason, parent_id, "
+    "crawl_id, discovered_at, finished_at) "
+    "SELECT {0}, {1}, {2}, {3}, 'skipped', {4}, {5}, {6}, {7}, {8} FROM {rows} ORDER BY {order}",
+    9,
+)
+INSERT_PAGE: Final = BulkStatement(
+    "INSERT INTO pages (request_id, crawl_id, url, final_url, status, content_type, "
+    "encoding, size_bytes, depth, elapsed_ms, fetched_at) "
+    "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10} "
+    "FROM {rows} ORDER BY {order}",
+    11,
+)
+SET_PAGE_BODY: Final = "UPDATE pages SET body = ? WHERE request_id = ?"
+INSERT_LINK: Final = BulkStatement(
+    "INSERT INTO links (page_id, from_url, to_url) SELECT page.id, {1}, link.value "
+    "FROM {rows} JOIN pages AS page ON page.request_id = {0} "
+    "JOIN json_each({row}, '$[2]') AS link ORDER BY {order}, link.key",
+    3,
+)
+INSERT_ITEM: Final = BulkStatement(
+    "INSERT INTO items (crawl_id, request_id, page_url, type, data, created_at) "
+    "SELECT {0}, {1}, {2}, {3}, {4}, {5} FROM {rows} ORDER BY {order}",
+    6,
+)
+INSERT_ERROR: Final = BulkStatement(
+    "INSERT INTO errors (crawl_id, request_id, url, kind, message, attempt, callback, created_at) "
+    "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7} FROM {rows} ORDER BY {order}",
+    8,
+)
+INSERT_ITEM_KEY: Final = BulkStatement(
+    "INSERT INTO item_keys (type, key_hash, key, crawl_id, created_at) "
+    "SELECT {0}, {1}, {2}, {3}, {4} FROM {rows} ORDER BY {order}",
+    5,
+)
+INSERT_ITEM_ERROR: Final = BulkStatement(
+    "INSERT INTO item_errors (crawl_id, request_id, url, callback, item_type, field, message, "
+    "data, created_at) SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8} "
+    "FROM {rows} ORDER BY {order}",
+    9,
+)
+FINISH_REQUEST: Final = BulkStatement(
+    "UPDATE requests SET state = {0}, reason = {1}, attempts = {2}, not_before = {3}, "
+    "finished_at = {4}, lease_owner = NULL, lease_expires = NULL "
+    "FROM {rows} WHERE requests.id = {5}",
+    6,
+)
+UPSERT_ROBOTS: Final = BulkStatement(
+    "INSERT OR REPLACE INTO robots (url, host, fetched_at, status, outcome, crawl_delay, body, "
+    "error, crawl_id) SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8} "
+    "FROM {rows} ORDER BY {order}",
+    9,
+)
