@@ -15,7 +15,8 @@ from html import escape
 from typing import Final
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+
+from crawler.demo.pages import html_not_found, html_response
 
 BOOKS_PER_PAGE: Final = 20
 RATING_WORDS: Final = ("One", "Two", "Three", "Four", "Five")
@@ -410,17 +411,15 @@ def _render_book(book: _Book) -> str:
     return _document(book.path, book.title, crumbs, book.title, body)
 
 
-def _html(text: str, status: int = 200) -> web.Response:
-    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
-
-
 def _page_number(name: str) -> int:
     return 1 if name == "index.html" else int(name.removeprefix("page-").removesuffix(".html"))
 
 
 async def _home(request: web.Request) -> web.Response:
     catalogue = request.app[_CATALOGUE]
-    return _html(_render_listing(catalogue, catalogue.listings["/catalogue/"], 1, "/index.html"))
+    return html_response(
+        _render_listing(catalogue, catalogue.listings["/catalogue/"], 1, "/index.html")
+    )
 
 
 async def _listing(request: web.Request) -> web.Response:
@@ -430,13 +429,13 @@ async def _listing(request: web.Request) -> web.Response:
     number = _page_number(name)
     if listing is None or number > listing.page_count:
         raise web.HTTPNotFound
-    return _html(_render_listing(catalogue, listing, number, request.path))
+    return html_response(_render_listing(catalogue, listing, number, request.path))
 
 
 async def _book(request: web.Request) -> web.Response:
     if (book := request.app[_CATALOGUE].by_path.get(request.path)) is None:
         raise web.HTTPNotFound
-    return _html(_render_book(book))
+    return html_response(_render_book(book))
 
 
 async def _cover(request: web.Request) -> web.Response:
@@ -447,15 +446,6 @@ async def _cover(request: web.Request) -> web.Response:
 
 async def _robots(request: web.Request) -> web.Response:
     return web.Response(text="User-agent: *\nAllow: /\n")
-
-
-@web.middleware
-async def _html_not_found(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer unknown paths with an HTML 404 page, as the real site's server does."""
-    try:
-        return await handler(request)
-    except web.HTTPNotFound:
-        return _html(_NOT_FOUND, status=404)
 
 
 def catalogue_app(book_count: int = 300, seed: int = 7) -> web.Application:
@@ -472,7 +462,7 @@ def catalogue_app(book_count: int = 300, seed: int = 7) -> web.Application:
         An aiohttp application serving ``/``, ``/index.html``, ``/catalogue/page-N.html``,
         category listings, product pages, cover images and ``/robots.txt``.
     """
-    app = web.Application(middlewares=[_html_not_found])
+    app = web.Application(middlewares=[html_not_found(_NOT_FOUND)])
     app[_CATALOGUE] = _generate(book_count, seed)
     page = r"{page:index\.html|page-[1-9][0-9]*\.html}"
     app.router.add_get("/", _home)

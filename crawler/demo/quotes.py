@@ -15,7 +15,8 @@ from html import escape
 from typing import Final
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+
+from crawler.demo.pages import html_not_found, html_response
 
 QUOTES_PER_PAGE: Final = 10
 
@@ -304,17 +305,13 @@ def _render_quotes(collection: _Collection, quotes: list[_Quote], number: int, b
     return _DOCUMENT.format(content=_PAGE.format(quotes="\n".join(blocks), top=top))
 
 
-def _html(text: str, status: int = 200) -> web.Response:
-    return web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
-
-
 async def _quotes(request: web.Request) -> web.Response:
     collection = request.app[_COLLECTION]
     number = int(request.match_info.get("number", "1"))
     if tag := request.match_info.get("tag"):
         quotes = [q for q in collection.quotes if tag in q.tags]
-        return _html(_render_quotes(collection, quotes, number, f"/tag/{tag}/"))
-    return _html(_render_quotes(collection, list(collection.quotes), number, "/"))
+        return html_response(_render_quotes(collection, quotes, number, f"/tag/{tag}/"))
+    return html_response(_render_quotes(collection, list(collection.quotes), number, "/"))
 
 
 async def _author_page(request: web.Request) -> web.Response:
@@ -324,24 +321,15 @@ async def _author_page(request: web.Request) -> web.Response:
         name=escape(author.name), born=author.born, location=escape(author.location),
         description=escape(author.description),
     )  # fmt: skip
-    return _html(_DOCUMENT.format(content=details))
+    return html_response(_DOCUMENT.format(content=details))
 
 
 async def _login(request: web.Request) -> web.Response:
-    return _html(_DOCUMENT.format(content=_LOGIN))
+    return html_response(_DOCUMENT.format(content=_LOGIN))
 
 
 async def _robots(request: web.Request) -> web.Response:
     return web.Response(text="User-agent: *\nAllow: /\n")
-
-
-@web.middleware
-async def _html_not_found(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer unknown paths with an HTML 404 page."""
-    try:
-        return await handler(request)
-    except web.HTTPNotFound:
-        return _html(_NOT_FOUND, status=404)
 
 
 def quotes_app(quote_count: int = 100, seed: int = 3) -> web.Application:
@@ -359,7 +347,7 @@ def quotes_app(quote_count: int = 100, seed: int = 3) -> web.Application:
         An aiohttp application serving ``/``, ``/page/N/``, ``/author/<Slug>``,
         ``/tag/<tag>/``, ``/tag/<tag>/page/N/``, ``/login`` and ``/robots.txt``.
     """
-    app = web.Application(middlewares=[_html_not_found])
+    app = web.Application(middlewares=[html_not_found(_NOT_FOUND)])
     app[_COLLECTION] = _generate(quote_count, seed)
     number = "{number:[1-9][0-9]*}"
     tag = "{tag:[a-z0-9-]+}"
