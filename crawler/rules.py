@@ -37,11 +37,11 @@ import inspect
 import re
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, TypeAlias, final
 
 from crawler.errors import SkipReason, SpiderError
 from crawler.frontier import normalise_domain
-from crawler.http import Item, Request, Response
+from crawler.http import Item, Request, RequestBatch, Response
 from crawler.links import extract_links_in, host_of
 from crawler.spider import Spider, callback_of
 
@@ -56,6 +56,10 @@ class Refused:
 
     url: str
     reason: SkipReason = SkipReason.RULE
+
+
+_RuleOutput: TypeAlias = "Item | Request | RequestBatch | Refused"
+"""What a CrawlSpider's callbacks yield: a callback's own output, and the rules' links."""
 
 
 @final
@@ -145,20 +149,22 @@ class CrawlSpider(Spider):
                     "generator method of the spider"
                 )
 
-    async def parse(self, response: Response) -> AsyncIterator[Item | Request | Refused]:
+    async def parse(self, response: Response) -> AsyncIterator[_RuleOutput]:
         """Parse a start page: `parse_start_url`, then follow the rules."""
         async for output in self.parse_start_url(response):
             yield output
         for link in self.follow_rules(response):
             yield link
 
-    async def parse_start_url(self, response: Response) -> AsyncIterator[Item | Request]:
+    async def parse_start_url(
+        self, response: Response
+    ) -> AsyncIterator[Item | Request | RequestBatch]:
         """Extract items from a start page; yields nothing unless overridden."""
-        nothing: tuple[Item | Request, ...] = ()
+        nothing: tuple[Item | Request | RequestBatch, ...] = ()
         for output in nothing:
             yield output
 
-    async def parse_by_rule(self, response: Response) -> AsyncIterator[Item | Request | Refused]:
+    async def parse_by_rule(self, response: Response) -> AsyncIterator[_RuleOutput]:
         """Parse a page a rule extracted: the rule's callback, then its links if it follows."""
         rule = self.rule_for(response.request.url)
         if rule is not None and rule.callback is not None:

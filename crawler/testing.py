@@ -43,9 +43,10 @@ from typing import Any, Final, final
 from yarl import URL
 
 from crawler.errors import SpiderError
-from crawler.http import Item, Request, Response
+from crawler.http import Item, Request, RequestBatch, Response
 from crawler.items import is_item
 from crawler.records import utc_now
+from crawler.rules import Refused
 from crawler.spider import Spider, callback_of
 
 __all__ = [
@@ -99,8 +100,9 @@ async def run_callback(
     """Run one callback of a spider over a page and return the items and requests it yields.
 
     Nothing is fetched, validated or stored: items are returned as yielded, and requests are
-    not checked against `allowed_domains` or de-duplicated. An exception raised by the
-    callback propagates, so the test shows it.
+    not checked against `allowed_domains` or de-duplicated (a `follow_all()` batch counts as
+    its requests, in order; links a `CrawlSpider`'s rules refuse are left out). An exception
+    raised by the callback propagates, so the test shows it.
 
     Args:
         spider: the spider class (or an instance).
@@ -133,6 +135,12 @@ async def run_callback(
         if isinstance(output, Request):
             callback_of(instance, output.callback)  # a crawl refuses unknown callbacks too
             requests.append(output)
+        elif isinstance(output, RequestBatch):
+            if output.urls:
+                callback_of(instance, output.callback)
+            requests.extend(output)
+        elif isinstance(output, Refused):
+            continue  # a link a CrawlSpider's rules do not follow: a crawl records it as skipped
         elif is_item(output):
             items.append(output)
         else:

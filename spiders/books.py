@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
 
-from crawler import Request, Response, Spider, text_of
+from crawler import Request, RequestBatch, Response, Spider, text_of
 
 RATINGS: Final = {"One": 1, "Two": 2, "Three": 3, "Four": 4, "Five": 5}
 
@@ -31,12 +31,12 @@ class BooksSpider(Spider):
     allowed_domains = ("books.toscrape.com",)
     item_types = (Book,)
 
-    async def parse(self, response: Response) -> AsyncIterator[Book | Request]:
+    async def parse(self, response: Response) -> AsyncIterator[Book | Request | RequestBatch]:
         """Follow the sidebar categories, the books listed here and the next listing page."""
-        for category in response.css("div.side_categories ul li ul li a"):
-            yield response.follow(category)
-        for book in response.css("article.product_pod h3 a"):
-            yield response.follow(book, callback=self.parse_book)
+        yield response.follow_all(response.css("div.side_categories ul li ul li a"))
+        yield response.follow_all(
+            response.css("article.product_pod h3 a"), callback=self.parse_book
+        )
         if next_page := response.css_first("li.next a"):
             yield response.follow(next_page)
 

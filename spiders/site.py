@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from crawler import Request, Response, Spider
+from crawler import RequestBatch, Response, Spider
 
 
 class SiteSpider(Spider):
@@ -17,7 +17,6 @@ class SiteSpider(Spider):
 
     name = "site"
 
-    async def parse(self, response: Response) -> AsyncIterator[Request | dict[str, Any]]:
+    async def parse(self, response: Response) -> AsyncIterator[RequestBatch | dict[str, Any]]:
         """Follow every link of the page; the engine records the page and its links."""
-        for url in response.links():
-            yield response.follow(url)
+        yield response.follow_all()

@@ -11,7 +11,17 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import BaseTestServer, TestServer
 
-from crawler import Request, Response, Spider, SpiderError, crawl, text_of
+from crawler import (
+    CrawlSpider,
+    Request,
+    RequestBatch,
+    Response,
+    Rule,
+    Spider,
+    SpiderError,
+    crawl,
+    text_of,
+)
 from crawler.cli_common import with_start_urls
 from crawler.demo import expected_quotes, quotes_app
 from crawler.testing import fixture_name, load_fixture, run_callback, save_fixture
@@ -288,3 +298,24 @@ async def test_record_refuses_a_url_the_database_does_not_hold(
 
     assert result.code == 2
     assert result.stderr.strip().splitlines() == [f"error: {db} has no page for {other}"]
+
+
+class BatchAndRulesSpider(CrawlSpider):
+    """Follows /keep links by its rule and every link again as one follow_all() batch."""
+
+    name = "batch_and_rules"
+    rules = (Rule(allow=(r"/keep",)),)
+
+    async def parse_start_url(self, response: Response) -> AsyncIterator[RequestBatch]:
+        yield response.follow_all(callback=self.parse_start_url)
+
+
+async def test_run_callback_returns_a_batch_as_its_requests_and_leaves_out_refused_links() -> None:
+    page = html_page('<a href="/keep/1">k</a><a href="/other">o</a>')
+    result = await run_callback(BatchAndRulesSpider, page, url="http://s.test/")
+    assert [(r.url, r.callback) for r in result.requests] == [
+        ("http://s.test/keep/1", "parse_start_url"),
+        ("http://s.test/other", "parse_start_url"),
+        ("http://s.test/keep/1", "parse_by_rule"),  # the rule; /other matched none: left out
+    ]
+    assert result.items == []
