@@ -12,7 +12,6 @@ within `shutdown_grace`, and the writer commits everything before the run is clo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import gzip
 import logging
@@ -36,7 +35,7 @@ from crawler.item_tables import declare_item_tables
 from crawler.records import Claimed, PageRecord, PageResult, RequestState, utc_now
 from crawler.robots import RobotsCache
 from crawler.runs import finish_run, release_leases, start_run
-from crawler.schema import open_database
+from crawler.schema import open_database, rollback
 from crawler.settings import Settings, load_settings
 from crawler.spider import Spider
 from crawler.stats import Stats, show_progress
@@ -145,11 +144,7 @@ class Crawl:
         """Roll back any half-written batch, free our leases and record how the run ended."""
         self.stats.finished = time.monotonic()
         try:
-            # A cancelled writer's last batch may still have been running in the database
-            # thread: it committed or rolled back before this ROLLBACK runs.
-            with contextlib.suppress(sqlite3.OperationalError):
-                if conn.in_transaction:
-                    await conn.execute("ROLLBACK")
+            await rollback(conn)  # a cancelled writer's half-written batch
             if run_id is not None:
                 await release_leases(conn, run_id)
                 await finish_run(

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 import aiosqlite
 
 from crawler.errors import SpiderError
+from crawler.schema import rollback
 from crawler.spider import Spider, dataclass_type_name
 
 if TYPE_CHECKING:
@@ -364,8 +365,7 @@ async def declare_item_tables(conn: aiosqlite.Connection, spider: Spider) -> Non
             await tables.ensure_table(conn, dataclass_type_name(cls), item_fields(cls))
         await conn.execute("COMMIT")
     except BaseException:
-        if conn.in_transaction:
-            await conn.execute("ROLLBACK")
+        await rollback(conn)
         raise
 
 

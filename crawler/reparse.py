@@ -34,7 +34,7 @@ from crawler.frontier import Frontier
 from crawler.http import Request, Response
 from crawler.item_tables import ItemTables, declare_item_tables, quote_identifier
 from crawler.records import Candidate, DropReason, PageResult, RequestState, Skipped, utc_now
-from crawler.schema import open_database
+from crawler.schema import open_database, rollback
 from crawler.settings import Settings
 from crawler.spider import Spider
 from crawler.stats import Stats
@@ -179,8 +179,7 @@ async def _transaction(conn: aiosqlite.Connection, work: Callable[[], Awaitable[
         await work()
         await conn.execute("COMMIT")
     except BaseException:
-        if conn.in_transaction:
-            await conn.execute("ROLLBACK")
+        await rollback(conn)
         raise
 
 

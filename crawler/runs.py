@@ -18,6 +18,7 @@ import aiosqlite
 from crawler.errors import StorageError
 from crawler.item_tables import drop_item_tables
 from crawler.records import utc_now
+from crawler.schema import rollback
 
 __all__ = ["finish_run", "release_leases", "start_run"]
 
@@ -83,8 +84,7 @@ async def start_run(
         run_id = cursor.lastrowid
         await conn.execute("COMMIT")
     except BaseException:
-        if conn.in_transaction:
-            await conn.execute("ROLLBACK")
+        await rollback(conn)
         raise
     assert run_id is not None  # an INSERT always sets lastrowid
     return run_id

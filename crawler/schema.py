@@ -28,7 +28,7 @@ import aiosqlite
 
 from crawler.errors import StorageError
 
-__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "connect", "open_database"]
+__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "connect", "open_database", "rollback"]
 
 APPLICATION_ID: Final = 0x43524C31  # "CRL1"
 
@@ -221,7 +221,7 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
         app_id = await _scalar(conn, "PRAGMA application_id")
         tables = await _scalar(conn, "SELECT count(*) FROM sqlite_master")
     except sqlite3.DatabaseError as exc:
-        await _rollback(conn)
+        await rollback(conn)
         if "not a database" in str(exc):
             raise StorageError(f"{path} is not a crawl database ({exc})") from None
         raise StorageError(f"cannot use database {path}: {exc}") from None
@@ -240,16 +240,27 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
             await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         await conn.execute("COMMIT")
     except sqlite3.Error as exc:
-        await _rollback(conn)
+        await rollback(conn)
         raise StorageError(f"cannot create the schema in {path}: {exc}") from None
     except BaseException:
-        await _rollback(conn)
+        await rollback(conn)
         raise
 
 
-async def _rollback(conn: aiosqlite.Connection) -> None:
-    if conn.in_transaction:
+async def rollback(conn: aiosqlite.Connection) -> None:
+    """Roll back the connection's open transaction, if it has one.
+
+    Safe after a cancelled `await`: the statement it waited for (a whole batch's script, say)
+    goes on in aiosqlite's thread and may commit or roll back before this `ROLLBACK` runs
+    there, which then finds nothing to roll back.
+    """
+    if not conn.in_transaction:
+        return
+    try:
         await conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if "no transaction is active" not in str(exc):
+            raise
 
 
 def _statements(script: str) -> list[str]:

@@ -37,6 +37,7 @@ from crawler.records import (
     Skipped,
     utc_now,
 )
+from crawler.schema import rollback
 from crawler.settings import Settings
 from crawler.statements import error_row, skipped_row
 from crawler.stats import Stats
@@ -272,8 +273,7 @@ class Storage:
                 await self._write_after_script(results)
                 await conn.execute("COMMIT")
         except BaseException:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
+            await rollback(conn)
             raise
         stats = self._stats
         stats.admitted += len(new_rows) - already_known
