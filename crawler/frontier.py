@@ -152,6 +152,7 @@ class Frontier:
         if reason is not None:
             skipped.append(_skipped(url, fp, host, reason, request.depth, parent_id))
             return reason
+        where = f"request {request.url}"
         candidates.append(
             Candidate(
                 url=url,
@@ -159,8 +160,8 @@ class Frontier:
                 host=host,
                 request=request if request.url == url else request.replace(url=url),
                 parent_id=parent_id,
-                meta_json=_to_json(request.meta, "meta", f"request {request.url}"),
-                headers_json=_to_json(request.headers, "headers", f"request {request.url}"),
+                meta_json=_to_json(request.meta, "meta", where),
+                headers_json=_to_json(request.headers, "headers", where),
             )
         )
         return None
@@ -200,6 +201,7 @@ class Frontier:
             )
             if refused is SkipReason.DUPLICATE:
                 duplicates += 1
+            recent, older = self._recent_urls.recent, self._recent_urls.older  # may have turned
         return duplicates
 
     def refuse(

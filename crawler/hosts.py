@@ -176,9 +176,8 @@ class HostState:
 
 @final
 class Slot:
-    """One attempt's hold on its host (see `Hosts.slot`); the fetcher reports the response
-    through it. An async context manager written out as a class: it is entered for every
-    request, and a generator-based one costs several times as much."""
+    """One attempt's hold on its host (see `Hosts.slot`), as an async context manager; the
+    fetcher reports the response through it."""
 
     __slots__ = ("_hosts", "_state", "retry_after", "started", "status")
 

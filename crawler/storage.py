@@ -287,10 +287,9 @@ class Storage:
 
     def _one_call_item_inserts(self, results: list[PageResult]) -> list[str] | None:
         """The typed-table inserts of a batch that can be written in one call, else None."""
-        settings = self._settings
         if not results:
             return None  # start requests: large and rare, plain parameters are cheaper
-        if settings.max_pages or settings.max_pages_per_host:
+        if self._budgets.active:
             return None  # the budgets count inside the transaction
         for result in results:
             if result.item_keys or (result.page is not None and result.page.body is not None):
