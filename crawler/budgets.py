@@ -33,14 +33,11 @@ __all__ = ["Budgets"]
 class Budgets:
     """One run's page budgets and its count of admitted requests."""
 
-    def __init__(
-        self, conn: aiosqlite.Connection, *, run_id: int, settings: Settings, stats: Stats
-    ) -> None:
+    def __init__(self, conn: aiosqlite.Connection, *, run_id: int, settings: Settings) -> None:
         self._conn = conn
         self._run_id = run_id
         self._max_pages = settings.max_pages
         self._per_host = settings.max_pages_per_host
-        self._stats = stats
         self._admitted = 0
         """Requests admitted in the file (not skipped); kept only with `max_pages`."""
         self._admitted_by_host: Counter[str] = Counter()
@@ -66,21 +63,21 @@ class Budgets:
         await self._reopen_budget_skips()
 
     async def admit(
-        self, candidates: list[Candidate], now: str
+        self, candidates: list[Candidate], now: str, tally: Stats
     ) -> tuple[list[tuple[object, ...]], list[Skipped]]:
         """Return the `requests` rows to insert for `candidates` (`INSERT OR IGNORE`: the
-        unique index still drops what the table holds) and the candidates over budget.
-        Call it inside the write transaction."""
+        unique index still drops what the table holds) and the candidates over budget;
+        duplicates are counted in `tally`. Call it inside the write transaction."""
         unique: dict[int, Candidate] = {}
         for candidate in candidates:
             if candidate.fingerprint in unique:
-                self._stats.skipped[SkipReason.DUPLICATE.value] += 1
+                tally.skipped[SkipReason.DUPLICATE.value] += 1
             else:
                 unique[candidate.fingerprint] = candidate
         # Budgets need to know which candidates are new before inserting; otherwise the
         # unique index sorts them out during the insert (one index lookup instead of two).
         existing = await self._existing(list(unique)) if self.active else set()
-        self._stats.skipped[SkipReason.DUPLICATE.value] += len(existing)
+        tally.skipped[SkipReason.DUPLICATE.value] += len(existing)
         if self._max_pages and unique:
             # Other processes may share this file (--processes): count inside the
             # transaction, so the budget holds for all of them together.
@@ -125,6 +122,14 @@ class Budgets:
                 )
             )
         return rows, over_budget
+
+    def counts(self) -> tuple[int, Counter[str]]:
+        """The admitted counts, to `restore` if the transaction that changed them fails."""
+        return self._admitted, self._admitted_by_host.copy()
+
+    def restore(self, counts: tuple[int, Counter[str]]) -> None:
+        """Go back to counts taken with `counts()` (the transaction was rolled back)."""
+        self._admitted, self._admitted_by_host = counts[0], counts[1].copy()
 
     def already_known(self, count: int) -> None:
         """`count` of the rows `admit` returned were in the table already (the insert

@@ -18,7 +18,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, final
 
-from crawler.errors import SkipReason, SpiderError, StopCrawl
+from crawler.errors import SkipReason, SpiderError, StopCrawl, StorageError
+from crawler.failures import describe, internal_error, storable
 from crawler.frontier import Frontier
 from crawler.http import Request, RequestBatch, Response
 from crawler.items import ItemProcessor, is_item
@@ -99,6 +100,10 @@ class CallbackRunner:
             logger.error("%s", exc)
             errors.append(spider_error(request.url, str(exc), callback))
             return
+        except Exception as exc:  # one request the gate cannot handle: that request's error
+            logger.warning("internal error admitting %r: %s", request.url, describe(exc))
+            errors.append(internal_error(str(request.url), exc, attempt=0, callback=callback))
+            return
         if reason is SkipReason.DUPLICATE:  # refused by the in-memory cache: counted, not stored
             self._stats.skipped[reason.value] += 1
 
@@ -156,6 +161,8 @@ class CallbackRunner:
                     result.candidates, result.skipped = [], []
         except StopCrawl as stop:
             self._on_stop(stop.reason)
+        except StorageError:
+            raise  # a spill could not be committed: not the callback's fault
         except Exception as exc:
             logger.exception("callback %s failed on %s", name, response.url)
             message = f"{type(exc).__name__}: {exc}"
@@ -237,6 +244,8 @@ class CallbackRunner:
             logger.error("%s (callback %s, %s)", message, request.callback, response.url)
             result.errors.append(spider_error(response.url, message, request.callback))
             return
+        data, replaced = storable(data)
+        self._stats.strings_replaced += replaced
         type_name = item_type_name(output, self._spider)  # type: ignore[arg-type]
         if dataclasses.is_dataclass(output):  # its typed table is made from the class
             result.item_classes[type(output)] = type_name
@@ -274,9 +283,9 @@ def spider_error(url: str, message: str, callback: str | None) -> ErrorRecord:
 
 def _error(url: str, kind: str, message: str, callback: str | None) -> ErrorRecord:
     return ErrorRecord(
-        url=url,
+        url=storable(url)[0],
         kind=kind,
-        message=message[:2000],
+        message=storable(message[:2000])[0],
         attempt=0,
         callback=callback,
         created_at=utc_now(),

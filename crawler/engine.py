@@ -26,6 +26,7 @@ from rich.console import Console
 
 from crawler.callbacks import CallbackRunner, LoopHeartbeat, spider_error
 from crawler.errors import SkipReason, StorageError
+from crawler.failures import describe, internal_failure
 from crawler.feeder import Feeder
 from crawler.fetcher import Deferred, Failed, Fetcher
 from crawler.frontier import Frontier
@@ -249,14 +250,39 @@ class Crawl:
             self.stats.in_flight += 1
             try:
                 result = await self._process(claimed, fetcher, storage)
+            except StorageError:
+                raise  # the engine's own invariant: the database cannot take the results
+            except Exception as exc:  # the per-request error boundary (crawler.failures)
+                result = self._internal_failure(claimed, exc)
             finally:
                 self.stats.in_flight -= 1
                 feeder.done(claimed)  # its host may take another request
             await storage.submit(result)
 
+    def _internal_failure(self, claimed: Claimed, exc: Exception) -> PageResult:
+        """What is recorded for a request whose handling raised: failed, kind `internal`."""
+        logger.warning(
+            "internal error on %s: %s (traceback stored in errors)",
+            claimed.request.url,
+            describe(exc),
+        )
+        return internal_failure(claimed, exc, attempts=claimed.attempts + 1)
+
     async def _process(self, claimed: Claimed, fetcher: Fetcher, storage: Storage) -> PageResult:
         """Fetch one request and run its callback; every outcome becomes a PageResult."""
         request = claimed.request
+        if not fetcher.start_urls_known:  # the address classes they resolve to are the crawl's
+            fetcher.start_from(self.spider)
+        refused = await fetcher.address_refusal(request, attempts_before=claimed.attempts)
+        if refused is not None:  # before robots.txt, whose fetch would be refused the same way
+            return PageResult(
+                request_id=claimed.id,
+                url=request.url,
+                state=RequestState.FAILED,
+                reason=f"{refused.error.kind}: {refused.error.message}"[:500],
+                attempts=refused.attempts,
+                errors=refused.failures,
+            )
         robots = await self._robots.check(request.url, fetcher)  # fetches robots.txt once
         if not robots.allowed:
             return PageResult(

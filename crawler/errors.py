@@ -11,8 +11,10 @@ CrawlerError                 base of everything we raise on purpose
 │   ├── ProtocolError        kind = "protocol"     (bad chunking, corrupt gzip, bad Content-Length)
 │   ├── HTTPStatusError      kind = "http_status"  (.status, .retry_after)
 │   ├── ResponseTooLarge     kind = "too_large"
-│   └── RedirectError        kind = "redirect"     (loop, too many, bad scheme, offsite target)
-├── StorageError             database unusable: disk full, read-only, not a crawl database
+│   ├── RedirectError        kind = "redirect"     (loop, too many, bad scheme, offsite target)
+│   └── PrivateAddressError  kind = "private_address" (an internal address; see crawler.addresses)
+├── StorageError             not a crawl database, newer schema, damaged, missing     → exit 2
+│   └── StorageFailure       the storage fails: disk full, read-only, I/O error, locked → exit 1
 └── QueryError               `crawler query` SQL rejected by SQLite                     → exit 2
 
 StopCrawl(Exception)         raised by a callback to end the crawl cleanly (control flow)
@@ -33,6 +35,7 @@ __all__ = [
     "FetchError",
     "FetchTimeout",
     "HTTPStatusError",
+    "PrivateAddressError",
     "ProtocolError",
     "QueryError",
     "RedirectError",
@@ -42,6 +45,7 @@ __all__ = [
     "SpiderNotFound",
     "StopCrawl",
     "StorageError",
+    "StorageFailure",
 ]
 
 
@@ -63,6 +67,11 @@ class SpiderNotFound(SpiderError):
 
 class StorageError(CrawlerError):
     """The crawl database cannot be used: missing, not a crawl database, disk full, read-only."""
+
+
+class StorageFailure(StorageError):
+    """The storage under a usable file fails: disk full, read-only file or filesystem, I/O
+    error, locked for too long. Unlike a wrong file, running again once it is mended works."""
 
 
 class QueryError(CrawlerError):
@@ -114,6 +123,13 @@ class RedirectError(FetchError):
     kind = "redirect"
 
 
+class PrivateAddressError(FetchError):
+    """The request, or one of its redirects, would connect to an internal address (loopback,
+    private, link-local…) that the crawl may not reach; never retried."""
+
+    kind = "private_address"
+
+
 class HTTPStatusError(FetchError):
     """The server answered with an error status (4xx or 5xx)."""
 
@@ -149,3 +165,5 @@ class SkipReason(StrEnum):
     ROBOTS = "robots"
     RULE = "rule"
     TRAP = "trap"
+    INTERNAL = "internal"
+    """The database refused the request's row (a value it cannot hold); see `errors`."""

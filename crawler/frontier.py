@@ -22,6 +22,7 @@ from typing import Final, Generic, TypeVar, final
 from yarl import URL
 
 from crawler.errors import SkipReason, SpiderError
+from crawler.failures import storable
 from crawler.http import Request, RequestBatch
 from crawler.links import canonical_parts, fingerprint
 from crawler.records import Candidate, Skipped
@@ -279,6 +280,7 @@ def _to_json(value: Mapping[str, object], what: str, where: str) -> str | None:
     if not value:
         return None
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise SpiderError(f"{where}: {what} is not JSON-serialisable: {exc}") from None
+    return storable(text)[0]

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar, Union, final
 
 from crawler.errors import SpiderError, StopCrawl
+from crawler.failures import storable
 from crawler.http import Response
 from crawler.records import DropReason, ErrorRecord, ItemErrorRecord, ItemKey, PageResult, utc_now
 from crawler.spider import Spider, item_type_name
@@ -198,8 +199,8 @@ class ItemProcessor:
                 callback=callback,
                 item_type=type_name,
                 field=why.field,
-                message=why.message[:2000],
-                data=data,
+                message=storable(why.message[:2000])[0],
+                data=storable(data)[0],
             )
         )
 
@@ -241,7 +242,7 @@ def _spider_error(url: str, message: str, callback: str) -> ErrorRecord:
     return ErrorRecord(
         url=url,
         kind="spider",
-        message=message[:2000],
+        message=storable(message[:2000])[0],
         attempt=0,
         callback=callback,
         created_at=utc_now(),

@@ -50,9 +50,27 @@ class Stats:
     bytes_received: int = 0
     retries: int = 0
     rescheduled: int = 0
+    strings_replaced: int = 0
+    """Lone surrogates in what the spider yielded, stored as U+FFFD (UTF-8 cannot hold them)."""
     pending: int = 0
     """Requests waiting in the frontier (this process's view)."""
     in_flight: int = 0
+
+    def absorb(self, tally: Stats) -> None:
+        """Add the counts of `tally` (what one committed write batch changed) to these."""
+        self.pages += tally.pages
+        self.items += tally.items
+        self.items_by_type.update(tally.items_by_type)
+        self.items_dropped.update(tally.items_dropped)
+        self.admitted += tally.admitted
+        self.done += tally.done
+        self.failed += tally.failed
+        self.skipped.update(tally.skipped)
+        self.errors.update(tally.errors)
+        self.statuses.update(tally.statuses)
+        self.bytes_received += tally.bytes_received
+        self.rescheduled += tally.rescheduled
+        self.pending += tally.pending
 
     @property
     def elapsed(self) -> float:
@@ -81,6 +99,7 @@ class Stats:
             "bytes_received": self.bytes_received,
             "retries": self.retries,
             "rescheduled": self.rescheduled,
+            "strings_replaced": self.strings_replaced,
             "duration_s": round(self.elapsed, 3),
             "pages_per_second": round(self.pages_per_second, 1),
         }
@@ -127,6 +146,8 @@ def render_summary(spider: str, status: str, summary: dict[str, Any]) -> Table:
         ("duration", f"{summary['duration_s']:,.1f} s"),
         ("pages/s", f"{summary['pages_per_second']:,.1f}"),
     ]
+    if replaced := summary.get("strings_replaced", 0):  # rare: shown only when it happened
+        rows.insert(3, ("characters replaced", f"{replaced:,} (lone surrogates, as U+FFFD)"))
     for name, value in rows:
         table.add_row(name, str(value))
     return table

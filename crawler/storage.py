@@ -17,7 +17,7 @@ import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, final
+from typing import Any, Final, final
 
 import aiosqlite
 
@@ -26,9 +26,12 @@ from crawler.budgets import Budgets
 from crawler.bulk import Script, select_in
 from crawler.claims import ClaimBatch, Claims
 from crawler.errors import SkipReason, StorageError
+from crawler.failures import describe, internal_error, internal_failure, storable
+from crawler.http import Request
 from crawler.item_tables import ItemTables
 from crawler.records import (
     Candidate,
+    Claimed,
     DropReason,
     ErrorRecord,
     ItemKey,
@@ -102,7 +105,7 @@ class Storage:
         self._inbox: asyncio.Queue[_Message | None] = asyncio.Queue(
             maxsize=settings.write_batch_size * 4
         )
-        self._budgets = Budgets(conn, run_id=run_id, settings=settings, stats=stats)
+        self._budgets = Budgets(conn, run_id=run_id, settings=settings)
         self._claims = Claims(conn, run_id=run_id, settings=settings)
         self._item_tables = ItemTables()
 
@@ -205,14 +208,18 @@ class Storage:
         orders = [m for m in messages if isinstance(m, _ClaimOrder)]
         try:
             if writes:
-                await self._commit(writes)
+                await self._commit_or_split(writes)
             for order in orders:
                 if not order.reply.done():
                     batch = await self._claims.claim(order.limit, order.held, order.per_host)
                     order.reply.set_result(batch)
             await self._claims.renew_leases_if_due()
-        except sqlite3.Error as exc:
-            failure = StorageError(f"database write failed: {exc}")
+        except (sqlite3.Error, StorageError) as exc:
+            failure = (
+                exc
+                if isinstance(exc, StorageError)
+                else StorageError(f"database write failed: {exc}")
+            )
             waiters: list[asyncio.Future[Any]] = [o.reply for o in orders]
             for waiter in waiters + _commit_waiters(writes):
                 if not waiter.done():
@@ -224,12 +231,80 @@ class Storage:
         if writes:
             self._on_committed(sum(1 for m in writes if isinstance(m, PageResult)))
 
+    async def _commit_or_split(self, writes: Sequence[PageResult | Seeds]) -> None:
+        """Commit `writes`; when their content is refused, find the refused rows by halving.
+
+        One row that SQLite or encoding cannot take (an integer past 64 bits, text it cannot
+        hold, a value our statements did not foresee) must not stop the crawl: the batch is
+        split and each half committed alone, down to the one result that is refused, which
+        is then recorded as its request's `internal` failure (crawler.failures). A failure
+        of the database itself (disk full, read-only, locked, corrupt) is raised at once.
+
+        Raises:
+            sqlite3.Error: the database refused a write for a reason no row's content explains.
+            StorageError: even the failure record of one refused result could not be written.
+        """
+        try:
+            await self._commit_restoring(writes)
+        except sqlite3.Error as exc:
+            if _is_database_failure(exc):
+                raise
+            await self._split(writes, exc)
+        except (ValueError, TypeError, OverflowError, UnicodeError, KeyError) as exc:
+            await self._split(writes, exc)
+
+    async def _split(self, writes: Sequence[PageResult | Seeds], exc: Exception) -> None:
+        if len(writes) > 1:
+            middle = len(writes) // 2
+            await self._commit_or_split(writes[:middle])
+            await self._commit_or_split(writes[middle:])
+            return
+        (refused,) = writes
+        if isinstance(refused, Seeds) and _seed_rows(refused) > 1:
+            first, second = _halves(refused)
+            await self._commit_or_split([first])
+            await self._commit_or_split([second])
+            return
+        if isinstance(refused, PageResult) and (refused.candidates or refused.skipped):
+            # The refused row may be one of the requests it found: record those on their
+            # own (each refused one as skipped `internal`), then the page without them.
+            found = Seeds(candidates=refused.candidates, skipped=refused.skipped)
+            refused.candidates, refused.skipped = [], []
+            await self._commit_or_split([found])
+            await self._commit_or_split([refused])
+            return
+        replacement = _refused_record(refused, exc)
+        logger.warning(
+            "the database refused the results of %s: %s (recorded as an internal error)",
+            replacement.errors[0].url,
+            describe(exc),
+        )
+        try:
+            await self._commit_restoring([replacement])
+        except Exception as again:
+            raise StorageError(f"database write failed: {describe(again)}") from again
+
+    async def _commit_restoring(self, writes: Sequence[PageResult | Seeds]) -> None:
+        """`_commit`, leaving the writer's state as it was if the transaction fails."""
+        budgets = self._budgets.counts()
+        results = [(m, m.items, m.item_keys) for m in writes if isinstance(m, PageResult)]
+        try:
+            await self._commit(writes)
+        except BaseException:
+            self._budgets.restore(budgets)
+            for result, items, keys in results:
+                result.items, result.item_keys = items, keys
+            self._item_tables = ItemTables()  # it may know of tables the rollback removed
+            raise
+
     async def _commit(self, writes: Sequence[PageResult | Seeds]) -> None:
         """Write a batch in one transaction. Usually that is one call to the database thread
         (see `crawler.bulk`); budgets, item keys, stored bodies and new item types need
-        queries or parameters in between, and take one call per statement instead."""
+        queries or parameters in between, and take one call per statement instead.
+        The counters change only once the transaction is committed."""
         conn = self._conn
         now = utc_now()
+        tally = Stats()
         candidates: list[Candidate] = []
         skipped: list[Skipped] = []
         for message in writes:
@@ -241,13 +316,13 @@ class Storage:
         if item_inserts is None:
             await conn.execute("BEGIN IMMEDIATE")
         try:
-            new_rows, budget_skips = await self._budgets.admit(candidates, now)
+            new_rows, budget_skips = await self._budgets.admit(candidates, now, tally)
             skipped.extend(budget_skips)
             rest = Script()
             rest.add(
                 statements.INSERT_SKIPPED, [skipped_row(self._run_id, s, now) for s in skipped]
             )
-            await self._write_results(results, now, rest)
+            await self._write_results(results, now, rest, tally)
             rest.add(
                 statements.INSERT_ERROR, [error_row(self._run_id, None, e) for e in seed_errors]
             )
@@ -275,15 +350,15 @@ class Storage:
         except BaseException:
             await rollback(conn)
             raise
-        stats = self._stats
-        stats.admitted += len(new_rows) - already_known
-        stats.pending += len(new_rows) - already_known
-        stats.skipped[SkipReason.DUPLICATE.value] += already_known
+        tally.admitted += len(new_rows) - already_known
+        tally.pending += len(new_rows) - already_known
+        tally.skipped[SkipReason.DUPLICATE.value] += already_known
         self._budgets.already_known(already_known)
         for skip in skipped:
-            stats.skipped[skip.reason.value] += 1
+            tally.skipped[skip.reason.value] += 1
         for error in seed_errors:
-            stats.errors[error.kind] += 1
+            tally.errors[error.kind] += 1
+        self._stats.absorb(tally)
 
     def _one_call_item_inserts(self, results: list[PageResult]) -> list[str] | None:
         """The typed-table inserts of a batch that can be written in one call, else None."""
@@ -301,19 +376,22 @@ class Storage:
         async with self._conn.execute(statements.TAKE_ADMITTED_COUNT) as cursor:
             return sum(int(row[0]) for row in await cursor.fetchall())
 
-    async def _write_results(self, results: list[PageResult], now: str, script: Script) -> None:
+    async def _write_results(
+        self, results: list[PageResult], now: str, script: Script, tally: Stats
+    ) -> None:
         """Add the rows of a batch's results to `script` (pages, links, items, errors, request
-        states, robots answers); the item checks before them may query the table."""
+        states, robots answers), counted in `tally`; the item checks before them may query
+        the table."""
         if not results:
             return
-        await self._write_item_checks(results, now, script)
+        await self._write_item_checks(results, now, script, tally)
         pages: list[tuple[object, ...]] = []
         links: list[tuple[object, ...]] = []
         items: list[tuple[object, ...]] = []
         errors: list[tuple[object, ...]] = []
         updates: list[tuple[object, ...]] = []
         robots_rows: list[tuple[object, ...]] = []
-        stats = self._stats
+        stats = tally
         for result in results:
             if (page := result.page) is not None:
                 pages.append(
@@ -402,11 +480,13 @@ class Storage:
         if results:
             await self._item_tables.write(self._conn, results)
 
-    async def _write_item_checks(self, results: list[PageResult], now: str, script: Script) -> None:
+    async def _write_item_checks(
+        self, results: list[PageResult], now: str, script: Script, tally: Stats
+    ) -> None:
         """Drop items whose de-duplication key is already stored (by an earlier batch or run,
         or earlier in this batch) and store the new keys; write refused items to `item_errors`.
         Runs first, so everything after it sees only the items that are kept."""
-        stats = self._stats
+        stats = tally
         keys = [key for result in results for key in result.item_keys.values()]
         seen = await self._stored_item_keys(keys)
         key_rows: list[tuple[object, ...]] = []
@@ -455,3 +535,72 @@ def _is_awaited(message: _Message) -> bool:
 
 def _commit_waiters(writes: Sequence[PageResult | Seeds]) -> list[asyncio.Future[None]]:
     return [m.committed for m in writes if isinstance(m, Seeds) and m.committed is not None]
+
+
+_DATABASE_FAILURES: Final = (
+    "SQLITE_FULL",
+    "SQLITE_IOERR",
+    "SQLITE_READONLY",
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_CORRUPT",
+    "SQLITE_NOTADB",
+    "SQLITE_CANTOPEN",
+    "SQLITE_NOMEM",
+    "SQLITE_PERM",
+    "SQLITE_PROTOCOL",
+    "SQLITE_NOLFS",
+    "SQLITE_AUTH",
+)
+
+
+def _is_database_failure(exc: sqlite3.Error) -> bool:
+    """Whether SQLite refused because of the database itself, not because of a row."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if name is None:  # no SQLite code (e.g. a closed connection): not a row's fault either
+        return not isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError)
+    return str(name).startswith(_DATABASE_FAILURES)
+
+
+def _seed_rows(seeds: Seeds) -> int:
+    return len(seeds.candidates) + len(seeds.skipped) + len(seeds.errors)
+
+
+def _halves(seeds: Seeds) -> tuple[Seeds, Seeds]:
+    """Two messages holding the rows of `seeds` (its waiter stays with the original)."""
+    rows: list[Candidate | Skipped | ErrorRecord] = [*seeds.candidates, *seeds.skipped]
+    rows.extend(seeds.errors)
+    middle = len(rows) // 2
+    halves = (Seeds(), Seeds())
+    for index, row in enumerate(rows):
+        half = halves[index >= middle]
+        if isinstance(row, Candidate):
+            half.candidates.append(row)
+        elif isinstance(row, Skipped):
+            half.skipped.append(row)
+        else:
+            half.errors.append(row)
+    return halves
+
+
+def _refused_record(refused: PageResult | Seeds, exc: Exception) -> PageResult | Seeds:
+    """What is written instead of a result (or a single discovered request) the database
+    refused: its request failed with an `internal` error, nothing else of it kept."""
+    if isinstance(refused, PageResult):
+        claimed = Claimed(id=refused.request_id, request=Request(refused.url), attempts=0)
+        return internal_failure(claimed, exc, attempts=refused.attempts)
+    found: list[Candidate | Skipped | ErrorRecord] = [*refused.candidates, *refused.skipped]
+    found.extend(refused.errors)
+    (row,) = found
+    error = internal_error(row.url, exc, attempt=0, callback=None)
+    if not isinstance(row, Candidate):
+        return Seeds(errors=[error])
+    skipped = Skipped(
+        url=error.url,
+        fingerprint=row.fingerprint,
+        host=storable(row.host)[0],
+        reason=SkipReason.INTERNAL,
+        depth=min(max(row.request.depth, 0), 2**31),
+        parent_id=row.parent_id,
+    )
+    return Seeds(skipped=[skipped], errors=[error])
