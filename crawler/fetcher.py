@@ -1,6 +1,10 @@
 """All HTTP: one aiohttp session, a semaphore on every fetch, timeouts, size cap, redirects
 and retries (tenacity), with aiohttp's exceptions translated into `FetchError`s.
 
+Every new connection goes through `GuardedConnector` (crawler.addresses), which refuses
+internal addresses the crawl may not reach; a redirect to another origin drops the request's
+credential headers.
+
 `Fetcher.fetch` returns a value for every outcome: `Fetched` (a response was received, maybe
 an error status), `Failed` (no usable response after retries) or `Deferred` (a long
 `Retry-After`: the request goes back to the frontier with a not-before time instead of
@@ -14,17 +18,19 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Final, Self, final
+from typing import TYPE_CHECKING, Final, Self, final
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from multidict import CIMultiDictProxy
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from yarl import URL
 
+from crawler.addresses import AddressPolicy, AddressRefused, GuardedConnector, start_urls_of
 from crawler.bodies import (
     SUPPORTED_ENCODINGS,
     BodyTooLarge,
@@ -37,6 +43,7 @@ from crawler.errors import (
     FetchError,
     FetchTimeout,
     HTTPStatusError,
+    PrivateAddressError,
     ProtocolError,
     RedirectError,
     ResponseTooLarge,
@@ -48,6 +55,9 @@ from crawler.records import ErrorRecord, utc_now
 from crawler.settings import Settings
 from crawler.timeouts import Deadlines
 
+if TYPE_CHECKING:
+    from crawler.spider import Spider
+
 __all__ = ["Deferred", "Failed", "FetchOutcome", "Fetched", "Fetcher", "parse_retry_after"]
 
 logger = logging.getLogger(__name__)
@@ -56,6 +66,10 @@ _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 _READ_CHUNK: Final = 64 * 1024
 _MAX_TIMEOUT_LATENESS: Final = 0.25
 """Seconds a request timeout may fire late (see crawler.timeouts); less for short timeouts."""
+_CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
+"""Request headers that stay with their origin: dropped on a redirect to another scheme, host
+or port, as requests and httpx do, so that a redirect cannot hand them to another site."""
+_APPROVED_ORIGINS_LIMIT: Final = 100_000
 
 
 @final
@@ -110,10 +124,24 @@ class _RetryableStatus(Exception):
 
 @final
 class Fetcher:
-    """The crawl's HTTP client. Use as `async with Fetcher(settings, check) as fetcher:`."""
+    """The crawl's HTTP client. Use as `async with Fetcher(settings, check) as fetcher:`.
+
+    `start_urls` are the URLs the crawl starts from: the classes of internal address they
+    resolve to may be fetched (see crawler.addresses). Without them (None), every URL handed
+    to `fetch` counts as one, as for a one-off fetch of a URL the user gave; its redirects are
+    still checked. `resolver` and `connector_class` let tests put a fake DNS and a
+    loopback-only layer around the guard.
+    """
 
     def __init__(
-        self, settings: Settings, redirect_check: RedirectCheck, *, hosts: Hosts | None = None
+        self,
+        settings: Settings,
+        redirect_check: RedirectCheck,
+        *,
+        hosts: Hosts | None = None,
+        start_urls: Iterable[str] | None = None,
+        resolver: AbstractResolver | None = None,
+        connector_class: type[GuardedConnector] = GuardedConnector,
     ) -> None:
         self._settings = settings
         self._redirect_check = redirect_check
@@ -123,7 +151,15 @@ class Fetcher:
             resolution=min(_MAX_TIMEOUT_LATENESS, settings.request_timeout / 20)
         )
         self._retry_statuses = frozenset(settings.retry_statuses)
-        connector = aiohttp.TCPConnector(
+        self._policy = AddressPolicy(allow_all=settings.allow_private_addresses)
+        self._trust_direct = start_urls is None
+        if start_urls is not None:
+            self._policy.add_start_urls(start_urls)
+        self._approved_origins: set[str] = set()
+        """Origins whose host `address_refusal` found allowed (the connection checks again)."""
+        self._connector = connector = connector_class(
+            policy=self._policy,
+            resolver=resolver,
             limit=settings.concurrency,
             limit_per_host=settings.concurrency_per_host,
             ttl_dns_cache=300,
@@ -155,12 +191,57 @@ class Fetcher:
         finally:
             await self._deadlines.__aexit__(exc_type, exc, tb)
 
+    @property
+    def start_urls_known(self) -> bool:
+        """Whether the crawl's start URLs were given (see the class doc)."""
+        return not self._trust_direct
+
+    def start_from(self, spider: Spider) -> None:
+        """Give a fetcher made without start URLs those of the crawl's spider (`start_urls`,
+        a SitemapSpider's `sitemap_urls`); from then on, being handed to `fetch` earns a URL
+        no trust."""
+        self._trust_direct = False
+        self._policy.add_start_urls(start_urls_of(spider))
+
+    async def address_refusal(self, request: Request, *, attempts_before: int = 0) -> Failed | None:
+        """Return a `private_address` failure if the request's host resolves to an address the
+        crawl may not reach, before anything is sent (robots.txt included); else None.
+
+        An early answer only: each connection is checked again on the addresses it uses. A
+        host that cannot be resolved is left for the fetch to report.
+        """
+        if self._policy.allow_all:
+            return None
+        url = request.url
+        origin = _origin_prefix(url)
+        if origin in self._approved_origins:
+            return None
+        try:
+            parsed = URL(url, encoded=True)
+            host, port = parsed.raw_host, parsed.port
+            if host is None or port is None:
+                return None
+            await self._connector.check(host, port)
+        except AddressRefused as refused:
+            error = PrivateAddressError(url, str(refused))
+            attempt = attempts_before + 1
+            failures = [_failure(url, error, attempt)]
+            return Failed(error=error, attempts=attempt, failures=failures)
+        except (OSError, aiohttp.ClientError, ValueError):
+            return None
+        if len(self._approved_origins) >= _APPROVED_ORIGINS_LIMIT:
+            self._approved_origins.clear()
+        self._approved_origins.add(origin)
+        return None
+
     async def fetch(self, request: Request, *, attempts_before: int = 0) -> FetchOutcome:
         """Fetch a request, retrying retryable failures with backoff; never raises FetchError.
 
         The first attempt runs on its own, since most requests need no other; a retryable
         failure sleeps its backoff and hands the remaining attempts to tenacity.
         """
+        if self._trust_direct:
+            self._policy.add_start_urls((request.url,))
         failures: list[ErrorRecord] = []
         budget = max(1, self._settings.max_retries + 1 - attempts_before)
         attempts = attempts_before + 1
@@ -271,17 +352,25 @@ class Fetcher:
     ) -> tuple[str, int, CIMultiDictProxy[str], bytes]:
         url = request.url
         method = request.method
+        headers = request.headers or None
         visited = {url}
-        for _hop in range(self._settings.max_redirects + 1):
-            async with self._session.request(
-                method,
-                URL(url, encoded=True),
-                headers=request.headers or None,
-                allow_redirects=False,
-            ) as response:
+        for hop in range(self._settings.max_redirects + 1):
+            try:
+                response = await self._session.request(
+                    method, URL(url, encoded=True), headers=headers, allow_redirects=False
+                )
+            except AddressRefused as refused:
+                where = f"redirect to {url}: " if hop else ""
+                raise PrivateAddressError(request.url, f"{where}{refused}") from None
+            async with response:
                 location = response.headers.get("Location")
                 if response.status in _REDIRECT_STATUSES and location:
-                    url = self._redirect_target(url, location, visited)
+                    target = self._redirect_target(url, location, visited)
+                    if headers and not _same_origin(url, target):
+                        # Once dropped they stay dropped, even if a later hop comes back:
+                        # the other origin chose where that hop goes.
+                        headers = _without_credentials(headers)
+                    url = target
                     visited.add(url)
                     if response.status == 303 or (
                         response.status in (301, 302) and method == "POST"
@@ -353,6 +442,23 @@ def _translate_errors(url: str) -> Iterator[None]:
         raise ProtocolError(url, str(exc) or type(exc).__name__) from exc
     except (ValueError, UnicodeError) as exc:  # e.g. a header aiohttp cannot encode
         raise ProtocolError(url, str(exc)) from exc
+
+
+def _origin_prefix(url: str) -> str:
+    """`scheme://host:port` as written at the start of a URL (no parsing: called per request)."""
+    end = url.find("/", url.find("//") + 2)
+    return url if end < 0 else url[:end]
+
+
+def _same_origin(url: str, other: str) -> bool:
+    """Whether two URLs share scheme, host and port (default ports made explicit)."""
+    a, b = URL(url, encoded=True), URL(other, encoded=True)
+    return a.scheme == b.scheme and a.raw_host == b.raw_host and a.port == b.port
+
+
+def _without_credentials(headers: Mapping[str, str]) -> dict[str, str] | None:
+    kept = {k: v for k, v in headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
+    return kept or None
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -79,6 +79,14 @@ class Settings:
     max_redirects: int = 10
     """Redirect hops followed per request before failing with kind `redirect`."""
 
+    allow_private_addresses: bool = False
+    """Let the crawl connect to internal addresses: loopback, private (RFC 1918), link-local,
+    carrier-grade NAT, unique-local, multicast and reserved. Off by default, so that a link, a
+    redirect or a DNS answer cannot point the crawler at the network it runs in: such a
+    request fails with kind `private_address`, unless the crawl's start URLs resolve to the
+    same class of address (a crawl started on 127.0.0.1 may fetch loopback). Every new
+    connection is checked, after DNS."""
+
     max_depth: int = 0
     """Deepest link depth followed from a start URL (start URLs are depth 0; 0 = no limit)."""
 
