@@ -1,8 +1,10 @@
 """The `crawler` command line: crawl, list, query, settings and demo.
 
 Argument parsing and exit codes live here, nothing else: bad input (unknown spider, bad
-setting or URL, unreadable config, missing database, bad SQL) is one line on stderr and exit
-code 2; Ctrl-C stops a crawl cleanly (exit 130), a second Ctrl-C at once.
+setting or URL, unreadable config, missing database, a file that is not a crawl database,
+bad SQL) is one line on stderr and exit code 2; a failing storage (disk full, read-only file
+or filesystem, I/O error), at start-up as mid-crawl, one line and exit code 1; Ctrl-C stops
+a crawl cleanly (exit 130), a second Ctrl-C at once.
 """
 
 from __future__ import annotations
@@ -36,10 +38,9 @@ from crawler.cli_results import export, parse, query, reparse, stats
 from crawler.cli_spiders import new, record, serve_demo
 from crawler.discovery import available_spiders, find_spider, spider_reference
 from crawler.engine import Crawl
-from crawler.errors import StorageError
 from crawler.output import write_rows
 from crawler.processes import combined_summary, last_run_id, run_processes
-from crawler.schema import open_database
+from crawler.schema import open_database, storage_error
 from crawler.settings import LoadedSettings, Settings, describe_settings
 from crawler.spider import Spider
 from crawler.stats import render_summary
@@ -195,8 +196,8 @@ def status(database: Path, fmt: str) -> None:
         conn = open_crawl_database(database)
         try:
             state = crawl_status(conn)
-        except sqlite3.DatabaseError as exc:
-            raise StorageError(f"{database} is not a crawl database ({exc})") from None
+        except sqlite3.Error as exc:
+            raise storage_error(database, exc, "read") from None
         finally:
             conn.close()
     if fmt == "json":
@@ -278,7 +279,8 @@ def demo(output: Path, books: int) -> None:
     out = Console()
     out.print(render_summary(run.spider.name, run.status, summary))
     out.print(f'\nExample query (crawler query {output} "..."):\n{DEMO_QUERY.strip()}\n')
-    conn = open_read_only(output)
+    with user_errors():
+        conn = open_read_only(output)
     try:
         cursor = conn.execute(DEMO_QUERY)
         columns = [d[0] for d in cursor.description]

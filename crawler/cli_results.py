@@ -1,8 +1,10 @@
 """Commands for working with results: query, export, stats, reparse and parse.
 
-Each opens the crawl database read-only unless it must write (`query --write`, `reparse`).
-Bad input — a missing file, a file that is not a crawl database, bad SQL, an unknown item
-type — is one line on stderr and exit code 2.
+Each opens the crawl database read-only unless it must write (`query --write`, `reparse`):
+then no statement may write any file (crawler.cli_common.ReadOnlyGuard). Bad input — a
+missing file, a file that is not a crawl database, bad SQL, a statement that would write, an
+unknown item type — is one line on stderr and exit code 2; a failing storage (an I/O error,
+a full disk under `export -o`) is one line and exit code 1.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rich.table import Table
 
 from crawler.cli_common import (
     EXIT_INTERRUPTED,
+    ReadOnlyGuard,
     UserError,
     check_start_url,
     load_crawl_settings,
@@ -33,13 +36,14 @@ from crawler.cli_common import (
     user_errors,
 )
 from crawler.discovery import find_spider
-from crawler.errors import QueryError, StorageError
+from crawler.errors import QueryError, StorageFailure
 from crawler.export import item_rows, known_item_types
 from crawler.output import OutputFormat, write_rows
 from crawler.parse_page import ParsedPage, parse_page
 from crawler.reparse import ReparseSummary
 from crawler.reparse import reparse as reparse_database
 from crawler.report import crawl_report, render_report
+from crawler.schema import storage_error
 
 __all__ = ["export", "parse", "query", "reparse", "stats"]
 
@@ -59,11 +63,13 @@ def _stdout_pipe() -> Iterator[None]:
         sys.exit(1)
 
 
-def _sql_error(exc: Exception) -> QueryError:
+def _sql_error(exc: Exception, guard: ReadOnlyGuard | None) -> QueryError:
     message = str(exc)
-    if "readonly" in message:
-        return QueryError(f"the database is open read-only ({message}); add --write to change it")
-    return QueryError(f"SQL error: {message}")
+    if guard is not None and guard.refused is not None:
+        message = guard.refused  # SQLite only says "not authorized"
+    elif "readonly" not in message:
+        return QueryError(f"SQL error: {message}")
+    return QueryError(f"the database is open read-only ({message}); add --write to allow it")
 
 
 def _bound_params(params: tuple[str, ...]) -> dict[str, str]:
@@ -101,16 +107,18 @@ def query(
 ) -> None:
     """Run SQL against a crawl DATABASE and print the rows.
 
-    The file is opened read-only unless --write is given.
+    The file is opened read-only unless --write is given: then a statement that would write
+    any file (INSERT, CREATE, ATTACH, VACUUM, a pragma's new value…) is refused.
     """
     with user_errors(), _stdout_pipe():
         bound = _bound_params(params)
-        conn = open_read_only(database, write=write)
+        guard = None if write else ReadOnlyGuard()
+        conn = open_read_only(database, write=write, guard=guard)
         try:
             try:
                 cursor = conn.execute(sql, bound)
             except (sqlite3.Error, sqlite3.Warning) as exc:
-                raise _sql_error(exc) from None
+                raise _sql_error(exc, guard) from None
             if cursor.description is None:  # no result columns: a write or a pragma
                 click.echo(f"{max(cursor.rowcount, 0):,} rows changed", err=True)
                 return
@@ -120,7 +128,7 @@ def query(
             try:
                 write_rows(columns, cursor, fmt=chosen, out=sys.stdout, console=out)
             except sqlite3.Error as exc:
-                raise _sql_error(exc) from None
+                raise _sql_error(exc, guard) from None
         finally:
             conn.close()
 
@@ -156,6 +164,9 @@ def export(database: Path, type_name: str, fmt: ExportFormat | None, output: str
                     return
                 count = _export_to_file(Path(output), rows.columns, rows.rows, chosen)
             except sqlite3.Error as exc:
+                error = storage_error(database, exc, "read")
+                if isinstance(error, StorageFailure):
+                    raise error from None
                 raise QueryError(f"cannot export {type_name!r}: {exc}") from None
         finally:
             conn.close()
@@ -172,7 +183,7 @@ def _export_to_file(
             count = write_rows(columns, rows, fmt=fmt, out=out)  # type: ignore[arg-type]
         partial.replace(path)
     except OSError as exc:
-        raise StorageError(f"cannot write {path}: {exc}") from None
+        raise storage_error(path, exc, "write") from None
     finally:
         partial.unlink(missing_ok=True)
     return count
@@ -193,7 +204,7 @@ def stats(database: Path, fmt: str) -> None:
         try:
             report = crawl_report(conn)
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot read {database}: {exc}") from None
+            raise storage_error(database, exc, "read") from None
         finally:
             conn.close()
     if fmt == "json":

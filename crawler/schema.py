@@ -16,19 +16,34 @@ Tables (one SQLite file per crawl target, WAL mode):
                 of dict item types (`quote_view`), made by crawler.item_tables
 
 The schema version is `PRAGMA user_version`; `PRAGMA application_id` marks crawl databases.
+
+This is also the boundary where SQLite's and the OS's errors about the file become ours
+(`storage_error`): a StorageFailure when the storage fails under a usable file (disk full,
+read-only, I/O error, locked), a StorageError when the file itself is wrong (not a database,
+not a crawl database, newer than this crawler, damaged).
 """
 
 from __future__ import annotations
 
+import errno
 import sqlite3
+from contextlib import suppress
 from pathlib import Path
 from typing import Final
 
 import aiosqlite
 
-from crawler.errors import StorageError
+from crawler.errors import StorageError, StorageFailure
 
-__all__ = ["APPLICATION_ID", "SCHEMA_VERSION", "connect", "open_database", "rollback"]
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "check_crawl_database",
+    "connect",
+    "open_database",
+    "rollback",
+    "storage_error",
+]
 
 APPLICATION_ID: Final = 0x43524C31  # "CRL1"
 
@@ -172,41 +187,130 @@ _PRAGMAS: Final = (
 )
 
 
+_FAILURES: Final = frozenset(
+    {
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+"""SQLite's primary result codes for a storage that fails under a file that may be fine."""
+_OS_FAILURES: Final = frozenset(
+    {
+        errno.EACCES,
+        errno.EDQUOT,
+        errno.EFBIG,
+        errno.EIO,
+        errno.ENOSPC,
+        errno.EPERM,
+        errno.EROFS,
+    }
+)
+"""The same for the OS: a file that could be written, where it is, once the storage allows."""
+
+
+def storage_error(path: Path, exc: sqlite3.Error | OSError, doing: str = "use") -> StorageError:
+    """What an error of SQLite or the OS while `doing` ("open", "read", "write") something
+    with the database at `path` means, as one line.
+
+    Returns a StorageFailure when the storage fails (disk full, read-only file or
+    filesystem, I/O error, locked too long), else a StorageError (the file is wrong).
+    """
+    if isinstance(exc, OSError):
+        kind = StorageFailure if exc.errno in _OS_FAILURES else StorageError
+        return kind(f"cannot {doing} {path}: {exc.strerror or exc}")
+    # sqlite_errorcode is missing on errors the sqlite3 module raises by itself
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    if code == sqlite3.SQLITE_NOTADB:
+        return StorageError(f"{path} is not a crawl database ({exc})")
+    if code == sqlite3.SQLITE_CORRUPT:
+        return StorageError(f"{path} is damaged ({exc})")
+    if code == sqlite3.SQLITE_READONLY:
+        return StorageFailure(
+            f"cannot {doing} {path}: {exc} (the file or its filesystem is read-only)"
+        )
+    if code in _FAILURES:
+        return StorageFailure(f"cannot {doing} {path}: {exc}")
+    return StorageError(f"cannot {doing} {path}: {exc}")
+
+
+def check_crawl_database(path: Path, *, application_id: int, version: int) -> None:
+    """Refuse a file that is not a crawl database, or one of a newer schema than ours (its
+    tables may mean something this crawler does not know).
+
+    Raises:
+        StorageError: what is wrong with the file.
+    """
+    if application_id != APPLICATION_ID:
+        raise StorageError(f"{path} is not a crawl database")
+    if version > SCHEMA_VERSION:
+        raise StorageError(
+            f"{path} has schema version {version}, newer than this crawler's {SCHEMA_VERSION}: "
+            "use a newer crawler"
+        )
+
+
 async def connect(path: Path, *, read_only: bool = False) -> aiosqlite.Connection:
-    """Open a connection to a crawl database file with the crawler's pragmas."""
+    """Open a connection to a crawl database file with the crawler's pragmas.
+
+    Raises:
+        StorageError: the file cannot be opened (a StorageFailure when the storage fails).
+    """
     uri = f"file:{path}?mode=ro" if read_only else f"file:{path}"
+    doing = "read" if read_only else "open"
     try:
         conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
     except sqlite3.Error as exc:
-        raise StorageError(f"cannot open database {path}: {exc}") from None
+        raise storage_error(path, exc, doing) from None
     try:
         for pragma in _PRAGMAS:
             if not (read_only and "journal_mode" in pragma):
                 await conn.execute(pragma)
-    except sqlite3.DatabaseError as exc:
-        await conn.close()
-        if "not a database" in str(exc):
-            raise StorageError(f"{path} is not a crawl database ({exc})") from None
-        raise StorageError(f"cannot use database {path}: {exc}") from None
+    except sqlite3.Error as exc:
+        await _close_quietly(conn)
+        raise storage_error(path, exc, doing) from None
     return conn
 
 
 async def open_database(path: Path) -> aiosqlite.Connection:
     """Open (creating or migrating) a crawl database for writing.
 
+    Every failure of SQLite or the OS here is a StorageError with a one-line message.
+
     Raises:
-        StorageError: the file is not a crawl database, is newer than this crawler, or
-            cannot be written.
+        StorageFailure: the file or its filesystem is read-only, the disk is full, an I/O
+            error, the file stayed locked.
+        StorageError: no such directory, or the file is not a crawl database or is newer
+            than this crawler.
     """
-    if not path.parent.exists():
-        raise StorageError(f"directory does not exist: {path.parent}")
+    _check_location(path)
     conn = await connect(path)
     try:
         await _migrate(conn, path)
     except BaseException:
-        await conn.close()
+        await _close_quietly(conn)
         raise
     return conn
+
+
+def _check_location(path: Path) -> None:
+    """Refuse a path SQLite could only call "unable to open" (two stat calls, once a run)."""
+    if not path.parent.is_dir():
+        raise StorageError(f"directory does not exist: {path.parent}")
+    if path.is_dir():
+        raise StorageError(f"{path} is a directory, not a database file")
+
+
+async def _close_quietly(conn: aiosqlite.Connection) -> None:
+    """Close a connection that already failed; a second error would only hide the first."""
+    with suppress(sqlite3.Error):
+        await conn.close()
 
 
 async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
@@ -220,30 +324,33 @@ async def _migrate(conn: aiosqlite.Connection, path: Path) -> None:
         version = await _scalar(conn, "PRAGMA user_version")
         app_id = await _scalar(conn, "PRAGMA application_id")
         tables = await _scalar(conn, "SELECT count(*) FROM sqlite_master")
-    except sqlite3.DatabaseError as exc:
-        await rollback(conn)
-        if "not a database" in str(exc):
-            raise StorageError(f"{path} is not a crawl database ({exc})") from None
-        raise StorageError(f"cannot use database {path}: {exc}") from None
+    except sqlite3.Error as exc:
+        await _rollback_quietly(conn)
+        raise storage_error(path, exc, "open") from None
     try:
-        if tables and app_id != APPLICATION_ID:
-            raise StorageError(f"{path} is not a crawl database")
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"{path} has schema version {version}, newer than this crawler's {SCHEMA_VERSION}"
-            )
+        # A file with no tables yet (new, or empty) becomes a crawl database.
+        check_crawl_database(
+            path, application_id=app_id if tables else APPLICATION_ID, version=version
+        )
         for script in MIGRATIONS[version:]:
             for statement in _statements(script):
                 await conn.execute(statement)
         if version < SCHEMA_VERSION:
             await conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        await conn.execute("COMMIT")
+            await conn.execute("COMMIT")
+        else:
+            # Nothing to change. But SQLite opens a file it may not write (read-only file or
+            # filesystem) read-only without a word, and the crawl's first write would fail
+            # far from here: a write that is rolled back fails at once if the file is
+            # read-only, and touches nothing on disk otherwise (the page stays in memory).
+            await conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            await conn.execute("ROLLBACK")
     except sqlite3.Error as exc:
-        await rollback(conn)
-        raise StorageError(f"cannot create the schema in {path}: {exc}") from None
+        await _rollback_quietly(conn)
+        raise storage_error(path, exc, "write") from None
     except BaseException:
-        await rollback(conn)
+        await _rollback_quietly(conn)
         raise
 
 
@@ -261,6 +368,12 @@ async def rollback(conn: aiosqlite.Connection) -> None:
     except sqlite3.OperationalError as exc:
         if "no transaction is active" not in str(exc):
             raise
+
+
+async def _rollback_quietly(conn: aiosqlite.Connection) -> None:
+    """Roll back after a failure; a failing rollback (the disk still full) would hide it."""
+    with suppress(sqlite3.Error):
+        await rollback(conn)
 
 
 def _statements(script: str) -> list[str]:
