@@ -208,7 +208,8 @@ class Fetcher:
         crawl may not reach, before anything is sent (robots.txt included); else None.
 
         An early answer only: each connection is checked again on the addresses it uses. A
-        host that cannot be resolved is left for the fetch to report.
+        host that cannot be resolved, or not within `connect_timeout`, is left for the fetch
+        to report (aiohttp's DNS cache lets that fetch share a resolution still running).
         """
         if self._policy.allow_all:
             return None
@@ -221,13 +222,14 @@ class Fetcher:
             host, port = parsed.raw_host, parsed.port
             if host is None or port is None:
                 return None
-            await self._connector.check(host, port)
+            with self._deadlines.limit(self._settings.connect_timeout):
+                await self._connector.check(host, port)
         except AddressRefused as refused:
             error = PrivateAddressError(url, str(refused))
             attempt = attempts_before + 1
             failures = [_failure(url, error, attempt)]
             return Failed(error=error, attempts=attempt, failures=failures)
-        except (OSError, aiohttp.ClientError, ValueError):
+        except (OSError, aiohttp.ClientError, ValueError):  # TimeoutError is an OSError
             return None
         if len(self._approved_origins) >= _APPROVED_ORIGINS_LIMIT:
             self._approved_origins.clear()

@@ -9,9 +9,11 @@ hands its answers on, and again just before a socket would connect.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import ipaddress
 import socket
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,10 +32,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import crawler.engine
-from crawler import Request, crawl
-from crawler.addresses import AddressClass, GuardedConnector, classify, classify_text
+from crawler import Item, Request, Response, crawl
+from crawler.addresses import (
+    AddressClass,
+    GuardedConnector,
+    classify,
+    classify_text,
+    start_urls_of,
+)
 from crawler.fetcher import Failed, Fetched, Fetcher
 from crawler.settings import load_settings
+from crawler.sitemaps import SitemapSpider
 from tests.conftest import rows
 from tests.sites import html_page
 from tests.spiders import FollowAllSpider
@@ -52,7 +61,10 @@ NAMES: dict[str, str | Sequence[str]] = {
     "mapped.shop.test": "::ffff:10.0.0.7",
     "lan.shop.test": "127.0.0.2",
     "rebind.shop.test": [PUBLIC, "10.0.0.7"],
+    "slow.shop.test": PUBLIC,
 }
+SLOW = {"slow.shop.test"}
+"""Names whose resolution takes 30 seconds."""
 
 
 # --- the test layers: a fake DNS, and nothing outside loopback ----------------------------
@@ -70,6 +82,8 @@ class FakeResolver(AbstractResolver):
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         self.calls[host] += 1
+        if host in SLOW:
+            await asyncio.sleep(30)
         if host not in self.names:
             raise socket.gaierror(socket.EAI_NONAME, f"{host}: unknown to the test resolver")
         answers = self.names[host]
@@ -348,14 +362,16 @@ async def test_the_check_runs_once_per_connection_not_per_request(
 # --- the fetcher on its own -----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("start", ["www.shop.test", "rebind.shop.test"])
 async def test_a_name_rebound_to_an_internal_address_is_refused_at_the_connection(
-    shop: Shop, network: Network, resolver: FakeResolver
+    shop: Shop, network: Network, resolver: FakeResolver, start: str
 ) -> None:
+    """Also when the name is the crawl's own start host: its first answer set its trust."""
     settings = load_settings(overrides=FAST).settings
     fetcher = Fetcher(
         settings,
         lambda url: None,
-        start_urls=[shop.url("www.shop.test")],
+        start_urls=[shop.url(start)],
         resolver=resolver,
         connector_class=loopback_only(network),
     )
@@ -374,6 +390,23 @@ async def test_a_name_rebound_to_an_internal_address_is_refused_at_the_connectio
     assert shop.visits == ["rebind.shop.test/close"]
 
 
+async def test_the_early_check_waits_for_dns_no_longer_than_connect_timeout(
+    shop: Shop, network: Network, resolver: FakeResolver
+) -> None:
+    settings = load_settings(overrides={**FAST, "connect_timeout": 0.2}).settings
+    fetcher = Fetcher(
+        settings,
+        lambda url: None,
+        start_urls=[shop.url("www.shop.test")],
+        resolver=resolver,
+        connector_class=loopback_only(network),
+    )
+    async with fetcher:
+        started = time.monotonic()
+        assert await fetcher.address_refusal(Request(shop.url("slow.shop.test"))) is None
+        assert time.monotonic() - started < 2  # the fetch reports the slow DNS, in its time
+
+
 async def test_a_one_off_fetch_trusts_the_url_it_is_given_but_not_its_redirects(
     shop: Shop, network: Network, resolver: FakeResolver
 ) -> None:
@@ -387,6 +420,21 @@ async def test_a_one_off_fetch_trusts_the_url_it_is_given_but_not_its_redirects(
         hop = await fetcher.fetch(Request(shop.url("www.shop.test", "/hop")))
     assert isinstance(hop, Failed)
     assert hop.error.kind == "private_address"
+
+
+def test_start_urls_are_read_from_start_urls_and_sitemap_urls() -> None:
+    class Shop(SitemapSpider):
+        name = "shop"
+        start_urls = ("http://www.shop.test/",)
+        sitemap_urls = ("http://intra.shop.test/sitemap.xml",)
+
+        async def parse(self, response: Response) -> AsyncIterator[Item]:
+            yield {}
+
+    assert start_urls_of(Shop()) == [
+        "http://www.shop.test/",
+        "http://intra.shop.test/sitemap.xml",
+    ]
 
 
 # --- classification -------------------------------------------------------------------------
