@@ -229,11 +229,13 @@ class AddressPolicy:
         return True
 
     def trust(self, answers: Iterable[ResolveResult]) -> None:
+        """Allow the classes of these answers, for every host."""
         for answer in answers:
             if (address_class := classify_text(answer["host"])) is not None:
                 self.trusted.add(address_class)
 
     def unresolved_starts(self, limit: int) -> list[tuple[str, int]]:
+        """Up to `limit` start hosts not resolved yet, with the port to resolve them on."""
         return list(itertools.islice(self._unresolved_starts.items(), limit))
 
     def screen(self, host: str, answers: list[ResolveResult]) -> list[ResolveResult]:
@@ -271,8 +273,8 @@ class GuardedConnector(aiohttp.TCPConnector):
         self._learning = asyncio.Lock()
 
     async def check(self, host: str, port: int) -> None:
-        """Resolve `host` as a connection would, raising `AddressRefused` if it is refused;
-        other resolution errors (an unknown host) are left for the connection to report."""
+        """Resolve `host` as a connection would (sharing aiohttp's DNS cache), raising
+        `AddressRefused` if it is refused, or whatever resolving it raises."""
         await self._resolve_host(host, port)
 
     async def _resolve_host(
