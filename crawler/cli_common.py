@@ -205,8 +205,9 @@ def _tune_garbage_collector() -> None:
 def open_read_only(
     path: Path, *, write: bool = False, guard: ReadOnlyGuard | None = None
 ) -> sqlite3.Connection:
-    """Open an existing SQLite file: read-only unless `write`, and then it cannot write any
-    file at all, this one or another (`?mode=ro` and a ReadOnlyGuard, `guard` if given).
+    """Open an existing SQLite file, read-only unless `write`. Read-only, the connection
+    cannot write any file at all, this one or another: `?mode=ro` and a ReadOnlyGuard
+    (`guard`, if given, to learn why a statement was refused).
 
     Raises:
         StorageError: the file does not exist or is not an SQLite database (StorageFailure:

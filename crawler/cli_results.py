@@ -36,7 +36,7 @@ from crawler.cli_common import (
     user_errors,
 )
 from crawler.discovery import find_spider
-from crawler.errors import QueryError, StorageFailure
+from crawler.errors import CrawlerError, QueryError, StorageFailure
 from crawler.export import item_rows, known_item_types
 from crawler.output import OutputFormat, write_rows
 from crawler.parse_page import ParsedPage, parse_page
@@ -63,13 +63,18 @@ def _stdout_pipe() -> Iterator[None]:
         sys.exit(1)
 
 
-def _sql_error(exc: Exception, guard: ReadOnlyGuard | None) -> QueryError:
+def _sql_error(exc: Exception, database: Path, guard: ReadOnlyGuard | None) -> CrawlerError:
+    """What went wrong with a query: a statement refused without --write, the storage
+    failing (a read-only file or a full disk under --write), or the SQL."""
     message = str(exc)
-    if guard is not None and guard.refused is not None:
-        message = guard.refused  # SQLite only says "not authorized"
-    elif "readonly" not in message:
-        return QueryError(f"SQL error: {message}")
-    return QueryError(f"the database is open read-only ({message}); add --write to allow it")
+    if guard is not None and (guard.refused is not None or "readonly" in message):
+        reason = guard.refused or message  # SQLite only says "not authorized"
+        return QueryError(f"the database is open read-only ({reason}); add --write to allow it")
+    if isinstance(exc, sqlite3.Error):
+        error = storage_error(database, exc, "read" if guard is not None else "write")
+        if isinstance(error, StorageFailure):
+            return error
+    return QueryError(f"SQL error: {message}")
 
 
 def _bound_params(params: tuple[str, ...]) -> dict[str, str]:
@@ -118,7 +123,7 @@ def query(
             try:
                 cursor = conn.execute(sql, bound)
             except (sqlite3.Error, sqlite3.Warning) as exc:
-                raise _sql_error(exc, guard) from None
+                raise _sql_error(exc, database, guard) from None
             if cursor.description is None:  # no result columns: a write or a pragma
                 click.echo(f"{max(cursor.rowcount, 0):,} rows changed", err=True)
                 return
@@ -128,7 +133,7 @@ def query(
             try:
                 write_rows(columns, cursor, fmt=chosen, out=sys.stdout, console=out)
             except sqlite3.Error as exc:
-                raise _sql_error(exc, guard) from None
+                raise _sql_error(exc, database, guard) from None
         finally:
             conn.close()
 

@@ -301,10 +301,13 @@ async def open_database(path: Path) -> aiosqlite.Connection:
 
 def _check_location(path: Path) -> None:
     """Refuse a path SQLite could only call "unable to open" (two stat calls, once a run)."""
-    if not path.parent.is_dir():
-        raise StorageError(f"directory does not exist: {path.parent}")
-    if path.is_dir():
-        raise StorageError(f"{path} is a directory, not a database file")
+    try:
+        if not path.parent.is_dir():
+            raise StorageError(f"directory does not exist: {path.parent}")
+        if path.is_dir():
+            raise StorageError(f"{path} is a directory, not a database file")
+    except OSError as exc:  # is_dir() says False for most errors, not for EACCES
+        raise storage_error(path, exc, "open") from None
 
 
 async def _close_quietly(conn: aiosqlite.Connection) -> None:

@@ -154,6 +154,8 @@ def test_a_read_only_database_file_is_one_line_and_exit_1(read_only: Path) -> No
     for processes in ("1", "2"):
         result = run_cli(*crawl(read_only, "--processes", processes))
         assert_one_line(result, 1, f"cannot write {read_only}: ", "read-only")
+    written = run_cli("query", str(read_only), "DELETE FROM crawls", "--write")
+    assert_one_line(written, 1, f"cannot write {read_only}: ", "read-only")
     assert read_only.read_bytes() == data
     status = run_cli("status", str(read_only))  # reading it works
     assert status.returncode == 0, status.stderr
