@@ -3,10 +3,15 @@
 The frontier (crawler.frontier) refuses what it can decide from the URL alone; what is left
 arrives at the writer as `Candidate`s. Here, inside the write transaction, duplicates within
 a batch are counted, and the page budgets apply: `max_pages` (requests admitted in the whole
-file, counted in the transaction, so that it holds for several processes sharing the file)
-and `max_pages_per_host`. A candidate over budget becomes a `Skipped` row with that reason.
+file) and `max_pages_per_host`. Both read counters that triggers keep in the same file
+(`frontier_counts`, `hosts`: see crawler.schema), inside the transaction: a budget holds for
+every process sharing the file, and costs the same at any size of the frontier. A candidate
+over budget is stored whole as `skipped` with that reason (callback, meta, headers,
+priority), so that a later run can fetch it exactly as first asked.
+
 Without budgets nothing is looked up: the `requests` table's unique index refuses what it
-already holds during the insert.
+already holds during the insert (except a URL refused for depth, which a shallower path
+reopens: `statements.INSERT_REQUEST`).
 
 A resumed crawl reopens the rows an earlier run skipped only because its budget was spent,
 as far as this run's budgets allow: the limit belonged to that run, not to the URLs.
@@ -21,27 +26,24 @@ import aiosqlite
 
 from crawler.bulk import select_in
 from crawler.errors import SkipReason
-from crawler.links import host_of
-from crawler.records import Candidate, Skipped
+from crawler.records import Candidate
 from crawler.settings import Settings
 from crawler.stats import Stats
 
 __all__ = ["Budgets"]
 
+Row = tuple[object, ...]
+
 
 @final
 class Budgets:
-    """One run's page budgets and its count of admitted requests."""
+    """One run's page budgets, applied to each write batch's new requests."""
 
     def __init__(self, conn: aiosqlite.Connection, *, run_id: int, settings: Settings) -> None:
         self._conn = conn
         self._run_id = run_id
         self._max_pages = settings.max_pages
         self._per_host = settings.max_pages_per_host
-        self._admitted = 0
-        """Requests admitted in the file (not skipped); kept only with `max_pages`."""
-        self._admitted_by_host: Counter[str] = Counter()
-        """The same per host; kept only with `max_pages_per_host`."""
 
     @property
     def active(self) -> bool:
@@ -49,136 +51,104 @@ class Budgets:
         return bool(self._max_pages or self._per_host)
 
     async def load(self) -> None:
-        """Read the counts a resumed crawl continues from, and reopen the requests earlier
-        runs skipped for their budgets, as far as this run's budgets have room."""
-        if self._max_pages:  # a scan of the whole table: only when it is needed
-            self._admitted = await self._count(
-                "SELECT count(*) FROM requests WHERE state != 'skipped'"
-            )
-        if self._per_host:
-            async with self._conn.execute(
-                "SELECT host, count(*) FROM requests WHERE state != 'skipped' GROUP BY host"
-            ) as cursor:
-                self._admitted_by_host.update({str(h): int(n) for h, n in await cursor.fetchall()})
+        """Reopen the requests earlier runs skipped for their budgets, as far as this run's
+        budgets have room."""
         await self._reopen_budget_skips()
 
     async def admit(
         self, candidates: list[Candidate], now: str, tally: Stats
-    ) -> tuple[list[tuple[object, ...]], list[Skipped]]:
-        """Return the `requests` rows to insert for `candidates` (`INSERT OR IGNORE`: the
-        unique index still drops what the table holds) and the candidates over budget;
-        duplicates are counted in `tally`. Call it inside the write transaction."""
+    ) -> tuple[list[Row], list[Row]]:
+        """Return the `INSERT_REQUEST` rows for `candidates` (the unique index still drops
+        what the table holds) and the `INSERT_REQUEST_SKIPPED` rows of those over budget;
+        duplicates within the batch are counted in `tally`. Call it inside the write
+        transaction."""
         unique: dict[int, Candidate] = {}
         for candidate in candidates:
             if candidate.fingerprint in unique:
                 tally.skipped[SkipReason.DUPLICATE.value] += 1
             else:
                 unique[candidate.fingerprint] = candidate
+        if not self.active:
+            return [self._row(c, now) for c in unique.values()], []
         # Budgets need to know which candidates are new before inserting; otherwise the
         # unique index sorts them out during the insert (one index lookup instead of two).
-        existing = await self._existing(list(unique)) if self.active else set()
+        existing = await self._existing(list(unique))
         tally.skipped[SkipReason.DUPLICATE.value] += len(existing)
-        if self._max_pages and unique:
-            # Other processes may share this file (--processes): count inside the
-            # transaction, so the budget holds for all of them together.
-            self._admitted = await self._count(
-                "SELECT count(*) FROM requests WHERE state != 'skipped'"
-            )
-        rows: list[tuple[object, ...]] = []
-        over_budget: list[Skipped] = []
-        for fp, c in unique.items():
-            if fp in existing:
+        new = [c for fp, c in unique.items() if fp not in existing]
+        admitted = await self._admitted() if self._max_pages and new else 0
+        by_host = await self._admitted_by_host({c.host for c in new}) if self._per_host else None
+        rows: list[Row] = []
+        over_budget: list[Row] = []
+        for c in new:
+            reason: SkipReason | None = None
+            if self._max_pages and admitted >= self._max_pages:
+                reason = SkipReason.MAX_PAGES
+            elif by_host is not None and by_host[c.host] >= self._per_host:
+                reason = SkipReason.MAX_PAGES_PER_HOST
+            if reason is not None:
+                over_budget.append((*self._row(c, now), reason.value, now))
                 continue
-            if (reason := self._over_budget(c.host)) is not None:
-                over_budget.append(
-                    Skipped(
-                        url=c.url,
-                        fingerprint=fp,
-                        host=c.host,
-                        reason=reason,
-                        depth=c.request.depth,
-                        parent_id=c.parent_id,
-                    )
-                )
-                continue
-            self._admitted += 1
-            if self._per_host:
-                self._admitted_by_host[c.host] += 1
-            r = c.request
-            rows.append(
-                (
-                    c.url,
-                    fp,
-                    c.host,
-                    r.method,
-                    r.callback,
-                    c.headers_json,
-                    c.meta_json,
-                    r.depth,
-                    r.priority,
-                    c.parent_id,
-                    self._run_id,
-                    now,
-                )
-            )
+            admitted += 1
+            if by_host is not None:
+                by_host[c.host] += 1
+            rows.append(self._row(c, now))
         return rows, over_budget
 
-    def counts(self) -> tuple[int, Counter[str]]:
-        """The admitted counts, to `restore` if the transaction that changed them fails."""
-        return self._admitted, self._admitted_by_host.copy()
-
-    def restore(self, counts: tuple[int, Counter[str]]) -> None:
-        """Go back to counts taken with `counts()` (the transaction was rolled back)."""
-        self._admitted, self._admitted_by_host = counts[0], counts[1].copy()
-
-    def already_known(self, count: int) -> None:
-        """`count` of the rows `admit` returned were in the table already (the insert
-        ignored them): they do not use the budget."""
-        self._admitted -= count
-
-    def never_fetched(self, url: str) -> None:
-        """An admitted request was skipped after all (robots.txt, learnt when it was claimed):
-        it does not use the budgets."""
-        self._admitted -= 1
-        if self._per_host:
-            self._admitted_by_host[host_of(url)] -= 1
-
-    def _over_budget(self, host: str) -> SkipReason | None:
-        if self._max_pages and self._admitted >= self._max_pages:
-            return SkipReason.MAX_PAGES
-        if self._per_host and self._admitted_by_host[host] >= self._per_host:
-            return SkipReason.MAX_PAGES_PER_HOST
-        return None
+    def _row(self, c: Candidate, now: str) -> Row:
+        r = c.request
+        return (
+            c.url,
+            c.fingerprint,
+            c.host,
+            r.method,
+            r.callback,
+            c.headers_json,
+            c.meta_json,
+            r.depth,
+            r.priority,
+            c.parent_id,
+            self._run_id,
+            now,
+        )
 
     async def _reopen_budget_skips(self) -> None:
         """Put rows skipped for `max_pages` or `max_pages_per_host` back to pending, oldest
-        first, as far as this run's budgets have room (each host's, with a per-host budget)."""
+        first, as far as this run's budgets have room (each host's, with a per-host budget).
+        The triggers count each reopened row."""
         max_pages, per_host = self._max_pages, self._per_host
-        room = max(0, max_pages - self._admitted) if max_pages else -1  # -1: no limit
+        admitted = await self._admitted()
+        room = max(0, max_pages - admitted) if max_pages else -1  # -1: no limit
         hosts: list[str | None] = [None]  # None: every host at once, without a per-host budget
         if per_host:
             async with self._conn.execute(_BUDGET_SKIPPED_HOSTS) as cursor:
                 hosts = [str(row[0]) for row in await cursor.fetchall()]
+        by_host = await self._admitted_by_host({h for h in hosts if h is not None})
         for host in hosts:
             limit = room
             if host is not None:
-                host_room = max(0, per_host - self._admitted_by_host[host])
+                host_room = max(0, per_host - by_host[host])
                 limit = host_room if room < 0 else min(room, host_room)
             cursor = await self._conn.execute(_REOPEN_BUDGET_SKIPS, (host, limit))
-            self._admitted += cursor.rowcount
-            if host is not None:
-                self._admitted_by_host[host] += cursor.rowcount
             if room >= 0:
                 room -= cursor.rowcount
 
     async def _existing(self, fingerprints: list[int]) -> set[int]:
-        sql = "SELECT fingerprint FROM requests WHERE fingerprint IN ({marks})"
+        """The fingerprints the table holds, but for URLs refused for depth (reopenable)."""
+        sql = (
+            "SELECT fingerprint FROM requests WHERE fingerprint IN ({marks}) "
+            "AND NOT (state = 'skipped' AND reason = 'depth')"
+        )
         return {int(row[0]) for row in await select_in(self._conn, sql, fingerprints)}
 
-    async def _count(self, sql: str) -> int:
-        async with self._conn.execute(sql) as cursor:
+    async def _admitted(self) -> int:
+        async with self._conn.execute("SELECT admitted FROM frontier_counts") as cursor:
             row = await cursor.fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+        return int(row[0]) if row else 0
+
+    async def _admitted_by_host(self, hosts: set[str]) -> Counter[str]:
+        sql = "SELECT host, admitted FROM hosts WHERE host IN ({marks})"
+        found = await select_in(self._conn, sql, sorted(hosts))
+        return Counter({str(host): int(n) for host, n in found})
 
 
 _BUDGET_SKIPPED: Final = "state = 'skipped' AND reason IN ('max_pages', 'max_pages_per_host')"

@@ -78,8 +78,9 @@ class BulkStatement:
         """The same statement for one row of parameters (`INSERT … SELECT ?, ?`), when the
         template ends in `FROM {rows} ORDER BY {order}`: for `executemany`."""
 
-    async def run(self, conn: aiosqlite.Connection, rows: Sequence[Sequence[object]]) -> None:
-        """Run the statement for `rows` on its own (nothing happens for an empty list).
+    async def run(self, conn: aiosqlite.Connection, rows: Sequence[Sequence[object]]) -> int:
+        """Run the statement for `rows` on its own (nothing happens for an empty list);
+        return how many rows it changed (not counting what triggers changed).
 
         Uses `executemany` when the statement has a one-row form: on its own, a statement
         gains nothing from JSON, and SQLite reads plain parameters faster.
@@ -89,13 +90,14 @@ class BulkStatement:
             TypeError: a value JSON cannot carry (bytes, objects).
         """
         if not rows:
-            return
+            return 0
         if self.row_sql is not None:
             if len(rows[0]) != self.fields:
                 raise ValueError(f"rows of {len(rows[0])} fields for a statement of {self.fields}")
-            await conn.executemany(self.row_sql, rows)
+            cursor = await conn.executemany(self.row_sql, rows)
         else:
-            await conn.execute(self.sql, (self._json(rows),))
+            cursor = await conn.execute(self.sql, (self._json(rows),))
+        return max(0, cursor.rowcount)
 
     def inline(self, rows: Sequence[Sequence[object]]) -> str:
         """The statement for `rows` with their JSON as a quoted SQL literal (for a `Script`).

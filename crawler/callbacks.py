@@ -124,6 +124,7 @@ class CallbackRunner:
         """
         request = response.request
         name = request.callback
+        depth = request.depth
         if links:
             result.links = response.links()
         blocked = 0.0
@@ -144,6 +145,8 @@ class CallbackRunner:
                         if end - start > threshold:
                             blocked = max(blocked, end - max(start, heartbeat.last))
                 if type(output) is Request:  # most outputs: admitted here, no coroutine
+                    if output.depth <= depth:  # a plain Request(url): one below its page
+                        output = output.replace(depth=depth + 1)
                     self.admit(
                         output,
                         parent_id=result.request_id,
@@ -153,6 +156,8 @@ class CallbackRunner:
                         callback=name,
                     )
                 elif type(output) is RequestBatch:
+                    if output.depth <= depth:
+                        output.depth = depth + 1
                     await self._admit_batch(output, result, name, spill)
                 else:
                     await self._route(output, response, result)
@@ -205,6 +210,8 @@ class CallbackRunner:
     async def _route(self, output: object, response: Response, result: PageResult) -> None:
         request = response.request
         if isinstance(output, Request):
+            if output.depth <= request.depth:  # a plain Request(url): one below its page
+                output = output.replace(depth=request.depth + 1)
             self.admit(
                 output,
                 parent_id=result.request_id,

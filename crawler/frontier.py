@@ -32,6 +32,8 @@ from crawler.spider import Spider, callback_of
 __all__ = ["Frontier", "is_trap_url", "normalise_domain"]
 
 _RECENT_LIMIT: Final = 200_000
+_INT64_MAX: Final = 2**63 - 1
+_INT64_MIN: Final = -(2**63)
 _Key = TypeVar("_Key", int, str)
 _CRAWLABLE_SCHEMES: Final = ("http", "https")
 _REPEATED_SEGMENTS: Final = re.compile(r"(/[^/]++(?:/[^/]++){0,7}?)\1\1(?=/|$)")
@@ -95,6 +97,8 @@ class Frontier:
         self._known_callbacks: set[str] = set()
         self._recent_fingerprints = _RecentSet[int](_RECENT_LIMIT)
         self._recent_urls = _RecentSet[str](_RECENT_LIMIT // 2)
+        self._too_deep = _RecentSet[int](_RECENT_LIMIT // 4)
+        """Fingerprints refused for depth just now: refused again without another row."""
 
     @property
     def allowed_domains(self) -> tuple[str, ...]:
@@ -131,14 +135,9 @@ class Frontier:
             url, scheme, host = canonical_parts(request.url)
         except (ValueError, TypeError, UnicodeError):
             return self._skip(request, request.url, "", SkipReason.INVALID, parent_id, skipped)
-        if is_get:
-            self._recent_urls.add(url)
-            if url is not request.url:
-                self._recent_urls.add(request.url)
         fp = fingerprint(url, request.method)
         if fp in self._recent_fingerprints:
             return SkipReason.DUPLICATE
-        self._recent_fingerprints.add(fp)
         reason: SkipReason | None = None
         if scheme not in _CRAWLABLE_SCHEMES:
             reason = SkipReason.SCHEME
@@ -147,13 +146,26 @@ class Frontier:
         elif not self.is_allowed_host(host):
             reason = SkipReason.OFFSITE
         elif self._settings.max_depth and request.depth > self._settings.max_depth:
-            reason = SkipReason.DEPTH
+            # Not remembered as seen: a shallower path may still reach this URL, and then
+            # it is crawled (the writer reopens the stored refusal).
+            if fp in self._too_deep:
+                return SkipReason.DUPLICATE
+            self._too_deep.add(fp)
+            skipped.append(_skipped(url, fp, host, SkipReason.DEPTH, request.depth, parent_id))
+            return SkipReason.DEPTH
         elif is_trap_url(url):
             reason = SkipReason.TRAP
+        if is_get:
+            self._recent_urls.add(url)
+            if url is not request.url:
+                self._recent_urls.add(request.url)
+        self._recent_fingerprints.add(fp)
         if reason is not None:
             skipped.append(_skipped(url, fp, host, reason, request.depth, parent_id))
             return reason
         where = f"request {request.url}"
+        if not (type(request.priority) is int and _INT64_MIN <= request.priority <= _INT64_MAX):
+            raise SpiderError(f"{where}: priority must be an integer of 64 bits at most")
         candidates.append(
             Candidate(
                 url=url,

@@ -31,6 +31,7 @@ _TABLES: Final = (
     "robots",
     "pages",
     "requests",
+    "hosts",
     "crawls",
 )
 
@@ -62,6 +63,7 @@ async def start_run(
             await drop_item_tables(conn)
             for table in _TABLES:
                 await conn.execute(f"DELETE FROM {table}")
+            await conn.execute("UPDATE frontier_counts SET admitted = 0")
         elif spiders - {spider}:
             others = ", ".join(sorted(spiders - {spider}))
             raise StorageError(

@@ -12,6 +12,8 @@ Tables (one SQLite file per crawl target, WAL mode):
 - `robots`   every robots.txt fetched: status, outcome (rules, allow_all, disallow_all), text
 - `item_errors` every item refused by validation: URL, callback, type, field, message, data
 - `item_keys`   de-duplication keys of stored items (`Spider.dedupe_items_by`), one per type
+- `frontier_counts`, `hosts`  requests admitted (not skipped) in the file and per host, kept
+                by triggers: what `max_pages` and `max_pages_per_host` count
 - `item_tables` the typed item tables (`book`, one column per dataclass field) and the views
                 of dict item types (`quote_view`), made by crawler.item_tables
 
@@ -174,6 +176,42 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """
     CREATE INDEX requests_budget_skips ON requests (host, id)
         WHERE state = 'skipped' AND reason IN ('max_pages', 'max_pages_per_host');
+    """,
+    # 3: what the page budgets count, kept by triggers in every write of every process on
+    # the file, so that a batch reads two counters instead of counting `requests`.
+    """
+    CREATE TABLE frontier_counts (
+        id            INTEGER PRIMARY KEY CHECK (id = 1),
+        admitted      INTEGER NOT NULL        -- requests not skipped: what max_pages counts
+    );
+    INSERT INTO frontier_counts (id, admitted)
+        SELECT 1, count(*) FROM requests WHERE state != 'skipped';
+    CREATE TABLE hosts (
+        host          TEXT PRIMARY KEY,
+        admitted      INTEGER NOT NULL        -- the same per host: max_pages_per_host
+    ) WITHOUT ROWID;
+    INSERT INTO hosts (host, admitted)
+        SELECT host, count(*) FROM requests WHERE state != 'skipped' GROUP BY host;
+    CREATE TRIGGER requests_count_insert AFTER INSERT ON requests
+        WHEN NEW.state != 'skipped'
+    BEGIN
+        UPDATE frontier_counts SET admitted = admitted + 1;
+        INSERT INTO hosts (host, admitted) VALUES (NEW.host, 1)
+            ON CONFLICT (host) DO UPDATE SET admitted = admitted + 1;
+    END;
+    CREATE TRIGGER requests_count_skip AFTER UPDATE OF state ON requests
+        WHEN OLD.state != 'skipped' AND NEW.state = 'skipped'
+    BEGIN
+        UPDATE frontier_counts SET admitted = admitted - 1;
+        UPDATE hosts SET admitted = admitted - 1 WHERE host = OLD.host;
+    END;
+    CREATE TRIGGER requests_count_reopen AFTER UPDATE OF state ON requests
+        WHEN OLD.state = 'skipped' AND NEW.state != 'skipped'
+    BEGIN
+        UPDATE frontier_counts SET admitted = admitted + 1;
+        INSERT INTO hosts (host, admitted) VALUES (NEW.host, 1)
+            ON CONFLICT (host) DO UPDATE SET admitted = admitted + 1;
+    END;
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -21,6 +21,7 @@ __all__ = [
     "INSERT_LINK",
     "INSERT_PAGE",
     "INSERT_REQUEST",
+    "INSERT_REQUEST_SKIPPED",
     "INSERT_SKIPPED",
     "SET_PAGE_BODY",
     "TAKE_ADMITTED_COUNT",
@@ -59,13 +60,33 @@ def error_row(run_id: int, request_id: int | None, error: ErrorRecord) -> tuple[
     )
 
 
+_REQUEST_COLUMNS: Final = (
+    "url, fingerprint, host, method, callback, headers, meta, depth, priority, parent_id, "
+    "crawl_id, discovered_at"
+)
 INSERT_REQUEST: Final = BulkStatement(
-    "INSERT OR IGNORE INTO requests (url, fingerprint, host, method, callback, headers, meta, "
-    "depth, priority, state, parent_id, crawl_id, discovered_at) "
-    "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, 'pending', {9}, {10}, {11} "
-    "FROM {rows} ORDER BY {order}",
+    f"INSERT INTO requests ({_REQUEST_COLUMNS}, state) "
+    "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, 'pending' "
+    "FROM {rows} WHERE true ORDER BY {order} "
+    # A URL refused for depth is crawled after all when a shallower path reaches it (depth
+    # is the least at which it was found); any other row already there stays as it is.
+    "ON CONFLICT (fingerprint) DO UPDATE SET state = 'pending', reason = NULL, "
+    "finished_at = NULL, method = excluded.method, callback = excluded.callback, "
+    "headers = excluded.headers, meta = excluded.meta, depth = excluded.depth, "
+    "priority = excluded.priority, parent_id = excluded.parent_id "
+    "WHERE requests.state = 'skipped' AND requests.reason = 'depth'",
     12,
 )
+"""New requests (rows as `Budgets.admit` returns them); a row the table holds is kept, unless
+it was refused for depth."""
+INSERT_REQUEST_SKIPPED: Final = BulkStatement(
+    f"INSERT OR IGNORE INTO requests ({_REQUEST_COLUMNS}, state, reason, finished_at) "
+    "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, 'skipped', {12}, {13} "
+    "FROM {rows} ORDER BY {order}",
+    14,
+)
+"""Requests refused for a run's budget: stored whole (callback, meta, headers, priority), so
+that a later run that reopens them fetches them exactly as first asked."""
 CREATE_ADMITTED_COUNT: Final = (
     "CREATE TEMP TABLE IF NOT EXISTS batch_admitted (admitted INTEGER NOT NULL)"
 )

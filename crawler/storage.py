@@ -286,12 +286,10 @@ class Storage:
 
     async def _commit_restoring(self, writes: Sequence[PageResult | Seeds]) -> None:
         """`_commit`, leaving the writer's state as it was if the transaction fails."""
-        budgets = self._budgets.counts()
         results = [(m, m.items, m.item_keys) for m in writes if isinstance(m, PageResult)]
         try:
             await self._commit(writes)
         except BaseException:
-            self._budgets.restore(budgets)
             for result, items, keys in results:
                 result.items, result.item_keys = items, keys
             self._item_tables = ItemTables()  # it may know of tables the rollback removed
@@ -317,16 +315,16 @@ class Storage:
             await conn.execute("BEGIN IMMEDIATE")
         try:
             new_rows, budget_skips = await self._budgets.admit(candidates, now, tally)
-            skipped.extend(budget_skips)
             rest = Script()
             rest.add(
                 statements.INSERT_SKIPPED, [skipped_row(self._run_id, s, now) for s in skipped]
             )
+            rest.add(statements.INSERT_REQUEST_SKIPPED, budget_skips)
             await self._write_results(results, now, rest, tally)
             rest.add(
                 statements.INSERT_ERROR, [error_row(self._run_id, None, e) for e in seed_errors]
             )
-            # INSERT OR IGNORE drops what the table already has (with no budget to apply,
+            # The insert drops what the table already has (with no budget to apply,
             # Budgets.admit did not look; another process may also have added it just now)
             if item_inserts is not None:
                 script = Script()
@@ -341,9 +339,8 @@ class Storage:
                 admitted = await self._admitted_in_last_batch() if new_rows else 0
                 already_known = len(new_rows) - admitted
             else:
-                changes_before = conn.total_changes
-                await statements.INSERT_REQUEST.run(conn, new_rows)
-                already_known = len(new_rows) - (conn.total_changes - changes_before)
+                admitted = await statements.INSERT_REQUEST.run(conn, new_rows)
+                already_known = len(new_rows) - admitted
                 await rest.run_each(conn)
                 await self._write_after_script(results)
                 await conn.execute("COMMIT")
@@ -353,9 +350,10 @@ class Storage:
         tally.admitted += len(new_rows) - already_known
         tally.pending += len(new_rows) - already_known
         tally.skipped[SkipReason.DUPLICATE.value] += already_known
-        self._budgets.already_known(already_known)
         for skip in skipped:
             tally.skipped[skip.reason.value] += 1
+        for row in budget_skips:
+            tally.skipped[str(row[12])] += 1  # its reason
         for error in seed_errors:
             tally.errors[error.kind] += 1
         self._stats.absorb(tally)
@@ -443,7 +441,6 @@ class Storage:
                 stats.rescheduled += 1
             elif result.state is RequestState.SKIPPED:  # robots.txt, learnt after admission
                 stats.skipped[result.reason or "skipped"] += 1
-                self._budgets.never_fetched(result.url)
             if (robots := result.robots) is not None:
                 robots_rows.append(
                     (

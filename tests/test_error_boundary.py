@@ -155,27 +155,43 @@ class OverflowSpider(LinkSpider):
         return []
 
 
-async def test_a_row_the_database_refuses_fails_only_its_request(
-    follow_site: BaseTestServer, db_path: Path, caplog: pytest.LogCaptureFixture
+async def test_a_value_sqlite_cannot_hold_is_refused_at_admission(
+    follow_site: BaseTestServer, db_path: Path
 ) -> None:
-    # With a page budget, a batch's new requests are bound as parameters: sqlite3 refuses a
-    # Python int past 64 bits (OverflowError), which used to end the crawl.
-    settings = {**QUIET, "max_pages": 1000, "write_batch_size": 64}
-    with caplog.at_level(logging.WARNING, logger="crawler"):
-        stats = await crawl(spider_on(follow_site, OverflowSpider), db=db_path, settings=settings)
+    stats = await crawl(spider_on(follow_site, OverflowSpider), db=db_path, settings=QUIET)
     assert rows(db_path, "SELECT status FROM crawls") == [("finished",)]
-    url = str(follow_site.make_url("/p/4?again=1"))
-    # the page that found it is stored, with its other links; the refused request is
-    # recorded as skipped `internal`, with the exception in `errors`
-    assert rows(db_path, "SELECT state, reason FROM requests WHERE url = ?", (url,)) == [
-        ("skipped", "internal")
+    assert rows(db_path, "SELECT kind, message FROM errors") == [
+        (
+            "spider",
+            f"request {follow_site.make_url('/p/4?again=1')}: priority must be an "
+            "integer of 64 bits at most",
+        )
     ]
-    ((error_url, message),) = internal_errors(db_path)
-    assert error_url == url and message.startswith("OverflowError")
-    assert stats["errors"] == {"internal": 1}
-    assert stats["skipped"]["internal"] == 1
     assert stats["pages"] == 60
-    assert scalar(db_path, "SELECT count(*) FROM requests WHERE state = 'done'") == 60
+
+
+async def test_a_row_the_database_refuses_fails_only_its_request(
+    follow_site: BaseTestServer,
+    db_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Take away the callbacks' own care for text SQLite cannot hold: the writer is the last
+    # line, and must find the one page whose rows it cannot store.
+    monkeypatch.setattr("crawler.callbacks.storable", lambda text: (text, 0))
+    with caplog.at_level(logging.WARNING, logger="crawler"):
+        stats = await crawl(spider_on(follow_site, SurrogateSpider), db=db_path, settings=QUIET)
+    assert rows(db_path, "SELECT status FROM crawls") == [("finished",)]
+    url = str(follow_site.make_url("/p/5"))
+    ((state, reason),) = rows(db_path, "SELECT state, reason FROM requests WHERE url = ?", (url,))
+    assert state == "failed" and reason.startswith("internal: UnicodeEncodeError")
+    ((error_url, message),) = internal_errors(db_path)
+    assert error_url == url and message.startswith("UnicodeEncodeError")
+    assert stats["errors"] == {"internal": 1, "http_status": 1}
+    assert stats["pages"] == 60  # /p/5 is the one page not stored ...
+    assert scalar(db_path, "SELECT count(*) FROM pages WHERE url = ?", (url,)) == 0
+    # ... but the requests it found are: /p/999 (its meta was storable) was fetched
+    assert scalar(db_path, "SELECT count(*) FROM pages WHERE url LIKE '%/p/999'") == 1
     assert any("database refused the results" in r.getMessage() for r in caplog.records)
     assert not any(r.exc_info for r in caplog.records)  # one line each, no traceback
     assert_all_accounted_for(db_path)
