@@ -11,12 +11,13 @@ I/O) is named in a warning and an `errors` row of kind `blocking`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Final, final
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from typing import Final, cast, final
 
 from crawler.errors import SkipReason, SpiderError, StopCrawl, StorageError
 from crawler.failures import describe, internal_error, storable
@@ -130,40 +131,43 @@ class CallbackRunner:
         blocked = 0.0
         heartbeat, threshold = self._heartbeat, self._blocking_warning
         try:
-            outputs = callback_of(self._spider, name)(response)
-            while True:
-                start = time.perf_counter()
-                try:
-                    output = await anext(outputs)
-                except StopAsyncIteration:
-                    break
-                finally:
-                    # Only a step slower than the threshold can have blocked that long; it
-                    # did if the loop's heartbeat did not tick while it ran.
-                    if heartbeat is not None and threshold:
-                        end = time.perf_counter()
-                        if end - start > threshold:
-                            blocked = max(blocked, end - max(start, heartbeat.last))
-                if type(output) is Request:  # most outputs: admitted here, no coroutine
-                    if output.depth <= depth:  # a plain Request(url): one below its page
-                        output = output.replace(depth=depth + 1)
-                    self.admit(
-                        output,
-                        parent_id=result.request_id,
-                        candidates=result.candidates,
-                        skipped=result.skipped,
-                        errors=result.errors,
-                        callback=name,
-                    )
-                elif type(output) is RequestBatch:
-                    if output.depth <= depth:
-                        output.depth = depth + 1
-                    await self._admit_batch(output, result, name, spill)
-                else:
-                    await self._route(output, response, result)
-                if len(result.candidates) + len(result.skipped) >= SPILL_AT:
-                    await spill(result.candidates, result.skipped)
-                    result.candidates, result.skipped = [], []
+            # callback_of checked it is an async generator function: closing it runs its
+            # `finally` blocks now, not whenever the garbage collector gets to it.
+            outputs = cast(AsyncGenerator[object, None], callback_of(self._spider, name)(response))
+            async with contextlib.aclosing(outputs):
+                while True:
+                    start = time.perf_counter()
+                    try:
+                        output = await anext(outputs)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        # Only a step slower than the threshold can have blocked that long; it
+                        # did if the loop's heartbeat did not tick while it ran.
+                        if heartbeat is not None and threshold:
+                            end = time.perf_counter()
+                            if end - start > threshold:
+                                blocked = max(blocked, end - max(start, heartbeat.last))
+                    if type(output) is Request:  # most outputs: admitted here, no coroutine
+                        if output.depth <= depth:  # a plain Request(url): one below its page
+                            output = output.replace(depth=depth + 1)
+                        self.admit(
+                            output,
+                            parent_id=result.request_id,
+                            candidates=result.candidates,
+                            skipped=result.skipped,
+                            errors=result.errors,
+                            callback=name,
+                        )
+                    elif type(output) is RequestBatch:
+                        if output.depth <= depth:
+                            output.depth = depth + 1
+                        await self._admit_batch(output, result, name, spill)
+                    else:
+                        await self._route(output, response, result)
+                    if len(result.candidates) + len(result.skipped) >= SPILL_AT:
+                        await spill(result.candidates, result.skipped)
+                        result.candidates, result.skipped = [], []
         except StopCrawl as stop:
             self._on_stop(stop.reason)
         except StorageError:

@@ -25,7 +25,7 @@ import aiosqlite
 from rich.console import Console
 
 from crawler.callbacks import CallbackRunner, LoopHeartbeat, spider_error
-from crawler.errors import SkipReason, StorageError
+from crawler.errors import StorageError
 from crawler.failures import describe, internal_failure
 from crawler.feeder import Feeder
 from crawler.fetcher import Deferred, Failed, Fetcher
@@ -285,14 +285,7 @@ class Crawl:
             )
         robots = await self._robots.check(request.url, fetcher)  # fetches robots.txt once
         if not robots.allowed:
-            return PageResult(
-                request_id=claimed.id,
-                url=request.url,
-                state=RequestState.SKIPPED,
-                reason=SkipReason.ROBOTS.value,
-                attempts=claimed.attempts,
-                robots=robots.fetched,
-            )
+            return self._robots.refused(claimed, robots.fetched)
         outcome = await fetcher.fetch(request, attempts_before=claimed.attempts)
         result = PageResult(
             request_id=claimed.id,

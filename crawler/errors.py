@@ -163,6 +163,8 @@ class SkipReason(StrEnum):
     MAX_PAGES = "max_pages"
     MAX_PAGES_PER_HOST = "max_pages_per_host"
     ROBOTS = "robots"
+    ROBOTS_UNAVAILABLE = "robots_unavailable"
+    """robots.txt could not be fetched after `max_retries` cool-downs (not a `Disallow`)."""
     RULE = "rule"
     TRAP = "trap"
     INTERNAL = "internal"

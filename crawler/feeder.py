@@ -21,10 +21,9 @@ import math
 import time
 from typing import Final, final
 
-from crawler.errors import SkipReason
 from crawler.hosts import Hosts
 from crawler.links import host_of
-from crawler.records import Claimed, PageResult, RequestState
+from crawler.records import Claimed
 from crawler.robots import RobotsCache
 from crawler.scheduling import HostQueues
 from crawler.settings import Settings
@@ -64,6 +63,7 @@ class Feeder:
         in_flight = min(settings.concurrency, settings.concurrency_per_host)
         self._per_host = in_flight if settings.order == "dfs" else 8 * in_flight + 4
         self._hosts = hosts
+        self._robots = robots
         self._held = HostQueues(hosts, robots)
         self._handed_out = 0
         self._outstanding = 0
@@ -180,17 +180,10 @@ class Feeder:
             self._handed_out += 1
 
     async def _skip_disallowed(self, storage: Storage) -> None:
-        """Record the held requests that robots.txt disallows as skipped."""
+        """Record the held requests that robots.txt disallows (skipped, or deferred while
+        their site's robots.txt is unavailable)."""
         for claimed in self._held.take_refused():
-            await storage.submit(
-                PageResult(
-                    request_id=claimed.id,
-                    url=claimed.request.url,
-                    state=RequestState.SKIPPED,
-                    reason=SkipReason.ROBOTS.value,
-                    attempts=claimed.attempts,
-                )
-            )
+            await storage.submit(self._robots.refused(claimed))
 
     def _should_claim(self) -> bool:
         """Claim when there is room and more requests could help: the held ones run low or

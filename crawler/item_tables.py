@@ -343,8 +343,11 @@ class ItemTables:
             known[str(type_name)] = entry
 
 
-async def declare_item_tables(conn: aiosqlite.Connection, spider: Spider) -> None:
-    """Create the tables of the spider's `item_types` before the crawl starts (own transaction).
+async def declare_item_tables(
+    conn: aiosqlite.Connection, spider: Spider, *, own_transaction: bool = True
+) -> None:
+    """Create the tables of the spider's `item_types` before the crawl starts (in a
+    transaction of its own, or in the caller's with `own_transaction=False`).
 
     Raises:
         SpiderError: an entry of `item_types` is not a dataclass.
@@ -359,6 +362,10 @@ async def declare_item_tables(conn: aiosqlite.Connection, spider: Spider) -> Non
     if not declared:
         return
     tables = ItemTables()
+    if not own_transaction:
+        for cls in declared:
+            await tables.ensure_table(conn, dataclass_type_name(cls), item_fields(cls))
+        return
     await conn.execute("BEGIN IMMEDIATE")
     try:
         for cls in declared:

@@ -7,9 +7,9 @@ so what you see is what a crawl would store. Requests the callbacks yield are ad
 
 Reparse replaces, for every page with a stored body, what its callbacks produced: its
 `items`, typed-table rows and item views, `item_errors`, and `errors` of kind `spider` and
-`item`; `item_keys` is rebuilt. It reads pages in batches of `REPARSE_BATCH` and writes each
-batch in one transaction on one connection, so memory stays flat; an interrupted reparse
-leaves the batches it committed (run it again to finish).
+`item`; `item_keys` is rebuilt. It reads and writes pages in batches of `REPARSE_BATCH`, so
+memory stays flat, all in one transaction: an interrupted reparse (Ctrl-C, a crash, a callback
+raising `StopCrawl`) leaves the database as it was before.
 """
 
 from __future__ import annotations
@@ -131,10 +131,11 @@ async def reparse(spider: Spider, db: Path, settings: Settings) -> ReparseSummar
         runner = CallbackRunner(spider, frontier, stats, on_stop=_stopper(summary))
         await spider.opened()
         try:
-            await _transaction(conn, lambda: _clear(conn))
-            await _parse_all(conn, runner, settings, summary)
-            await declare_item_tables(conn, spider)
-            await _transaction(conn, lambda: _update_run_stats(conn))
+            await _transaction(
+                conn, functools.partial(_replace, conn, runner, spider, settings, summary)
+            )
+        except _Stopped:
+            summary.stopped = f"{summary.stopped} (nothing was changed)"
         finally:
             await spider.closed("finished")
         summary.requests += stats.skipped["duplicate"]
@@ -171,6 +172,28 @@ async def _check(
         raise StorageError(
             f"{db} has no stored page bodies to reparse; crawl with -s store_body=true"
         )
+
+
+class _Stopped(Exception):
+    """A callback stopped the reparse (`StopCrawl`): what it did so far is rolled back."""
+
+
+async def _replace(
+    conn: aiosqlite.Connection,
+    runner: CallbackRunner,
+    spider: Spider,
+    settings: Settings,
+    summary: ReparseSummary,
+) -> None:
+    """Clear what the callbacks produced, parse every stored page again and store what they
+    yield now: all of it inside the caller's transaction, so that items, item keys and typed
+    tables never disagree, whatever stops the reparse."""
+    await _clear(conn)
+    await _parse_all(conn, runner, settings, summary)
+    if summary.stopping():
+        raise _Stopped
+    await declare_item_tables(conn, spider, own_transaction=False)
+    await _update_run_stats(conn)
 
 
 async def _transaction(conn: aiosqlite.Connection, work: Callable[[], Awaitable[None]]) -> None:
@@ -267,7 +290,7 @@ async def _parse_all(
             batch.append((int(crawl_id), result))
             if summary.stopping():
                 break
-        await _transaction(conn, functools.partial(_store, conn, tables, batch, seen_keys, summary))
+        await _store(conn, tables, batch, seen_keys, summary)
 
 
 async def _store(

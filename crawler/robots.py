@@ -12,6 +12,10 @@ What a robots.txt answer means follows RFC 9309 and Google's crawler:
   requests fail with that same error, which is the useful thing to record; robots.txt is
   tried again after `robots_error_cooldown` seconds.
 
+Only a real `Disallow` ends a URL as skipped `robots`. A URL refused because robots.txt
+could not be fetched is deferred to the end of the cool-down (`retry_at`), when robots.txt is
+asked again; after `max_retries` such deferrals it is skipped as `robots_unavailable`.
+
 There is one decision, `RobotsCache.allows(url)`: True, False, or None while the site's
 robots.txt is not known. The feeder uses it to skip disallowed requests without fetching
 them and to send a single request to a site whose robots.txt is unknown; that request's
@@ -33,11 +37,12 @@ import aiosqlite
 from protego import Protego
 from yarl import URL
 
+from crawler.errors import SkipReason
 from crawler.fetcher import Deferred, Failed, Fetcher
 from crawler.hosts import Clock, Hosts
 from crawler.http import Request
 from crawler.links import host_of
-from crawler.records import RobotsRecord, utc_now
+from crawler.records import Claimed, PageResult, RequestState, RobotsRecord, utc_now
 from crawler.settings import Settings
 
 __all__ = ["RobotsCache", "RobotsCheck", "RobotsOutcome", "robots_url"]
@@ -89,6 +94,7 @@ class RobotsCache:
         self._obey = settings.obey_robots
         self._agent = settings.user_agent
         self._cooldown = settings.robots_error_cooldown
+        self._max_deferrals = settings.max_retries
         self._delay_max = settings.crawl_delay_max
         self._hosts = hosts
         self._clock = clock
@@ -103,6 +109,36 @@ class RobotsCache:
         if entry is None or entry.expires <= self._clock():
             return None
         return self._decide(entry, url)
+
+    def retry_at(self, url: str) -> float | None:
+        """When a URL that robots.txt disallows may be asked about again: the end of the
+        cool-down when its site's robots.txt could not be fetched (the refusal is not the
+        site's word), or None for a real `Disallow`."""
+        entry = self._entries.get(robots_url(url))
+        if entry is None or entry.outcome is not RobotsOutcome.DISALLOW_ALL:
+            return None
+        return entry.expires
+
+    def refused(self, claimed: Claimed, fetched: RobotsRecord | None = None) -> PageResult:
+        """The outcome of a claimed request that robots.txt disallows: skipped `robots` for a
+        real `Disallow`; when robots.txt could not be fetched, back to pending until the
+        cool-down ends (counted as an attempt), then skipped `robots_unavailable`."""
+        until = self.retry_at(claimed.request.url)
+        result = PageResult(
+            request_id=claimed.id,
+            url=claimed.request.url,
+            state=RequestState.SKIPPED,
+            reason=SkipReason.ROBOTS.value,
+            attempts=claimed.attempts,
+            robots=fetched,
+        )
+        if until is not None:
+            if claimed.attempts < self._max_deferrals:
+                result.state, result.reason = RequestState.PENDING, None
+                result.attempts, result.not_before = claimed.attempts + 1, until
+            else:
+                result.reason = SkipReason.ROBOTS_UNAVAILABLE.value
+        return result
 
     async def check(self, url: str, fetcher: Fetcher) -> RobotsCheck:
         """Return whether `url` may be fetched, fetching its robots.txt first if needed."""

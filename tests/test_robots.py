@@ -1,11 +1,13 @@
 """robots.txt: fetched once per site, obeyed (wildcards, Allow, agent groups), stored in the
-`robots` table; 404 allows everything; 5xx is retried and then disallows the whole site."""
+`robots` table; 404 allows everything; 5xx is retried, then defers the whole site for the
+cool-down and is asked again; only a real Disallow skips a URL for good."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
 
 from crawler import crawl
@@ -117,17 +119,41 @@ async def test_a_missing_robots_txt_allows_everything(db_path: Path) -> None:
     assert rows(db_path, "SELECT status, outcome FROM robots") == [(404, "allow_all")]
 
 
-async def test_a_failing_robots_txt_is_retried_then_disallows_the_site(db_path: Path) -> None:
+async def test_a_failing_robots_txt_defers_the_site_then_gives_up(db_path: Path) -> None:
     app = pages_app(3, robots="User-agent: *\nAllow: /\n", robots_status=503)
+    settings = {**FAST, "max_retries": 2, "robots_error_cooldown": 0.2}
     async with TestServer(app, host="127.0.0.2") as server:
-        stats = await crawl(spider_for(server), db=db_path, settings={**FAST, "max_retries": 2})
-    assert app[VISITS].paths() == ["/robots.txt"] * 3
-    assert rows(db_path, "SELECT state, reason FROM requests") == [("skipped", "robots")]
-    assert counted(stats["skipped"]) == {"robots": 1}
+        stats = await crawl(spider_for(server), db=db_path, settings=settings)
+    # three fetches (two retries) per try; the start URL waits out the cool-down twice
+    assert app[VISITS].paths() == ["/robots.txt"] * 9
+    assert rows(db_path, "SELECT state, reason, attempts FROM requests") == [
+        ("skipped", "robots_unavailable", 2)
+    ]
+    assert counted(stats["skipped"]) == {"robots_unavailable": 1}
+    assert stats["rescheduled"] == 2
     status, outcome, error = rows(db_path, "SELECT status, outcome, error FROM robots")[0]
     assert (status, outcome) == (503, "disallow_all")
     assert "HTTP 503 after 3 attempts" in str(error)
-    assert "everything disallowed for 600s" in str(error)
+    assert "everything disallowed for 0.2s" in str(error)
+
+
+async def test_a_robots_txt_that_fails_for_a_while_only_delays_the_site(db_path: Path) -> None:
+    """The README's promise: disallowed only for `robots_error_cooldown`, then asked again."""
+    answers = iter([503, 503])
+    app = pages_app(3)
+
+    async def robots(request: web.Request) -> web.Response:
+        return web.Response(status=next(answers, 200), text="User-agent: *\nDisallow: /p/2\n")
+
+    app.router.add_get("/robots.txt", robots)
+    settings = {**FAST, "max_retries": 1, "robots_error_cooldown": 0.3}
+    async with TestServer(app, host="127.0.0.2") as server:
+        stats = await crawl(spider_for(server), db=db_path, settings=settings)
+    assert stats["pages"] == 3  # /, /p/0 and /p/1; /p/2 is a real Disallow
+    assert app[VISITS].paths()[:3] == ["/robots.txt"] * 3
+    assert states(db_path)["p/2"] == ("skipped", "robots")
+    assert rows(db_path, "SELECT status, outcome FROM robots") == [(200, "rules")]
+    assert counted(stats["skipped"]) == {"robots": 1}
 
 
 async def test_a_robots_txt_that_errs_or_is_unreachable(db_path: Path) -> None:
@@ -144,9 +170,9 @@ async def test_a_robots_txt_that_errs_or_is_unreachable(db_path: Path) -> None:
     assert robots["127.0.0.1"][0] == "allow_all"
     assert robots["127.0.0.1"][1].startswith("connection: ")
     outcomes = dict(rows(db_path, "SELECT url, coalesce(reason, state) FROM requests"))
-    assert outcomes[start] == "robots"
+    assert outcomes[start] == "robots_unavailable"  # no retries left to wait for
     assert outcomes["http://127.0.0.1:9/"].startswith("connection: ")
-    assert counted(stats["skipped"]) == {"robots": 1}
+    assert counted(stats["skipped"]) == {"robots_unavailable": 1}
 
 
 async def test_obey_robots_false_ignores_robots_txt(db_path: Path) -> None:
