@@ -78,6 +78,7 @@ class Crawl:
         self.started = False
         """Whether the database was opened and the run recorded (later errors are not bad input)."""
         self._fresh = fresh
+        self._storage_failed = False
         self._console = console
         self._stop_requested = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
@@ -133,6 +134,7 @@ class Crawl:
             if self.status == "running":
                 self.status, self.reason = "finished", "frontier exhausted"
         except BaseException as exc:
+            self._storage_failed = isinstance(exc, StorageError)
             if self.status == "running" or isinstance(exc, asyncio.CancelledError):
                 self.status = "interrupted" if isinstance(exc, asyncio.CancelledError) else "failed"
                 self.reason = self.reason or f"{type(exc).__name__}: {exc}"
@@ -152,7 +154,9 @@ class Crawl:
                     conn, run_id, status=self.status, reason=self.reason, stats=self.stats.as_dict()
                 )
         except sqlite3.Error as exc:  # disk full or read-only: the next run marks it crashed
-            logger.warning("could not record the end of the run: %s", exc)
+            # When the storage is what failed, the CLI's one line already says so.
+            level = logging.DEBUG if self._storage_failed else logging.WARNING
+            logger.log(level, "could not record the end of the run: %s", exc)
         finally:
             try:
                 await conn.close()
