@@ -55,22 +55,27 @@ class Crawl:
 
     Example:
         ```python
-        crawl = Crawl(BooksSpider(), db=Path("books.db"), settings=settings)
+        crawl = Crawl(BooksSpider, db="books.db", settings={"max_pages": 100})
         summary = await crawl.run()
         ```
     """
 
     def __init__(
         self,
-        spider: Spider,
+        spider: Spider | type[Spider],
         *,
-        db: Path,
-        settings: Settings,
+        db: str | Path,
+        settings: Settings | Mapping[str, object] | None = None,
         fresh: bool = False,
         console: Console | None = None,
     ) -> None:
+        """`spider` is a Spider class or instance; `settings` a Settings, or overrides (a
+        dict, as for `crawl()`) applied above the spider's own `settings`."""
+        spider = spider() if isinstance(spider, type) else spider
+        if not isinstance(settings, Settings):
+            settings = load_settings(spider=type(spider).settings, overrides=settings).settings
         self.spider = spider
-        self.db = db
+        self.db = Path(db)
         self.settings = settings
         self.stats = Stats()
         self.status = "running"
