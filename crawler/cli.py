@@ -23,8 +23,11 @@ from rich.table import Table
 from crawler import __version__
 from crawler.bench import bench
 from crawler.cli_common import (
+    EXIT_FAILURE,
     EXIT_INTERRUPTED,
     check_start_url,
+    check_starts_somewhere,
+    failed_start,
     load_crawl_settings,
     open_crawl_database,
     open_read_only,
@@ -129,14 +132,20 @@ def crawl(
         if explain:
             Console().print(_settings_table(loaded))
             return
+        check_starts_somewhere(spider_class)
         db = output or Path(f"{spider_class.name}.db")
         if processes > 1:
             _crawl_in_processes(processes, db, fresh, spider_class, loaded.settings)
             return
+        after = 0 if fresh else last_run_id(db)
         run = Crawl(spider_class(), db=db, settings=loaded.settings, fresh=fresh, console=console)
         summary = run_with_signals(run)
-    Console().print(render_summary(run.spider.name, run.status, summary))
+        failure = failed_start(db, after, summary["pages"]) if run.status == "finished" else None
+    Console().print(render_summary(run.spider.name, "failed" if failure else run.status, summary))
     click.echo(f"results: {db}", err=True)
+    if failure:
+        click.echo(f"error: {failure}", err=True)
+        sys.exit(EXIT_FAILURE)
     if run.status == "interrupted":
         sys.exit(EXIT_INTERRUPTED)
 
@@ -163,9 +172,12 @@ def _crawl_in_processes(
     if not db.exists():
         sys.exit(code or 1)
     status, summary = combined_summary(db, after)
-    Console().print(render_summary(f"{count} processes", status, summary))
+    failure = failed_start(db, after, summary["pages"]) if status == "finished" else None
+    Console().print(render_summary(f"{count} processes", "failed" if failure else status, summary))
     click.echo(f"results: {db}", err=True)
-    sys.exit(code)
+    if failure:
+        click.echo(f"error: {failure}", err=True)
+    sys.exit(EXIT_FAILURE if failure else code)
 
 
 async def _create_database(db: Path) -> None:

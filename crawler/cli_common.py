@@ -1,14 +1,16 @@
 """What every command shares: error translation to exit codes, settings layers, start URLs,
 logging, read-only database access, and running a crawl under signal handling.
 
-Exit codes: 2 for bad input (the crawler's own errors, a file that is not a crawl database);
-1 when the storage fails (StorageFailure: disk full, read-only, I/O error), at start-up as
-mid-crawl; 130 when interrupted. Each is one line on stderr, never a traceback.
+Exit codes: 2 for bad input (the crawler's own errors, a file that is not a crawl database,
+a spider with nothing to start from); 1 when the storage fails (StorageFailure: disk full,
+read-only, I/O error), at start-up as mid-crawl, or when every start request of a crawl
+failed; 130 when interrupted. Each is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
@@ -40,6 +42,8 @@ __all__ = [
     "StorageFailed",
     "UserError",
     "check_start_url",
+    "check_starts_somewhere",
+    "failed_start",
     "load_crawl_settings",
     "open_crawl_database",
     "open_read_only",
@@ -103,6 +107,71 @@ def check_start_url(url: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.raw_host:
         raise ConfigError(f"bad start URL {url!r}: expected an absolute http:// or https:// URL")
     return url
+
+
+def check_starts_somewhere(spider: type[Spider]) -> None:
+    """Refuse a spider that has nothing to start from: no start URLs and the default
+    `start_requests()` (the shipped `site` spider without `--start-url`).
+
+    Raises:
+        ConfigError: before any file is created, so that a script sees exit code 2 and no
+            empty database is left behind.
+    """
+    if not spider.start_urls and spider.start_requests is Spider.start_requests:
+        raise ConfigError(
+            f"spider {spider.name!r} has no start URLs: give one with --start-url URL"
+        )
+
+
+_SHOWN_REASONS: Final = 3
+
+
+def failed_start(db: Path, after_run: int, pages: int) -> str | None:
+    """Why the crawl in `db` failed at its start, or None when it did not.
+
+    It did when the runs after `after_run` fetched no page (`pages`) while every start
+    request the crawl admitted has failed: a site that refuses every connection, a mistyped
+    host. A failed request is final, so those requests are put back to pending and the runs
+    marked failed: the same command retries them once the site answers.
+
+    Raises:
+        StorageFailure: the database could not be read or written.
+    """
+    if pages:
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+            conn.execute("PRAGMA busy_timeout = 10000")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                starts = conn.execute(
+                    "SELECT state, reason FROM requests"
+                    " WHERE parent_id IS NULL AND state != 'skipped'"
+                ).fetchall()
+                if not starts or any(state != "failed" for state, _ in starts):
+                    return None
+                reasons = list(dict.fromkeys(" ".join((r or "?").split()) for _, r in starts))
+                why = "; ".join(reasons[:_SHOWN_REASONS])
+                if len(reasons) > _SHOWN_REASONS:
+                    why += f"; {len(reasons) - _SHOWN_REASONS} more"
+                message = f"every start request failed ({why})"
+                conn.execute(
+                    "UPDATE requests SET state = 'pending', reason = NULL, attempts = 0,"
+                    " not_before = NULL, finished_at = NULL"
+                    " WHERE parent_id IS NULL AND state = 'failed'"
+                )
+                conn.execute(
+                    "UPDATE crawls SET status = 'failed', reason = ?"
+                    " WHERE id > ? AND status = 'finished'",
+                    (message[:500], after_run),
+                )
+                conn.execute("COMMIT")
+            finally:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+    except sqlite3.Error as exc:
+        raise storage_error(db, exc, "write") from None
+    return f"{message}; run the same command again to retry them"
 
 
 def with_start_urls(spider: type[Spider], urls: Sequence[str]) -> type[Spider]:
