@@ -12,7 +12,8 @@ class SiteSpider(Spider):
     """Follow every link on the start URLs' hosts; pages and links land in the database.
 
     Run it as `crawler crawl site --start-url https://example.com/`: the start URLs' hosts
-    become its allowed domains, so it never leaves the site.
+    become its allowed domains, so it never leaves the site. Without one it has nothing to
+    start from, and `crawler crawl site` refuses to run (exit code 2, no file created).
     """
 
     name = "site"
