@@ -168,7 +168,7 @@ def _crawl_in_processes(
         run_with_signals(run)
         return EXIT_INTERRUPTED if run.status == "interrupted" else 0
 
-    code = run_processes(count, crawl_one)
+    code = run_processes(count, crawl_one, db=db, shutdown_grace=settings.shutdown_grace)
     if not db.exists():
         sys.exit(code or 1)
     status, summary = combined_summary(db, after)

@@ -43,7 +43,21 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Whether process `pid` has ended but was not waited for yet (Linux; elsewhere False).
+
+    kill(pid, 0) succeeds on such a process. A worker of `crawl --processes` whose parent
+    was killed ends as a zombie of init, which in a container may reap it seconds later or
+    never: its run would keep its leases until they expire.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rpartition(b")")[2].split()[:1] == [b"Z"]
+    except OSError:
+        return False
 
 
 async def start_run(
