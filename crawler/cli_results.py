@@ -153,7 +153,9 @@ def query(
 def export(database: Path, type_name: str, fmt: ExportFormat | None, output: str) -> None:
     """Export the items of one type from a crawl DATABASE, streaming.
 
-    Dataclass items come from their typed table, dict items from `items`.
+    Dataclass items are the rows of their typed table, dict items those of `items`. In JSON
+    and JSON lines each value is as the spider yielded it (true stays true, 2.0 stays 2.0);
+    CSV writes bools as true/false, lists and dicts as JSON, None as an empty cell.
     """
     with user_errors(), _stdout_pipe():
         chosen: ExportFormat = fmt or _SUFFIX_FORMATS.get(Path(output).suffix.lower(), "jsonl")

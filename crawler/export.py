@@ -1,9 +1,20 @@
 """Exporting the items of one type from a crawl database, streamed row by row.
 
-A dataclass type is read from its typed table (see crawler.item_tables); a dict type from
-`items`, one column per key. Rows come straight off the SQLite cursor, so exporting a
-million rows holds one at a time. In JSON output, columns holding JSON text (lists, dicts)
-are decoded, so a `tags` list comes out as a list rather than a string.
+A dataclass type's rows are those of its typed table (see crawler.item_tables), with the
+table's columns, but each field's value is read from the stored item (`items.data`, the JSON
+the spider's item was written as), not from its SQL column: SQLite has no booleans (a bool
+column holds 1 and 0), an `int | float` column is REAL, and its JSON functions end a string
+at a NUL. So what a spider yields is what JSON and JSON-lines exports give back, value and
+JSON type alike: `True` stays `true`, `2.0` stays `2.0`, nested lists, dicts and dataclasses
+stay nested, `None` is `null`. A typed row whose item is gone (a row written into the table
+by hand) is exported from its columns, JSON columns decoded.
+
+A dict type is read from `items`, one column per key. Rows come straight off the SQLite
+cursor, so exporting a million rows holds one at a time.
+
+CSV cells are text, so values are spelled out (`csv_cell`): a bool as `true` / `false`, a
+list or dict (a nested dataclass is a dict) as compact JSON, a float as Python's shortest
+round-trip repr (`2.0`, `1e+100`), an int in digits, None as an empty cell, a string as is.
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ from typing import Final, final
 
 from crawler.item_tables import ID_COLUMN, META_COLUMNS, quote_identifier, unique_column
 
-__all__ = ["ItemRows", "item_rows", "known_item_types"]
+__all__ = ["ItemRows", "csv_cell", "item_rows", "known_item_types"]
 
 Row = Sequence[object]
 
@@ -48,41 +59,77 @@ def item_rows(conn: sqlite3.Connection, type_name: str, *, decode_json: bool) ->
     Args:
         conn: an open crawl database.
         type_name: the item type (`book`, or a spider's `item_type` for dict items).
-        decode_json: turn JSON text columns into lists and dicts (for JSON output); when
-            false, nested values of dict items are written as JSON text (for CSV).
+        decode_json: give each field its JSON value (for JSON output); when false, give
+            CSV cells (see `csv_cell`).
     """
     table = conn.execute(_TYPED_TABLE, (type_name,)).fetchone()
     if table is not None:
-        return _table_rows(conn, str(table[0]), json.loads(table[1]), decode_json=decode_json)
+        name, columns, json_columns = str(table[0]), json.loads(table[1]), json.loads(table[2])
+        return _table_rows(conn, type_name, name, columns, json_columns, as_json=decode_json)
     if conn.execute("SELECT 1 FROM items WHERE type = ? LIMIT 1", (type_name,)).fetchone():
-        return _dict_rows(conn, type_name, decode_json=decode_json)
+        return _dict_rows(conn, type_name, as_json=decode_json)
     return None
 
 
+def csv_cell(value: object) -> object:
+    """A field's value as written in a CSV cell: bools as `true` / `false`, lists and dicts
+    as compact JSON text; numbers, strings and None (an empty cell) as they are."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return value
+
+
 def _table_rows(
-    conn: sqlite3.Connection, name: str, json_columns: list[str], *, decode_json: bool
+    conn: sqlite3.Connection,
+    type_name: str,
+    name: str,
+    field_columns: dict[str, str],
+    json_columns: list[str],
+    *,
+    as_json: bool,
 ) -> ItemRows:
+    """Rows of a typed table, each field's value taken from its item's stored JSON."""
+    item_id = quote_identifier(ID_COLUMN)
     cursor = conn.execute(
-        f"SELECT * FROM {quote_identifier(name)} ORDER BY {quote_identifier(ID_COLUMN)}"
+        f"SELECT t.*, i.data FROM {quote_identifier(name)} AS t "
+        f"LEFT JOIN items AS i ON i.id = t.{item_id} AND i.type = ? ORDER BY t.{item_id}",
+        (type_name,),
     )
-    columns = [d[0] for d in cursor.description]
-    decoded = [i for i, c in enumerate(columns) if c in json_columns] if decode_json else []
-    rows: Iterator[Row] = cursor
-    if decoded:
-        rows = (_decode(row, decoded) for row in cursor)
-    return ItemRows(source=name, columns=columns, rows=rows)
+    columns = [d[0] for d in cursor.description][:-1]  # the last one is `items.data`
+    index = {column: i for i, column in enumerate(columns)}
+    fields = [(index[column], key) for key, column in field_columns.items() if column in index]
+    from_json = {index[column] for column in json_columns if column in index}
+
+    def rows() -> Iterator[Row]:
+        for *values, data in cursor:
+            stored = _stored_object(data)
+            for i, key in fields:
+                if stored is not None and key in stored:
+                    values[i] = stored[key]
+                elif i in from_json and isinstance(values[i], str):
+                    with contextlib.suppress(ValueError):  # a value written by hand stays
+                        values[i] = json.loads(values[i])
+                if not as_json:
+                    values[i] = csv_cell(values[i])
+            yield values
+
+    return ItemRows(source=name, columns=columns, rows=rows())
 
 
-def _decode(row: Row, indexes: list[int]) -> Row:
-    values = list(row)
-    for i in indexes:
-        if isinstance(values[i], str):
-            with contextlib.suppress(ValueError):  # a value written by hand stays as it is
-                values[i] = json.loads(values[i])  # type: ignore[arg-type]
-    return values
+def _stored_object(data: object) -> dict[str, object] | None:
+    """`items.data` as a dict, or None when there is no item row or it holds no JSON object."""
+    if not isinstance(data, str):
+        return None
+    try:
+        values = json.loads(data)
+    except ValueError:
+        return None
+    return values if isinstance(values, dict) else None
 
 
-def _dict_rows(conn: sqlite3.Connection, type_name: str, *, decode_json: bool) -> ItemRows:
+def _dict_rows(conn: sqlite3.Connection, type_name: str, *, as_json: bool) -> ItemRows:
     """Rows of dict items: one column per key seen in any item of the type, in first-seen
     order, named as in the type's view."""
     keys = [str(row[0]) for row in conn.execute(_KEYS, (type_name,))]
@@ -92,28 +139,17 @@ def _dict_rows(conn: sqlite3.Connection, type_name: str, *, decode_json: bool) -
 
     def rows() -> Iterator[Row]:
         for item_id, data, *meta in cursor:
-            try:
-                values = json.loads(data)
-            except ValueError:
-                values = None
-            if not isinstance(values, dict):
-                values = {}
+            values = _stored_object(data) or {}
             picked = [values.get(key) for key in keys]
-            if not decode_json:
-                picked = [_as_text(value) for value in picked]
+            if not as_json:
+                picked = [csv_cell(value) for value in picked]
             yield [item_id, *picked, *meta]
 
     return ItemRows(source="items", columns=columns, rows=rows())
 
 
-def _as_text(value: object) -> object:
-    if isinstance(value, list | dict | bool):
-        return json.dumps(value, ensure_ascii=False)
-    return value
-
-
 _TYPED_TABLE: Final = (
-    "SELECT t.name, t.json_columns FROM item_tables AS t "
+    "SELECT t.name, t.columns, t.json_columns FROM item_tables AS t "
     "JOIN sqlite_master AS m ON m.name = t.name AND m.type = 'table' "
     "WHERE t.type = ? AND t.kind = 'table'"
 )

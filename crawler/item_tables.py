@@ -19,6 +19,9 @@ Naming rules (also in docs/querying.md):
 - Column types from the type hints: int/bool → INTEGER, float → REAL, str → TEXT, anything
   else (list, dict, unions, nested dataclasses) → TEXT holding JSON. A column's type is fixed
   when it is created; a field added to the dataclass adds a column (`ALTER TABLE … ADD COLUMN`).
+  SQLite has no booleans, so a bool column holds 1 and 0, an `int | float` column is REAL and
+  a string ends at a NUL: these columns are for SQL, and `crawler export` takes its values
+  from `items.data` instead, where the item is kept exactly (see crawler.export).
 - `item_tables` lists them all: type, kind (`table` | `view`), name, columns (JSON object:
   field or key → column) and json_columns (JSON array of the columns holding JSON).
 """
