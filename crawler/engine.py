@@ -295,7 +295,9 @@ class Crawl:
         robots = await self._robots.check(request.url, fetcher)  # fetches robots.txt once
         if not robots.allowed:
             return self._robots.refused(claimed, robots.fetched)
-        outcome = await fetcher.fetch(request, attempts_before=claimed.attempts)
+        outcome = await fetcher.fetch(
+            request, attempts_before=claimed.attempts, known=self._frontier.knows
+        )
         result = PageResult(
             request_id=claimed.id,
             url=request.url,
@@ -313,6 +315,13 @@ class Crawl:
             result.state = RequestState.PENDING
             result.not_before = outcome.not_before
             return result
+        if outcome.redirects:
+            self._frontier.followed(
+                outcome.redirects,
+                depth=request.depth,
+                parent_id=claimed.id,
+                skipped=result.skipped,
+            )
         response = Response(
             url=outcome.url,
             status=outcome.status,

@@ -167,5 +167,7 @@ class SkipReason(StrEnum):
     """robots.txt could not be fetched after `max_retries` cool-downs (not a `Disallow`)."""
     RULE = "rule"
     TRAP = "trap"
+    REDIRECT_TARGET = "redirect_target"
+    """Fetched as the target of another request's redirect: that request's page holds it."""
     INTERNAL = "internal"
     """The database refused the request's row (a value it cannot hold); see `errors`."""

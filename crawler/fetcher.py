@@ -86,6 +86,8 @@ class Fetched:
     attempts: int
     failures: list[ErrorRecord] = field(default_factory=list)
     """Earlier attempts that failed and were retried."""
+    redirects: list[str] = field(default_factory=list)
+    """The redirect targets followed to reach `url`, in order (`url` is the last)."""
 
 
 @final
@@ -111,6 +113,9 @@ class Deferred:
 FetchOutcome = Fetched | Failed | Deferred
 RedirectCheck = Callable[[str], str | None]
 """Given a redirect target URL, return why it may not be followed, or None."""
+RedirectGate = Callable[[str], bool]
+"""Given a redirect target URL the crawl may follow, return whether the crawl already knows
+it (then the redirect is not followed: the 3xx response is the answer), else claim it."""
 
 
 class _RetryableStatus(Exception):
@@ -236,11 +241,15 @@ class Fetcher:
         self._approved_origins.add(origin)
         return None
 
-    async def fetch(self, request: Request, *, attempts_before: int = 0) -> FetchOutcome:
+    async def fetch(
+        self, request: Request, *, attempts_before: int = 0, known: RedirectGate | None = None
+    ) -> FetchOutcome:
         """Fetch a request, retrying retryable failures with backoff; never raises FetchError.
 
         The first attempt runs on its own, since most requests need no other; a retryable
-        failure sleeps its backoff and hands the remaining attempts to tenacity.
+        failure sleeps its backoff and hands the remaining attempts to tenacity. With
+        `known`, a redirect to a URL the crawl already knows is not followed (one fetch per
+        URL): the 3xx response is returned as it is.
         """
         if self._trust_direct:
             self._policy.add_start_urls((request.url,))
@@ -249,7 +258,9 @@ class Fetcher:
         attempts = attempts_before + 1
         try:
             try:
-                return await self._attempt(request, attempts, failures, is_last=budget == 1)
+                return await self._attempt(
+                    request, attempts, failures, is_last=budget == 1, known=known
+                )
             except (FetchError, _RetryableStatus) as first:
                 if budget == 1 or not self._is_retryable(first):
                     raise
@@ -271,7 +282,9 @@ class Fetcher:
                 with attempt:
                     attempts += 1
                     is_last = attempts - attempts_before >= budget
-                    return await self._attempt(request, attempts, failures, is_last=is_last)
+                    return await self._attempt(
+                        request, attempts, failures, is_last=is_last, known=known
+                    )
         except _RetryableStatus as exhausted:
             return exhausted.response
         except _DeferRequest as defer:
@@ -281,21 +294,32 @@ class Fetcher:
         raise AssertionError("unreachable: tenacity either returns or reraises")  # pragma: no cover
 
     async def _attempt(
-        self, request: Request, attempt: int, failures: list[ErrorRecord], *, is_last: bool
+        self,
+        request: Request,
+        attempt: int,
+        failures: list[ErrorRecord],
+        *,
+        is_last: bool,
+        known: RedirectGate | None,
     ) -> Fetched:
         """One attempt; a failure without a response is added to `failures` and raised."""
         try:
-            return await self._fetch_checked(request, attempt, failures, is_last)
+            return await self._fetch_checked(request, attempt, failures, is_last, known)
         except FetchError as error:
             failures.append(_failure(request.url, error, attempt))
             raise
 
     async def _fetch_checked(
-        self, request: Request, attempt: int, failures: list[ErrorRecord], is_last: bool
+        self,
+        request: Request,
+        attempt: int,
+        failures: list[ErrorRecord],
+        is_last: bool,
+        known: RedirectGate | None,
     ) -> Fetched:
         """One attempt. Error statuses are added to `failures`; a retryable one is raised so
         that tenacity retries it, or deferred to the frontier when its Retry-After is long."""
-        response = await self._fetch_once(request)
+        response = await self._fetch_once(request, known)
         response.attempts = attempt
         response.failures = failures
         if response.status < 400:
@@ -328,7 +352,7 @@ class Fetcher:
         base = self._settings.backoff_base * 2 ** (attempt_number - 1)
         return min(self._settings.backoff_max, random.uniform(base / 2, base * 1.5))
 
-    async def _fetch_once(self, request: Request) -> Fetched:
+    async def _fetch_once(self, request: Request, known: RedirectGate | None = None) -> Fetched:
         """One attempt, redirects included, holding its host's slot (which waits for the
         host's delay and reports the response to its throttle) and a semaphore permit."""
         async with self._hosts.slot(request.url) as slot, self._semaphore:
@@ -337,7 +361,7 @@ class Fetcher:
                 _translate_errors(request.url),
                 self._deadlines.limit(self._settings.request_timeout),
             ):
-                url, status, headers, body = await self._follow_redirects(request)
+                url, status, headers, body, hops = await self._follow_redirects(request, known)
             retry_after = parse_retry_after(headers.get("Retry-After"))
             slot.responded(status, retry_after)
             return Fetched(
@@ -347,15 +371,17 @@ class Fetcher:
                 body=body,
                 elapsed_ms=(time.monotonic() - started) * 1000,
                 attempts=0,
+                redirects=hops,
             )
 
     async def _follow_redirects(
-        self, request: Request
-    ) -> tuple[str, int, CIMultiDictProxy[str], bytes]:
+        self, request: Request, known: RedirectGate | None
+    ) -> tuple[str, int, CIMultiDictProxy[str], bytes, list[str]]:
         url = request.url
         method = request.method
         headers = request.headers or None
         visited = {url}
+        hops: list[str] = []
         for hop in range(self._settings.max_redirects + 1):
             try:
                 response = await self._session.request(
@@ -368,6 +394,11 @@ class Fetcher:
                 location = response.headers.get("Location")
                 if response.status in _REDIRECT_STATUSES and location:
                     target = self._redirect_target(url, location, visited)
+                    if known is not None and known(target):
+                        # fetched (or to be fetched) under its own request: not twice
+                        body = await self._read_body(url, response)
+                        return url, response.status, response.headers, body, hops
+                    hops.append(target)
                     if headers and not _same_origin(url, target):
                         # Once dropped they stay dropped, even if a later hop comes back:
                         # the other origin chose where that hop goes.
@@ -380,7 +411,7 @@ class Fetcher:
                         method = "GET"
                     continue
                 body = await self._read_body(url, response)
-                return url, response.status, response.headers, body
+                return url, response.status, response.headers, body, hops
         raise RedirectError(request.url, f"more than {self._settings.max_redirects} redirects")
 
     def _redirect_target(self, url: str, location: str, visited: set[str]) -> str:

@@ -116,6 +116,35 @@ class Frontier:
         host = URL(url).raw_host or ""
         return None if self.is_allowed_host(host) else SkipReason.OFFSITE.value
 
+    def knows(self, url: str) -> bool:
+        """Whether the crawl admitted or refused `url` (a redirect's target) just now: then
+        the redirect is not followed, and the URL is fetched once, under its own request."""
+        recent = self._recent_urls
+        if url in recent.recent or url in recent.older:
+            return True
+        try:
+            canonical, _, _ = canonical_parts(url)
+        except (ValueError, TypeError, UnicodeError):
+            return False
+        return fingerprint(canonical, "GET") in self._recent_fingerprints
+
+    def followed(
+        self, urls: Sequence[str], *, depth: int, parent_id: int, skipped: list[Skipped]
+    ) -> None:
+        """Record the redirect targets a request was fetched through: seen, and stored as
+        skipped `redirect_target` (their response is that request's page), so that a link
+        to one of them later is a duplicate, not a second fetch."""
+        for url in urls:
+            try:
+                canonical, _, host = canonical_parts(url)
+            except (ValueError, TypeError, UnicodeError):
+                continue
+            fp = fingerprint(canonical, "GET")
+            self._recent_urls.add(canonical)
+            self._recent_fingerprints.add(fp)
+            reason = SkipReason.REDIRECT_TARGET
+            skipped.append(_skipped(canonical, fp, host, reason, depth, parent_id))
+
     def admit(
         self,
         request: Request,

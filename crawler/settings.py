@@ -156,8 +156,8 @@ class Settings:
     """Longest delay, in seconds, autothrottle may put between two requests to one host."""
 
     max_pages_per_host: int = 0
-    """Most requests admitted for fetching from any one host (0 = no limit); more are skipped
-    as `max_pages_per_host`. A backstop against spider traps (endless calendars, session ids)
+    """Most requests admitted for fetching from any one host (0 = no limit), counted for every
+    process sharing the file; more are skipped as `max_pages_per_host`. A backstop against spider traps (endless calendars, session ids)
     that depth and URL length do not stop; a resume with a larger limit fetches them."""
 
     blocking_warning: float = 0.5

@@ -25,6 +25,7 @@ __all__ = [
     "INSERT_SKIPPED",
     "SET_PAGE_BODY",
     "TAKE_ADMITTED_COUNT",
+    "UPSERT_REDIRECT_TARGET",
     "UPSERT_ROBOTS",
     "error_row",
     "skipped_row",
@@ -99,6 +100,18 @@ INSERT_SKIPPED: Final = BulkStatement(
     "SELECT {0}, {1}, {2}, {3}, 'skipped', {4}, {5}, {6}, {7}, {8} FROM {rows} ORDER BY {order}",
     9,
 )
+UPSERT_REDIRECT_TARGET: Final = BulkStatement(
+    "INSERT INTO requests (url, fingerprint, host, depth, state, reason, parent_id, "
+    "crawl_id, discovered_at, finished_at) "
+    "SELECT {0}, {1}, {2}, {3}, 'skipped', {4}, {5}, {6}, {7}, {8} FROM {rows} "
+    "WHERE true ORDER BY {order} "
+    # Pending and not claimed: its response is in hand, so it is not fetched again.
+    "ON CONFLICT (fingerprint) DO UPDATE SET state = 'skipped', reason = excluded.reason, "
+    "finished_at = excluded.finished_at "
+    "WHERE requests.state = 'pending' AND requests.lease_owner IS NULL",
+    9,
+)
+"""Redirect targets a request was fetched through (`skipped_row`s, reason `redirect_target`)."""
 INSERT_PAGE: Final = BulkStatement(
     "INSERT INTO pages (request_id, crawl_id, url, final_url, status, content_type, "
     "encoding, size_bytes, depth, elapsed_ms, fetched_at) "

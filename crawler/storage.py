@@ -316,9 +316,12 @@ class Storage:
         try:
             new_rows, budget_skips = await self._budgets.admit(candidates, now, tally)
             rest = Script()
-            rest.add(
-                statements.INSERT_SKIPPED, [skipped_row(self._run_id, s, now) for s in skipped]
-            )
+            refused = [skipped_row(self._run_id, s, now) for s in skipped]
+            targets = [row for row in refused if row[4] == SkipReason.REDIRECT_TARGET.value]
+            if targets:
+                refused = [row for row in refused if row[4] != SkipReason.REDIRECT_TARGET.value]
+                rest.add(statements.UPSERT_REDIRECT_TARGET, targets)
+            rest.add(statements.INSERT_SKIPPED, refused)
             rest.add(statements.INSERT_REQUEST_SKIPPED, budget_skips)
             await self._write_results(results, now, rest, tally)
             rest.add(

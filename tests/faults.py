@@ -29,7 +29,7 @@ Encodings and sizes:
     /big-chunked?bytes=N              the same, chunked, streamed without holding it
 Redirects (302):
     /redirect-loop                    -> /redirect-loop-b -> /redirect-loop -> ...
-    /redirect-chain?n=N               N (3) hops through /redirect-chain?n=N-1 ... then 200
+    /redirect-chain?n=N[&via=V]       N (3) hops through /redirect-chain?n=N-1 ... then 200
     /redirect-offsite                 -> http://127.0.0.2:<same port>/redirect-target
     /redirect-scheme?to=T             -> an ftp: (default), javascript: or data: URL
     /redirect-relative                `Location: ../redirect-target` (above the root)
@@ -145,7 +145,7 @@ FAULTS: Final[tuple[Fault, ...]] = (
     _failed("/redirect-loop", "redirect", "A -> B -> A"),
     _done("/redirect-chain?n=3", "three hops, then 200"),
     _done("/redirect-chain?n=5", "exactly max_redirects hops, then 200"),
-    _failed("/redirect-chain?n=6", "redirect", "one hop more than max_redirects"),
+    _failed("/redirect-chain?n=6&via=long", "redirect", "one hop more than max_redirects"),
     _failed("/redirect-offsite", "redirect", "to 127.0.0.2, outside allowed domains"),
     _failed("/redirect-scheme?to=ftp", "redirect", "to an ftp: URL"),
     _failed("/redirect-scheme?to=javascript", "redirect", "to a javascript: URL"),
@@ -324,8 +324,9 @@ async def _fixed_redirect(request: web.Request) -> web.StreamResponse:
 
 async def _redirect_chain(request: web.Request) -> web.StreamResponse:
     hops = int(request.query.get("n", "3"))
-    if hops > 0:
-        return _redirect(f"/redirect-chain?n={hops - 1}")
+    if hops > 0:  # `via` keeps two chains apart: a hop to a URL the crawl knows ends there
+        via = f"&via={request.query['via']}" if "via" in request.query else ""
+        return _redirect(f"/redirect-chain?n={hops - 1}{via}")
     return web.Response(text=_page("End of chain"), content_type="text/html")
 
 

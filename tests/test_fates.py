@@ -43,9 +43,7 @@ async def test_a_resume_after_max_pages_gives_the_items_of_a_one_shot_crawl(
         assert first["pages"] == 50
         assert first["skipped"]["max_pages"] > 0
         # what the budget refused is stored whole: callback and priority included
-        refused = rows(
-            limited, "SELECT DISTINCT callback FROM requests WHERE reason = 'max_pages'"
-        )
+        refused = rows(limited, "SELECT DISTINCT callback FROM requests WHERE reason = 'max_pages'")
         assert {c for (c,) in refused} >= {"parse_book"}
         await crawl(spider, db=limited, settings=QUIET)
         third = await crawl(spider, db=limited, settings=QUIET)
@@ -181,3 +179,41 @@ async def test_reparse_stopped_midway_leaves_items_and_keys_as_they_were(
     assert books_of(db) == before
     assert scalar(db, "SELECT count(*) FROM item_keys") == keys_before
     assert scalar(db, "PRAGMA integrity_check") == "ok"
+
+
+def shop_app(links: dict[str, list[str]], hits: dict[str, int]) -> web.Application:
+    """Pages linking as `links` says; `/shop` redirects to `/shop/`, which is also a page."""
+
+    async def page(request: web.Request) -> web.Response:
+        hits[request.path] = hits.get(request.path, 0) + 1
+        if request.path == "/shop":
+            raise web.HTTPMovedPermanently("/shop/")
+        body = "".join(f'<a href="{link}">{link}</a>' for link in links.get(request.path, []))
+        return web.Response(text=html_page(body), content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", page)
+    return app
+
+
+async def test_a_redirect_target_is_fetched_once_whichever_comes_first(tmp_path: Path) -> None:
+    followed_first = {"/": ["/shop", "/later"], "/later": ["/shop/"]}
+    known_first = {"/": ["/shop/", "/shop"]}
+    for name, links in (("followed", followed_first), ("known", known_first)):
+        hits: dict[str, int] = {}
+        db = tmp_path / f"{name}.db"
+        async with TestServer(shop_app(links, hits), host="127.0.0.1") as server:
+            spider = with_start_urls(FollowSpider, [str(server.make_url("/"))])
+            await crawl(spider, db=db, settings={**QUIET, "concurrency": 1})
+            shop, shop_link = str(server.make_url("/shop/")), str(server.make_url("/shop"))
+        assert hits["/shop/"] == 1, name
+        assert scalar(db, "SELECT count(*) FROM pages WHERE final_url = ?", (shop,)) == 1
+        fates = dict(rows(db, "SELECT url, coalesce(reason, state) FROM requests"))
+        assert fates[shop_link] == "done"
+        if name == "followed":  # the target is recorded as fetched through the redirect
+            assert fates[shop] == "redirect_target"
+        else:  # known already: the redirect ends the hop, its 301 is the page
+            assert fates[shop] == "done"
+            statuses = rows(db, "SELECT status FROM pages WHERE url = ?", (shop_link,))
+            assert statuses == [(301,)]
+        assert_all_accounted_for(db)

@@ -104,7 +104,8 @@ async def test_every_fault_ends_in_its_expected_state(
     }
     assert summary["errors_by_kind"] == stats["errors"]
     assert set(summary["skipped_by_reason"]) == {
-        *("scheme", "offsite", "invalid_url", "url_too_long", "depth", "trap")
+        *("scheme", "offsite", "invalid_url", "url_too_long", "depth", "trap"),
+        "redirect_target",  # where the followed redirects landed (fetched once, through them)
     }
     assert summary["failed_by_reason"]["timeout"] == 3
 
