@@ -39,7 +39,7 @@ from crawler.cli_common import (
 )
 from crawler.cli_results import export, parse, query, reparse, stats
 from crawler.cli_spiders import new, record, serve_demo
-from crawler.discovery import available_spiders, find_spider, spider_reference
+from crawler.discovery import find_spider, spider_catalogue, spider_reference
 from crawler.engine import Crawl
 from crawler.output import write_rows
 from crawler.processes import combined_summary, last_run_id, run_processes
@@ -189,10 +189,12 @@ async def _create_database(db: Path) -> None:
 def list_spiders() -> None:
     """List the available spiders and their start URLs."""
     with user_errors():
-        spiders = available_spiders()
+        catalogue = spider_catalogue()
     table = Table("name", "class", "start URLs")
-    for name, cls in spiders.items():
+    for name, cls in catalogue.spiders.items():
         table.add_row(name, spider_reference(cls), "\n".join(cls.start_urls) or "-")
+    for broken in catalogue.broken:  # listed, so that a typo does not hide a spider silently
+        table.add_row("[red]cannot import[/]", str(broken), "-")
     Console().print(table)
 
 
