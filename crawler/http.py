@@ -317,20 +317,35 @@ _BOMS: Final = (
 )
 
 
+# Text codecs Python has that no page is written in: they refuse errors="replace" (idna,
+# punycode, undefined) or decode escapes such as "\ud800" into lone surrogates, which no
+# parser, database or terminal takes. Browsers know none of them (WHATWG Encoding).
+_NOT_PAGE_CODECS: Final = frozenset(
+    {"idna", "punycode", "undefined", "unicode-escape", "raw-unicode-escape", "utf-7"}
+)
+
+
 def _known_codec(label: str) -> str | None:
+    """The codec a charset label names, or None for a label to ignore: unknown, or naming
+    a codec that does not decode bytes into text (`charset=base64`, `rot13`, `zlib`: bytes to
+    bytes or text to text) or that no page is written in (see `_NOT_PAGE_CODECS`)."""
     label = label.strip().lower()
     label = _WHATWG_ALIASES.get(label, label)
     try:
-        return codecs.lookup(label).name
+        info = codecs.lookup(label)
     except LookupError:
         return None
+    if not info._is_text_encoding or info.name in _NOT_PAGE_CODECS:
+        return None
+    return info.name
 
 
 def detect_encoding(body: bytes, content_type: str) -> str:
     """Return the codec name to decode an HTML body with.
 
     Order: byte-order mark, Content-Type charset, `<meta charset>` in the first 2 KiB, then
-    UTF-8 if the body is valid UTF-8, else windows-1252 (which decodes any byte string).
+    UTF-8 if the body is valid UTF-8, else windows-1252 (which decodes any byte string). A
+    label that is unknown or names no page encoding (`_known_codec`) counts as absent.
     """
     for bom, bom_codec in _BOMS:
         if body.startswith(bom):

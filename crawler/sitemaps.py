@@ -130,6 +130,8 @@ def _xml_entries(first: bytes, rest: Iterator[bytes]) -> Iterator[SitemapEntry]:
         parser.close()
     except ElementTree.ParseError as exc:
         raise ValueError(f"sitemap is not well-formed XML: {exc}") from None
+    except LookupError as exc:  # expat looks up the XML declaration's encoding="…" itself
+        raise ValueError(f"sitemap declares an unknown encoding: {exc}") from None
 
 
 def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import sqlite3
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +14,37 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import BaseTestServer, TestServer
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from tests.sites import follow_app
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Hypothesis profiles (tests/test_hostile_properties.py). The default one is derandomized, so
+# every run tries the same examples and a failure reproduces, and sized for about a minute
+# (without the explain phase, which re-runs a failing crawl dozens of times);
+# HYPOTHESIS_PROFILE=long tries 100,000 new examples per test and keeps the failing ones in a
+# database outside the repository, replayed first by the next run.
+_SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile(
+    "default",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    max_examples=100,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+    suppress_health_check=_SLOW_IS_FINE,
+)
+settings.register_profile(
+    "long",
+    max_examples=100_000,
+    deadline=None,
+    database=DirectoryBasedExampleDatabase(Path(tempfile.gettempdir()) / "crawler-hypothesis"),
+    print_blob=True,
+    suppress_health_check=_SLOW_IS_FINE,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @dataclass(frozen=True)

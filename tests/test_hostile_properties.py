@@ -1,0 +1,699 @@
+"""Property-based tests of hostile input: no response and no item may end a crawl.
+
+Hypothesis builds responses byte by byte (status line, header names and values, charset
+labels, content codings over matching or mismatched bodies, lying lengths and framing,
+redirects, robots.txt, sitemaps, hostile HTML) and items (lone surrogates, NUL, huge ints,
+NaN, bytes, sets, non-string keys, nesting deeper than any recursion limit). Each example is
+one small crawl against `tests.raw_http.RawHttpServer`, in this process, after which:
+
+- the crawl returned (no exception escaped) and its run is `finished`;
+- every discovered URL is in `requests` in a terminal state, with a reason when it was not
+  fetched, `crawls.stats` equals the tables and `PRAGMA integrity_check` passes
+  (`tests.invariants.assert_crawl_invariant`);
+- no log record carries a traceback: callbacks here never raise, and an unexpected
+  exception inside the crawler is one warning line, its traceback stored in `errors`
+  (kind `internal`), while the crawl goes on.
+
+The decoding, header and link functions the crawl relies on are also checked alone, with
+many more examples per second, and each bug these tests found has an example test below.
+Bugs found in files outside this task are pinned by strict xfails ("Known bugs", below),
+and the inputs that trigger them are kept out of the properties until they are fixed. A
+handful of fixed cases run through the command line as a subprocess.
+
+Profiles (tests/conftest.py): the default one is derandomized and takes about a minute;
+`HYPOTHESIS_PROFILE=long` runs 100,000 examples per test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import math
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Final
+from urllib.parse import urlsplit
+
+import pytest
+from hypothesis import assume, currently_in_test_context, event, given, note, settings
+from hypothesis import strategies as st
+
+from crawler import Request, RequestBatch, Response, Spider, crawl, text_of
+from crawler.http import decode_body, detect_encoding
+from crawler.links import canonical_url, try_canonical_url
+from crawler.sitemaps import SitemapSpider, iter_sitemap
+from tests.conftest import RunCli, rows
+from tests.hostile_strategies import (
+    ALL_CODEC_NAMES,
+    CASE_PATHS,
+    NON_TEXT_CODECS,
+    PORT_TOKEN,
+    AnyRecord,
+    HostileResponse,
+    TypedRecord,
+    YieldedRequest,
+    content_types,
+    hostile_responses,
+    hrefs,
+    html_bodies,
+    items,
+    nested,
+    redirects,
+    robots_bodies,
+    sitemap_bodies,
+    yielded_requests,
+)
+from tests.invariants import assert_all_accounted_for, assert_crawl_invariant
+from tests.raw_http import RawHttpServer, raw_response
+
+FAST: Final[dict[str, object]] = {
+    "obey_robots": False,
+    "autothrottle": False,  # its delays follow response times: a slow case would slow the rest
+    "max_retries": 1,
+    "backoff_base": 0.0,
+    "backoff_max": 0.0,
+    "request_timeout": 1.0,
+    "connect_timeout": 1.0,
+    "retry_after_max": 0.05,  # any Retry-After is honoured, briefly
+    "retry_after_inline": 0.0,  # and a positive one sends the request back to the frontier
+    "crawl_delay_max": 0.05,
+    "robots_error_cooldown": 0.05,  # a site whose robots.txt failed waits this long, twice
+    "write_interval": 0.005,
+    "progress_interval": 60.0,
+    "concurrency": 4,
+    "concurrency_per_host": 4,
+    "max_redirects": 3,
+    "max_depth": 2,
+    "max_pages": 25,
+    "max_size": 64 * 1024,
+    "blocking_warning": 0.0,
+    "shutdown_grace": 1.0,
+}
+"""Settings that keep one case to a few pages and tens of milliseconds."""
+CASE_LIMIT: Final = 30.0
+"""Seconds one case's crawl may take before it counts as hung (the slowest honest case, a
+few timeouts, takes about 4 s)."""
+PAGE = HostileResponse(
+    b"HTTP/1.1 200 OK",
+    ((b"Content-Type", b"text/html; charset=utf-8"), (b"Content-Length", b"42")),
+    b"<html><title>Fine</title><a href=/p0>p</a>",
+)
+"""A plain page, for the paths a case does not make hostile."""
+
+
+def scaled(share: float) -> settings:
+    """The loaded profile's settings with `share` times its `max_examples` (a cheap test
+    takes more examples than a crawl)."""
+    loaded = settings.default
+    assert loaded is not None
+    return settings(max_examples=max(1, round(loaded.max_examples * share)))
+
+
+# --- Spiders ------------------------------------------------------------------------------
+
+
+class ResponseSpider(Spider):
+    """Reads what a usual spider reads (text, title, a header, links) from every response of
+    any content type, yields it as an item and follows every link."""
+
+    name = "hostile_responses"
+    any_content_callbacks: ClassVar[Sequence[str]] = ("parse",)
+
+    async def parse(self, response: Response) -> AsyncIterator[dict[str, Any] | RequestBatch]:
+        yield {
+            "url": response.url,
+            "status": response.status,
+            "title": text_of(response.css_first("title")),
+            "content_type": response.headers.get("Content-Type"),
+            "encoding": response.encoding,
+            "start": response.text[:40],
+        }
+        yield response.follow_all()
+        yield response.follow_all(response.css("a"), callback="leaf")
+
+    async def leaf(self, response: Response) -> AsyncIterator[RequestBatch]:
+        yield response.follow_all()
+
+
+FIXED_ITEMS: Final[Mapping[str, Sequence[object]]] = {
+    "/": [
+        {"lone": "\ud800", "nul": "a\x00b", "huge": 2**64, "nan": math.nan},
+        {1: "int key", None: "none key", (1, 2): "tuple key"},
+        AnyRecord(value={"set": {1, 2}, "bytes": b"\xff"}),
+        TypedRecord(title="\udfff", price=math.inf, count=10**30, tags=["\x00"]),
+    ]
+}
+"""Items that `ItemSpider` yields on `/` unless a test registers others (the command-line
+case)."""
+
+
+class ItemSpider(Spider):
+    """Yields the items registered for each page's path, then follows its links."""
+
+    name = "hostile_items"
+    item_types: ClassVar[Sequence[type]] = (AnyRecord, TypedRecord)
+    dedupe_items_by: ClassVar[Sequence[str]] = ("k",)
+    registry: ClassVar[Mapping[str, Sequence[object]]] = FIXED_ITEMS
+
+    async def parse(self, response: Response) -> AsyncIterator[object]:
+        for item in self.registry.get(_path_of(response.url), ()):
+            yield item
+        yield response.follow_all()
+
+
+class RequestSpider(Spider):
+    """Follows the page's links, then yields the requests registered for its path (hostile
+    URL, meta, priority, headers)."""
+
+    name = "hostile_requests"
+    registry: ClassVar[Mapping[str, Sequence[object]]] = {}
+
+    async def parse(self, response: Response) -> AsyncIterator[Request | RequestBatch]:
+        # Links first: a refused request hides a later link to its URL (KNOWN BUG, see
+        # test_a_refused_request_does_not_hide_a_later_link_to_its_url).
+        yield response.follow_all()
+        for wanted in self.registry.get(_path_of(response.url), ()):
+            assert isinstance(wanted, YieldedRequest)
+            yield Request(
+                wanted.url,
+                callback=wanted.callback,
+                meta=wanted.meta,  # type: ignore[arg-type]
+                priority=wanted.priority,  # type: ignore[arg-type]
+                headers=wanted.headers,  # type: ignore[arg-type]
+            )
+
+    async def leaf(self, response: Response) -> AsyncIterator[RequestBatch]:
+        yield response.follow_all()
+
+
+class RefusedFirstSpider(RequestSpider):
+    """Yields the registered requests before following the page's links."""
+
+    name = "hostile_requests_first"
+
+    async def parse(self, response: Response) -> AsyncIterator[Request | RequestBatch]:
+        for wanted in self.registry.get(_path_of(response.url), ()):
+            assert isinstance(wanted, YieldedRequest)
+            yield Request(wanted.url, meta=wanted.meta)  # type: ignore[arg-type]
+        yield response.follow_all()
+
+
+class HostileSitemapSpider(SitemapSpider):
+    """Reads its `sitemap_urls` (robots.txt, sitemaps); what they list is parsed as pages."""
+
+    name = "hostile_sitemaps"
+
+    async def parse(self, response: Response) -> AsyncIterator[RequestBatch]:
+        yield response.follow_all()
+
+
+def _path_of(url: str) -> str:
+    return urlsplit(url).path or "/"
+
+
+# --- The harness --------------------------------------------------------------------------
+
+
+class _Records(logging.Handler):
+    """Keeps every record of WARNING or above."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@dataclass
+class Outcome:
+    """What one case's crawl left: its database, log records and the server's hits."""
+
+    db: Path
+    records: list[logging.LogRecord]
+    hits: dict[str, int]
+
+
+@dataclass
+class Harness:
+    """One event loop and one raw server for a module's worth of cases."""
+
+    runner: asyncio.Runner
+    server: RawHttpServer
+    directory: Path
+
+    def crawl(
+        self,
+        spider: type[Spider],
+        routes: Mapping[str, HostileResponse | bytes],
+        *,
+        registry: Mapping[str, Sequence[object]] | None = None,
+        settings: Mapping[str, object] | None = None,
+        start: Sequence[str] = ("/",),
+        unlinked: Mapping[str, HostileResponse | bytes] | None = None,
+    ) -> Outcome:
+        """Serve `routes` (plus `/`, linking to them, and `unlinked`, which it does not link
+        to) and crawl them from `start` with a subclass of `spider` (holding `registry`), in
+        a fresh database."""
+        port = self.server.port
+        served = {**routes, **(unlinked or {})}
+        self.server.route(
+            {p: r if isinstance(r, bytes) else r.raw(port) for p, r in served.items()},
+            unlinked=unlinked or (),
+        )
+        db = self.directory / "case.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        urls = [self.server.url(path) for path in start]
+        attrs: dict[str, object] = {
+            "name": spider.name,
+            "allowed_domains": ("127.0.0.1",),
+            "sitemap_urls" if issubclass(spider, SitemapSpider) else "start_urls": urls,
+            "__module__": spider.__module__,
+        }
+        if registry is not None:
+            attrs["registry"] = registry
+        bound = type(spider.__name__, (spider,), attrs)
+        handler = _Records()
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            self.runner.run(self._crawl(bound, db, {**FAST, **(settings or {})}))
+        finally:
+            root.removeHandler(handler)
+        return Outcome(db, handler.records, dict(self.server.hits))
+
+    async def _crawl(self, spider: type[Spider], db: Path, settings: Mapping[str, object]) -> None:
+        async with asyncio.timeout(CASE_LIMIT):
+            await crawl(spider, db=db, settings=settings)
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    runner = asyncio.Runner()
+    server = RawHttpServer()
+    runner.run(server.__aenter__())
+    try:
+        yield Harness(runner, server, tmp_path_factory.mktemp("hostile"))
+    finally:
+        runner.run(server.__aexit__(None, None, None))
+        runner.close()
+
+
+def assert_survived(
+    outcome: Outcome, *, sitemaps: bool = False, refused_requests: bool = False
+) -> None:
+    """The invariant after every case (see the module docstring).
+
+    With `sitemaps`, a sitemap that `iter_sitemap` refuses (ValueError) may end its
+    `parse_sitemap` callback as a spider error, logged with its traceback: that is how a
+    broken sitemap is recorded (tests/test_sitemaps.py). With `refused_requests`, a request
+    the frontier refuses (meta that JSON cannot hold, an unknown callback) may be a spider
+    error, logged without a traceback: the spider's own mistake.
+    """
+    traced = [
+        f"{r.name}: {r.getMessage()}"
+        for r in outcome.records
+        if (r.exc_info or r.stack_info) and not (sitemaps and _refused_sitemap(r))
+    ]
+    assert traced == [], traced
+    assert_crawl_invariant(outcome.db)
+    spider_errors = [
+        (url, callback, message)
+        for url, callback, message in rows(
+            outcome.db, "SELECT url, callback, message FROM errors WHERE kind = 'spider'"
+        )
+        if not (sitemaps and callback == "parse_sitemap" and message.startswith("ValueError: "))
+        and not (refused_requests and message.startswith("request "))
+    ]
+    assert spider_errors == [], spider_errors  # these callbacks never raise: the crawler did
+    for (message,) in rows(outcome.db, "SELECT message FROM errors WHERE kind = 'internal'"):
+        _event(f"internal error: {str(message).splitlines()[0][:80]}")
+    outcomes = rows(outcome.db, "SELECT state, reason FROM requests WHERE url LIKE '%/p_'")
+    for state, reason in outcomes:  # what the cases met, for --hypothesis-show-statistics
+        _event(f"{state} {str(reason or '').split(':', 1)[0]}".strip())
+
+
+def _event(text: str) -> None:
+    """Count `text` in Hypothesis's statistics (when run by Hypothesis)."""
+    if currently_in_test_context():
+        event(text)
+
+
+def _refused_sitemap(record: logging.LogRecord) -> bool:
+    """Whether a log record is parse_sitemap's ValueError for a sitemap it cannot read."""
+    exc = record.exc_info[1] if record.exc_info else None
+    return "callback parse_sitemap failed" in record.getMessage() and isinstance(exc, ValueError)
+
+
+# --- Whole crawls -------------------------------------------------------------------------
+
+
+@scaled(1.0)
+@given(responses=st.lists(hostile_responses(), min_size=1, max_size=len(CASE_PATHS)))
+def test_any_response_leaves_the_crawl_running(
+    harness: Harness, responses: list[HostileResponse]
+) -> None:
+    routes = dict(zip(CASE_PATHS, responses, strict=False))
+    outcome = harness.crawl(ResponseSpider, routes)
+    note(f"hits: {outcome.hits}")
+    assert_survived(outcome)
+
+
+@scaled(0.5)
+@given(first=redirects(), second=st.one_of(redirects(), hostile_responses()))
+def test_any_redirect_leaves_the_crawl_running(
+    harness: Harness, first: HostileResponse, second: HostileResponse
+) -> None:
+    # One request at a time: two redirects to one target at once are a KNOWN BUG (see
+    # test_two_redirects_to_one_target_at_once_fetch_it_once); back to FAST's with its fix.
+    outcome = harness.crawl(
+        ResponseSpider, {"/p0": first, "/p1": second, "/p2": PAGE}, settings={"concurrency": 1}
+    )
+    note(f"hits: {outcome.hits}")
+    assert_survived(outcome)
+
+
+@scaled(0.5)
+@given(robots=hostile_responses(body=robots_bodies()), page=hostile_responses())
+def test_any_robots_txt_leaves_the_crawl_running(
+    harness: Harness, robots: HostileResponse, page: HostileResponse
+) -> None:
+    outcome = harness.crawl(
+        ResponseSpider,
+        {"/robots.txt": robots, "/p0": page, "/p1": PAGE},
+        settings={"obey_robots": True},
+    )
+    note(f"hits: {outcome.hits}")
+    assert_survived(outcome)
+
+
+@scaled(0.5)
+@given(
+    sitemap=hostile_responses(body=sitemap_bodies()),
+    index=hostile_responses(body=sitemap_bodies()),
+    robots=hostile_responses(body=robots_bodies()),
+)
+def test_any_sitemap_leaves_the_crawl_running(
+    harness: Harness, sitemap: HostileResponse, index: HostileResponse, robots: HostileResponse
+) -> None:
+    outcome = harness.crawl(
+        HostileSitemapSpider,
+        {"/p0": sitemap, "/p1": index, "/robots.txt": robots, "/p2": PAGE},
+        start=("/robots.txt", "/p0"),
+    )
+    note(f"hits: {outcome.hits}")
+    assert_survived(outcome, sitemaps=True)
+
+
+@scaled(1.0)
+@given(
+    # deep=False: nesting past the recursion limit is a KNOWN BUG (see
+    # test_an_item_nested_past_the_recursion_limit_is_an_item_error); back with its fix
+    on_index=st.lists(items(deep=False), min_size=1, max_size=4),
+    on_page=st.lists(items(deep=False), max_size=2),
+)
+def test_any_item_leaves_the_crawl_running(
+    harness: Harness, on_index: list[object], on_page: list[object]
+) -> None:
+    assume(not any(map(_float_field_overflows, [*on_index, *on_page])))  # KNOWN BUG, below
+    registry = {"/": on_index, "/p0": on_page}
+    outcome = harness.crawl(ItemSpider, {"/p0": PAGE}, registry=registry)
+    assert_survived(outcome)
+
+
+@scaled(0.5)
+@given(requests=st.lists(yielded_requests(), min_size=1, max_size=4))
+def test_any_yielded_request_leaves_the_crawl_running(
+    harness: Harness, requests: list[YieldedRequest]
+) -> None:
+    port = str(harness.server.port)
+    wanted = [
+        YieldedRequest(r.url.replace(PORT_TOKEN, port), r.meta, r.priority, r.headers, r.callback)
+        for r in requests
+    ]
+    outcome = harness.crawl(RequestSpider, {"/p0": PAGE, "/p1": PAGE}, registry={"/": wanted})
+    assert_survived(outcome, refused_requests=True)
+
+
+# --- The functions the crawl relies on, alone ---------------------------------------------
+
+PAGE_URL: Final = "http://127.0.0.1:8000/dir/page.html"
+
+
+def _response(body: bytes, content_type: bytes, url: str = PAGE_URL) -> Response:
+    header = content_type.decode("utf-8", "surrogateescape")  # as aiohttp decodes headers
+    return Response(
+        url=url, status=200, headers={"Content-Type": header}, body=body, request=Request(url)
+    )
+
+
+@scaled(5.0)
+@given(body=st.one_of(html_bodies(), st.binary(max_size=100)), content_type=content_types())
+def test_text_always_decodes_to_storable_text(body: bytes, content_type: bytes) -> None:
+    response = _response(body, content_type)
+    info = codecs.lookup(response.encoding)
+    assert info._is_text_encoding, response.encoding
+    text = response.text
+    text.encode("utf-8")  # no lone surrogate: it can be parsed, stored and printed
+    assert "\x00" not in text
+
+
+@scaled(5.0)
+@given(body=html_bodies(), content_type=content_types(), url=st.sampled_from([PAGE_URL]))
+def test_links_never_raise(body: bytes, content_type: bytes, url: str) -> None:
+    response = _response(body, content_type, url)
+    links = response.links()
+    assert all(isinstance(link, str) for link in links)
+    assert len(response.follow_all(response.css("a"))) <= len(response.css("a"))
+
+
+@scaled(5.0)
+@given(href=hrefs(), base=st.one_of(hrefs(), st.just(PAGE_URL)))
+def test_urls_either_resolve_or_raise_value_error(href: str, base: str) -> None:
+    try:
+        canonical_url(href, base)
+    except ValueError:
+        assert try_canonical_url(href, base) is None
+    else:
+        assert try_canonical_url(href, base) is not None
+
+
+@scaled(5.0)
+@given(body=sitemap_bodies())
+def test_a_sitemap_either_parses_or_raises_value_error(body: bytes) -> None:
+    try:
+        entries = list(iter_sitemap(body))
+    except ValueError:
+        return
+    assert all(isinstance(entry.loc, str) for entry in entries)
+
+
+# --- Bugs the properties found, one example each ------------------------------------------
+
+
+@pytest.mark.parametrize("label", NON_TEXT_CODECS)
+def test_a_charset_naming_a_codec_that_is_not_a_text_encoding_is_unknown(label: str) -> None:
+    # charset=base64 crashed the crawl: bytes.decode("base64") raises LookupError
+    body = "<p>café</p>".encode()
+    response = _response(body, f"text/html; charset={label}".encode())
+    assert (response.encoding, response.text) == ("utf-8", "<p>café</p>")
+    in_meta = f"<meta charset={label}><p>café</p>".encode()
+    assert _response(in_meta, b"text/html").encoding == "utf-8"
+
+
+@pytest.mark.parametrize(
+    ("label", "body"),
+    [
+        ("idna", b"<p>caf\xc3\xa9</p>"),  # refuses errors="replace": UnicodeError
+        ("punycode", b"<p>caf\xc3\xa9</p>"),  # the same, as UnicodeDecodeError
+        ("undefined", b"<p>cafe</p>"),  # refuses to decode anything
+        ("unicode_escape", b"<p>\\ud800</p>"),  # decodes to a lone surrogate
+        ("raw_unicode_escape", b"<p>\\udfff</p>"),
+        ("utf-7", b"<p>+2AA-</p>"),
+    ],
+)
+def test_a_charset_naming_a_codec_no_page_is_written_in_is_unknown(label: str, body: bytes) -> None:
+    response = _response(body, f"text/html; charset={label}".encode())
+    assert response.encoding in ("utf-8", "cp1252")
+    response.text.encode("utf-8")  # no lone surrogate
+
+
+def test_every_python_codec_name_as_a_charset_still_decodes() -> None:
+    body = b"<p>\\ud800 \\N{ +2AA- \xff\xfe caf\xc3\xa9</p>"
+    for label in ALL_CODEC_NAMES:
+        in_header = _response(body, f"text/html; charset={label}".encode())
+        in_meta = _response(f"<meta charset={label}>".encode() + body, b"text/html")
+        for response in (in_header, in_meta):
+            assert codecs.lookup(response.encoding)._is_text_encoding, label
+            response.text.encode("utf-8")
+        assert decode_body(body, detect_encoding(body, f"text/html; charset={label}"))
+
+
+@pytest.mark.parametrize("label", ["base64", "x-made-up", "rot13"])
+def test_a_sitemap_declaring_an_unknown_encoding_is_refused_with_value_error(label: str) -> None:
+    # expat raised LookupError, which parse_sitemap's callers do not expect
+    body = f'<?xml version="1.0" encoding="{label}"?><urlset></urlset>'.encode()
+    with pytest.raises(ValueError, match="unknown encoding"):
+        list(iter_sitemap(body))
+
+
+# --- Known bugs outside this module's files ------------------------------------------------
+# Reported with these reproducers. Each is a strict xfail, so its fix turns it into a failure:
+# then drop the marker, and the matching exclusion in the properties above.
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="KNOWN BUG (callbacks.py, items.py): a value nested past the recursion limit "
+    "raises RecursionError in json.dumps (serialise_item) or repr (items._mismatch), which "
+    "neither catches: the callback ends as a spider error with a traceback and its later "
+    "items and links are lost",
+)
+def test_an_item_nested_past_the_recursion_limit_is_an_item_error(harness: Harness) -> None:
+    deep = nested(5000)
+    registry = {
+        "/": [
+            {"deep": deep},
+            TypedRecord(title="t", price=1.0, count=1, tags=deep),  # type: ignore[arg-type]
+            {"after": "the deep ones"},
+        ]
+    }
+    outcome = harness.crawl(ItemSpider, {"/p0": PAGE}, registry=registry)
+    assert_survived(outcome)
+    assert rows(outcome.db, "SELECT data FROM items") == [('{"after":"the deep ones"}',)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="KNOWN BUG (frontier.py): Frontier.admit remembers a URL as seen before it "
+    "refuses the request's meta, headers or priority (SpiderError), so a later link to the "
+    "same URL is dropped as a duplicate: a discovered URL that is never recorded",
+)
+def test_a_refused_request_does_not_hide_a_later_link_to_its_url(harness: Harness) -> None:
+    unstorable = YieldedRequest(harness.server.url("/p0"), {"meta": {1, 2}}, 0, None, None)
+    outcome = harness.crawl(RefusedFirstSpider, {"/p0": PAGE}, registry={"/": [unstorable]})
+    assert_survived(outcome, refused_requests=True)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="KNOWN BUG (fetcher.py): parse_retry_after trusts str.isdigit(), which is true "
+    "for '²' (and other digits float() refuses): ValueError on every response carrying it, "
+    "now caught by the per-request boundary as an internal error",
+)
+def test_a_retry_after_that_is_not_a_number_is_ignored(harness: Harness) -> None:
+    page = HostileResponse(
+        b"HTTP/1.1 200 OK",
+        ((b"Retry-After", "\u00b2".encode()), (b"Content-Length", b"2")),
+        b"hi",
+    )
+    outcome = harness.crawl(ResponseSpider, {"/p0": page})
+    assert_survived(outcome)
+    assert rows(outcome.db, "SELECT state FROM requests WHERE url LIKE '%/p0'") == [("done",)]
+
+
+def _float_field_overflows(item: object) -> bool:
+    """Whether an item holds an int too large for a float in a float field (KNOWN BUG, see
+    test_an_int_too_large_for_a_float_field_is_an_item_error)."""
+    price: object = item.price if isinstance(item, TypedRecord) else None
+    return isinstance(price, int) and abs(price) > 2**1023
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="KNOWN BUG (items.py): _convert_scalar calls float() on an int too large for a "
+    "float: OverflowError, which validation does not catch, ends the callback as a spider "
+    "error with a traceback and its later items and links are lost",
+)
+def test_an_int_too_large_for_a_float_field_is_an_item_error(harness: Harness) -> None:
+    too_large = TypedRecord(title="t", price=10**400, count=1, tags=[])
+    registry = {"/": [too_large, {"after": "the large one"}]}
+    outcome = harness.crawl(ItemSpider, {"/p0": PAGE}, registry=registry)
+    assert_survived(outcome)
+    assert rows(outcome.db, "SELECT count(*) FROM item_errors") == [(1,)]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="KNOWN BUG (since 6fea107, one fetch per final URL): two requests in flight that "
+    "redirect to the same URL both fetch it, and both count a 'redirect_target' skip in the "
+    "stats while one row is stored: crawls.stats no longer equals the tables",
+)
+def test_two_redirects_to_one_target_at_once_fetch_it_once(harness: Harness) -> None:
+    moved = HostileResponse(
+        b"HTTP/1.1 301 Moved", ((b"Location", b"/elsewhere"), (b"Content-Length", b"0")), b""
+    )
+    elsewhere = raw_response(b"HTTP/1.1 200 OK", [(b"Content-Length", b"2")], b"hi")
+    outcome = harness.crawl(
+        ResponseSpider, {"/p0": moved, "/p1": moved}, unlinked={"/elsewhere": elsewhere}
+    )
+    assert_survived(outcome)
+    assert outcome.hits["/elsewhere"] == 1
+
+
+# --- Through the command line -------------------------------------------------------------
+
+CLI_CASES: Final[dict[str, tuple[str, bytes]]] = {
+    "charset=base64": (
+        "ResponseSpider",
+        raw_response(
+            b"HTTP/1.1 200 OK",
+            [(b"Content-Type", b"text/html; charset=base64"), (b"Content-Length", b"15")],
+            b"<a href=x>x</a>",
+        ),
+    ),
+    "unicode_escape decodes to lone surrogates": (
+        "ResponseSpider",
+        raw_response(
+            b"HTTP/1.1 200 OK",
+            [(b"Content-Type", b"text/html; charset=unicode_escape")],
+            b"<title>\\ud800</title><a href='/\\udfff'>x</a>",
+        ),
+    ),
+    "Retry-After in other digits": (
+        "ResponseSpider",
+        raw_response(
+            b"HTTP/1.1 503 Busy",
+            [(b"Retry-After", "\u00b2".encode()), (b"Content-Length", b"0")],
+        ),
+    ),
+    "header value that is not UTF-8": (
+        "ResponseSpider",
+        raw_response(
+            b"HTTP/1.1 200 OK",
+            [(b"Content-Type", b"text/html; x=\xff\xfe"), (b"Content-Length", b"2")],
+            b"hi",
+        ),
+    ),
+    "hostile items": ("ItemSpider", raw_response(b"HTTP/1.1 200 OK", [], b"")),
+}
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[RawHttpServer]:
+    async with RawHttpServer() as server:
+        yield server
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+async def test_hostile_cases_through_the_command_line(
+    raw_server: RawHttpServer, run_cli: RunCli, tmp_path: Path, case: str
+) -> None:
+    spider, response = CLI_CASES[case]
+    raw_server.route({"/p0": response})
+    db = tmp_path / "cli.db"
+    flags = []
+    for key, value in FAST.items():
+        flags += ["-s", f"{key}={str(value).lower() if isinstance(value, bool) else value}"]
+    result = await run_cli(
+        "crawl",
+        f"tests.test_hostile_properties:{spider}",
+        *("--start-url", raw_server.url("/"), "-o", str(db), *flags),
+    )
+    assert result.code == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert_all_accounted_for(db)
+    assert rows(db, "SELECT status FROM crawls") == [("finished",)]
