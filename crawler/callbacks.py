@@ -242,7 +242,7 @@ class CallbackRunner:
                 return
         try:
             data = serialise_item(output)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             message = f"item {type(output).__name__} cannot be stored as JSON: {exc}"
             logger.error("%s (callback %s, %s)", message, request.callback, response.url)
             result.errors.append(_error(response.url, ITEM_ERROR, message, request.callback))

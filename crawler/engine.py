@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import gzip
 import logging
 import sqlite3
@@ -28,7 +29,7 @@ from crawler.callbacks import CallbackRunner, LoopHeartbeat, spider_error
 from crawler.errors import StorageError
 from crawler.failures import describe, internal_failure
 from crawler.feeder import Feeder
-from crawler.fetcher import Deferred, Failed, Fetcher
+from crawler.fetcher import Deferred, Failed, Fetched, Fetcher
 from crawler.frontier import Frontier
 from crawler.hosts import Hosts
 from crawler.http import Response
@@ -275,6 +276,7 @@ class Crawl:
             claimed.request.url,
             describe(exc),
         )
+        self._frontier.release(claimed.id)
         return internal_failure(claimed, exc, attempts=claimed.attempts + 1)
 
     async def _process(self, claimed: Claimed, fetcher: Fetcher, storage: Storage) -> PageResult:
@@ -295,9 +297,8 @@ class Crawl:
         robots = await self._robots.check(request.url, fetcher)  # fetches robots.txt once
         if not robots.allowed:
             return self._robots.refused(claimed, robots.fetched)
-        outcome = await fetcher.fetch(
-            request, attempts_before=claimed.attempts, known=self._frontier.knows
-        )
+        known = functools.partial(self._frontier.redirect_known, claimed.id)
+        outcome = await fetcher.fetch(request, attempts_before=claimed.attempts, known=known)
         result = PageResult(
             request_id=claimed.id,
             url=request.url,
@@ -307,6 +308,10 @@ class Crawl:
             robots=robots.fetched,
         )
         self.stats.retries += max(0, outcome.attempts - claimed.attempts - 1)
+        if isinstance(outcome, Fetched):  # the redirect targets it claimed were reached
+            self._frontier.followed(claimed.id, depth=request.depth, skipped=result.skipped)
+        else:
+            self._frontier.release(claimed.id)
         if isinstance(outcome, Failed):
             result.state = RequestState.FAILED
             result.reason = f"{outcome.error.kind}: {outcome.error.message}"[:500]
@@ -315,13 +320,6 @@ class Crawl:
             result.state = RequestState.PENDING
             result.not_before = outcome.not_before
             return result
-        if outcome.redirects:
-            self._frontier.followed(
-                outcome.redirects,
-                depth=request.depth,
-                parent_id=claimed.id,
-                skipped=result.skipped,
-            )
         response = Response(
             url=outcome.url,
             status=outcome.status,

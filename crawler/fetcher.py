@@ -499,7 +499,7 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # isdigit alone also takes '²' and other digits
         return float(value)
     try:
         moment = email.utils.parsedate_to_datetime(value)

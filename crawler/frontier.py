@@ -97,6 +97,8 @@ class Frontier:
         self._known_callbacks: set[str] = set()
         self._recent_fingerprints = _RecentSet[int](_RECENT_LIMIT)
         self._recent_urls = _RecentSet[str](_RECENT_LIMIT // 2)
+        self._redirect_claims: dict[int, dict[int, str]] = {}
+        """Redirect targets claimed by requests in flight: request id -> fingerprint -> URL."""
         self._too_deep = _RecentSet[int](_RECENT_LIMIT // 4)
         """Fingerprints refused for depth just now: refused again without another row."""
 
@@ -116,34 +118,41 @@ class Frontier:
         host = URL(url).raw_host or ""
         return None if self.is_allowed_host(host) else SkipReason.OFFSITE.value
 
-    def knows(self, url: str) -> bool:
-        """Whether the crawl admitted or refused `url` (a redirect's target) just now: then
-        the redirect is not followed, and the URL is fetched once, under its own request."""
-        recent = self._recent_urls
-        if url in recent.recent or url in recent.older:
-            return True
+    def redirect_known(self, owner: int, url: str) -> bool:
+        """Whether the crawl already knows `url`, a redirect target of request `owner`: then
+        the redirect is not followed, and the URL is fetched once, under its own request.
+        Otherwise `owner` claims it (another request redirected there meanwhile does not
+        fetch it too) until `followed` records it or `release` gives it back."""
         try:
             canonical, _, _ = canonical_parts(url)
         except (ValueError, TypeError, UnicodeError):
             return False
-        return fingerprint(canonical, "GET") in self._recent_fingerprints
+        fp = fingerprint(canonical, "GET")
+        claims = self._redirect_claims.get(owner)
+        if claims is not None and fp in claims:
+            return False  # claimed on an earlier attempt of the same request
+        if fp in self._recent_fingerprints or canonical in self._recent_urls:
+            return True
+        self._recent_fingerprints.add(fp)
+        self._recent_urls.add(canonical)
+        self._redirect_claims.setdefault(owner, {})[fp] = canonical
+        return False
 
-    def followed(
-        self, urls: Sequence[str], *, depth: int, parent_id: int, skipped: list[Skipped]
-    ) -> None:
-        """Record the redirect targets a request was fetched through: seen, and stored as
-        skipped `redirect_target` (their response is that request's page), so that a link
-        to one of them later is a duplicate, not a second fetch."""
-        for url in urls:
-            try:
-                canonical, _, host = canonical_parts(url)
-            except (ValueError, TypeError, UnicodeError):
-                continue
-            fp = fingerprint(canonical, "GET")
-            self._recent_urls.add(canonical)
-            self._recent_fingerprints.add(fp)
+    def followed(self, owner: int, *, depth: int, skipped: list[Skipped]) -> None:
+        """Record the redirect targets request `owner` was fetched through, as skipped
+        `redirect_target` (their response is that request's page), so that a link to one of
+        them later is a duplicate, not a second fetch."""
+        for fp, canonical in self._redirect_claims.pop(owner, {}).items():
+            host = canonical_parts(canonical)[2]
             reason = SkipReason.REDIRECT_TARGET
-            skipped.append(_skipped(canonical, fp, host, reason, depth, parent_id))
+            skipped.append(_skipped(canonical, fp, host, reason, depth, owner))
+
+    def release(self, owner: int) -> None:
+        """Give back the redirect targets request `owner` claimed but did not reach (it
+        failed): a link to one of them may still bring it in."""
+        for fp, canonical in self._redirect_claims.pop(owner, {}).items():
+            self._recent_fingerprints.discard(fp)
+            self._recent_urls.discard(canonical)
 
     def admit(
         self,
@@ -192,21 +201,31 @@ class Frontier:
         if reason is not None:
             skipped.append(_skipped(url, fp, host, reason, request.depth, parent_id))
             return reason
+        try:
+            candidates.append(self._candidate(request, url, fp, host, parent_id))
+        except SpiderError:
+            # refused for what it carries, not for its URL: a later link to it may be fine
+            self._recent_fingerprints.discard(fp)
+            self._recent_urls.discard(url)
+            self._recent_urls.discard(request.url)
+            raise
+        return None
+
+    def _candidate(
+        self, request: Request, url: str, fp: int, host: str, parent_id: int | None
+    ) -> Candidate:
         where = f"request {request.url}"
         if not (type(request.priority) is int and _INT64_MIN <= request.priority <= _INT64_MAX):
             raise SpiderError(f"{where}: priority must be an integer of 64 bits at most")
-        candidates.append(
-            Candidate(
-                url=url,
-                fingerprint=fp,
-                host=host,
-                request=request if request.url == url else request.replace(url=url),
-                parent_id=parent_id,
-                meta_json=_to_json(request.meta, "meta", where),
-                headers_json=_to_json(request.headers, "headers", where),
-            )
+        return Candidate(
+            url=url,
+            fingerprint=fp,
+            host=host,
+            request=request if request.url == url else request.replace(url=url),
+            parent_id=parent_id,
+            meta_json=_to_json(request.meta, "meta", where),
+            headers_json=_to_json(request.headers, "headers", where),
         )
-        return None
 
     def admit_batch(
         self,
@@ -314,6 +333,10 @@ class _RecentSet(Generic[_Key]):
         self.recent.add(key)
         if len(self.recent) >= self._limit:
             self.older, self.recent = self.recent, set()
+
+    def discard(self, key: _Key) -> None:
+        self.recent.discard(key)
+        self.older.discard(key)
 
 
 def _to_json(value: Mapping[str, object], what: str, where: str) -> str | None:

@@ -179,7 +179,10 @@ class ItemProcessor:
         result.items.append((type_name, data))
 
     def _check(self, item: object, response: Response, result: PageResult) -> object | None:
-        checked = validate_item(item)
+        try:
+            checked = validate_item(item)
+        except RecursionError:  # a value nested past what Python can walk
+            checked = Invalid(field="", message="a value is nested too deeply to check")
         if isinstance(checked, Invalid):
             type_name = item_type_name(item, self._spider)  # type: ignore[arg-type]
             self._refuse(result, response, type_name, checked, _json_of(item))
@@ -352,7 +355,10 @@ def _convert_scalar(value: object, hint: type) -> object:
         if isinstance(value, float):
             number = value
         elif isinstance(value, int) and not isinstance(value, bool):
-            number = float(value) if float(value) == value else None  # no rounding of big ints
+            try:  # no rounding of big ints, and none too large for a float at all
+                number = float(value) if float(value) == value else None
+            except OverflowError:
+                number = None
         elif text is not None and _FLOAT.fullmatch(text):
             number = float(text)
         return number if number is not None and math.isfinite(number) else _NO
@@ -428,7 +434,10 @@ def _convert_mapping(value: object, hint: Any, where: str) -> object:
 
 
 def _mismatch(value: object, hint: Any, where: str) -> _Problems:
-    shown = repr(value)
+    try:
+        shown = repr(value)
+    except (RecursionError, ValueError):  # nested too deep; an int too long to show
+        shown = f"<{type(value).__name__}>"
     if len(shown) > 60:
         shown = shown[:57] + "..."
     return _problem(where, f"expected {_hint_name(hint)}, got {shown} ({type(value).__name__})")

@@ -157,8 +157,9 @@ class Settings:
 
     max_pages_per_host: int = 0
     """Most requests admitted for fetching from any one host (0 = no limit), counted for every
-    process sharing the file; more are skipped as `max_pages_per_host`. A backstop against spider traps (endless calendars, session ids)
-    that depth and URL length do not stop; a resume with a larger limit fetches them."""
+    process sharing the file; more are skipped as `max_pages_per_host`. A backstop against
+    spider traps (endless calendars, session ids) that depth and URL length do not stop; a
+    resume with a larger limit fetches them."""
 
     blocking_warning: float = 0.5
     """Seconds a spider callback may run without giving the event loop back (`time.sleep`,
