@@ -372,6 +372,7 @@ HREF_SAMPLES: Final = (
     *("/\x00", "/p0\x00/p1", "\x0b/p1", "/p0%2F..%2Fp1", "/p0/" + "a/" * 50, "/?" + "q" * 600),
     *("http://127.0.0.1:\uff18\uff10/", "http://\uff41.example/", "http://xn--zz/", "\u202e/p0"),
     *("&#0;", "&#xD800;", "&#x110000;", "&amp;", "&", "/p1&#x20;", "&#9;/p2"),
+    *("//127.0.0.1:@x@/p0", "//@/p0", "//:@/", "//a@b@c/", "http://@/", "http://a:b@/p0"),
 )
 
 
@@ -788,11 +789,11 @@ def _mappings(values: Strategy[object]) -> Strategy[Mapping[Any, Any]]:
 
 
 @functools.cache
-def items(*, deep: bool = True) -> Strategy[object]:
+def items() -> Strategy[object]:
     """Anything a callback may yield as an item: dicts (with any keys and values, an item
-    key `k` for de-duplication now and then) and dataclasses holding any values; with
-    `deep`, values nested past the recursion limit among them."""
-    values = st.one_of(item_values(), deep_nesting()) if deep else item_values()
+    key `k` for de-duplication now and then) and dataclasses holding any values, values
+    nested past the recursion limit among them."""
+    values = st.one_of(item_values(), deep_nesting())
 
     def keyed(mapping: Mapping[Any, Any], key: object) -> object:
         return {**mapping, "k": key}

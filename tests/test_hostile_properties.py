@@ -16,8 +16,7 @@ one small crawl against `tests.raw_http.RawHttpServer`, in this process, after w
 
 The decoding, header and link functions the crawl relies on are also checked alone, with
 many more examples per second, and each bug these tests found has an example test below.
-Bugs found in files outside this task are pinned by strict xfails ("Known bugs", below),
-and the inputs that trigger them are kept out of the properties until they are fixed. A
+Bugs found in other modules have regression tests of their own ("Found elsewhere"). A
 handful of fixed cases run through the command line as a subprocess.
 
 Profiles (tests/conftest.py): the default one is derandomized and takes about a minute;
@@ -37,12 +36,12 @@ from typing import Any, ClassVar, Final
 from urllib.parse import urlsplit
 
 import pytest
-from hypothesis import assume, currently_in_test_context, event, given, note, settings
+from hypothesis import currently_in_test_context, event, given, note, settings
 from hypothesis import strategies as st
 
 from crawler import Request, RequestBatch, Response, Spider, crawl, text_of
 from crawler.http import decode_body, detect_encoding
-from crawler.links import canonical_url, try_canonical_url
+from crawler.links import canonical_parts, canonical_url, try_canonical_url
 from crawler.sitemaps import SitemapSpider, iter_sitemap
 from tests.conftest import RunCli, rows
 from tests.hostile_strategies import (
@@ -140,6 +139,7 @@ class ResponseSpider(Spider):
 FIXED_ITEMS: Final[Mapping[str, Sequence[object]]] = {
     "/": [
         {"lone": "\ud800", "nul": "a\x00b", "huge": 2**64, "nan": math.nan},
+        {"deep": nested(5000)},
         {1: "int key", None: "none key", (1, 2): "tuple key"},
         AnyRecord(value={"set": {1, 2}, "bytes": b"\xff"}),
         TypedRecord(title="\udfff", price=math.inf, count=10**30, tags=["\x00"]),
@@ -154,7 +154,9 @@ class ItemSpider(Spider):
 
     name = "hostile_items"
     item_types: ClassVar[Sequence[type]] = (AnyRecord, TypedRecord)
-    dedupe_items_by: ClassVar[Sequence[str]] = ("k",)
+    # Keys of any value for one type only: an item missing its key is refused before the
+    # writer sees it, and the others must reach the writer.
+    dedupe_items_by: ClassVar[Mapping[str, Sequence[str]]] = {"any_record": ("k",)}
     registry: ClassVar[Mapping[str, Sequence[object]]] = FIXED_ITEMS
 
     async def parse(self, response: Response) -> AsyncIterator[object]:
@@ -164,16 +166,13 @@ class ItemSpider(Spider):
 
 
 class RequestSpider(Spider):
-    """Follows the page's links, then yields the requests registered for its path (hostile
-    URL, meta, priority, headers)."""
+    """Yields the requests registered for each page's path (hostile URL, meta, priority,
+    headers), then follows the page's links (which a refused request must not hide)."""
 
     name = "hostile_requests"
     registry: ClassVar[Mapping[str, Sequence[object]]] = {}
 
     async def parse(self, response: Response) -> AsyncIterator[Request | RequestBatch]:
-        # Links first: a refused request hides a later link to its URL (KNOWN BUG, see
-        # test_a_refused_request_does_not_hide_a_later_link_to_its_url).
-        yield response.follow_all()
         for wanted in self.registry.get(_path_of(response.url), ()):
             assert isinstance(wanted, YieldedRequest)
             yield Request(
@@ -183,20 +182,9 @@ class RequestSpider(Spider):
                 priority=wanted.priority,  # type: ignore[arg-type]
                 headers=wanted.headers,  # type: ignore[arg-type]
             )
-
-    async def leaf(self, response: Response) -> AsyncIterator[RequestBatch]:
         yield response.follow_all()
 
-
-class RefusedFirstSpider(RequestSpider):
-    """Yields the registered requests before following the page's links."""
-
-    name = "hostile_requests_first"
-
-    async def parse(self, response: Response) -> AsyncIterator[Request | RequestBatch]:
-        for wanted in self.registry.get(_path_of(response.url), ()):
-            assert isinstance(wanted, YieldedRequest)
-            yield Request(wanted.url, meta=wanted.meta)  # type: ignore[arg-type]
+    async def leaf(self, response: Response) -> AsyncIterator[RequestBatch]:
         yield response.follow_all()
 
 
@@ -367,11 +355,7 @@ def test_any_response_leaves_the_crawl_running(
 def test_any_redirect_leaves_the_crawl_running(
     harness: Harness, first: HostileResponse, second: HostileResponse
 ) -> None:
-    # One request at a time: two redirects to one target at once are a KNOWN BUG (see
-    # test_two_redirects_to_one_target_at_once_fetch_it_once); back to FAST's with its fix.
-    outcome = harness.crawl(
-        ResponseSpider, {"/p0": first, "/p1": second, "/p2": PAGE}, settings={"concurrency": 1}
-    )
+    outcome = harness.crawl(ResponseSpider, {"/p0": first, "/p1": second, "/p2": PAGE})
     note(f"hits: {outcome.hits}")
     assert_survived(outcome)
 
@@ -410,15 +394,12 @@ def test_any_sitemap_leaves_the_crawl_running(
 
 @scaled(1.0)
 @given(
-    # deep=False: nesting past the recursion limit is a KNOWN BUG (see
-    # test_an_item_nested_past_the_recursion_limit_is_an_item_error); back with its fix
-    on_index=st.lists(items(deep=False), min_size=1, max_size=4),
-    on_page=st.lists(items(deep=False), max_size=2),
+    on_index=st.lists(items(), min_size=1, max_size=4),
+    on_page=st.lists(items(), max_size=2),
 )
 def test_any_item_leaves_the_crawl_running(
     harness: Harness, on_index: list[object], on_page: list[object]
 ) -> None:
-    assume(not any(map(_float_field_overflows, [*on_index, *on_page])))  # KNOWN BUG, below
     registry = {"/": on_index, "/p0": on_page}
     outcome = harness.crawl(ItemSpider, {"/p0": PAGE}, registry=registry)
     assert_survived(outcome)
@@ -466,7 +447,12 @@ def test_text_always_decodes_to_storable_text(body: bytes, content_type: bytes) 
 def test_links_never_raise(body: bytes, content_type: bytes, url: str) -> None:
     response = _response(body, content_type, url)
     links = response.links()
-    assert all(isinstance(link, str) for link in links)
+    for link in links:  # each is stored as it is, in `links` and in `requests`: a fixed point
+        try:
+            canonical = canonical_parts(link).url
+        except (ValueError, TypeError, UnicodeError):
+            continue  # recorded as an invalid URL, as written
+        assert canonical == link
     assert len(response.follow_all(response.css("a"))) <= len(response.css("a"))
 
 
@@ -540,51 +526,48 @@ def test_a_sitemap_declaring_an_unknown_encoding_is_refused_with_value_error(lab
         list(iter_sitemap(body))
 
 
-# --- Known bugs outside this module's files ------------------------------------------------
-# Reported with these reproducers. Each is a strict xfail, so its fix turns it into a failure:
-# then drop the marker, and the matching exclusion in the properties above.
+# --- Found elsewhere --------------------------------------------------------------------
+# Bugs the properties found in other modules (fixed in ae96929), one regression test each.
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN BUG (callbacks.py, items.py): a value nested past the recursion limit "
-    "raises RecursionError in json.dumps (serialise_item) or repr (items._mismatch), which "
-    "neither catches: the callback ends as a spider error with a traceback and its later "
-    "items and links are lost",
-)
 def test_an_item_nested_past_the_recursion_limit_is_an_item_error(harness: Harness) -> None:
+    # RecursionError from json.dumps (callbacks.serialise_item) and repr (items._mismatch)
+    # escaped both: the callback ended as a spider error, its later items and links lost
     deep = nested(5000)
     registry = {
         "/": [
-            {"deep": deep},
+            {"deep": deep, "k": 1},
             TypedRecord(title="t", price=1.0, count=1, tags=deep),  # type: ignore[arg-type]
-            {"after": "the deep ones"},
+            {"after": "the deep ones", "k": 2},
         ]
     }
     outcome = harness.crawl(ItemSpider, {"/p0": PAGE}, registry=registry)
     assert_survived(outcome)
-    assert rows(outcome.db, "SELECT data FROM items") == [('{"after":"the deep ones"}',)]
+    assert rows(outcome.db, "SELECT data FROM items") == [('{"after":"the deep ones","k":2}',)]
+    assert rows(outcome.db, "SELECT count(*) FROM requests WHERE url LIKE '%/p0'") == [(1,)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN BUG (frontier.py): Frontier.admit remembers a URL as seen before it "
-    "refuses the request's meta, headers or priority (SpiderError), so a later link to the "
-    "same URL is dropped as a duplicate: a discovered URL that is never recorded",
-)
+def test_an_int_too_large_for_a_float_field_is_an_item_error(harness: Harness) -> None:
+    # items._convert_scalar's float() raised OverflowError, which ended the callback
+    too_large = TypedRecord(title="t", price=10**400, count=1, tags=[])
+    registry = {"/": [too_large, {"after": "the large one", "k": 1}]}
+    outcome = harness.crawl(ItemSpider, {"/p0": PAGE}, registry=registry)
+    assert_survived(outcome)
+    assert rows(outcome.db, "SELECT field FROM item_errors") == [("price",)]
+    assert rows(outcome.db, "SELECT count(*) FROM items") == [(1,)]
+
+
 def test_a_refused_request_does_not_hide_a_later_link_to_its_url(harness: Harness) -> None:
+    # Frontier.admit remembered the URL as seen before refusing the request's meta, so the
+    # page's own link to it was dropped as a duplicate: discovered, never recorded
     unstorable = YieldedRequest(harness.server.url("/p0"), {"meta": {1, 2}}, 0, None, None)
-    outcome = harness.crawl(RefusedFirstSpider, {"/p0": PAGE}, registry={"/": [unstorable]})
+    outcome = harness.crawl(RequestSpider, {"/p0": PAGE}, registry={"/": [unstorable]})
     assert_survived(outcome, refused_requests=True)
+    assert outcome.hits["/p0"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN BUG (fetcher.py): parse_retry_after trusts str.isdigit(), which is true "
-    "for '²' (and other digits float() refuses): ValueError on every response carrying it, "
-    "now caught by the per-request boundary as an internal error",
-)
 def test_a_retry_after_that_is_not_a_number_is_ignored(harness: Harness) -> None:
+    # fetcher.parse_retry_after trusted str.isdigit(), true for "²", which float() refuses
     page = HostileResponse(
         b"HTTP/1.1 200 OK",
         ((b"Retry-After", "\u00b2".encode()), (b"Content-Length", b"2")),
@@ -595,34 +578,8 @@ def test_a_retry_after_that_is_not_a_number_is_ignored(harness: Harness) -> None
     assert rows(outcome.db, "SELECT state FROM requests WHERE url LIKE '%/p0'") == [("done",)]
 
 
-def _float_field_overflows(item: object) -> bool:
-    """Whether an item holds an int too large for a float in a float field (KNOWN BUG, see
-    test_an_int_too_large_for_a_float_field_is_an_item_error)."""
-    price: object = item.price if isinstance(item, TypedRecord) else None
-    return isinstance(price, int) and abs(price) > 2**1023
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN BUG (items.py): _convert_scalar calls float() on an int too large for a "
-    "float: OverflowError, which validation does not catch, ends the callback as a spider "
-    "error with a traceback and its later items and links are lost",
-)
-def test_an_int_too_large_for_a_float_field_is_an_item_error(harness: Harness) -> None:
-    too_large = TypedRecord(title="t", price=10**400, count=1, tags=[])
-    registry = {"/": [too_large, {"after": "the large one"}]}
-    outcome = harness.crawl(ItemSpider, {"/p0": PAGE}, registry=registry)
-    assert_survived(outcome)
-    assert rows(outcome.db, "SELECT count(*) FROM item_errors") == [(1,)]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN BUG (since 6fea107, one fetch per final URL): two requests in flight that "
-    "redirect to the same URL both fetch it, and both count a 'redirect_target' skip in the "
-    "stats while one row is stored: crawls.stats no longer equals the tables",
-)
 def test_two_redirects_to_one_target_at_once_fetch_it_once(harness: Harness) -> None:
+    # Both requests fetched the target and counted a 'redirect_target' skip; one row stored
     moved = HostileResponse(
         b"HTTP/1.1 301 Moved", ((b"Location", b"/elsewhere"), (b"Content-Length", b"0")), b""
     )
