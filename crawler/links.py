@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 _STRIP = " \t\n\r\f\v\x00"
+_LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 def canonical_url(url: str, base: str | URL | None = None) -> str:
@@ -47,10 +48,12 @@ def parse_canonical(url: str, base: str | URL | None = None) -> tuple[str, URL]:
         ValueError: as `canonical_url`.
     """
     raw = url.strip(_STRIP)
+    if not raw.isascii() and _LONE_SURROGATE.search(raw):  # yarl would drop it silently
+        raise ValueError(f"URL holds a lone surrogate: {raw!r}")
     parsed = URL(raw)
     if base is not None:
         parsed = (base if isinstance(base, URL) else URL(base)).join(parsed)
-    if not parsed.is_absolute() and not parsed.scheme:
+    if not parsed.scheme:  # "//host/path" is absolute to yarl, but not without its base
         raise ValueError(f"not an absolute URL: {raw!r}")
     if parsed.scheme in ("http", "https"):
         if not parsed.raw_host:
@@ -128,7 +131,9 @@ def fingerprint(canonical: str, method: str = "GET", body: bytes = b"") -> int:
     GET requests are identified by their canonical URL alone; other methods add the method
     and the body, so two POSTs with different bodies are different requests.
     """
-    digest = hashlib.blake2b(canonical.encode(), digest_size=8)
+    # surrogatepass: a URL a spider built may hold a lone surrogate; it is refused as
+    # invalid, and recorded (so fingerprinted) all the same
+    digest = hashlib.blake2b(canonical.encode("utf-8", "surrogatepass"), digest_size=8)
     if method != "GET":
         digest.update(b"\0" + method.encode() + b"\0" + body)
     return int.from_bytes(digest.digest(), "big", signed=True)

@@ -4,8 +4,9 @@ anything a spider callback may yield as an item or request.
 
 Responses are served by `tests.raw_http.RawHttpServer` at `CASE_PATHS`; hrefs and Locations
 may point at those paths, at a path nobody serves, at the same server by absolute URL (the
-`PORT_TOKEN` is replaced by the server's port when the case is served), at other hosts and
-at other schemes. Every strategy is bounded so that one crawl of a case stays small.
+`PORT_TOKEN` is replaced by the server's port when the case is served; in a body encoded
+as UTF-16 or UTF-32 it stays, one more broken href), at other hosts and at other schemes.
+Every strategy is bounded so that one crawl of a case stays small.
 """
 
 from __future__ import annotations
