@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Final
 
 from crawler.bulk import BulkStatement
+from crawler.failures import storable
 from crawler.records import ErrorRecord, Skipped
 
 __all__ = [
@@ -33,11 +34,12 @@ __all__ = [
 
 
 def skipped_row(run_id: int, skip: Skipped, now: str) -> tuple[object, ...]:
-    """The `INSERT_SKIPPED` row of a refused request."""
+    """The `INSERT_SKIPPED` row of a refused request (its URL as written, which may hold text
+    SQLite cannot: an invalid URL is recorded all the same)."""
     return (
-        skip.url,
+        storable(skip.url)[0],
         skip.fingerprint,
-        skip.host,
+        storable(skip.host)[0],
         skip.depth,
         skip.reason.value,
         skip.parent_id,

@@ -38,7 +38,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "long",
-    max_examples=100_000,
+    max_examples=int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "100000")),
     deadline=None,
     database=DirectoryBasedExampleDatabase(Path(tempfile.gettempdir()) / "crawler-hypothesis"),
     print_blob=True,

@@ -550,11 +550,6 @@ def test_a_url_with_a_lone_surrogate_is_invalid_and_has_a_fingerprint() -> None:
             canonical_parts(url)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN BUG (storage.py/bulk.py): the URL of a skipped request is not made "
-    "storable; a lone surrogate in it fails the batch and the row is lost (internal error)",
-)
 def test_a_request_url_with_a_lone_surrogate_is_recorded_as_an_invalid_url(
     harness: Harness,
 ) -> None:
