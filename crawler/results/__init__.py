@@ -1,0 +1,6 @@
+"""The read side: what `crawler stats` reports (`report`), what `crawler status` shows
+(`status`), exports of typed items (`export`) and the JSON/JSONL/CSV writers they share
+(`formats`).
+
+Enters: a crawl database, opened read-only. Leaves: text, tables and files for the CLI.
+"""
