@@ -26,12 +26,12 @@ from benchmarks.measure import local_only_env, log_tail, run_measured
 from benchmarks.server import StaticServer
 from benchmarks.site import generate_site
 from crawler import Request, Response, Spider
-from crawler.frontier import Frontier
-from crawler.runs import start_run
-from crawler.schema import open_database
+from crawler.frontier.gate import Frontier
 from crawler.settings import load_settings
 from crawler.stats import Stats
-from crawler.storage import Seeds, Storage
+from crawler.store.runs import start_run
+from crawler.store.schema import open_database
+from crawler.store.writer import Seeds, Storage
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 BATCH: Final = 5000

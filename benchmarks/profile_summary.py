@@ -23,7 +23,7 @@ CATEGORIES: Final = (
         "start-up (imports, opening the database)",
         ("_find_and_load", "_get_module_details", "open_database", "start_run"),
     ),
-    ("HTML parsing (Lexbor)", ("Response.tree (crawler/http.py",)),
+    ("HTML parsing (Lexbor)", ("Response.tree (crawler/spider/http.py",)),
     ("charset detection", ("Response.encoding",)),
     ("link extraction", ("extract_links",)),
     ("admission of links", ("CallbackRunner._admit_batch", "CallbackRunner.admit")),

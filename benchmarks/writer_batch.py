@@ -7,7 +7,7 @@ triggers (`frontier_counts`, `hosts`), so a batch should cost the same at any si
 The full file is filled once (one `INSERT … SELECT` from a recursive CTE, in one transaction,
 through the real schema and its triggers): `--hosts` hosts, mostly `done`, some `failed` and
 `skipped`, the last rows `pending` (the frontier of a breadth-first crawl is its newest rows).
-Each round then runs the real writer (`crawler.storage.Storage`, its writer task fed with
+Each round then runs the real writer (`crawler.store.writer.Storage`, its writer task fed with
 `PageResult`s) over `--batches` batches of `--batch` results, on a new empty file and on the
 full file, alternately. A result is a fetched page of a pending request, 3 dataclass items,
 26 links and 10 discovered requests: 8 new (7 on the page's host, 1 on another) and 2 that
@@ -37,12 +37,12 @@ from typing import Final
 import aiosqlite
 
 from crawler import Request, Response, Spider
-from crawler.frontier import Frontier
+from crawler.frontier.gate import Frontier
 from crawler.records import Candidate, PageRecord, PageResult, RequestState, utc_now
-from crawler.schema import open_database
 from crawler.settings import load_settings
 from crawler.stats import Stats
-from crawler.storage import Seeds, Storage
+from crawler.store.schema import open_database
+from crawler.store.writer import Seeds, Storage
 
 NEW_PER_PAGE: Final = 8
 KNOWN_PER_PAGE: Final = 2

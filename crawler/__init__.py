@@ -6,9 +6,7 @@ query the tables `crawls`, `requests`, `pages`, `links`, `items` and `errors`.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from crawler.engine import Crawl, crawl
+from crawler.engine.crawl import Crawl, crawl
 from crawler.errors import (
     ConfigError,
     ConnectError,
@@ -26,11 +24,12 @@ from crawler.errors import (
     StopCrawl,
     StorageError,
 )
-from crawler.http import Callback, Item, Request, RequestBatch, Response
-from crawler.rules import CrawlSpider, Rule
 from crawler.settings import Settings, load_settings
-from crawler.sitemaps import SitemapSpider
-from crawler.spider import Spider, text_of
+from crawler.spider.base import Spider, text_of
+from crawler.spider.http import Callback, Item, Request, RequestBatch, Response
+from crawler.spider.rules import CrawlSpider, Rule
+from crawler.spider.sitemaps import SitemapSpider
+from crawler.version import __version__
 
 __all__ = [
     "Callback",

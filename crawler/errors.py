@@ -12,7 +12,7 @@ CrawlerError                 base of everything we raise on purpose
 │   ├── HTTPStatusError      kind = "http_status"  (.status, .retry_after)
 │   ├── ResponseTooLarge     kind = "too_large"
 │   ├── RedirectError        kind = "redirect"     (loop, too many, bad scheme, offsite target)
-│   └── PrivateAddressError  kind = "private_address" (an internal address; see crawler.addresses)
+│   └── PrivateAddressError  kind = "private_address" (an internal address: fetch.addresses)
 ├── StorageError             not a crawl database, newer schema, damaged, missing     → exit 2
 │   └── StorageFailure       the storage fails: disk full, read-only, I/O error, locked → exit 1
 └── QueryError               `crawler query` SQL rejected by SQLite                     → exit 2

@@ -27,6 +27,7 @@ __all__ = [
     "parse_canonical",
     "try_canonical_url",
 ]
+    "normalise_domain",
 
 _STRIP = " \t\n\r\f\v\x00"
 _LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
@@ -296,3 +297,13 @@ def _resolve(base: str, href: str) -> str:
     sites repeat the same links on every page)."""
     resolved = try_canonical_url(href, base)
     return href if resolved is None else resolved
+
+
+def normalise_domain(domain: str) -> str:
+    """Return an allowed-domain entry as a bare lowercase IDNA host (no scheme, no port)."""
+    domain = domain.strip().lower()
+    if "://" in domain:
+        domain = URL(domain).raw_host or ""
+    else:
+        domain = URL(f"http://{domain}").raw_host or ""
+    return domain.strip(".")

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import final
 
 from crawler.errors import SkipReason
-from crawler.http import Request
+from crawler.spider.http import Request
 
 __all__ = [
     "Candidate",
@@ -176,7 +176,7 @@ class RobotsRecord:
     status: int | None
     """The HTTP status; None when no response arrived."""
     outcome: str
-    """`rules`, `allow_all` or `disallow_all` (see crawler.robots.RobotsOutcome)."""
+    """`rules`, `allow_all` or `disallow_all` (see crawler.fetch.robots.RobotsOutcome)."""
     crawl_delay: float | None
     body: str | None
     error: str | None
@@ -200,7 +200,7 @@ class PageResult:
     """(type name, JSON data) pairs."""
     item_classes: dict[type, str] = field(default_factory=dict)
     """The dataclass of each dataclass item in `items`, with its type name: the writer makes
-    their typed tables from these (see crawler.item_tables)."""
+    their typed tables from these (see crawler.store.item_tables)."""
     links: list[str] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, final
 
-from crawler import __version__
 from crawler.errors import ConfigError
+from crawler.version import __version__
 
 __all__ = ["DEFAULT_USER_AGENT", "LoadedSettings", "Settings", "describe_settings", "load_settings"]
 

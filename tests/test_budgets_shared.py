@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
 
 from crawler import crawl
-from crawler.cli_common import with_start_urls
+from crawler.cli.common import with_start_urls
 from tests.conftest import RunCli, rows, scalar
 from tests.invariants import assert_all_accounted_for
 from tests.sites import tree_app

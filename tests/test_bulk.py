@@ -1,4 +1,4 @@
-"""Bulk statements and one-call scripts (crawler.bulk) against a real SQLite file."""
+"""Bulk statements and one-call scripts (crawler.store.bulk) against a real SQLite file."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from crawler.bulk import BulkStatement, Script
+from crawler.store.bulk import BulkStatement, Script
 
 AWKWARD_ROWS: list[tuple[object, ...]] = [
     (1, "plain", 1.5, None),

@@ -20,7 +20,7 @@ from typing import Final
 import pytest
 
 from crawler import Settings
-from crawler.cli import cli
+from crawler.cli.main import cli
 from crawler.settings import describe_settings, type_name
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -70,9 +70,9 @@ async def test_readme_example_queries_run_on_a_real_crawl(tmp_path: Path) -> Non
     from aiohttp.test_utils import TestServer
 
     from crawler import crawl
-    from crawler.cli_common import with_start_urls
+    from crawler.cli.common import with_start_urls
     from crawler.demo import catalogue_app
-    from crawler.discovery import find_spider
+    from crawler.spider.discovery import find_spider
 
     db = tmp_path / "books.db"
     async with TestServer(catalogue_app(book_count=40), host="127.0.0.1") as server:

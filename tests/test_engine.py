@@ -13,10 +13,16 @@ from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
 
 from crawler import crawl
-from crawler.budgets import _BUDGET_SKIPPED_HOSTS, _REOPEN_BUDGET_SKIPS
-from crawler.cli_common import with_start_urls
+from crawler.cli.common import with_start_urls
 from crawler.errors import SkipReason
-from crawler.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, _statements, open_database
+from crawler.store.budgets import _BUDGET_SKIPPED_HOSTS, _REOPEN_BUDGET_SKIPS
+from crawler.store.schema import (
+    APPLICATION_ID,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    _statements,
+    open_database,
+)
 from tests.conftest import rows, scalar
 from tests.sites import follow_app, html_page
 from tests.spiders import FollowAllSpider, GarbageSpider, RaisingSpider, StoppingSpider

@@ -21,15 +21,15 @@ import pytest
 from aiohttp.test_utils import BaseTestServer
 
 from crawler import Request, Response, Spider, crawl
-from crawler.cli_common import with_start_urls
+from crawler.cli.common import with_start_urls
 from crawler.errors import StorageError
 from crawler.failures import storable
-from crawler.http import Response as HttpResponse
 from crawler.records import PageRecord, PageResult, RequestState, utc_now
-from crawler.schema import open_database
 from crawler.settings import load_settings
+from crawler.spider.http import Response as HttpResponse
 from crawler.stats import Stats
-from crawler.storage import Storage
+from crawler.store.schema import open_database
+from crawler.store.writer import Storage
 from tests.conftest import rows, scalar
 from tests.invariants import assert_all_accounted_for
 
@@ -178,7 +178,7 @@ async def test_a_row_the_database_refuses_fails_only_its_request(
 ) -> None:
     # Take away the callbacks' own care for text SQLite cannot hold: the writer is the last
     # line, and must find the one page whose rows it cannot store.
-    monkeypatch.setattr("crawler.callbacks.storable", lambda text: (text, 0))
+    monkeypatch.setattr("crawler.engine.callbacks.storable", lambda text: (text, 0))
     with caplog.at_level(logging.WARNING, logger="crawler"):
         stats = await crawl(spider_on(follow_site, SurrogateSpider), db=db_path, settings=QUIET)
     assert rows(db_path, "SELECT status FROM crawls") == [("finished",)]

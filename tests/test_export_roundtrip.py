@@ -35,7 +35,7 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 from crawler import Response, Spider, crawl
-from crawler.cli import cli
+from crawler.cli.main import cli
 from tests.conftest import RunCli, run_crawler, scalar
 from tests.sites import html_page
 

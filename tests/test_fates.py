@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from crawler import Request, Response, Spider, StopCrawl, crawl
-from crawler.cli_common import with_start_urls
+from crawler.cli.common import with_start_urls
 from crawler.demo import catalogue_app
 from spiders.books import BooksSpider
 from tests.conftest import rows, scalar
@@ -151,7 +151,7 @@ async def test_a_callback_generator_is_closed_when_its_request_ends(db_path: Pat
 async def test_reparse_stopped_midway_leaves_items_and_keys_as_they_were(
     tmp_path: Path,
 ) -> None:
-    from crawler.reparse import reparse
+    from crawler.engine.reparse import reparse
     from crawler.settings import load_settings
 
     db = tmp_path / "books.db"

@@ -10,8 +10,8 @@ from typing import Any
 from aiohttp.test_utils import BaseTestServer
 
 from crawler import Request, RequestBatch, Response, Spider, crawl, text_of
-from crawler.callbacks import SPILL_AT
-from crawler.cli_common import with_start_urls
+from crawler.cli.common import with_start_urls
+from crawler.engine.callbacks import SPILL_AT
 from tests.conftest import rows, scalar
 from tests.invariants import assert_crawl_invariant
 from tests.spiders import FollowAllSpider, PageItem

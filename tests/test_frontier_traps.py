@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from crawler.errors import SkipReason
-from crawler.frontier import Frontier, is_trap_url
-from crawler.http import Request
+from crawler.frontier.gate import Frontier, is_trap_url
 from crawler.records import Candidate, Skipped
 from crawler.settings import load_settings
+from crawler.spider.http import Request
 from tests.spiders import FollowAllSpider
 
 LONG_VALUE = "x" * 513

@@ -19,7 +19,7 @@ import pytest
 from aiohttp.test_utils import BaseTestServer, TestServer
 
 from crawler import crawl
-from crawler.cli_common import with_start_urls
+from crawler.cli.common import with_start_urls
 from crawler.links import canonical_url, try_canonical_url
 from tests.conftest import ROOT, RunCli, rows, scalar
 from tests.faults import FAULTS, LONG_URL_PATH, MIB, UNICODE_PATH, WEIRD_HREFS, FaultServer
@@ -270,7 +270,7 @@ async def test_hostile_callbacks_are_recorded_and_the_crawl_goes_on(
 FLOOD_DRIVER: Final = """
 import asyncio, json, resource, sys
 from crawler import crawl
-from crawler.cli_common import with_start_urls
+from crawler.cli.common import with_start_urls
 from tests.hostile_spiders import FloodSpider
 
 def peak_kib():

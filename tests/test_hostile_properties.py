@@ -40,9 +40,9 @@ from hypothesis import currently_in_test_context, event, given, note, settings
 from hypothesis import strategies as st
 
 from crawler import Request, RequestBatch, Response, Spider, crawl, text_of
-from crawler.http import decode_body, detect_encoding
 from crawler.links import canonical_parts, canonical_url, fingerprint, try_canonical_url
-from crawler.sitemaps import SitemapSpider, iter_sitemap
+from crawler.spider.http import decode_body, detect_encoding
+from crawler.spider.sitemaps import SitemapSpider, iter_sitemap
 from tests.conftest import RunCli, rows
 from tests.hostile_strategies import (
     ALL_CODEC_NAMES,

@@ -14,16 +14,16 @@ import pytest
 
 from crawler import Request, Spider
 from crawler.errors import FetchTimeout
-from crawler.frontier import Frontier
-from crawler.hosts import Hosts, Throttle, ThrottlePolicy
+from crawler.fetch.politeness import Hosts, Throttle, ThrottlePolicy
+from crawler.frontier.gate import Frontier
+from crawler.frontier.queues import HostQueues
 from crawler.links import host_of
 from crawler.records import Claimed
-from crawler.runs import start_run
-from crawler.scheduling import HostQueues
-from crawler.schema import open_database
 from crawler.settings import Settings, load_settings
 from crawler.stats import Stats
-from crawler.storage import Seeds, Storage
+from crawler.store.runs import start_run
+from crawler.store.schema import open_database
+from crawler.store.writer import Seeds, Storage
 
 
 def policy(**changes: object) -> ThrottlePolicy:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from crawler import Request, Response, Spider, SpiderError, text_of
-from crawler.http import detect_encoding
+from crawler.spider.http import detect_encoding
 
 
 class PagesSpider(Spider):

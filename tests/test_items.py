@@ -17,9 +17,9 @@ from aiohttp.test_utils import BaseTestServer
 from rich.console import Console
 
 from crawler import Request, Response, Spider, SpiderError, crawl, text_of
-from crawler.callbacks import serialise_item
-from crawler.cli_common import with_start_urls
-from crawler.items import Invalid, ItemProcessor, item_key, validate_item
+from crawler.cli.common import with_start_urls
+from crawler.engine.callbacks import serialise_item
+from crawler.spider.items import Invalid, ItemProcessor, item_key, validate_item
 from crawler.stats import render_summary
 from tests.conftest import rows, scalar
 

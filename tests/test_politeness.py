@@ -13,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
 
 from crawler import crawl
-from crawler.cli_common import with_start_urls
+from crawler.cli.common import with_start_urls
 from tests.conftest import RunCli, rows, scalar
 from tests.polite_sites import VISITS, Gauge, Visits, pages_app
 from tests.spiders import FollowAllSpider

@@ -1,4 +1,4 @@
-"""No fetch of internal addresses unless the crawl is local (crawler.addresses).
+"""No fetch of internal addresses unless the crawl is local (crawler.fetch.addresses).
 
 Nothing here sends a packet beyond loopback. Names are answered by `FakeResolver`, never by
 DNS. The production guard (`GuardedConnector`) checks those answers; a test-only layer after
@@ -31,18 +31,18 @@ from aiohttp.tracing import Trace
 from hypothesis import given
 from hypothesis import strategies as st
 
-import crawler.engine
+import crawler.engine.crawl
 from crawler import Item, Request, Response, crawl
-from crawler.addresses import (
+from crawler.fetch.addresses import (
     AddressClass,
     GuardedConnector,
     classify,
     classify_text,
     start_urls_of,
 )
-from crawler.fetcher import Failed, Fetched, Fetcher
+from crawler.fetch.client import Failed, Fetched, Fetcher
 from crawler.settings import load_settings
-from crawler.sitemaps import SitemapSpider
+from crawler.spider.sitemaps import SitemapSpider
 from tests.conftest import rows
 from tests.sites import html_page
 from tests.spiders import FollowAllSpider
@@ -168,7 +168,7 @@ def resolver() -> FakeResolver:
 def guarded(monkeypatch: pytest.MonkeyPatch, network: Network, resolver: FakeResolver) -> None:
     """The crawls of this test connect through the fake resolver and the test layer."""
     fetcher = functools.partial(Fetcher, resolver=resolver, connector_class=loopback_only(network))
-    monkeypatch.setattr(crawler.engine, "Fetcher", fetcher)
+    monkeypatch.setattr(crawler.engine.crawl, "Fetcher", fetcher)
 
 
 # --- the sites ------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from crawler.processes import run_processes
+from crawler.engine.processes import run_processes
 from tests.conftest import ROOT
 from tests.sites import html_page
 

@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from crawler import Request
-from crawler.fetcher import Fetched, Fetcher
+from crawler.fetch.client import Fetched, Fetcher
 from crawler.settings import load_settings
 
 SEEN = web.AppKey("seen", dict[str, dict[str, str]])

@@ -164,7 +164,7 @@ async def run_measured(*args: str) -> tuple[int, int, str]:
         "import atexit, resource, sys\n"
         "atexit.register(lambda: print('maxrss', "
         "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr))\n"
-        "from crawler.cli import main\n"
+        "from crawler.cli.main import main\n"
         "sys.argv = ['crawler', *sys.argv[1:]]\n"
         "main()\n"
     )

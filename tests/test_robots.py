@@ -11,8 +11,8 @@ from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
 
 from crawler import crawl
-from crawler.cli_common import with_start_urls
-from crawler.robots import robots_url
+from crawler.cli.common import with_start_urls
+from crawler.fetch.robots import robots_url
 from tests.conftest import rows, scalar
 from tests.polite_sites import VISITS, page_site, pages_app
 from tests.spiders import FollowAllSpider

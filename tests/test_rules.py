@@ -11,7 +11,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from crawler import CrawlSpider, Response, Rule, SpiderError, crawl, text_of
-from crawler.cli_common import with_start_urls
+from crawler.cli.common import with_start_urls
 from tests.conftest import rows
 from tests.polite_sites import VISITS, page_site
 

@@ -17,11 +17,11 @@ from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
 
 from crawler import crawl
-from crawler.cli import cli
-from crawler.cli_common import with_start_urls
-from crawler.engine import _run_to_the_end
+from crawler.cli.common import with_start_urls
+from crawler.cli.main import cli
+from crawler.engine.crawl import _run_to_the_end
 from crawler.records import utc_now
-from crawler.schema import SCHEMA_VERSION
+from crawler.store.schema import SCHEMA_VERSION
 from tests.conftest import ROOT, RunCli, rows, scalar
 from tests.invariants import assert_all_accounted_for
 from tests.polite_sites import Handler
@@ -244,7 +244,7 @@ async def test_processes_creating_one_new_file_at_once_all_succeed(tmp_path: Pat
     script = (
         "import asyncio, sys\n"
         "from pathlib import Path\n"
-        "from crawler.schema import open_database\n"
+        "from crawler.store.schema import open_database\n"
         "async def main():\n"
         "    await (await open_database(Path(sys.argv[1]))).close()\n"
         "asyncio.run(main())\n"

@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import BaseTestServer
 
 from crawler import Spider
-from crawler.scaffold import spider_source
+from crawler.cli.scaffold import spider_source
 from tests.conftest import ROOT, RunCli, rows
 
 VENV_BIN = Path(sys.executable).parent

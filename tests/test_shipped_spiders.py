@@ -20,7 +20,7 @@ from yarl import URL
 from crawler.demo import catalogue_app, expected_authors, expected_books, expected_quotes
 from crawler.demo.catalogue import BOOKS_PER_PAGE, CATEGORY_NAMES
 from crawler.demo.quotes import quotes_app
-from crawler.testing import load_fixture, run_callback
+from crawler.spider.testing import load_fixture, run_callback
 from spiders.books import Book, BooksSpider
 from spiders.quotes import Author, Quote, QuotesSpider
 

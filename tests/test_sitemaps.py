@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from crawler import Item, Response, SitemapSpider, SpiderError, crawl, text_of
-from crawler.sitemaps import SitemapEntry, iter_sitemap, parse_lastmod
+from crawler.spider.sitemaps import SitemapEntry, iter_sitemap, parse_lastmod
 from tests.conftest import rows, scalar
 from tests.polite_sites import VISITS, page_site
 

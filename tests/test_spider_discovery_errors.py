@@ -16,8 +16,8 @@ from typing import Final
 import pytest
 from aiohttp.test_utils import BaseTestServer
 
-from crawler.discovery import BrokenSpiderFile, find_spider, spider_catalogue
 from crawler.errors import SpiderError, SpiderNotFound
+from crawler.spider.discovery import BrokenSpiderFile, find_spider, spider_catalogue
 from tests.conftest import CliResult, RunCli, scalar
 
 GOOD: Final = """

@@ -27,7 +27,7 @@ from typing import Final
 
 import pytest
 
-from crawler.schema import SCHEMA_VERSION, open_database
+from crawler.store.schema import SCHEMA_VERSION, open_database
 from tests.conftest import ROOT
 
 START: Final = ("--start-url", "http://127.0.0.1:9/", "-s", "max_retries=0")
@@ -108,7 +108,7 @@ def test_a_full_disk_while_creating_the_database_is_one_line_and_exit_1(tmp_path
 
 def test_a_full_disk_when_the_run_starts_is_one_line_and_exit_1(tmp_path: Path) -> None:
     # Room for the schema, not for the run's first row: open_database succeeds, and the
-    # run's first transaction (crawler.runs) meets the full disk.
+    # run's first transaction (crawler.store.runs) meets the full disk.
     db = tmp_path / "crawl.db"
     schema_size = create_database(tmp_path / "measure.db")
     result = run_cli(*crawl(db), file_size_limit=schema_size + 100)

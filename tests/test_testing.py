@@ -22,9 +22,9 @@ from crawler import (
     crawl,
     text_of,
 )
-from crawler.cli_common import with_start_urls
+from crawler.cli.common import with_start_urls
 from crawler.demo import expected_quotes, quotes_app
-from crawler.testing import fixture_name, load_fixture, run_callback, save_fixture
+from crawler.spider.testing import fixture_name, load_fixture, run_callback, save_fixture
 from spiders.quotes import Quote, QuotesSpider
 from tests.conftest import RunCli
 from tests.sites import html_page

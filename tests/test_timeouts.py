@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from crawler.timeouts import Deadlines
+from crawler.fetch.deadlines import Deadlines
 
 RESOLUTION = 0.01
 

@@ -23,10 +23,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from crawler.cli_common import load_crawl_settings, run_with_signals, user_errors, with_start_urls
-from crawler.discovery import find_spider
-from crawler.engine import Crawl
+from crawler.cli.common import load_crawl_settings, run_with_signals, user_errors, with_start_urls
+from crawler.engine.crawl import Crawl
 from crawler.errors import CrawlerError
+from crawler.spider.discovery import find_spider
 
 __all__ = ["bench", "demo_server_process"]
 

@@ -26,12 +26,12 @@ from rich.console import Console
 from rich.logging import RichHandler
 from yarl import URL
 
-from crawler.engine import Crawl
+from crawler.engine.crawl import Crawl
 from crawler.errors import ConfigError, CrawlerError, StorageError, StorageFailure
-from crawler.frontier import normalise_domain
-from crawler.schema import check_crawl_database, storage_error
+from crawler.links import normalise_domain
 from crawler.settings import LoadedSettings, load_settings, read_config_file
-from crawler.spider import Spider
+from crawler.spider.base import Spider
+from crawler.store.schema import check_crawl_database, storage_error
 
 __all__ = [
     "DEFAULT_CONFIG",

@@ -20,9 +20,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from crawler import __version__
-from crawler.bench import bench
-from crawler.cli_common import (
+from crawler.cli.bench import bench
+from crawler.cli.common import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     check_start_url,
@@ -37,17 +36,18 @@ from crawler.cli_common import (
     user_errors,
     with_start_urls,
 )
-from crawler.cli_results import export, parse, query, reparse, stats
-from crawler.cli_spiders import new, record, serve_demo
-from crawler.discovery import find_spider, spider_catalogue, spider_reference
-from crawler.engine import Crawl
-from crawler.output import write_rows
-from crawler.processes import combined_summary, last_run_id, run_processes
-from crawler.schema import open_database, storage_error
+from crawler.cli.results import export, parse, query, reparse, stats
+from crawler.cli.spiders import new, record, serve_demo
+from crawler.engine.crawl import Crawl
+from crawler.engine.processes import combined_summary, last_run_id, run_processes
+from crawler.results.formats import write_rows
+from crawler.results.status import crawl_status
 from crawler.settings import LoadedSettings, Settings, describe_settings
-from crawler.spider import Spider
+from crawler.spider.base import Spider
+from crawler.spider.discovery import find_spider, spider_catalogue, spider_reference
 from crawler.stats import render_summary
-from crawler.status import crawl_status
+from crawler.store.schema import open_database, storage_error
+from crawler.version import __version__
 
 __all__ = ["cli", "main"]
 

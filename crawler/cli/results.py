@@ -1,7 +1,7 @@
 """Commands for working with results: query, export, stats, reparse and parse.
 
 Each opens the crawl database read-only unless it must write (`query --write`, `reparse`):
-then no statement may write any file (crawler.cli_common.ReadOnlyGuard). Bad input — a
+then no statement may write any file (crawler.cli.common.ReadOnlyGuard). Bad input — a
 missing file, a file that is not a crawl database, bad SQL, a statement that would write, an
 unknown item type — is one line on stderr and exit code 2; a failing storage (an I/O error,
 a full disk under `export -o`) is one line and exit code 1.
@@ -23,7 +23,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from crawler.cli_common import (
+from crawler.cli.common import (
     EXIT_INTERRUPTED,
     ReadOnlyGuard,
     UserError,
@@ -35,15 +35,15 @@ from crawler.cli_common import (
     setup_logging,
     user_errors,
 )
-from crawler.discovery import find_spider
+from crawler.engine.parse_page import ParsedPage, parse_page
+from crawler.engine.reparse import ReparseSummary
+from crawler.engine.reparse import reparse as reparse_database
 from crawler.errors import CrawlerError, QueryError, StorageFailure
-from crawler.export import item_rows, known_item_types
-from crawler.output import OutputFormat, write_rows
-from crawler.parse_page import ParsedPage, parse_page
-from crawler.reparse import ReparseSummary
-from crawler.reparse import reparse as reparse_database
-from crawler.report import crawl_report, render_report
-from crawler.schema import storage_error
+from crawler.results.export import item_rows, known_item_types
+from crawler.results.formats import OutputFormat, write_rows
+from crawler.results.report import crawl_report, render_report
+from crawler.spider.discovery import find_spider
+from crawler.store.schema import storage_error
 
 __all__ = ["export", "parse", "query", "reparse", "stats"]
 

@@ -18,7 +18,7 @@ import click
 from aiohttp import web
 from rich.console import Console
 
-from crawler.cli_common import (
+from crawler.cli.common import (
     UserError,
     check_start_url,
     load_crawl_settings,
@@ -26,13 +26,13 @@ from crawler.cli_common import (
     setup_logging,
     user_errors,
 )
-from crawler.discovery import find_spider
-from crawler.fetcher import Deferred, Failed, Fetcher
-from crawler.http import Request
+from crawler.cli.scaffold import write_spider
+from crawler.fetch.client import Deferred, Failed, Fetcher
 from crawler.links import try_canonical_url
-from crawler.scaffold import write_spider
 from crawler.settings import Settings
-from crawler.testing import PageFixture, save_fixture
+from crawler.spider.discovery import find_spider
+from crawler.spider.http import Request
+from crawler.spider.testing import PageFixture, save_fixture
 
 __all__ = ["new", "record", "serve_demo"]
 
@@ -75,7 +75,7 @@ def new(name: str, url: str, directory: Path) -> None:
     help="Take the pages from this crawl database (crawled with -s store_body=true).",
 )
 def record(spider: str, urls: tuple[str, ...], output: Path | None, database: Path | None) -> None:
-    """Save pages as test fixtures (URL, status, headers and body) for crawler.testing.
+    """Save pages as test fixtures (URL, status, headers and body) for crawler.spider.testing.
 
     Each page is fetched with SPIDER's settings, or read from a crawl database with --from,
     and saved as <name>.json (metadata) plus <name>.html (body), named after the URL's path.

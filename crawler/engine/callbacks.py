@@ -21,12 +21,12 @@ from typing import Final, cast, final
 
 from crawler.errors import SkipReason, SpiderError, StopCrawl, StorageError
 from crawler.failures import describe, internal_error, storable
-from crawler.frontier import Frontier
-from crawler.http import Request, RequestBatch, Response
-from crawler.items import ItemProcessor, is_item
+from crawler.frontier.gate import Frontier
 from crawler.records import Candidate, ErrorRecord, PageResult, Skipped, utc_now
-from crawler.rules import Refused
-from crawler.spider import Spider, callback_of, item_type_name
+from crawler.spider.base import Spider, callback_of, item_type_name
+from crawler.spider.http import Request, RequestBatch, Response
+from crawler.spider.items import ItemProcessor, is_item
+from crawler.spider.rules import Refused
 from crawler.stats import Stats
 
 __all__ = ["CallbackRunner", "LoopHeartbeat", "serialise_item", "spider_error"]

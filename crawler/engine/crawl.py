@@ -25,23 +25,23 @@ from typing import Any, Final, final
 import aiosqlite
 from rich.console import Console
 
-from crawler.callbacks import CallbackRunner, LoopHeartbeat, spider_error
+from crawler.engine.callbacks import CallbackRunner, LoopHeartbeat, spider_error
 from crawler.errors import StorageError
 from crawler.failures import describe, internal_failure
-from crawler.feeder import Feeder
-from crawler.fetcher import Deferred, Failed, Fetched, Fetcher
-from crawler.frontier import Frontier
-from crawler.hosts import Hosts
-from crawler.http import Response
-from crawler.item_tables import declare_item_tables
+from crawler.fetch.client import Deferred, Failed, Fetched, Fetcher
+from crawler.fetch.politeness import Hosts
+from crawler.fetch.robots import RobotsCache
+from crawler.frontier.feeder import Feeder
+from crawler.frontier.gate import Frontier
 from crawler.records import Claimed, PageRecord, PageResult, RequestState, utc_now
-from crawler.robots import RobotsCache
-from crawler.runs import finish_run, release_leases, start_run
-from crawler.schema import open_database, rollback
 from crawler.settings import Settings, load_settings
-from crawler.spider import Spider
+from crawler.spider.base import Spider
+from crawler.spider.http import Response
 from crawler.stats import Stats, show_progress
-from crawler.storage import Seeds, Storage
+from crawler.store.item_tables import declare_item_tables
+from crawler.store.runs import finish_run, release_leases, start_run
+from crawler.store.schema import open_database, rollback
+from crawler.store.writer import Seeds, Storage
 
 __all__ = ["Crawl", "crawl"]
 

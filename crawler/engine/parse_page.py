@@ -19,18 +19,18 @@ from typing import Any, final
 
 from yarl import URL
 
-from crawler.callbacks import CallbackRunner
+from crawler.engine.callbacks import CallbackRunner
+from crawler.engine.reparse import request_from_row, response_from_row
 from crawler.errors import FetchError, StorageError
-from crawler.fetcher import Deferred, Failed, Fetcher
-from crawler.frontier import Frontier
-from crawler.http import Request, Response
+from crawler.fetch.client import Deferred, Failed, Fetcher
+from crawler.frontier.gate import Frontier
 from crawler.links import try_canonical_url
 from crawler.records import Candidate, ErrorRecord, PageResult, RequestState, Skipped
-from crawler.reparse import request_from_row, response_from_row
-from crawler.schema import connect
 from crawler.settings import Settings
-from crawler.spider import Spider, callback_of
+from crawler.spider.base import Spider, callback_of
+from crawler.spider.http import Request, Response
 from crawler.stats import Stats
+from crawler.store.schema import connect
 
 __all__ = ["ParsedPage", "parse_page"]
 

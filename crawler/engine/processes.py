@@ -185,7 +185,7 @@ class _Workers:
 
 def _free_claims(db: Path, pid: int, how: str) -> int:
     """Mark the running run of the dead worker `pid` as crashed and return its claims to the
-    frontier, as the next run's start would (crawler.runs); return how many it had."""
+    frontier, as the next run's start would (crawler.store.runs); return how many it had."""
     conn = sqlite3.connect(f"file:{db}?mode=rw", uri=True, isolation_level=None)
     with contextlib.closing(conn):
         conn.execute("PRAGMA busy_timeout = 10000")  # the others may be writing

@@ -27,17 +27,17 @@ from typing import Any, Final, final
 
 import aiosqlite
 
-from crawler.callbacks import CallbackRunner
-from crawler.claims import LEASE_SECONDS
+from crawler.engine.callbacks import CallbackRunner
 from crawler.errors import StorageError
-from crawler.frontier import Frontier
-from crawler.http import Request, Response
-from crawler.item_tables import ItemTables, declare_item_tables, quote_identifier
+from crawler.frontier.gate import Frontier
 from crawler.records import Candidate, DropReason, PageResult, RequestState, Skipped, utc_now
-from crawler.schema import open_database, rollback
 from crawler.settings import Settings
-from crawler.spider import Spider
+from crawler.spider.base import Spider
+from crawler.spider.http import Request, Response
 from crawler.stats import Stats
+from crawler.store.claims import LEASE_SECONDS
+from crawler.store.item_tables import ItemTables, declare_item_tables, quote_identifier
+from crawler.store.schema import open_database, rollback
 
 __all__ = ["REPARSE_BATCH", "ReparseSummary", "reparse", "request_from_row", "response_from_row"]
 

@@ -1,7 +1,7 @@
 """All HTTP: one aiohttp session, a semaphore on every fetch, timeouts, size cap, redirects
 and retries (tenacity), with aiohttp's exceptions translated into `FetchError`s.
 
-Every new connection goes through `GuardedConnector` (crawler.addresses), which refuses
+Every new connection goes through `GuardedConnector` (crawler.fetch.addresses), which refuses
 internal addresses the crawl may not reach; a redirect to another origin drops the request's
 credential headers.
 
@@ -30,7 +30,6 @@ from multidict import CIMultiDictProxy
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from yarl import URL
 
-from crawler.addresses import AddressPolicy, AddressRefused, GuardedConnector, start_urls_of
 from crawler.bodies import (
     SUPPORTED_ENCODINGS,
     BodyTooLarge,
@@ -48,15 +47,16 @@ from crawler.errors import (
     RedirectError,
     ResponseTooLarge,
 )
-from crawler.hosts import Hosts
-from crawler.http import Request
+from crawler.fetch.addresses import AddressPolicy, AddressRefused, GuardedConnector, start_urls_of
+from crawler.fetch.deadlines import Deadlines
+from crawler.fetch.politeness import Hosts
 from crawler.links import try_canonical_url
 from crawler.records import ErrorRecord, utc_now
 from crawler.settings import Settings
-from crawler.timeouts import Deadlines
+from crawler.spider.http import Request
 
 if TYPE_CHECKING:
-    from crawler.spider import Spider
+    from crawler.spider.base import Spider
 
 __all__ = ["Deferred", "Failed", "FetchOutcome", "Fetched", "Fetcher", "parse_retry_after"]
 
@@ -65,7 +65,7 @@ logger = logging.getLogger(__name__)
 _REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
 _READ_CHUNK: Final = 64 * 1024
 _MAX_TIMEOUT_LATENESS: Final = 0.25
-"""Seconds a request timeout may fire late (see crawler.timeouts); less for short timeouts."""
+"""Seconds a request timeout may fire late (crawler.fetch.deadlines); less for short timeouts."""
 _CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
 """Request headers that stay with their origin: dropped on a redirect to another scheme, host
 or port, as requests and httpx do, so that a redirect cannot hand them to another site."""
@@ -132,7 +132,7 @@ class Fetcher:
     """The crawl's HTTP client. Use as `async with Fetcher(settings, check) as fetcher:`.
 
     `start_urls` are the URLs the crawl starts from: the classes of internal address they
-    resolve to may be fetched (see crawler.addresses). Without them (None), every URL handed
+    resolve to may be fetched (see crawler.fetch.addresses). Without them (None), every URL handed
     to `fetch` counts as one, as for a one-off fetch of a URL the user gave; its redirects are
     still checked. `resolver` and `connector_class` let tests put a fake DNS and a
     loopback-only layer around the guard.

@@ -38,12 +38,12 @@ from protego import Protego
 from yarl import URL
 
 from crawler.errors import SkipReason
-from crawler.fetcher import Deferred, Failed, Fetcher
-from crawler.hosts import Clock, Hosts
-from crawler.http import Request
+from crawler.fetch.client import Deferred, Failed, Fetcher
+from crawler.fetch.politeness import Clock, Hosts
 from crawler.links import host_of
 from crawler.records import Claimed, PageResult, RequestState, RobotsRecord, utc_now
 from crawler.settings import Settings
+from crawler.spider.http import Request
 
 __all__ = ["RobotsCache", "RobotsCheck", "RobotsOutcome", "robots_url"]
 

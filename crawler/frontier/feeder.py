@@ -21,13 +21,13 @@ import math
 import time
 from typing import Final, final
 
-from crawler.hosts import Hosts
+from crawler.fetch.politeness import Hosts
+from crawler.fetch.robots import RobotsCache
+from crawler.frontier.queues import HostQueues
 from crawler.links import host_of
 from crawler.records import Claimed
-from crawler.robots import RobotsCache
-from crawler.scheduling import HostQueues
 from crawler.settings import Settings
-from crawler.storage import Storage
+from crawler.store.writer import Storage
 
 __all__ = ["Feeder"]
 

@@ -23,13 +23,13 @@ from yarl import URL
 
 from crawler.errors import SkipReason, SpiderError
 from crawler.failures import storable
-from crawler.http import Request, RequestBatch
-from crawler.links import canonical_parts, fingerprint
+from crawler.links import canonical_parts, fingerprint, normalise_domain
 from crawler.records import Candidate, Skipped
 from crawler.settings import Settings
-from crawler.spider import Spider, callback_of
+from crawler.spider.base import Spider, callback_of
+from crawler.spider.http import Request, RequestBatch
 
-__all__ = ["Frontier", "is_trap_url", "normalise_domain"]
+__all__ = ["Frontier", "is_trap_url"]
 
 _RECENT_LIMIT: Final = 200_000
 _INT64_MAX: Final = 2**63 - 1
@@ -40,16 +40,6 @@ _REPEATED_SEGMENTS: Final = re.compile(r"(/[^/]++(?:/[^/]++){0,7}?)\1\1(?=/|$)")
 """One to eight path segments, then the same segments twice more, ending at a segment's end."""
 _TRAP_QUERY_VALUE: Final = 512
 """Longest query parameter value (as written, percent-encoded) that is not taken for a trap."""
-
-
-def normalise_domain(domain: str) -> str:
-    """Return an allowed-domain entry as a bare lowercase IDNA host (no scheme, no port)."""
-    domain = domain.strip().lower()
-    if "://" in domain:
-        domain = URL(domain).raw_host or ""
-    else:
-        domain = URL(f"http://{domain}").raw_host or ""
-    return domain.strip(".")
 
 
 def is_trap_url(url: str) -> bool:

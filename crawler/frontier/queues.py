@@ -21,7 +21,7 @@ import heapq
 from collections import deque
 from typing import Protocol, final
 
-from crawler.hosts import Hosts
+from crawler.fetch.politeness import Hosts
 from crawler.links import host_of
 from crawler.records import Claimed
 
@@ -29,7 +29,7 @@ __all__ = ["HostQueues", "RobotsVerdicts"]
 
 
 class RobotsVerdicts(Protocol):
-    """What the queues need of robots.txt (`crawler.robots.RobotsCache` provides it)."""
+    """What the queues need of robots.txt (`crawler.fetch.robots.RobotsCache` provides it)."""
 
     def allows(self, url: str) -> bool | None:
         """Whether `url` may be fetched; None while its robots.txt is not known."""

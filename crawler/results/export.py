@@ -1,6 +1,6 @@
 """Exporting the items of one type from a crawl database, streamed row by row.
 
-A dataclass type's rows are those of its typed table (see crawler.item_tables), with the
+A dataclass type's rows are those of its typed table (see crawler.store.item_tables), with the
 table's columns, but each field's value is read from the stored item (`items.data`, the JSON
 the spider's item was written as), not from its SQL column: SQLite has no booleans (a bool
 column holds 1 and 0), an `int | float` column is REAL, and its JSON functions end a string
@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, final
 
-from crawler.item_tables import ID_COLUMN, META_COLUMNS, quote_identifier, unique_column
+from crawler.store.item_tables import ID_COLUMN, META_COLUMNS, quote_identifier, unique_column
 
 __all__ = ["ItemRows", "csv_cell", "item_rows", "known_item_types"]
 

@@ -5,7 +5,7 @@ Enters: nothing of the engine. Holds the `Spider` base class (`base`), the `Requ
 (`rules`), sitemaps (`sitemaps`), item validation and `process_item` (`items`), offline
 callback tests (`testing`) and finding spider classes (`discovery`).
 
-Leaves: requests to the frontier's gate (crawler.frontier), items to the writer's records
+Leaves: requests to the frontier's gate (crawler.frontier.gate), items to the writer's records
 (crawler.records). Imports only the bottom modules (errors, settings, urls, bodies, records,
 failures, stats); no I/O.
 """

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from selectolax.lexbor import LexborNode
 
 from crawler.errors import SpiderError
-from crawler.http import Callback, Item, Request, Response
+from crawler.spider.http import Callback, Item, Request, Response
 
 __all__ = ["Spider", "callback_of", "dataclass_type_name", "item_type_name", "text_of"]
 
@@ -54,12 +54,13 @@ class Spider:
     others only get the `parse_content_types` setting's (HTML by default)."""
     item_types: ClassVar[Sequence[type]] = ()
     """Dataclasses this spider yields; their typed tables (`book` for `Book`) are created when
-    the crawl starts, so queries work before the first item (see crawler.item_tables)."""
+    the crawl starts, so queries work before the first item (see crawler.store.item_tables)."""
     dedupe_items_by: ClassVar[Sequence[str] | Mapping[str, Sequence[str]]] = ()
     """Fields whose values identify an item: `("upc",)` for every item type, or per type name
     (`{"book": ("upc",)}`). An item whose key was stored before, in this run or an earlier
     one, is dropped and counted. A spider may also define `async def process_item(self, item,
-    response)`, returning the item (possibly changed) or None to drop it (see crawler.items)."""
+    response)`, returning the item (possibly changed) or None to drop it
+    (see crawler.spider.items)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

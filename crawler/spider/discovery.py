@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Final, final
 
 from crawler.errors import SpiderError, SpiderNotFound
-from crawler.spider import Spider
+from crawler.spider.base import Spider
 
 __all__ = [
     "BUNDLED_SPIDERS",
@@ -41,8 +41,9 @@ logger = logging.getLogger(__name__)
 
 _FILE_MODULE_PREFIX: Final = "crawler_spiders_"
 _MESSAGE_LIMIT: Final = 500
-BUNDLED_SPIDERS: Final = Path(__file__).resolve().parent.parent / "spiders"
-"""The example spiders shipped with the crawler (installed next to the `crawler` package)."""
+BUNDLED_SPIDERS: Final = Path(__file__).resolve().parents[2] / "spiders"
+"""The example spiders of the repository (`spiders/` beside `crawler/`), found by path: not
+installed as a top-level package, where it would shadow a user's own `spiders`."""
 
 
 @final

@@ -34,9 +34,9 @@ from typing import Any, Final, Literal, TypeVar, Union, final
 
 from crawler.errors import SpiderError, StopCrawl
 from crawler.failures import storable
-from crawler.http import Response
 from crawler.records import DropReason, ErrorRecord, ItemErrorRecord, ItemKey, PageResult, utc_now
-from crawler.spider import Spider, item_type_name
+from crawler.spider.base import Spider, item_type_name
+from crawler.spider.http import Response
 
 __all__ = [
     "Invalid",

@@ -40,10 +40,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias, final
 
 from crawler.errors import SkipReason, SpiderError
-from crawler.frontier import normalise_domain
-from crawler.http import Item, Request, RequestBatch, Response
-from crawler.links import extract_links_in, host_of
-from crawler.spider import Spider, callback_of
+from crawler.links import extract_links_in, host_of, normalise_domain
+from crawler.spider.base import Spider, callback_of
+from crawler.spider.http import Item, Request, RequestBatch, Response
 
 __all__ = ["CrawlSpider", "Refused", "Rule"]
 

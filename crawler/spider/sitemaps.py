@@ -40,8 +40,8 @@ from yarl import URL
 
 from crawler.bodies import BodyTooLarge, CorruptBody, decoder_for
 from crawler.errors import SpiderError
-from crawler.http import Request, Response
-from crawler.spider import Spider
+from crawler.spider.base import Spider
+from crawler.spider.http import Request, Response
 
 __all__ = ["MAX_SITEMAP_SIZE", "SitemapEntry", "SitemapSpider", "iter_sitemap"]
 

@@ -2,7 +2,7 @@
 
 `run_callback` runs one spider callback over a page, given as HTML text, an HTML file or a
 fixture recorded by `crawler record`, and returns what it yielded. The `Response` it builds is
-the one a crawl builds (`crawler.http.Response` around a `Request` carrying callback, depth
+the one a crawl builds (`crawler.spider.http.Response` around a `Request` carrying callback, depth
 and meta), so a test exercises exactly the code a crawl runs.
 
 Fixture format (one page = two files, named after the URL's path, e.g. `catalogue-page-2`):
@@ -19,7 +19,7 @@ Example:
     ```python
     from pathlib import Path
 
-    from crawler.testing import run_callback
+    from crawler.spider.testing import run_callback
     from spiders.quotes import Author, QuotesSpider
 
 
@@ -43,11 +43,11 @@ from typing import Any, Final, final
 from yarl import URL
 
 from crawler.errors import SpiderError
-from crawler.http import Item, Request, RequestBatch, Response
-from crawler.items import is_item
 from crawler.records import utc_now
-from crawler.rules import Refused
-from crawler.spider import Spider, callback_of
+from crawler.spider.base import Spider, callback_of
+from crawler.spider.http import Item, Request, RequestBatch, Response
+from crawler.spider.items import is_item
+from crawler.spider.rules import Refused
 
 __all__ = [
     "CallbackResult",

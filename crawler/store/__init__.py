@@ -5,6 +5,6 @@ claims and leases (`claims`), typed item tables (`item_tables`), crawl runs (`ru
 stored pages (`pages`).
 
 Enters: `PageResult`s and `Seeds` from the engine, claim orders from the feeder. Leaves:
-committed rows, claimed requests to the feeder (crawler.frontier.feeder). Every SQL that
+committed rows, claimed requests to the feeder (crawler.frontier.gate.feeder). Every SQL that
 writes lives here; only the writer task writes.
 """

@@ -1,10 +1,10 @@
 """The writer's side of admission: which discovered requests become new `pending` rows.
 
-The frontier (crawler.frontier) refuses what it can decide from the URL alone; what is left
+The frontier (crawler.frontier.gate) refuses what it can decide from the URL alone; what is left
 arrives at the writer as `Candidate`s. Here, inside the write transaction, duplicates within
 a batch are counted, and the page budgets apply: `max_pages` (requests admitted in the whole
 file) and `max_pages_per_host`. Both read counters that triggers keep in the same file
-(`frontier_counts`, `hosts`: see crawler.schema), inside the transaction: a budget holds for
+(`frontier_counts`, `hosts`: see crawler.store.schema), inside the transaction: a budget holds for
 every process sharing the file, and costs the same at any size of the frontier. A candidate
 over budget is stored whole as `skipped` with that reason (callback, meta, headers,
 priority), so that a later run can fetch it exactly as first asked.
@@ -24,11 +24,11 @@ from typing import Final, final
 
 import aiosqlite
 
-from crawler.bulk import select_in
 from crawler.errors import SkipReason
 from crawler.records import Candidate
 from crawler.settings import Settings
 from crawler.stats import Stats
+from crawler.store.bulk import select_in
 
 __all__ = ["Budgets"]
 

@@ -4,8 +4,8 @@ A claim marks up to N due pending rows with this run's id and a lease that ends 
 `LEASE_SECONDS` unless it is renewed (every `LEASE_SECONDS / 4`, with the run's heartbeat).
 So several processes can share one file, none taking a row another holds, and a dead
 process's claims return to the frontier when its lease runs out (at once when the next run on
-the same machine finds its process gone: crawler.runs). Claims run on the writer's
-connection, between its batches (crawler.storage).
+the same machine finds its process gone: crawler.store.runs). Claims run on the writer's
+connection, between its batches (crawler.store.writer).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Final, final
 
 import aiosqlite
 
-from crawler.http import Request
 from crawler.records import Claimed
 from crawler.settings import Settings
+from crawler.spider.http import Request
 
 __all__ = ["LEASE_SECONDS", "ClaimBatch", "Claims"]
 

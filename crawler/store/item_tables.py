@@ -21,7 +21,7 @@ Naming rules (also in docs/querying.md):
   when it is created; a field added to the dataclass adds a column (`ALTER TABLE … ADD COLUMN`).
   SQLite has no booleans, so a bool column holds 1 and 0, an `int | float` column is REAL and
   a string ends at a NUL: these columns are for SQL, and `crawler export` takes its values
-  from `items.data` instead, where the item is kept exactly (see crawler.export).
+  from `items.data` instead, where the item is kept exactly (see crawler.results.export).
 - `item_tables` lists them all: type, kind (`table` | `view`), name, columns (JSON object:
   field or key → column) and json_columns (JSON array of the columns holding JSON).
 """
@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 import aiosqlite
 
 from crawler.errors import SpiderError
-from crawler.schema import rollback
-from crawler.spider import Spider, dataclass_type_name
+from crawler.spider.base import Spider, dataclass_type_name
+from crawler.store.schema import rollback
 
 if TYPE_CHECKING:
     from crawler.records import PageResult

@@ -16,9 +16,9 @@ from typing import Any, Final
 import aiosqlite
 
 from crawler.errors import StorageError
-from crawler.item_tables import drop_item_tables
 from crawler.records import utc_now
-from crawler.schema import rollback
+from crawler.store.item_tables import drop_item_tables
+from crawler.store.schema import rollback
 
 __all__ = ["finish_run", "release_leases", "start_run"]
 

@@ -15,7 +15,7 @@ Tables (one SQLite file per crawl target, WAL mode):
 - `frontier_counts`, `hosts`  requests admitted (not skipped) in the file and per host, kept
                 by triggers: what `max_pages` and `max_pages_per_host` count
 - `item_tables` the typed item tables (`book`, one column per dataclass field) and the views
-                of dict item types (`quote_view`), made by crawler.item_tables
+                of dict item types (`quote_view`), made by crawler.store.item_tables
 
 The schema version is `PRAGMA user_version`; `PRAGMA application_id` marks crawl databases.
 
@@ -87,7 +87,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         finished_at   TEXT
     );
     CREATE INDEX requests_frontier ON requests (host, priority DESC, id)
-        WHERE state = 'pending';              -- claims: hosts take turns (crawler.storage)
+        WHERE state = 'pending';              -- claims: hosts take turns (crawler.store.writer)
     CREATE TABLE pages (
         id            INTEGER PRIMARY KEY,
         request_id    INTEGER NOT NULL UNIQUE REFERENCES requests (id),

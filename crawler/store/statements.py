@@ -1,15 +1,15 @@
-"""The statements a write batch runs (crawler.storage), and the rows some of them take.
+"""The statements a write batch runs (crawler.store.writer), and the rows some of them take.
 
-Each `BulkStatement` writes a whole table's share of a batch in one statement (crawler.bulk).
+Each `BulkStatement` writes a whole table's share of a batch in one statement (crawler.store.bulk).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from crawler.bulk import BulkStatement
 from crawler.failures import storable
 from crawler.records import ErrorRecord, Skipped
+from crawler.store.bulk import BulkStatement
 
 __all__ = [
     "COUNT_ADMITTED",

@@ -4,9 +4,10 @@ Workers hand `PageResult`s to `Storage.submit`; the writer task drains its inbox
 many results per `BEGIN IMMEDIATE … COMMIT`. Each result's page, items, links, errors, newly
 discovered requests and the request's final state are in the same transaction, so a crash
 never leaves a page marked done whose links were lost. A batch is usually a single call to
-aiosqlite's thread (see `crawler.bulk`; the statements are in `crawler.statements`). Claims
-of pending requests (`crawler.claims`) also go through the writer, between batches, and so
-do the page budgets (`crawler.budgets`), counted inside each transaction.
+aiosqlite's thread (see `crawler.store.bulk`; the statements are in
+`crawler.store.statements`). Claims of pending requests (`crawler.store.claims`) also go
+through the writer, between batches, and so do the page budgets (`crawler.store.budgets`),
+counted inside each transaction.
 """
 
 from __future__ import annotations
@@ -21,14 +22,8 @@ from typing import Any, Final, final
 
 import aiosqlite
 
-from crawler import statements
-from crawler.budgets import Budgets
-from crawler.bulk import Script, select_in
-from crawler.claims import ClaimBatch, Claims
 from crawler.errors import SkipReason, StorageError
 from crawler.failures import describe, internal_error, internal_failure, storable
-from crawler.http import Request
-from crawler.item_tables import ItemTables
 from crawler.records import (
     Candidate,
     Claimed,
@@ -40,10 +35,16 @@ from crawler.records import (
     Skipped,
     utc_now,
 )
-from crawler.schema import rollback
 from crawler.settings import Settings
-from crawler.statements import error_row, skipped_row
+from crawler.spider.http import Request
 from crawler.stats import Stats
+from crawler.store import statements
+from crawler.store.budgets import Budgets
+from crawler.store.bulk import Script, select_in
+from crawler.store.claims import ClaimBatch, Claims
+from crawler.store.item_tables import ItemTables
+from crawler.store.schema import rollback
+from crawler.store.statements import error_row, skipped_row
 
 __all__ = ["Seeds", "Storage"]
 
@@ -84,7 +85,7 @@ class Storage:
     """Owns the write connection and the writer task of one crawl run.
 
     Create it with an open connection and a run id, call `load_counts()`, run
-    `run_writer()` as a task and end it with `stop_writer()`; the crawl (crawler.engine)
+    `run_writer()` as a task and end it with `stop_writer()`; the crawl (crawler.engine.crawl)
     then releases the run's leases and closes the file.
     """
 
@@ -297,7 +298,7 @@ class Storage:
 
     async def _commit(self, writes: Sequence[PageResult | Seeds]) -> None:
         """Write a batch in one transaction. Usually that is one call to the database thread
-        (see `crawler.bulk`); budgets, item keys, stored bodies and new item types need
+        (see `crawler.store.bulk`); budgets, item keys, stored bodies and new item types need
         queries or parameters in between, and take one call per statement instead.
         The counters change only once the transaction is committed."""
         conn = self._conn
