@@ -28,7 +28,8 @@ from rich.console import Console
 from crawler.engine.callbacks import CallbackRunner, LoopHeartbeat, spider_error
 from crawler.errors import StorageError
 from crawler.failures import describe, internal_failure
-from crawler.fetch.client import Deferred, Failed, Fetched, Fetcher
+from crawler.fetch.client import Fetcher
+from crawler.fetch.outcomes import Deferred, Failed, Fetched
 from crawler.fetch.politeness import Hosts
 from crawler.fetch.robots import RobotsCache
 from crawler.frontier.feeder import Feeder
@@ -36,7 +37,7 @@ from crawler.frontier.gate import Frontier
 from crawler.records import Claimed, PageRecord, PageResult, RequestState, utc_now
 from crawler.settings import Settings, load_settings
 from crawler.spider.base import Spider
-from crawler.spider.http import Response
+from crawler.spider.http import Request, Response
 from crawler.stats import Stats, show_progress
 from crawler.store.item_tables import declare_item_tables
 from crawler.store.runs import finish_run, release_leases, start_run
@@ -320,6 +321,13 @@ class Crawl:
             result.state = RequestState.PENDING
             result.not_before = outcome.not_before
             return result
+        await self._parse(outcome, request, result, storage)
+        return result
+
+    async def _parse(
+        self, outcome: Fetched, request: Request, result: PageResult, storage: Storage
+    ) -> None:
+        """Record a fetched page in `result` and run its callback when it can be parsed."""
         response = Response(
             url=outcome.url,
             status=outcome.status,
@@ -353,7 +361,6 @@ class Crawl:
                 links=self.settings.store_links,
                 spill=lambda c, s: storage.submit_and_wait(Seeds(candidates=c, skipped=s)),
             )
-        return result
 
 
 async def _run_to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
