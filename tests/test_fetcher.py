@@ -17,7 +17,8 @@ from aiohttp.test_utils import TestServer
 
 from crawler import Request, crawl
 from crawler.cli.common import with_start_urls
-from crawler.fetch.client import Deferred, Failed, Fetched, Fetcher, parse_retry_after
+from crawler.fetch.client import Fetcher
+from crawler.fetch.outcomes import Deferred, Failed, Fetched, parse_retry_after
 from crawler.settings import load_settings
 from tests.conftest import rows, scalar
 from tests.sites import html_page

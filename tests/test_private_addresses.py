@@ -40,7 +40,8 @@ from crawler.fetch.addresses import (
     classify_text,
     start_urls_of,
 )
-from crawler.fetch.client import Failed, Fetched, Fetcher
+from crawler.fetch.client import Fetcher
+from crawler.fetch.outcomes import Failed, Fetched
 from crawler.settings import load_settings
 from crawler.spider.sitemaps import SitemapSpider
 from tests.conftest import rows

@@ -11,7 +11,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from crawler import Request
-from crawler.fetch.client import Fetched, Fetcher
+from crawler.fetch.client import Fetcher
+from crawler.fetch.outcomes import Fetched
 from crawler.settings import load_settings
 
 SEEN = web.AppKey("seen", dict[str, dict[str, str]])

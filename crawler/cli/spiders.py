@@ -27,7 +27,8 @@ from crawler.cli.common import (
     user_errors,
 )
 from crawler.cli.scaffold import write_spider
-from crawler.fetch.client import Deferred, Failed, Fetcher
+from crawler.fetch.client import Fetcher
+from crawler.fetch.outcomes import Deferred, Failed
 from crawler.links import try_canonical_url
 from crawler.settings import Settings
 from crawler.spider.discovery import find_spider

@@ -22,7 +22,8 @@ from yarl import URL
 from crawler.engine.callbacks import CallbackRunner
 from crawler.engine.reparse import request_from_row, response_from_row
 from crawler.errors import FetchError, StorageError
-from crawler.fetch.client import Deferred, Failed, Fetcher
+from crawler.fetch.client import Fetcher
+from crawler.fetch.outcomes import Deferred, Failed
 from crawler.frontier.gate import Frontier
 from crawler.links import try_canonical_url
 from crawler.records import Candidate, ErrorRecord, PageResult, RequestState, Skipped

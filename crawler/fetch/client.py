@@ -1,5 +1,6 @@
-"""All HTTP: one aiohttp session, a semaphore on every fetch, timeouts, size cap, redirects
-and retries (tenacity), with aiohttp's exceptions translated into `FetchError`s.
+"""All HTTP: one aiohttp session, a semaphore on every fetch, timeouts, redirects and
+retries (tenacity); the outcomes are in crawler.fetch.outcomes, each hop's checks in
+crawler.fetch.redirects, reading a body (size cap, errors) in crawler.fetch.responses.
 
 Every new connection goes through `GuardedConnector` (crawler.fetch.addresses), which refuses
 internal addresses the crawl may not reach; a redirect to another origin drops the request's
@@ -14,13 +15,10 @@ parking a worker). Backoff sleeps happen outside the semaphore.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self, final
 
@@ -30,13 +28,7 @@ from multidict import CIMultiDictProxy
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from yarl import URL
 
-from crawler.bodies import (
-    SUPPORTED_ENCODINGS,
-    BodyTooLarge,
-    CorruptBody,
-    UnsupportedEncoding,
-    decoder_for,
-)
+from crawler.bodies import SUPPORTED_ENCODINGS
 from crawler.errors import (
     ConnectError,
     FetchError,
@@ -45,77 +37,42 @@ from crawler.errors import (
     PrivateAddressError,
     ProtocolError,
     RedirectError,
-    ResponseTooLarge,
 )
 from crawler.fetch.addresses import AddressPolicy, AddressRefused, GuardedConnector, start_urls_of
 from crawler.fetch.deadlines import Deadlines
+from crawler.fetch.outcomes import (
+    Deferred,
+    Failed,
+    Fetched,
+    FetchOutcome,
+    failure_record,
+    parse_retry_after,
+)
 from crawler.fetch.politeness import Hosts
-from crawler.links import try_canonical_url
-from crawler.records import ErrorRecord, utc_now
+from crawler.fetch.redirects import (
+    REDIRECT_STATUSES,
+    RedirectCheck,
+    RedirectGate,
+    method_after,
+    redirect_target,
+    same_origin,
+    without_credentials,
+)
+from crawler.fetch.responses import read_body, translate_errors
+from crawler.records import ErrorRecord
 from crawler.settings import Settings
 from crawler.spider.http import Request
 
 if TYPE_CHECKING:
     from crawler.spider.base import Spider
 
-__all__ = ["Deferred", "Failed", "FetchOutcome", "Fetched", "Fetcher", "parse_retry_after"]
+__all__ = ["Fetcher"]
 
 logger = logging.getLogger(__name__)
 
-_REDIRECT_STATUSES: Final = frozenset({301, 302, 303, 307, 308})
-_READ_CHUNK: Final = 64 * 1024
 _MAX_TIMEOUT_LATENESS: Final = 0.25
 """Seconds a request timeout may fire late (crawler.fetch.deadlines); less for short timeouts."""
-_CREDENTIAL_HEADERS: Final = frozenset({"authorization", "proxy-authorization", "cookie"})
-"""Request headers that stay with their origin: dropped on a redirect to another scheme, host
-or port, as requests and httpx do, so that a redirect cannot hand them to another site."""
 _APPROVED_ORIGINS_LIMIT: Final = 100_000
-
-
-@final
-@dataclass(slots=True, kw_only=True)
-class Fetched:
-    """A response was received (its status may still be an error)."""
-
-    url: str
-    """Final URL, after redirects."""
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-    elapsed_ms: float
-    attempts: int
-    failures: list[ErrorRecord] = field(default_factory=list)
-    """Earlier attempts that failed and were retried."""
-    redirects: list[str] = field(default_factory=list)
-    """The redirect targets followed to reach `url`, in order (`url` is the last)."""
-
-
-@final
-@dataclass(slots=True, kw_only=True)
-class Failed:
-    """No usable response: the last error, after all retries."""
-
-    error: FetchError
-    attempts: int
-    failures: list[ErrorRecord]
-
-
-@final
-@dataclass(slots=True, kw_only=True)
-class Deferred:
-    """The server asked for a long wait: fetch again at `not_before` (unix time)."""
-
-    not_before: float
-    attempts: int
-    failures: list[ErrorRecord]
-
-
-FetchOutcome = Fetched | Failed | Deferred
-RedirectCheck = Callable[[str], str | None]
-"""Given a redirect target URL, return why it may not be followed, or None."""
-RedirectGate = Callable[[str], bool]
-"""Given a redirect target URL the crawl may follow, return whether the crawl already knows
-it (then the redirect is not followed: the 3xx response is the answer), else claim it."""
 
 
 class _RetryableStatus(Exception):
@@ -232,7 +189,7 @@ class Fetcher:
         except AddressRefused as refused:
             error = PrivateAddressError(url, str(refused))
             attempt = attempts_before + 1
-            failures = [_failure(url, error, attempt)]
+            failures = [failure_record(url, error, attempt)]
             return Failed(error=error, attempts=attempt, failures=failures)
         except (OSError, aiohttp.ClientError, ValueError):  # TimeoutError is an OSError
             return None
@@ -306,7 +263,7 @@ class Fetcher:
         try:
             return await self._fetch_checked(request, attempt, failures, is_last, known)
         except FetchError as error:
-            failures.append(_failure(request.url, error, attempt))
+            failures.append(failure_record(request.url, error, attempt))
             raise
 
     async def _fetch_checked(
@@ -328,7 +285,7 @@ class Fetcher:
         if retry_after is not None:
             retry_after = min(retry_after, self._settings.retry_after_max)
         error = HTTPStatusError(response.url, response.status, retry_after)
-        failures.append(_failure(request.url, error, attempt))
+        failures.append(failure_record(request.url, error, attempt))
         if response.status not in self._retry_statuses:
             return response
         if (
@@ -358,7 +315,7 @@ class Fetcher:
         async with self._hosts.slot(request.url) as slot, self._semaphore:
             started = time.monotonic()
             with (
-                _translate_errors(request.url),
+                translate_errors(request.url),
                 self._deadlines.limit(self._settings.request_timeout),
             ):
                 url, status, headers, body, hops = await self._follow_redirects(request, known)
@@ -392,60 +349,24 @@ class Fetcher:
                 raise PrivateAddressError(request.url, f"{where}{refused}") from None
             async with response:
                 location = response.headers.get("Location")
-                if response.status in _REDIRECT_STATUSES and location:
-                    target = self._redirect_target(url, location, visited)
+                if response.status in REDIRECT_STATUSES and location:
+                    target = redirect_target(url, location, visited, self._redirect_check)
                     if known is not None and known(target):
                         # fetched (or to be fetched) under its own request: not twice
-                        body = await self._read_body(url, response)
+                        body = await read_body(url, response, self._settings.max_size)
                         return url, response.status, response.headers, body, hops
                     hops.append(target)
-                    if headers and not _same_origin(url, target):
+                    if headers and not same_origin(url, target):
                         # Once dropped they stay dropped, even if a later hop comes back:
                         # the other origin chose where that hop goes.
-                        headers = _without_credentials(headers)
+                        headers = without_credentials(headers)
                     url = target
                     visited.add(url)
-                    if response.status == 303 or (
-                        response.status in (301, 302) and method == "POST"
-                    ):
-                        method = "GET"
+                    method = method_after(response.status, method)
                     continue
-                body = await self._read_body(url, response)
+                body = await read_body(url, response, self._settings.max_size)
                 return url, response.status, response.headers, body, hops
         raise RedirectError(request.url, f"more than {self._settings.max_redirects} redirects")
-
-    def _redirect_target(self, url: str, location: str, visited: set[str]) -> str:
-        target = try_canonical_url(location, url)
-        if target is None:
-            raise RedirectError(url, f"invalid redirect target {location!r}")
-        if not target.startswith(("http://", "https://")):
-            raise RedirectError(url, f"redirect to unsupported scheme: {target[:100]}")
-        if target in visited:
-            raise RedirectError(url, f"redirect loop at {target}")
-        if (refusal := self._redirect_check(target)) is not None:
-            raise RedirectError(url, f"redirect to {target} refused: {refusal}")
-        return target
-
-    async def _read_body(self, url: str, response: aiohttp.ClientResponse) -> bytes:
-        """Read and decode the body, stopping as soon as it passes `max_size`."""
-        limit = self._settings.max_size
-        encoding = response.headers.get("Content-Encoding", "")
-        length = response.content_length
-        if not encoding and length is not None:
-            if length > limit:
-                raise ResponseTooLarge(url, f"Content-Length {length} exceeds max_size {limit}")
-            return await response.read()  # the framing bounds it: read it at once
-        try:
-            decoder = decoder_for(encoding, limit)
-            parts: list[bytes] = []
-            async for chunk in response.content.iter_chunked(_READ_CHUNK):
-                parts.append(decoder.feed(chunk))
-            parts.append(decoder.finish())
-        except BodyTooLarge:
-            raise ResponseTooLarge(url, f"body exceeds max_size {limit} bytes") from None
-        except (CorruptBody, UnsupportedEncoding) as exc:
-            raise ProtocolError(url, str(exc)) from None
-        return b"".join(parts)
 
 
 class _DeferRequest(Exception):
@@ -456,67 +377,10 @@ class _DeferRequest(Exception):
         self.not_before = not_before
 
 
-@contextmanager
-def _translate_errors(url: str) -> Iterator[None]:
-    """Turn aiohttp's and asyncio's exceptions into FetchErrors that carry the URL."""
-    try:
-        yield
-    except TimeoutError as exc:  # first: aiohttp's ServerTimeoutError is also a connection error
-        raise FetchTimeout(url, str(exc) or "request timed out") from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise ProtocolError(url, str(exc)) from exc
-    except aiohttp.ClientResponseError as exc:  # malformed status line or headers
-        raise ProtocolError(url, exc.message or str(exc)) from exc
-    except aiohttp.ClientConnectionError as exc:
-        raise ConnectError(url, str(exc) or type(exc).__name__) from exc
-    except aiohttp.InvalidURL as exc:
-        raise ConnectError(url, f"invalid URL: {exc}") from exc
-    except aiohttp.ClientError as exc:
-        raise ProtocolError(url, str(exc) or type(exc).__name__) from exc
-    except (ValueError, UnicodeError) as exc:  # e.g. a header aiohttp cannot encode
-        raise ProtocolError(url, str(exc)) from exc
-
-
 def _origin_prefix(url: str) -> str:
     """`scheme://host:port` as written at the start of a URL (no parsing: called per request)."""
     end = url.find("/", url.find("//") + 2)
     return url if end < 0 else url[:end]
-
-
-def _same_origin(url: str, other: str) -> bool:
-    """Whether two URLs share scheme, host and port (default ports made explicit)."""
-    a, b = URL(url, encoded=True), URL(other, encoded=True)
-    return a.scheme == b.scheme and a.raw_host == b.raw_host and a.port == b.port
-
-
-def _without_credentials(headers: Mapping[str, str]) -> dict[str, str] | None:
-    kept = {k: v for k, v in headers.items() if k.lower() not in _CREDENTIAL_HEADERS}
-    return kept or None
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Return the seconds a `Retry-After` header asks for (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isascii() and value.isdigit():  # isdigit alone also takes '²' and other digits
-        return float(value)
-    try:
-        moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, moment.timestamp() - time.time())
-
-
-def _failure(url: str, error: FetchError, attempt: int) -> ErrorRecord:
-    return ErrorRecord(
-        url=url,
-        kind=error.kind,
-        message=error.message,
-        attempt=attempt,
-        callback=None,
-        created_at=utc_now(),
-    )
 
 
 def _exception(state: RetryCallState) -> BaseException | None:

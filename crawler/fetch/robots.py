@@ -38,7 +38,8 @@ from protego import Protego
 from yarl import URL
 
 from crawler.errors import SkipReason
-from crawler.fetch.client import Deferred, Failed, Fetcher
+from crawler.fetch.client import Fetcher
+from crawler.fetch.outcomes import Deferred, Failed
 from crawler.fetch.politeness import Clock, Hosts
 from crawler.links import host_of
 from crawler.records import Claimed, PageResult, RequestState, RobotsRecord, utc_now
