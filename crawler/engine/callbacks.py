@@ -16,7 +16,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Mapping
 from typing import Final, cast, final
 
 from crawler.errors import SkipReason, SpiderError, StopCrawl, StorageError
@@ -148,23 +148,9 @@ class CallbackRunner:
                             end = time.perf_counter()
                             if end - start > threshold:
                                 blocked = max(blocked, end - max(start, heartbeat.last))
-                    if type(output) is Request:  # most outputs: admitted here, no coroutine
-                        if output.depth <= depth:  # a plain Request(url): one below its page
-                            output = output.replace(depth=depth + 1)
-                        self.admit(
-                            output,
-                            parent_id=result.request_id,
-                            candidates=result.candidates,
-                            skipped=result.skipped,
-                            errors=result.errors,
-                            callback=name,
-                        )
-                    elif type(output) is RequestBatch:
-                        if output.depth <= depth:
-                            output.depth = depth + 1
-                        await self._admit_batch(output, result, name, spill)
-                    else:
-                        await self._route(output, response, result)
+                    routing = self._dispatch(output, response, result, depth, name, spill)
+                    if routing is not None:
+                        await routing
                     if len(result.candidates) + len(result.skipped) >= SPILL_AT:
                         await spill(result.candidates, result.skipped)
                         result.candidates, result.skipped = [], []
@@ -177,12 +163,48 @@ class CallbackRunner:
             message = f"{type(exc).__name__}: {exc}"
             result.errors.append(spider_error(response.url, message, name))
         if self._blocking_warning and blocked > self._blocking_warning:
-            message = (
-                f"callback {name} blocked the event loop for {blocked:.1f} s; "
-                "move blocking work to asyncio.to_thread"
+            self._record_blocking(blocked, response, result, name)
+
+    def _dispatch(
+        self,
+        output: object,
+        response: Response,
+        result: PageResult,
+        depth: int,
+        name: str,
+        spill: Callable[[list[Candidate], list[Skipped]], Awaitable[None]],
+    ) -> Coroutine[object, None, None] | None:
+        """Route one output of a callback: a plain Request is admitted here (most outputs, and
+        no coroutine for them); anything else returns the coroutine that routes it. `depth`
+        and `name` are those of the page's request."""
+        if type(output) is Request:
+            if output.depth <= depth:  # a plain Request(url): one below its page
+                output = output.replace(depth=depth + 1)
+            self.admit(
+                output,
+                parent_id=result.request_id,
+                candidates=result.candidates,
+                skipped=result.skipped,
+                errors=result.errors,
+                callback=name,
             )
-            logger.warning("%s (%s)", message, response.url)
-            result.errors.append(_error(response.url, BLOCKING_ERROR, message, name))
+            return None
+        if type(output) is RequestBatch:
+            if output.depth <= depth:
+                output.depth = depth + 1
+            return self._admit_batch(output, result, name, spill)
+        return self._route(output, response, result)
+
+    def _record_blocking(
+        self, blocked: float, response: Response, result: PageResult, name: str
+    ) -> None:
+        """Warn of, and record, callback `name` holding the event loop for `blocked` seconds."""
+        message = (
+            f"callback {name} blocked the event loop for {blocked:.1f} s; "
+            "move blocking work to asyncio.to_thread"
+        )
+        logger.warning("%s (%s)", message, response.url)
+        result.errors.append(_error(response.url, BLOCKING_ERROR, message, name))
 
     async def _admit_batch(
         self,
