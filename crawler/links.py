@@ -2,7 +2,9 @@
 
 Canonicalisation is deliberately conservative (RFC 3986): only the scheme and host are
 case-folded, the fragment and a default port are dropped, dot segments are resolved and
-percent-encoding is normalised. Paths and queries keep their case and their order.
+percent-encoding is normalised as section 6.2.2.2 allows: escapes of unreserved characters
+are decoded, every other escape keeps its encoding (in upper case), so that the server
+receives what the page linked. Paths and queries keep their case and their order.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import string
 from collections.abc import Iterable
 from typing import Final, NamedTuple
 
@@ -24,10 +27,10 @@ __all__ = [
     "extract_links_in",
     "fingerprint",
     "host_of",
+    "normalise_domain",
     "parse_canonical",
     "try_canonical_url",
 ]
-    "normalise_domain",
 
 _STRIP = " \t\n\r\f\v\x00"
 _LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
@@ -39,7 +42,7 @@ def canonical_url(url: str, base: str | URL | None = None) -> str:
     Raises:
         ValueError: the URL cannot be parsed (bad port, bad host) or is not absolute.
     """
-    return parse_canonical(url, base)[0]
+    return _canonical(url, base)[0]
 
 
 def parse_canonical(url: str, base: str | URL | None = None) -> tuple[str, URL]:
@@ -48,12 +51,37 @@ def parse_canonical(url: str, base: str | URL | None = None) -> tuple[str, URL]:
     Raises:
         ValueError: as `canonical_url`.
     """
+    text, parsed, shielded = _canonical(url, base)
+    return text, (URL(text, encoded=True) if shielded else parsed)
+
+
+def _canonical(url: str, base: str | URL | None) -> tuple[str, URL, bool]:
+    """The canonical form of `url`, its parsed URL, and whether that was shielded (see
+    `_shield`: then only its scheme and host may be read)."""
     raw = url.strip(_STRIP)
     if not raw.isascii() and _LONE_SURROGATE.search(raw):  # yarl would drop it silently
         raise ValueError(f"URL holds a lone surrogate: {raw!r}")
-    parsed = URL(raw)
+    shielded_url = _shield(raw)
+    shielded = shielded_url is not None
+    parsed = URL(raw if shielded_url is None else shielded_url)
     if base is not None:
-        parsed = (base if isinstance(base, URL) else URL(base)).join(parsed)
+        base_text = base if isinstance(base, str) else str(base)
+        shielded_base = _shield(base_text)
+        if shielded_base is None:
+            base_url = base if isinstance(base, URL) else URL(base_text)
+        else:
+            base_url, shielded = URL(shielded_base), True
+        # yarl joins a relative path to the *decoded* segments of a base path that does not
+        # end in "/", losing its escapes (and the shield): join to the base's directory.
+        base_path = base_url.raw_path
+        if (
+            "%" in base_path
+            and parsed.raw_path[:1] not in ("", "/")
+            and not base_path.endswith("/")
+        ):
+            directory = base_path[: base_path.rfind("/") + 1]
+            base_url = base_url.with_path(directory, encoded=True)
+        parsed = base_url.join(parsed)
     if not parsed.scheme:  # "//host/path" is absolute to yarl, but not without its base
         raise ValueError(f"not an absolute URL: {raw!r}")
     if parsed.scheme in ("http", "https"):
@@ -65,8 +93,68 @@ def parse_canonical(url: str, base: str | URL | None = None) -> tuple[str, URL]:
         text = str(parsed)
         if parsed.raw_path == "/" and not parsed.raw_query_string and not text.endswith("/"):
             text += "/"  # yarl prints a bare host without the root path
-        return text, parsed
-    return str(parsed), parsed
+    else:
+        text = str(parsed)
+    if shielded:
+        text = _unshield(text)
+    return text, parsed, shielded
+
+
+_UNRESERVED: Final = frozenset(string.ascii_letters + string.digits + "-._~")
+
+
+def _shielded_escape(hex_digits: str) -> str:
+    """What an escape becomes: its character when unreserved, else itself, shielded."""
+    char = chr(int(hex_digits, 16))
+    return char if char in _UNRESERVED else "%25" + hex_digits.upper()
+
+
+# yarl's requoting decodes the escapes of some reserved characters ("%2F" and "%3F" in a
+# query, "%3A" and "%40" in a path), which changes what the server receives. So before yarl
+# sees a URL, its escapes are normalised here, and every "%" is shielded as "%25" (which yarl
+# keeps as it is); `_unshield` drops the shield from yarl's output. A "%" that starts no
+# escape stands for itself ("%25"), and a space becomes "%20" (yarl writes "+" in a query).
+# Keys: the two hex digits after a "%", in any case.
+_SHIELD: Final = {
+    a + b: _shielded_escape(a + b) for a in string.hexdigits for b in string.hexdigits
+}
+_SCHEME_AND_AUTHORITY: Final = re.compile(r"(?:[A-Za-z0-9+.-]+:)?(?://[^/?#]*)?")
+_C0_OR_SPACE: Final = "".join(map(chr, range(0x21)))
+
+
+def _path_start(url: str) -> int:
+    """Where the path of `url` starts: after its scheme and authority, as yarl splits it."""
+    match = _SCHEME_AND_AUTHORITY.match(url)
+    return 0 if match is None else match.end()
+
+
+def _shield(url: str) -> str | None:
+    """`url` with its path, query and fragment ready for yarl (see `_SHIELD`); None when
+    they have nothing to shield."""
+    if "%" not in url and " " not in url:
+        return None
+    # yarl drops these before splitting, and so must the shield, or "%\n41" would differ
+    url = url.lstrip(_C0_OR_SPACE).replace("\t", "").replace("\n", "").replace("\r", "")
+    start = _path_start(url)
+    tail = url[start:]
+    if "%" not in tail and " " not in tail:
+        return None
+    head, *pieces = tail.replace(" ", "%20").split("%")
+    shielded = [url[:start], head]
+    for piece in pieces:
+        escape = _SHIELD.get(piece[:2])
+        if escape is None:
+            shielded += ("%2525", piece)
+        else:
+            shielded += (escape, piece[2:])
+    return "".join(shielded)
+
+
+def _unshield(text: str) -> str:
+    """yarl's output for a shielded URL, with the shield taken off. Every "%25" in its path,
+    query and fragment starts a shield: yarl never met a "%" there to write it."""
+    start = _path_start(text)
+    return text[:start] + text[start:].replace("%25", "%")
 
 
 class CanonicalParts(NamedTuple):
@@ -78,15 +166,21 @@ class CanonicalParts(NamedTuple):
     """Lowercase, IDNA-encoded host; "" for URLs without one (mailto:, javascript:)."""
 
 
-# Matches only what yarl would print unchanged: lowercase http(s) scheme and host, a
-# non-default port, a path without dot segments, no percent sign, no fragment. Most links a
-# crawl sees (the output of extract_links and follow) are already in this form.
+# Matches only what parse_canonical would return unchanged: lowercase http(s) scheme and
+# host, a non-default port, a path without dot segments, no fragment, and (checked apart, by
+# `_NOT_CANONICAL_ESCAPE`) no "%" but in an upper-case escape of a reserved or non-ASCII byte.
+# Most links a crawl sees (the output of extract_links and follow) are already in this form.
 _ALREADY_CANONICAL: Final = re.compile(
     r"(https?)://([a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*)"
     r"(?::([1-9][0-9]{0,4}))?"
-    r"(/[A-Za-z0-9\-._~!$&'()*+,;=:@/]*)(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@/?]+)?"
+    r"(/[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*)(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]+)?"
 )
 _DOT_SEGMENT: Final = re.compile(r"/\.\.?(?:/|$|\?)")
+# A "%" that starts no escape, or an escape that is in lower case or of an unreserved
+# character (digits 3x, letters 41-5A and 61-7A, "-" 2D, "." 2E, "_" 5F, "~" 7E).
+_NOT_CANONICAL_ESCAPE: Final = re.compile(
+    r"%(?![0-9A-F]{2})|%(?:3[0-9]|[46][1-9A-F]|[57][0-9A]|2[DE]|5F|7E)"
+)
 
 
 def canonical_parts(url: str) -> CanonicalParts:
@@ -100,7 +194,7 @@ def canonical_parts(url: str) -> CanonicalParts:
     """
     if (parts := _already_canonical(url)) is not None:
         return parts
-    text, parsed = parse_canonical(url)
+    text, parsed, _ = _canonical(url, None)
     return CanonicalParts(text, parsed.scheme, parsed.raw_host or "")
 
 
@@ -108,7 +202,11 @@ def _already_canonical(url: str) -> CanonicalParts | None:
     """The parts of a URL that is already in canonical form, read without parsing; None when
     it may not be (then yarl decides)."""
     match = _ALREADY_CANONICAL.fullmatch(url)
-    if match is not None and not _DOT_SEGMENT.search(url):
+    if (
+        match is not None
+        and not _DOT_SEGMENT.search(url)
+        and ("%" not in url or not _NOT_CANONICAL_ESCAPE.search(url))
+    ):
         scheme, host, port = match.group(1, 2, 3)
         if port is None or (int(port) <= 65535 and port != _DEFAULT_PORTS[scheme]):
             return CanonicalParts(url, scheme, host)
@@ -204,19 +302,20 @@ _PLAIN_RELATIVE: Final = re.compile(
 
 def _origin_and_directory(base: str) -> tuple[str, str, bool]:
     """Split a base URL into its origin (`scheme://authority`) and the directory of its path
-    (ending in "/"); the flag says whether plain hrefs may be joined to them by concatenation
-    (the base is canonical and has no percent-escapes, some of which yarl's join decodes)."""
+    (ending in "/"), read from its canonical form; the flag says whether plain hrefs may be
+    joined to them by concatenation (the directory is that of a canonical http(s) URL)."""
     match = _ALREADY_CANONICAL.fullmatch(base)
-    if match is not None and "%" not in base and _already_canonical(base) is not None:
+    if match is not None and _already_canonical(base) is not None:
         origin, path = base[: match.start(4)], match.group(4)
         return origin, origin + path[: path.rfind("/") + 1], True
     try:
-        parsed = URL(base)
+        canonical = canonical_url(base)
     except (ValueError, TypeError, UnicodeError):  # hrefs then resolve to themselves
         return base, base, False
-    origin = f"{parsed.scheme}://{parsed.raw_authority}"
-    directory = origin + parsed.raw_path[: parsed.raw_path.rfind("/") + 1]
-    return origin, directory, "%" not in directory and _is_canonical(directory)
+    start = _path_start(canonical)
+    origin, path = canonical[:start], canonical[start:].partition("?")[0]
+    directory = origin + path[: path.rfind("/") + 1]
+    return origin, directory, _is_canonical(directory)
 
 
 def _join_plain(href: str, origin: str, directory: str) -> str | None:

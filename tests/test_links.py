@@ -31,6 +31,58 @@ def test_canonical_url_folds_only_scheme_and_host(url: str, expected: str) -> No
 
 
 @pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        # escapes of reserved characters keep them from acting as delimiters: never decoded
+        ("http://x.test/?return=https%3A%2F%2Fx%2F", "http://x.test/?return=https%3A%2F%2Fx%2F"),
+        ("http://x.test/a%2Fb", "http://x.test/a%2Fb"),
+        ("http://x.test/a%3Ab%40c%21%24%27%28%29%2A%2C%3B%26%3D%2B", None),
+        ("http://x.test/?q=%3F%23%26%3D%2B%40%24%2C%3B%21%2A%27%28%29%5B%5D%3A%2F", None),
+        # hex in upper case; unreserved characters decoded
+        ("http://x.test/a%2fb?c=%3a", "http://x.test/a%2Fb?c=%3A"),
+        ("http://x.test/%7euser", "http://x.test/~user"),
+        ("http://x.test/%41%2D%2e%5F%7E%30", "http://x.test/A-._~0"),
+        ("http://x.test/?q=%41", "http://x.test/?q=A"),
+        ("http://x.test/%e2%82%ac?%c3", "http://x.test/%E2%82%AC?%C3"),
+        # a "%" that starts no escape stands for itself; a space is %20, in a query too
+        ("http://x.test/a%zz%?b%", "http://x.test/a%25zz%25?b%25"),
+        ("http://x.test/a%252F", "http://x.test/a%252F"),
+        ("http://x.test/a b?c d+e", "http://x.test/a%20b?c%20d+e"),
+        # a decoded "." is a dot segment
+        ("http://x.test/a/%2e%2E/b", "http://x.test/b"),
+    ],
+)
+def test_canonical_url_decodes_only_unreserved_escapes(url: str, expected: str | None) -> None:
+    assert canonical_url(url) == (url if expected is None else expected)
+
+
+def test_an_encoded_slash_is_a_different_url() -> None:
+    encoded, plain = canonical_url("http://x.test/a%2Fb"), canonical_url("http://x.test/a/b")
+    assert encoded != plain
+    assert fingerprint(encoded) != fingerprint(plain)
+    query = canonical_url("http://x.test/?next=%2Fa%26b%3Dc")
+    assert query != canonical_url("http://x.test/?next=/a&b=c")
+    assert fingerprint(query) != fingerprint(canonical_url("http://x.test/?next=/a&b=c"))
+
+
+@pytest.mark.parametrize(
+    ("href", "base", "expected"),
+    [
+        ("x", "http://s.test/a%3Fb/page", "http://s.test/a%3Fb/x"),
+        ("x", "http://s.test/a%2Fb/c%40d/page?q", "http://s.test/a%2Fb/c%40d/x"),
+        ("../y%3A", "http://s.test/a%2Fb/c%40d/page", "http://s.test/a%2Fb/y%3A"),
+        ("?q=%2F", "http://s.test/a%2Fb/page?r", "http://s.test/a%2Fb/page?q=%2F"),
+        ("x", "http://s.test/%7Eu/%C3%BC%20/page", "http://s.test/~u/%C3%BC%20/x"),
+        ("x", "http://s.test/ü/page", "http://s.test/%C3%BC/x"),
+    ],
+)
+def test_relative_urls_keep_the_base_paths_escapes(href: str, base: str, expected: str) -> None:
+    assert canonical_url(href, base) == expected
+    html = f'<a href="{href}">x</a>'
+    assert extract_links(LexborHTMLParser(html), base) == [expected]
+
+
+@pytest.mark.parametrize(
     ("href", "expected"),
     [
         ("../../../../ok", "http://site.test/ok"),
@@ -157,6 +209,9 @@ def test_extract_links_honours_base_href() -> None:
         "../.",
         "../x/../y",
         "..//x",
+        "a%2Fb?c=%3A%2f",
+        "/a%3Fb?c=%26%3D",
+        "%41%2e/x",
     ],
 )
 def test_cached_resolution_equals_resolving_against_each_page(href: str) -> None:
@@ -166,6 +221,7 @@ def test_cached_resolution_equals_resolving_against_each_page(href: str) -> None
         "http://s.test/",
         "http://s.test:8080/dir/",
         "http://s.test/%7edir/page",  # a base that is not canonical: no concatenation
+        "http://s.test/a%3Ab/%2F/page?r=%2F",  # escapes yarl's join would decode
         "http://s.test:80/a/b/c/d",
         "http://s.test:99999/a/",
     ]:
@@ -205,6 +261,12 @@ def test_cached_resolution_equals_resolving_against_each_page(href: str) -> None
         "http://example.com/?",
         "http://example.com/x?a=b?c",
         "mailto:a@b.c",
+        "http://example.com/a%2Fb?c=%3A%C3%BC",
+        "http://example.com/a%2fb",
+        "http://example.com/a%7E",
+        "http://example.com/a%2",
+        "http://example.com/a%%2F",
+        "http://example.com/%2E%2E/x",
     ],
 )
 def test_canonical_parts_fast_path_agrees_with_yarl(url: str) -> None:
