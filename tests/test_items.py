@@ -19,7 +19,8 @@ from rich.console import Console
 from crawler import Request, Response, Spider, SpiderError, crawl, text_of
 from crawler.cli.common import with_start_urls
 from crawler.engine.callbacks import serialise_item
-from crawler.spider.items import Invalid, ItemProcessor, item_key, validate_item
+from crawler.spider.items import ItemProcessor, item_key
+from crawler.spider.validation import Invalid, validate_item
 from crawler.stats import render_summary
 from tests.conftest import rows, scalar
 
