@@ -5,12 +5,10 @@ fixtures) and `serve-demo` (run a bundled demo site on 127.0.0.1 to practise on)
 from __future__ import annotations
 
 import asyncio
-import gzip
 import signal
 import socket
 import sqlite3
 import sys
-import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -29,11 +27,11 @@ from crawler.cli.common import (
 from crawler.cli.scaffold import write_spider
 from crawler.fetch.client import Fetcher
 from crawler.fetch.outcomes import Deferred, Failed
-from crawler.links import try_canonical_url
 from crawler.settings import Settings
 from crawler.spider.discovery import find_spider
 from crawler.spider.http import Request
 from crawler.spider.testing import PageFixture, save_fixture
+from crawler.store.pages import DamagedBody, latest_page
 
 __all__ = ["new", "record", "serve_demo"]
 
@@ -154,29 +152,22 @@ def _pages_from_database(database: Path, urls: Sequence[str]) -> list[PageFixtur
 
 
 def _page_from_database(conn: sqlite3.Connection, database: Path, url: str) -> PageFixture:
-    canonical = try_canonical_url(url) or url
-    row = conn.execute(
-        "SELECT url, final_url, status, content_type, encoding, body FROM pages "
-        "WHERE url IN (?, ?) OR final_url IN (?, ?) ORDER BY id DESC LIMIT 1",
-        (url, canonical, url, canonical),
-    ).fetchone()
-    if row is None:
+    page = latest_page(conn, url)
+    if page is None:
         raise UserError(f"{database} has no page for {url}")
-    page_url, final_url, status, content_type, encoding, body = row
-    if body is None:
+    try:
+        content = page.body()
+    except DamagedBody as exc:
+        raise UserError(f"{database}: the stored body of {url} is corrupt: {exc}") from None
+    if content is None:
         raise UserError(
             f"{database} has no body for {url}; crawl with -s store_body=true to keep bodies"
         )
-    try:
-        content = gzip.decompress(body)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise UserError(f"{database}: the stored body of {url} is corrupt: {exc}") from None
-    header = f"{content_type}; charset={encoding}" if encoding else str(content_type)
     return PageFixture(
-        url=str(page_url),
-        final_url=str(final_url),
-        status=int(status),
-        headers={"Content-Type": header},
+        url=page.url,
+        final_url=page.final_url,
+        status=page.status,
+        headers={"Content-Type": page.content_type_header},
         body=content,
     )
 

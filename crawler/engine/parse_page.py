@@ -9,10 +9,8 @@ would skip, and why. Nothing is written anywhere.
 
 from __future__ import annotations
 
-import gzip
 import json
 import sqlite3
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, final
@@ -20,17 +18,16 @@ from typing import Any, final
 from yarl import URL
 
 from crawler.engine.callbacks import CallbackRunner
-from crawler.engine.reparse import request_from_row, response_from_row
 from crawler.errors import FetchError, StorageError
 from crawler.fetch.client import Fetcher
 from crawler.fetch.outcomes import Deferred, Failed
 from crawler.frontier.gate import Frontier
-from crawler.links import try_canonical_url
 from crawler.records import Candidate, ErrorRecord, PageResult, RequestState, Skipped
 from crawler.settings import Settings
 from crawler.spider.base import Spider, callback_of
 from crawler.spider.http import Request, Response
 from crawler.stats import Stats
+from crawler.store.pages import DamagedBody, latest_page_async
 from crawler.store.schema import connect
 
 __all__ = ["ParsedPage", "parse_page"]
@@ -109,22 +106,28 @@ async def parse_page(
         response = await _stored_response(database, url, callback)
     else:
         response = await _fetched_response(url, settings, callback or "parse")
-    request = response.request
-    callback_of(spider, request.callback)
+    callback_of(spider, response.request.callback)
     page = ParsedPage(
         url=response.url,
         status=response.status,
         content_type=response.content_type,
-        callback=request.callback,
+        callback=response.request.callback,
         parsed=response.status < 300 and response.content_type in settings.parse_content_types,
     )
-    if not page.parsed:
-        return page
+    if page.parsed:
+        await _run_callback(spider, settings, response, page)
+    return page
+
+
+async def _run_callback(
+    spider: Spider, settings: Settings, response: Response, page: ParsedPage
+) -> None:
+    """Run the page's callback as a crawl would and fill `page` with what it yielded."""
     stats = Stats()
     host = URL(response.url).raw_host or ""
     frontier = Frontier(settings, spider, [*spider.allowed_domains, host])
     runner = CallbackRunner(spider, frontier, stats, on_stop=lambda reason: None)
-    result = PageResult(request_id=0, url=request.url, state=RequestState.DONE)
+    result = PageResult(request_id=0, url=response.request.url, state=RequestState.DONE)
 
     async def collect(candidates: list[Candidate], skipped: list[Skipped]) -> None:
         page.requests.extend(candidates)
@@ -141,7 +144,6 @@ async def parse_page(
     page.errors = result.errors
     page.invalid_items = [f"{e.item_type}.{e.field}: {e.message}" for e in result.item_errors]
     page.dropped = [str(reason) for reason in result.dropped]
-    return page
 
 
 async def _fetched_response(url: str, settings: Settings, callback: str) -> Response:
@@ -162,43 +164,25 @@ async def _fetched_response(url: str, settings: Settings, callback: str) -> Resp
     )
 
 
-_STORED_PAGE = """
-SELECT p.final_url, p.status, p.content_type, p.encoding, p.body,
-       r.url, r.callback, r.method, r.headers, r.meta, r.depth
-FROM pages AS p JOIN requests AS r ON r.id = p.request_id
-WHERE p.url IN (?, ?) OR p.final_url IN (?, ?) ORDER BY p.id DESC LIMIT 1
-"""
-
-
 async def _stored_response(database: Path, url: str, callback: str | None) -> Response:
-    canonical = try_canonical_url(url) or url
     conn = await connect(database, read_only=True)
     try:
-        rows = await conn.execute_fetchall(_STORED_PAGE, (url, canonical, url, canonical))
+        page = await latest_page_async(conn, url)
     except sqlite3.Error as exc:  # not a crawl database
         raise StorageError(f"cannot read pages from {database}: {exc}") from None
     finally:
         await conn.close()
-    row = next(iter(rows), None)
-    if row is None:
+    if page is None:
         raise StorageError(f"{database} has no page {url}")
-    final_url, status, content_type, encoding, blob = row[:5]
-    if blob is None:
+    try:
+        body = page.body()
+    except DamagedBody as exc:
+        raise StorageError(f"the stored body of {url} is damaged: {exc}") from None
+    if body is None:
         raise StorageError(
             f"{database} holds {url} without its body; crawl with -s store_body=true"
         )
-    try:
-        body = gzip.decompress(blob)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise StorageError(f"the stored body of {url} is damaged: {exc}") from None
-    request = request_from_row(*row[5:])
+    request = page.request()
     if callback is not None:
         request = request.replace(callback=callback)
-    return response_from_row(
-        url=final_url,
-        status=int(status),
-        content_type=content_type,
-        encoding=encoding,
-        body=body,
-        request=request,
-    )
+    return page.response(body, request)

@@ -15,10 +15,7 @@ raising `StopCrawl`) leaves the database as it was before.
 from __future__ import annotations
 
 import functools
-import gzip
-import json
 import time
-import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,13 +30,13 @@ from crawler.frontier.gate import Frontier
 from crawler.records import Candidate, DropReason, PageResult, RequestState, Skipped, utc_now
 from crawler.settings import Settings
 from crawler.spider.base import Spider
-from crawler.spider.http import Request, Response
 from crawler.stats import Stats
 from crawler.store.claims import LEASE_SECONDS
 from crawler.store.item_tables import ItemTables, declare_item_tables, quote_identifier
+from crawler.store.pages import DamagedBody, pages_with_bodies
 from crawler.store.schema import open_database, rollback
 
-__all__ = ["REPARSE_BATCH", "ReparseSummary", "reparse", "request_from_row", "response_from_row"]
+__all__ = ["REPARSE_BATCH", "ReparseSummary", "reparse"]
 
 REPARSE_BATCH: Final = 100
 """Pages parsed and committed per transaction."""
@@ -82,36 +79,6 @@ class ReparseSummary:
             "requests_not_crawled": self.requests,
             "stopped": self.stopped,
         }
-
-
-def response_from_row(
-    *,
-    url: str,
-    status: int,
-    content_type: str,
-    encoding: str | None,
-    body: bytes,
-    request: Request,
-) -> Response:
-    """Rebuild the Response a crawl parsed from a `pages` row (body already decompressed)."""
-    header = f"{content_type}; charset={encoding}" if encoding else content_type
-    return Response(
-        url=url, status=status, headers={"Content-Type": header}, body=body, request=request
-    )
-
-
-def request_from_row(
-    url: str, callback: str | None, method: str, headers: str | None, meta: str | None, depth: int
-) -> Request:
-    """Rebuild a stored request (the `requests` columns)."""
-    return Request(
-        url,
-        callback=callback or "parse",
-        method=method or "GET",
-        headers=json.loads(headers) if headers else None,
-        meta=json.loads(meta) if meta else None,
-        depth=depth,
-    )
 
 
 async def reparse(spider: Spider, db: Path, settings: Settings) -> ReparseSummary:
@@ -237,14 +204,6 @@ async def _clear(conn: aiosqlite.Connection) -> None:
             await conn.execute("DELETE FROM item_tables WHERE name = ?", (name,))
 
 
-_PAGES: Final = """
-SELECT p.id, p.request_id, p.crawl_id, p.final_url, p.status, p.content_type, p.encoding,
-       p.body, r.url, r.callback, r.method, r.headers, r.meta, r.depth
-FROM pages AS p JOIN requests AS r ON r.id = p.request_id
-WHERE p.body IS NOT NULL AND p.id > ? ORDER BY p.id LIMIT ?
-"""
-
-
 async def _parse_all(
     conn: aiosqlite.Connection, runner: CallbackRunner, settings: Settings, summary: ReparseSummary
 ) -> None:
@@ -257,40 +216,43 @@ async def _parse_all(
         summary.requests += len(candidates) + len(skipped)
 
     while not summary.stopping():
-        rows = await conn.execute_fetchall(_PAGES, (after, REPARSE_BATCH))
-        if not rows:
+        pages = await pages_with_bodies(conn, after, REPARSE_BATCH)
+        if not pages:
             break
         batch: list[tuple[int, PageResult]] = []
-        for row in rows:
-            page_id, request_id, crawl_id, final_url, status, content_type, encoding, blob = row[:8]
-            after = int(page_id)
-            if int(status) >= 300 or content_type not in parse_types:
+        for page in pages:
+            after = page.id
+            if page.status >= 300 or page.content_type not in parse_types:
                 summary.not_parsed += 1
                 continue
             try:
-                body = gzip.decompress(blob)
-            except (OSError, EOFError, zlib.error):
-                summary.not_parsed += 1  # a damaged body: nothing to parse
+                body = page.body()
+            except DamagedBody:
+                body = None  # a damaged body: nothing to parse
+            if body is None:
+                summary.not_parsed += 1
                 continue
-            request = request_from_row(*row[8:])
-            response = response_from_row(
-                url=final_url,
-                status=int(status),
-                content_type=content_type,
-                encoding=encoding,
-                body=body,
-                request=request,
-            )
+            response = page.response(body)
             result = PageResult(
-                request_id=int(request_id), url=request.url, state=RequestState.DONE
+                request_id=page.request_id, url=response.request.url, state=RequestState.DONE
             )
             await runner.run(response, result, links=False, spill=count)
             await count(result.candidates, result.skipped)
             summary.pages += 1
-            batch.append((int(crawl_id), result))
+            batch.append((page.crawl_id, result))
             if summary.stopping():
                 break
         await _store(conn, tables, batch, seen_keys, summary)
+
+
+@dataclass(slots=True)
+class _Rows:
+    """One batch's rows, in the columns of each table's INSERT."""
+
+    items: list[tuple[object, ...]] = field(default_factory=list)
+    keys: list[tuple[object, ...]] = field(default_factory=list)
+    errors: list[tuple[object, ...]] = field(default_factory=list)
+    item_errors: list[tuple[object, ...]] = field(default_factory=list)
 
 
 async def _store(
@@ -303,57 +265,74 @@ async def _store(
     """Write one batch's items (de-duplicated as the crawl's writer does), typed rows and
     errors."""
     now = utc_now()
-    items: list[tuple[object, ...]] = []
-    keys: list[tuple[object, ...]] = []
-    errors: list[tuple[object, ...]] = []
-    item_errors: list[tuple[object, ...]] = []
+    rows = _Rows()
     for crawl_id, result in batch:
-        kept: list[tuple[str, str]] = []
-        for index, (type_name, data) in enumerate(result.items):
-            if (key := result.item_keys.get(index)) is not None:
-                if (key.type, key.key_hash) in seen_keys:
-                    summary.dropped[DropReason.DUPLICATE.value] += 1
-                    continue
-                seen_keys.add((key.type, key.key_hash))
-                keys.append((key.type, key.key_hash, key.key, crawl_id, now))
-            kept.append((type_name, data))
-            items.append((crawl_id, result.request_id, result.url, type_name, data, now))
-            summary.items[type_name] += 1
-        result.items = kept
-        summary.dropped.update(reason.value for reason in result.dropped)
-        if result.item_errors:
-            summary.dropped[DropReason.INVALID.value] += len(result.item_errors)
-        for e in result.errors:
-            summary.errors[e.kind] += 1
-            errors.append(
-                (crawl_id, result.request_id, e.url, e.kind, e.message, e.attempt, e.callback, now)
-            )
-        request_id = result.request_id
-        item_errors.extend(
-            (crawl_id, request_id, e.url, e.callback, e.item_type, e.field, e.message, e.data, now)
-            for e in result.item_errors
-        )
+        _add_items(rows, crawl_id, result, seen_keys, summary, now)
+        _add_errors(rows, crawl_id, result, summary, now)
     await conn.executemany(
         "INSERT INTO items (crawl_id, request_id, page_url, type, data, created_at) "
         "VALUES (?, ?, ?, ?, ?, ?)",
-        items,
+        rows.items,
     )
     await conn.executemany(
         "INSERT OR IGNORE INTO item_keys (type, key_hash, key, crawl_id, created_at) "
         "VALUES (?, ?, ?, ?, ?)",
-        keys,
+        rows.keys,
     )
     await conn.executemany(
         "INSERT INTO errors (crawl_id, request_id, url, kind, message, attempt, callback, "
         "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        errors,
+        rows.errors,
     )
     await conn.executemany(
         "INSERT INTO item_errors (crawl_id, request_id, url, callback, item_type, field, "
         "message, data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        item_errors,
+        rows.item_errors,
     )
     await tables.write(conn, [result for _, result in batch])
+
+
+def _add_items(
+    rows: _Rows,
+    crawl_id: int,
+    result: PageResult,
+    seen_keys: set[tuple[str, int]],
+    summary: ReparseSummary,
+    now: str,
+) -> None:
+    """Keep the page's items whose key no earlier item had; `result.items` keeps only those
+    (the typed tables are written from it)."""
+    kept: list[tuple[str, str]] = []
+    for index, (type_name, data) in enumerate(result.items):
+        if (key := result.item_keys.get(index)) is not None:
+            if (key.type, key.key_hash) in seen_keys:
+                summary.dropped[DropReason.DUPLICATE.value] += 1
+                continue
+            seen_keys.add((key.type, key.key_hash))
+            rows.keys.append((key.type, key.key_hash, key.key, crawl_id, now))
+        kept.append((type_name, data))
+        rows.items.append((crawl_id, result.request_id, result.url, type_name, data, now))
+        summary.items[type_name] += 1
+    result.items = kept
+
+
+def _add_errors(
+    rows: _Rows, crawl_id: int, result: PageResult, summary: ReparseSummary, now: str
+) -> None:
+    """Count the page's dropped items and errors, and add its error and item_error rows."""
+    summary.dropped.update(reason.value for reason in result.dropped)
+    if result.item_errors:
+        summary.dropped[DropReason.INVALID.value] += len(result.item_errors)
+    for e in result.errors:
+        summary.errors[e.kind] += 1
+        rows.errors.append(
+            (crawl_id, result.request_id, e.url, e.kind, e.message, e.attempt, e.callback, now)
+        )
+    request_id = result.request_id
+    rows.item_errors.extend(
+        (crawl_id, request_id, e.url, e.callback, e.item_type, e.field, e.message, e.data, now)
+        for e in result.item_errors
+    )
 
 
 async def _update_run_stats(conn: aiosqlite.Connection) -> None:

@@ -128,16 +128,25 @@ async def run_callback(
         body=fixture.body,
         request=request,
     )
-    method = callback_of(instance, callback)
+    items, requests = await _outputs(instance, callback, response)
+    return CallbackResult(items=items, requests=requests, response=response)
+
+
+async def _outputs(
+    spider: Spider, callback: str, response: Response
+) -> tuple[list[Item], list[Request]]:
+    """Run the callback over `response`: the items and requests it yields, checked as a crawl
+    checks their types and callbacks."""
+    method = callback_of(spider, callback)
     items: list[Item] = []
     requests: list[Request] = []
     async for output in method(response):
         if isinstance(output, Request):
-            callback_of(instance, output.callback)  # a crawl refuses unknown callbacks too
+            callback_of(spider, output.callback)  # a crawl refuses unknown callbacks too
             requests.append(output)
         elif isinstance(output, RequestBatch):
             if output.urls:
-                callback_of(instance, output.callback)
+                callback_of(spider, output.callback)
             requests.extend(output)
         elif isinstance(output, Refused):
             continue  # a link a CrawlSpider's rules do not follow: a crawl records it as skipped
@@ -148,7 +157,7 @@ async def run_callback(
                 f"callback {callback} yielded {type(output).__name__}, expected an item "
                 "(dict or dataclass) or a Request"
             )
-    return CallbackResult(items=items, requests=requests, response=response)
+    return items, requests
 
 
 def load_fixture(path: Path) -> PageFixture:

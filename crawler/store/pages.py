@@ -1,0 +1,161 @@
+"""Reading stored pages back: the `pages` row, the request it answered and its gunzipped
+body, rebuilt as the `Response` a crawl parsed. Read-only SQL: nothing here writes.
+
+Used by `crawler record --from` (a sqlite3 connection), `crawler parse --from` and
+`crawler reparse` (aiosqlite connections); each decides what a missing or damaged body means.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import sqlite3
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, final
+
+import aiosqlite
+
+from crawler.errors import StorageError
+from crawler.links import try_canonical_url
+from crawler.spider.http import Request, Response
+
+__all__ = [
+    "DamagedBody",
+    "StoredPage",
+    "gunzip",
+    "latest_page",
+    "latest_page_async",
+    "pages_with_bodies",
+]
+
+_SELECT: Final = """
+SELECT p.id, p.request_id, p.crawl_id, p.url, p.final_url, p.status, p.content_type,
+       p.encoding, p.body, r.url, r.callback, r.method, r.headers, r.meta, r.depth
+FROM pages AS p JOIN requests AS r ON r.id = p.request_id
+"""
+_LATEST: Final = (
+    _SELECT + "WHERE p.url IN (?, ?) OR p.final_url IN (?, ?) ORDER BY p.id DESC LIMIT 1"
+)
+_WITH_BODIES: Final = _SELECT + "WHERE p.body IS NOT NULL AND p.id > ? ORDER BY p.id LIMIT ?"
+
+
+class DamagedBody(StorageError):
+    """A stored body is not a valid gzip stream; the message is the decompressor's."""
+
+
+def gunzip(blob: bytes) -> bytes:
+    """Decompress a stored body.
+
+    Raises:
+        DamagedBody: the blob is truncated or not gzip.
+    """
+    try:
+        return gzip.decompress(blob)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DamagedBody(str(exc)) from None
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredPage:
+    """One `pages` row with the columns of its request; the body still gzip-compressed."""
+
+    id: int
+    request_id: int
+    crawl_id: int
+    url: str
+    """The URL that was requested (`pages.url`)."""
+    final_url: str
+    status: int
+    content_type: str
+    encoding: str | None
+    blob: bytes | None
+    """The gzip-compressed body; None when the crawl did not store bodies."""
+    request_columns: tuple[Any, ...]
+    """`requests.url, callback, method, headers, meta, depth`, parsed only when asked for."""
+
+    @property
+    def content_type_header(self) -> str:
+        """The `Content-Type` header a crawl saw, rebuilt from the type and charset."""
+        if self.encoding:
+            return f"{self.content_type}; charset={self.encoding}"
+        return self.content_type
+
+    def body(self) -> bytes | None:
+        """The body, decompressed; None when the crawl did not store it.
+
+        Raises:
+            DamagedBody: the stored blob is truncated or not gzip.
+        """
+        return None if self.blob is None else gunzip(self.blob)
+
+    def request(self) -> Request:
+        """The stored request this page answered."""
+        url, callback, method, headers, meta, depth = self.request_columns
+        return Request(
+            url,
+            callback=callback or "parse",
+            method=method or "GET",
+            headers=json.loads(headers) if headers else None,
+            meta=json.loads(meta) if meta else None,
+            depth=depth,
+        )
+
+    def response(self, body: bytes, request: Request | None = None) -> Response:
+        """The Response a crawl parsed: `body` decompressed, `request` by default the stored
+        one."""
+        return Response(
+            url=self.final_url,
+            status=self.status,
+            headers={"Content-Type": self.content_type_header},
+            body=body,
+            request=request or self.request(),
+        )
+
+
+def _page(row: Sequence[Any]) -> StoredPage:
+    page_id, request_id, crawl_id, url, final_url, status, content_type, encoding, blob = row[:9]
+    return StoredPage(
+        id=int(page_id),
+        request_id=int(request_id),
+        crawl_id=int(crawl_id),
+        url=str(url),
+        final_url=str(final_url),
+        status=int(status),
+        content_type=str(content_type),
+        encoding=encoding,
+        blob=blob,
+        request_columns=tuple(row[9:]),
+    )
+
+
+def _first(rows: Iterable[Sequence[Any]]) -> StoredPage | None:
+    row = next(iter(rows), None)
+    return None if row is None else _page(row)
+
+
+def _url_args(url: str) -> tuple[str, str, str, str]:
+    # As given or canonical, requested or reached after redirects: whichever the crawl stored.
+    canonical = try_canonical_url(url) or url
+    return (url, canonical, url, canonical)
+
+
+def latest_page(conn: sqlite3.Connection, url: str) -> StoredPage | None:
+    """The most recently stored page requested as or redirected to `url`, if any.
+
+    Raises:
+        sqlite3.Error: not a crawl database.
+    """
+    return _first(conn.execute(_LATEST, _url_args(url)).fetchall())
+
+
+async def latest_page_async(conn: aiosqlite.Connection, url: str) -> StoredPage | None:
+    """`latest_page` on an aiosqlite connection."""
+    return _first(await conn.execute_fetchall(_LATEST, _url_args(url)))
+
+
+async def pages_with_bodies(conn: aiosqlite.Connection, after: int, limit: int) -> list[StoredPage]:
+    """Up to `limit` pages with a stored body and an id above `after`, in id order."""
+    return [_page(row) for row in await conn.execute_fetchall(_WITH_BODIES, (after, limit))]
