@@ -5,63 +5,38 @@ many results per `BEGIN IMMEDIATE … COMMIT`. Each result's page, items, links,
 discovered requests and the request's final state are in the same transaction, so a crash
 never leaves a page marked done whose links were lost. A batch is usually a single call to
 aiosqlite's thread (see `crawler.store.bulk`; the statements are in
-`crawler.store.statements`). Claims of pending requests (`crawler.store.claims`) also go
-through the writer, between batches, and so do the page budgets (`crawler.store.budgets`),
-counted inside each transaction.
+`crawler.store.statements`, their rows are built in `crawler.store.rows`); a batch the
+database refuses is split to find the refused row (`crawler.store.refusals`). Claims of
+pending requests (`crawler.store.claims`) also go through the writer, between batches, and
+so do the page budgets (`crawler.store.budgets`), counted inside each transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, final
+from dataclasses import dataclass
+from typing import Any, final
 
 import aiosqlite
 
 from crawler.errors import SkipReason, StorageError
-from crawler.failures import describe, internal_error, internal_failure, storable
-from crawler.records import (
-    Candidate,
-    Claimed,
-    DropReason,
-    ErrorRecord,
-    ItemKey,
-    PageResult,
-    RequestState,
-    Skipped,
-    utc_now,
-)
+from crawler.records import Candidate, PageResult, Skipped, utc_now
 from crawler.settings import Settings
-from crawler.spider.http import Request
 from crawler.stats import Stats
 from crawler.store import statements
 from crawler.store.budgets import Budgets
-from crawler.store.bulk import Script, select_in
+from crawler.store.bulk import Script
 from crawler.store.claims import ClaimBatch, Claims
 from crawler.store.item_tables import ItemTables
+from crawler.store.refusals import commit_or_split
+from crawler.store.rows import Seeds, add_result_rows, add_skipped_rows
 from crawler.store.schema import rollback
-from crawler.store.statements import error_row, skipped_row
+from crawler.store.statements import error_row
 
 __all__ = ["Seeds", "Storage"]
-
-logger = logging.getLogger(__name__)
-
-
-@final
-@dataclass(slots=True, kw_only=True)
-class Seeds:
-    """Start requests (and refused start URLs) to add to the frontier."""
-
-    candidates: list[Candidate] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
-    errors: list[ErrorRecord] = field(default_factory=list)
-    """Start requests that were wrong (unknown callback, bad meta)."""
-    committed: asyncio.Future[None] | None = None
-    """Resolved once these rows are committed (see `Storage.submit_and_wait`)."""
 
 
 @dataclass(slots=True)
@@ -209,7 +184,7 @@ class Storage:
         orders = [m for m in messages if isinstance(m, _ClaimOrder)]
         try:
             if writes:
-                await self._commit_or_split(writes)
+                await commit_or_split(writes, self._commit_restoring)
             for order in orders:
                 if not order.reply.done():
                     batch = await self._claims.claim(order.limit, order.held, order.per_host)
@@ -231,59 +206,6 @@ class Storage:
                 waiter.set_result(None)
         if writes:
             self._on_committed(sum(1 for m in writes if isinstance(m, PageResult)))
-
-    async def _commit_or_split(self, writes: Sequence[PageResult | Seeds]) -> None:
-        """Commit `writes`; when their content is refused, find the refused rows by halving.
-
-        One row that SQLite or encoding cannot take (an integer past 64 bits, text it cannot
-        hold, a value our statements did not foresee) must not stop the crawl: the batch is
-        split and each half committed alone, down to the one result that is refused, which
-        is then recorded as its request's `internal` failure (crawler.failures). A failure
-        of the database itself (disk full, read-only, locked, corrupt) is raised at once.
-
-        Raises:
-            sqlite3.Error: the database refused a write for a reason no row's content explains.
-            StorageError: even the failure record of one refused result could not be written.
-        """
-        try:
-            await self._commit_restoring(writes)
-        except sqlite3.Error as exc:
-            if _is_database_failure(exc):
-                raise
-            await self._split(writes, exc)
-        except (ValueError, TypeError, OverflowError, UnicodeError, KeyError) as exc:
-            await self._split(writes, exc)
-
-    async def _split(self, writes: Sequence[PageResult | Seeds], exc: Exception) -> None:
-        if len(writes) > 1:
-            middle = len(writes) // 2
-            await self._commit_or_split(writes[:middle])
-            await self._commit_or_split(writes[middle:])
-            return
-        (refused,) = writes
-        if isinstance(refused, Seeds) and _seed_rows(refused) > 1:
-            first, second = _halves(refused)
-            await self._commit_or_split([first])
-            await self._commit_or_split([second])
-            return
-        if isinstance(refused, PageResult) and (refused.candidates or refused.skipped):
-            # The refused row may be one of the requests it found: record those on their
-            # own (each refused one as skipped `internal`), then the page without them.
-            found = Seeds(candidates=refused.candidates, skipped=refused.skipped)
-            refused.candidates, refused.skipped = [], []
-            await self._commit_or_split([found])
-            await self._commit_or_split([refused])
-            return
-        replacement = _refused_record(refused, exc)
-        logger.warning(
-            "the database refused the results of %s: %s (recorded as an internal error)",
-            replacement.errors[0].url,
-            describe(exc),
-        )
-        try:
-            await self._commit_restoring([replacement])
-        except Exception as again:
-            raise StorageError(f"database write failed: {describe(again)}") from again
 
     async def _commit_restoring(self, writes: Sequence[PageResult | Seeds]) -> None:
         """`_commit`, leaving the writer's state as it was if the transaction fails."""
@@ -317,37 +239,13 @@ class Storage:
         try:
             new_rows, budget_skips = await self._budgets.admit(candidates, now, tally)
             rest = Script()
-            refused = [skipped_row(self._run_id, s, now) for s in skipped]
-            targets = [row for row in refused if row[4] == SkipReason.REDIRECT_TARGET.value]
-            if targets:
-                refused = [row for row in refused if row[4] != SkipReason.REDIRECT_TARGET.value]
-                rest.add(statements.UPSERT_REDIRECT_TARGET, targets)
-            rest.add(statements.INSERT_SKIPPED, refused)
+            add_skipped_rows(self._run_id, skipped, now, rest)
             rest.add(statements.INSERT_REQUEST_SKIPPED, budget_skips)
-            await self._write_results(results, now, rest, tally)
+            await add_result_rows(conn, self._run_id, results, now, rest, tally)
             rest.add(
                 statements.INSERT_ERROR, [error_row(self._run_id, None, e) for e in seed_errors]
             )
-            # The insert drops what the table already has (with no budget to apply,
-            # Budgets.admit did not look; another process may also have added it just now)
-            if item_inserts is not None:
-                script = Script()
-                if new_rows:
-                    script.add_sql(statements.CREATE_ADMITTED_COUNT)
-                    script.add(statements.INSERT_REQUEST, new_rows)
-                    script.add_sql(statements.COUNT_ADMITTED)
-                script.extend(rest)
-                for sql in item_inserts:
-                    script.add_sql(sql)
-                await script.run_as_transaction(conn)
-                admitted = await self._admitted_in_last_batch() if new_rows else 0
-                already_known = len(new_rows) - admitted
-            else:
-                admitted = await statements.INSERT_REQUEST.run(conn, new_rows)
-                already_known = len(new_rows) - admitted
-                await rest.run_each(conn)
-                await self._write_after_script(results)
-                await conn.execute("COMMIT")
+            already_known = await self._run_batch(new_rows, rest, item_inserts, results)
         except BaseException:
             await rollback(conn)
             raise
@@ -361,6 +259,37 @@ class Storage:
         for error in seed_errors:
             tally.errors[error.kind] += 1
         self._stats.absorb(tally)
+
+    async def _run_batch(
+        self,
+        new_rows: list[tuple[object, ...]],
+        rest: Script,
+        item_inserts: list[str] | None,
+        results: list[PageResult],
+    ) -> int:
+        """Insert the batch's new requests, then run `rest`, and commit: in one call when
+        `item_inserts` (see `_one_call_item_inserts`) is not None, else in the transaction
+        `_commit` began. Return how many of the new requests the table already had."""
+        conn = self._conn
+        # The insert drops what the table already has (with no budget to apply,
+        # Budgets.admit did not look; another process may also have added it just now)
+        if item_inserts is not None:
+            script = Script()
+            if new_rows:
+                script.add_sql(statements.CREATE_ADMITTED_COUNT)
+                script.add(statements.INSERT_REQUEST, new_rows)
+                script.add_sql(statements.COUNT_ADMITTED)
+            script.extend(rest)
+            for sql in item_inserts:
+                script.add_sql(sql)
+            await script.run_as_transaction(conn)
+            admitted = await self._admitted_in_last_batch() if new_rows else 0
+        else:
+            admitted = await statements.INSERT_REQUEST.run(conn, new_rows)
+            await rest.run_each(conn)
+            await self._write_after_script(results)
+            await conn.execute("COMMIT")
+        return len(new_rows) - admitted
 
     def _one_call_item_inserts(self, results: list[PageResult]) -> list[str] | None:
         """The typed-table inserts of a batch that can be written in one call, else None."""
@@ -378,96 +307,6 @@ class Storage:
         async with self._conn.execute(statements.TAKE_ADMITTED_COUNT) as cursor:
             return sum(int(row[0]) for row in await cursor.fetchall())
 
-    async def _write_results(
-        self, results: list[PageResult], now: str, script: Script, tally: Stats
-    ) -> None:
-        """Add the rows of a batch's results to `script` (pages, links, items, errors, request
-        states, robots answers), counted in `tally`; the item checks before them may query
-        the table."""
-        if not results:
-            return
-        await self._write_item_checks(results, now, script, tally)
-        pages: list[tuple[object, ...]] = []
-        links: list[tuple[object, ...]] = []
-        items: list[tuple[object, ...]] = []
-        errors: list[tuple[object, ...]] = []
-        updates: list[tuple[object, ...]] = []
-        robots_rows: list[tuple[object, ...]] = []
-        stats = tally
-        for result in results:
-            if (page := result.page) is not None:
-                pages.append(
-                    (
-                        result.request_id,
-                        self._run_id,
-                        page.url,
-                        page.final_url,
-                        page.status,
-                        page.content_type,
-                        page.encoding,
-                        page.size_bytes,
-                        page.depth,
-                        page.elapsed_ms,
-                        page.fetched_at,
-                    )
-                )
-                if result.links:
-                    links.append((result.request_id, page.final_url, result.links))
-                stats.pages += 1
-                stats.statuses[page.status] += 1
-                stats.bytes_received += page.size_bytes
-            items.extend(
-                (self._run_id, result.request_id, result.url, kind, data, now)
-                for kind, data in result.items
-            )
-            for kind, _ in result.items:
-                stats.items_by_type[kind] += 1
-            stats.items += len(result.items)
-            errors.extend(error_row(self._run_id, result.request_id, e) for e in result.errors)
-            for error in result.errors:
-                stats.errors[error.kind] += 1
-            finished = None if result.state is RequestState.PENDING else now
-            updates.append(
-                (
-                    result.state.value,
-                    result.reason,
-                    result.attempts,
-                    result.not_before,
-                    finished,
-                    result.request_id,
-                )
-            )
-            if result.state is RequestState.DONE:
-                stats.done += 1
-            elif result.state is RequestState.FAILED:
-                stats.failed += 1
-            elif result.state is RequestState.PENDING:
-                stats.rescheduled += 1
-            elif result.state is RequestState.SKIPPED:  # robots.txt, learnt after admission
-                stats.skipped[result.reason or "skipped"] += 1
-            if (robots := result.robots) is not None:
-                robots_rows.append(
-                    (
-                        robots.url,
-                        robots.host,
-                        robots.fetched_at,
-                        robots.status,
-                        robots.outcome,
-                        robots.crawl_delay,
-                        robots.body,
-                        robots.error,
-                        self._run_id,
-                    )
-                )
-            if result.state is not RequestState.PENDING:
-                stats.pending -= 1
-        script.add(statements.INSERT_PAGE, pages)
-        script.add(statements.INSERT_LINK, links)
-        script.add(statements.INSERT_ITEM, items)
-        script.add(statements.INSERT_ERROR, errors)
-        script.add(statements.FINISH_REQUEST, updates)
-        script.add(statements.UPSERT_ROBOTS, robots_rows)
-
     async def _write_after_script(self, results: list[PageResult]) -> None:
         """What needs the script's rows in place: page bodies (BLOBs cannot travel in JSON)
         and the typed item tables and views, filled from `items`."""
@@ -481,51 +320,6 @@ class Storage:
         if results:
             await self._item_tables.write(self._conn, results)
 
-    async def _write_item_checks(
-        self, results: list[PageResult], now: str, script: Script, tally: Stats
-    ) -> None:
-        """Drop items whose de-duplication key is already stored (by an earlier batch or run,
-        or earlier in this batch) and store the new keys; write refused items to `item_errors`.
-        Runs first, so everything after it sees only the items that are kept."""
-        stats = tally
-        keys = [key for result in results for key in result.item_keys.values()]
-        seen = await self._stored_item_keys(keys)
-        key_rows: list[tuple[object, ...]] = []
-        error_rows: list[tuple[object, ...]] = []
-        for result in results:
-            run, request = self._run_id, result.request_id
-            error_rows.extend(
-                (run, request, e.url, e.callback, e.item_type, e.field, e.message, e.data, now)
-                for e in result.item_errors
-            )
-            if result.item_keys:
-                kept: list[tuple[str, str]] = []
-                for index, item in enumerate(result.items):
-                    if (key := result.item_keys.get(index)) is not None:
-                        if (key.type, key.key_hash) in seen:
-                            stats.items_dropped[DropReason.DUPLICATE.value] += 1
-                            continue
-                        seen.add((key.type, key.key_hash))
-                        key_rows.append((key.type, key.key_hash, key.key, self._run_id, now))
-                    kept.append(item)
-                result.items, result.item_keys = kept, {}
-            stats.items_dropped.update(reason.value for reason in result.dropped)
-            if result.item_errors:
-                stats.items_dropped[DropReason.INVALID.value] += len(result.item_errors)
-        script.add(statements.INSERT_ITEM_KEY, key_rows)
-        script.add(statements.INSERT_ITEM_ERROR, error_rows)
-
-    async def _stored_item_keys(self, keys: list[ItemKey]) -> set[tuple[str, int]]:
-        by_type: dict[str, set[int]] = {}
-        for key in keys:
-            by_type.setdefault(key.type, set()).add(key.key_hash)
-        sql = "SELECT key_hash FROM item_keys WHERE type = ? AND key_hash IN ({marks})"
-        found: set[tuple[str, int]] = set()
-        for type_name, hashes in by_type.items():
-            rows = await select_in(self._conn, sql, sorted(hashes), params=(type_name,))
-            found.update((type_name, int(row[0])) for row in rows)
-        return found
-
 
 def _is_awaited(message: _Message) -> bool:
     """Whether a coroutine waits for this message to be processed."""
@@ -536,72 +330,3 @@ def _is_awaited(message: _Message) -> bool:
 
 def _commit_waiters(writes: Sequence[PageResult | Seeds]) -> list[asyncio.Future[None]]:
     return [m.committed for m in writes if isinstance(m, Seeds) and m.committed is not None]
-
-
-_DATABASE_FAILURES: Final = (
-    "SQLITE_FULL",
-    "SQLITE_IOERR",
-    "SQLITE_READONLY",
-    "SQLITE_BUSY",
-    "SQLITE_LOCKED",
-    "SQLITE_CORRUPT",
-    "SQLITE_NOTADB",
-    "SQLITE_CANTOPEN",
-    "SQLITE_NOMEM",
-    "SQLITE_PERM",
-    "SQLITE_PROTOCOL",
-    "SQLITE_NOLFS",
-    "SQLITE_AUTH",
-)
-
-
-def _is_database_failure(exc: sqlite3.Error) -> bool:
-    """Whether SQLite refused because of the database itself, not because of a row."""
-    name = getattr(exc, "sqlite_errorname", None)
-    if name is None:  # no SQLite code (e.g. a closed connection): not a row's fault either
-        return not isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError)
-    return str(name).startswith(_DATABASE_FAILURES)
-
-
-def _seed_rows(seeds: Seeds) -> int:
-    return len(seeds.candidates) + len(seeds.skipped) + len(seeds.errors)
-
-
-def _halves(seeds: Seeds) -> tuple[Seeds, Seeds]:
-    """Two messages holding the rows of `seeds` (its waiter stays with the original)."""
-    rows: list[Candidate | Skipped | ErrorRecord] = [*seeds.candidates, *seeds.skipped]
-    rows.extend(seeds.errors)
-    middle = len(rows) // 2
-    halves = (Seeds(), Seeds())
-    for index, row in enumerate(rows):
-        half = halves[index >= middle]
-        if isinstance(row, Candidate):
-            half.candidates.append(row)
-        elif isinstance(row, Skipped):
-            half.skipped.append(row)
-        else:
-            half.errors.append(row)
-    return halves
-
-
-def _refused_record(refused: PageResult | Seeds, exc: Exception) -> PageResult | Seeds:
-    """What is written instead of a result (or a single discovered request) the database
-    refused: its request failed with an `internal` error, nothing else of it kept."""
-    if isinstance(refused, PageResult):
-        claimed = Claimed(id=refused.request_id, request=Request(refused.url), attempts=0)
-        return internal_failure(claimed, exc, attempts=refused.attempts)
-    found: list[Candidate | Skipped | ErrorRecord] = [*refused.candidates, *refused.skipped]
-    found.extend(refused.errors)
-    (row,) = found
-    error = internal_error(row.url, exc, attempt=0, callback=None)
-    if not isinstance(row, Candidate):
-        return Seeds(errors=[error])
-    skipped = Skipped(
-        url=error.url,
-        fingerprint=row.fingerprint,
-        host=storable(row.host)[0],
-        reason=SkipReason.INTERNAL,
-        depth=min(max(row.request.depth, 0), 2**31),
-        parent_id=row.parent_id,
-    )
-    return Seeds(skipped=[skipped], errors=[error])

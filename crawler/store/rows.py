@@ -1,0 +1,220 @@
+"""The rows a write batch adds: what the writer (crawler.store.writer) is handed, turned into
+the parameters of the batch's statements (crawler.store.statements), counted as it goes.
+
+`Seeds` carries requests found outside a page's results (start requests, a spill of a
+callback's requests); `add_skipped_rows` and `add_result_rows` add the rows of refused
+requests and of `PageResult`s (item keys and item errors, pages, links, items, errors, request
+states, robots.txt answers) to a `Script`, counting them in a `Stats` that the writer adds to
+the crawl's once the transaction is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import final
+
+import aiosqlite
+
+from crawler.errors import SkipReason
+from crawler.records import (
+    Candidate,
+    DropReason,
+    ErrorRecord,
+    ItemKey,
+    PageRecord,
+    PageResult,
+    RequestState,
+    RobotsRecord,
+    Skipped,
+)
+from crawler.stats import Stats
+from crawler.store import statements
+from crawler.store.bulk import Script, select_in
+from crawler.store.statements import error_row, skipped_row
+
+__all__ = ["Seeds", "add_result_rows", "add_skipped_rows"]
+
+
+@final
+@dataclass(slots=True, kw_only=True)
+class Seeds:
+    """Start requests (and refused start URLs) to add to the frontier."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    errors: list[ErrorRecord] = field(default_factory=list)
+    """Start requests that were wrong (unknown callback, bad meta)."""
+    committed: asyncio.Future[None] | None = None
+    """Resolved once these rows are committed (see `Storage.submit_and_wait`)."""
+
+
+def add_skipped_rows(run_id: int, skipped: Sequence[Skipped], now: str, script: Script) -> None:
+    """Add the rows of refused requests; a redirect's target is an upsert of its own."""
+    refused = [skipped_row(run_id, s, now) for s in skipped]
+    targets = [row for row in refused if row[4] == SkipReason.REDIRECT_TARGET.value]
+    if targets:
+        refused = [row for row in refused if row[4] != SkipReason.REDIRECT_TARGET.value]
+        script.add(statements.UPSERT_REDIRECT_TARGET, targets)
+    script.add(statements.INSERT_SKIPPED, refused)
+
+
+async def add_result_rows(
+    conn: aiosqlite.Connection,
+    run_id: int,
+    results: list[PageResult],
+    now: str,
+    script: Script,
+    tally: Stats,
+) -> None:
+    """Add the rows of a batch's results to `script` (pages, links, items, errors, request
+    states, robots answers), counted in `tally`; the item checks before them may query
+    the table."""
+    if not results:
+        return
+    await _add_item_checks(conn, run_id, results, now, script, tally)
+    pages: list[tuple[object, ...]] = []
+    links: list[tuple[object, ...]] = []
+    items: list[tuple[object, ...]] = []
+    errors: list[tuple[object, ...]] = []
+    updates: list[tuple[object, ...]] = []
+    robots_rows: list[tuple[object, ...]] = []
+    stats = tally
+    for result in results:
+        if (page := result.page) is not None:
+            pages.append(_page_row(run_id, result.request_id, page))
+            if result.links:
+                links.append((result.request_id, page.final_url, result.links))
+            stats.pages += 1
+            stats.statuses[page.status] += 1
+            stats.bytes_received += page.size_bytes
+        items.extend(
+            (run_id, result.request_id, result.url, kind, data, now) for kind, data in result.items
+        )
+        for kind, _ in result.items:
+            stats.items_by_type[kind] += 1
+        stats.items += len(result.items)
+        errors.extend(error_row(run_id, result.request_id, e) for e in result.errors)
+        for error in result.errors:
+            stats.errors[error.kind] += 1
+        finished = None if result.state is RequestState.PENDING else now
+        updates.append(
+            (
+                result.state.value,
+                result.reason,
+                result.attempts,
+                result.not_before,
+                finished,
+                result.request_id,
+            )
+        )
+        _count_state(result, stats)
+        if (robots := result.robots) is not None:
+            robots_rows.append(_robots_row(run_id, robots))
+    script.add(statements.INSERT_PAGE, pages)
+    script.add(statements.INSERT_LINK, links)
+    script.add(statements.INSERT_ITEM, items)
+    script.add(statements.INSERT_ERROR, errors)
+    script.add(statements.FINISH_REQUEST, updates)
+    script.add(statements.UPSERT_ROBOTS, robots_rows)
+
+
+def _page_row(run_id: int, request_id: int, page: PageRecord) -> tuple[object, ...]:
+    """The `INSERT_PAGE` row of a fetched page (its body is set after the script)."""
+    return (
+        request_id,
+        run_id,
+        page.url,
+        page.final_url,
+        page.status,
+        page.content_type,
+        page.encoding,
+        page.size_bytes,
+        page.depth,
+        page.elapsed_ms,
+        page.fetched_at,
+    )
+
+
+def _robots_row(run_id: int, robots: RobotsRecord) -> tuple[object, ...]:
+    """The `UPSERT_ROBOTS` row of a robots.txt answer fetched for a result."""
+    return (
+        robots.url,
+        robots.host,
+        robots.fetched_at,
+        robots.status,
+        robots.outcome,
+        robots.crawl_delay,
+        robots.body,
+        robots.error,
+        run_id,
+    )
+
+
+def _count_state(result: PageResult, stats: Stats) -> None:
+    """Count the request's final state (or its rescheduling)."""
+    if result.state is RequestState.DONE:
+        stats.done += 1
+    elif result.state is RequestState.FAILED:
+        stats.failed += 1
+    elif result.state is RequestState.PENDING:
+        stats.rescheduled += 1
+    elif result.state is RequestState.SKIPPED:  # robots.txt, learnt after admission
+        stats.skipped[result.reason or "skipped"] += 1
+    if result.state is not RequestState.PENDING:
+        stats.pending -= 1
+
+
+async def _add_item_checks(
+    conn: aiosqlite.Connection,
+    run_id: int,
+    results: list[PageResult],
+    now: str,
+    script: Script,
+    tally: Stats,
+) -> None:
+    """Drop items whose de-duplication key is already stored (by an earlier batch or run,
+    or earlier in this batch) and store the new keys; write refused items to `item_errors`.
+    Runs first, so everything after it sees only the items that are kept."""
+    stats = tally
+    keys = [key for result in results for key in result.item_keys.values()]
+    seen = await _stored_item_keys(conn, keys)
+    key_rows: list[tuple[object, ...]] = []
+    error_rows: list[tuple[object, ...]] = []
+    for result in results:
+        run, request = run_id, result.request_id
+        error_rows.extend(
+            (run, request, e.url, e.callback, e.item_type, e.field, e.message, e.data, now)
+            for e in result.item_errors
+        )
+        if result.item_keys:
+            kept: list[tuple[str, str]] = []
+            for index, item in enumerate(result.items):
+                if (key := result.item_keys.get(index)) is not None:
+                    if (key.type, key.key_hash) in seen:
+                        stats.items_dropped[DropReason.DUPLICATE.value] += 1
+                        continue
+                    seen.add((key.type, key.key_hash))
+                    key_rows.append((key.type, key.key_hash, key.key, run_id, now))
+                kept.append(item)
+            result.items, result.item_keys = kept, {}
+        stats.items_dropped.update(reason.value for reason in result.dropped)
+        if result.item_errors:
+            stats.items_dropped[DropReason.INVALID.value] += len(result.item_errors)
+    script.add(statements.INSERT_ITEM_KEY, key_rows)
+    script.add(statements.INSERT_ITEM_ERROR, error_rows)
+
+
+async def _stored_item_keys(
+    conn: aiosqlite.Connection, keys: list[ItemKey]
+) -> set[tuple[str, int]]:
+    by_type: dict[str, set[int]] = {}
+    for key in keys:
+        by_type.setdefault(key.type, set()).add(key.key_hash)
+    sql = "SELECT key_hash FROM item_keys WHERE type = ? AND key_hash IN ({marks})"
+    found: set[tuple[str, int]] = set()
+    for type_name, hashes in by_type.items():
+        rows = await select_in(conn, sql, sorted(hashes), params=(type_name,))
+        found.update((type_name, int(row[0])) for row in rows)
+    return found
