@@ -16,9 +16,9 @@ from crawler import crawl
 from crawler.cli.common import with_start_urls
 from crawler.errors import SkipReason
 from crawler.store.budgets import _BUDGET_SKIPPED_HOSTS, _REOPEN_BUDGET_SKIPS
+from crawler.store.migrations import MIGRATIONS
 from crawler.store.schema import (
     APPLICATION_ID,
-    MIGRATIONS,
     SCHEMA_VERSION,
     _statements,
     open_database,

@@ -1,0 +1,179 @@
+"""The SQL that creates and upgrades the crawl database, one script per schema version:
+`MIGRATIONS[n]` brings a file at version n to version n + 1 (crawler.store.schema runs them
+and describes the tables).
+
+A script's statements run one by one inside the caller's transaction, so that a migration is
+applied whole or not at all; add a script rather than change one that has shipped.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["MIGRATIONS"]
+
+MIGRATIONS: Final[tuple[str, ...]] = (
+    """
+    CREATE TABLE crawls (
+        id            INTEGER PRIMARY KEY,
+        spider        TEXT NOT NULL,
+        started_at    TEXT NOT NULL,
+        finished_at   TEXT,
+        status        TEXT NOT NULL,  -- running|finished|interrupted|stopped|crashed|failed
+        reason        TEXT,
+        settings      TEXT NOT NULL,          -- JSON: the effective settings
+        stats         TEXT,                   -- JSON: the final summary of this run
+        pid           INTEGER,
+        hostname      TEXT,
+        heartbeat_at  REAL                    -- unix time, refreshed while the run is alive
+    );
+    CREATE TABLE requests (
+        id            INTEGER PRIMARY KEY,
+        url           TEXT NOT NULL,
+        fingerprint   INTEGER NOT NULL UNIQUE,  -- 64-bit hash of the canonical request
+        host          TEXT NOT NULL,
+        method        TEXT NOT NULL DEFAULT 'GET',
+        callback      TEXT,
+        headers       TEXT,                   -- JSON or NULL
+        meta          TEXT,                   -- JSON or NULL
+        depth         INTEGER NOT NULL,
+        priority      INTEGER NOT NULL DEFAULT 0,
+        state         TEXT NOT NULL,          -- pending | done | failed | skipped
+        reason        TEXT,                   -- why failed or skipped
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        not_before    REAL,                   -- unix time before which it is not fetched
+        lease_owner   INTEGER,                -- crawls.id of the run that claimed it
+        lease_expires REAL,
+        parent_id     INTEGER,                -- requests.id of the page that linked here
+        crawl_id      INTEGER NOT NULL,       -- run that discovered it
+        discovered_at TEXT NOT NULL,
+        finished_at   TEXT
+    );
+    CREATE INDEX requests_frontier ON requests (host, priority DESC, id)
+        WHERE state = 'pending';              -- claims: hosts take turns (crawler.store.writer)
+    CREATE TABLE pages (
+        id            INTEGER PRIMARY KEY,
+        request_id    INTEGER NOT NULL UNIQUE REFERENCES requests (id),
+        crawl_id      INTEGER NOT NULL,
+        url           TEXT NOT NULL,
+        final_url     TEXT NOT NULL,
+        status        INTEGER NOT NULL,
+        content_type  TEXT NOT NULL,
+        encoding      TEXT,
+        size_bytes    INTEGER NOT NULL,
+        depth         INTEGER NOT NULL,
+        elapsed_ms    REAL NOT NULL,
+        fetched_at    TEXT NOT NULL,
+        body          BLOB                    -- gzip-compressed, when store_body is on
+    );
+    CREATE TABLE links (
+        page_id       INTEGER NOT NULL REFERENCES pages (id),
+        from_url      TEXT NOT NULL,
+        to_url        TEXT NOT NULL
+    );
+    CREATE TABLE items (
+        id            INTEGER PRIMARY KEY,
+        crawl_id      INTEGER NOT NULL,
+        request_id    INTEGER NOT NULL,
+        page_url      TEXT NOT NULL,
+        type          TEXT NOT NULL,
+        data          TEXT NOT NULL,          -- JSON object
+        created_at    TEXT NOT NULL
+    );
+    CREATE INDEX items_type ON items (type);
+    CREATE TABLE errors (
+        id            INTEGER PRIMARY KEY,
+        crawl_id      INTEGER NOT NULL,
+        request_id    INTEGER,
+        url           TEXT NOT NULL,
+        kind          TEXT NOT NULL,          -- timeout | connection | protocol | http_status |
+                                              -- too_large | redirect | spider | item | blocking
+        message       TEXT NOT NULL,
+        attempt       INTEGER NOT NULL,
+        callback      TEXT,
+        created_at    TEXT NOT NULL
+    );
+    CREATE TABLE robots (
+        url           TEXT PRIMARY KEY,       -- the robots.txt URL: scheme://host[:port]/robots.txt
+        host          TEXT NOT NULL,
+        fetched_at    TEXT NOT NULL,
+        status        INTEGER,                -- HTTP status; NULL when no response arrived
+        outcome       TEXT NOT NULL,          -- rules | allow_all | disallow_all
+        crawl_delay   REAL,                   -- Crawl-delay of user_agent's group, seconds
+        body          TEXT,                   -- the robots.txt (first 500 KiB), for rules
+        error         TEXT,                   -- why allow_all or disallow_all
+        crawl_id      INTEGER NOT NULL
+    );
+    CREATE TABLE item_errors (
+        id            INTEGER PRIMARY KEY,
+        crawl_id      INTEGER NOT NULL,
+        request_id    INTEGER,
+        url           TEXT NOT NULL,
+        callback      TEXT,
+        item_type     TEXT NOT NULL,
+        field         TEXT NOT NULL,          -- the first bad field: price, tags[2]
+        message       TEXT NOT NULL,          -- every problem found in the item
+        data          TEXT NOT NULL,          -- JSON: the item as yielded
+        created_at    TEXT NOT NULL
+    );
+    CREATE TABLE item_keys (
+        type          TEXT NOT NULL,
+        key_hash      INTEGER NOT NULL,       -- 64-bit hash of key
+        key           TEXT NOT NULL,          -- JSON array of the key fields' values
+        crawl_id      INTEGER NOT NULL,
+        created_at    TEXT NOT NULL,
+        UNIQUE (type, key_hash)
+    );
+    CREATE TABLE item_tables (
+        type          TEXT NOT NULL,          -- item type name, as in items.type
+        kind          TEXT NOT NULL,          -- table (dataclass items) | view (dict items)
+        name          TEXT NOT NULL UNIQUE,   -- the table or view: book, quote_view
+        columns       TEXT NOT NULL,          -- JSON object: field or key -> column
+        json_columns  TEXT NOT NULL,          -- JSON array: columns holding JSON text
+        last_item_id  INTEGER NOT NULL DEFAULT 0,  -- views: items.id scanned for new keys
+        PRIMARY KEY (type, kind)
+    );
+    """,
+    # 2: URLs refused only for a run's page budget, which a resume reopens; without this
+    # index, finding them scanned every request at the start of every run.
+    """
+    CREATE INDEX requests_budget_skips ON requests (host, id)
+        WHERE state = 'skipped' AND reason IN ('max_pages', 'max_pages_per_host');
+    """,
+    # 3: what the page budgets count, kept by triggers in every write of every process on
+    # the file, so that a batch reads two counters instead of counting `requests`.
+    """
+    CREATE TABLE frontier_counts (
+        id            INTEGER PRIMARY KEY CHECK (id = 1),
+        admitted      INTEGER NOT NULL        -- requests not skipped: what max_pages counts
+    );
+    INSERT INTO frontier_counts (id, admitted)
+        SELECT 1, count(*) FROM requests WHERE state != 'skipped';
+    CREATE TABLE hosts (
+        host          TEXT PRIMARY KEY,
+        admitted      INTEGER NOT NULL        -- the same per host: max_pages_per_host
+    ) WITHOUT ROWID;
+    INSERT INTO hosts (host, admitted)
+        SELECT host, count(*) FROM requests WHERE state != 'skipped' GROUP BY host;
+    CREATE TRIGGER requests_count_insert AFTER INSERT ON requests
+        WHEN NEW.state != 'skipped'
+    BEGIN
+        UPDATE frontier_counts SET admitted = admitted + 1;
+        INSERT INTO hosts (host, admitted) VALUES (NEW.host, 1)
+            ON CONFLICT (host) DO UPDATE SET admitted = admitted + 1;
+    END;
+    CREATE TRIGGER requests_count_skip AFTER UPDATE OF state ON requests
+        WHEN OLD.state != 'skipped' AND NEW.state = 'skipped'
+    BEGIN
+        UPDATE frontier_counts SET admitted = admitted - 1;
+        UPDATE hosts SET admitted = admitted - 1 WHERE host = OLD.host;
+    END;
+    CREATE TRIGGER requests_count_reopen AFTER UPDATE OF state ON requests
+        WHEN OLD.state = 'skipped' AND NEW.state != 'skipped'
+    BEGIN
+        UPDATE frontier_counts SET admitted = admitted + 1;
+        INSERT INTO hosts (host, admitted) VALUES (NEW.host, 1)
+            ON CONFLICT (host) DO UPDATE SET admitted = admitted + 1;
+    END;
+    """,
+)
