@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, NewType
 import pytest
 from aiohttp.test_utils import BaseTestServer, TestServer
 
-from crawler.store.item_tables import ColumnKind, column_kind, item_fields
+from crawler.store.columns import ColumnKind, column_kind, item_fields
 from tests.conftest import RunCli, rows, scalar
 from tests.sites import follow_app
 

@@ -32,7 +32,8 @@ from crawler.settings import Settings
 from crawler.spider.base import Spider
 from crawler.stats import Stats
 from crawler.store.claims import LEASE_SECONDS
-from crawler.store.item_tables import ItemTables, declare_item_tables, quote_identifier
+from crawler.store.columns import quote_identifier
+from crawler.store.item_tables import ItemTables, declare_item_tables
 from crawler.store.pages import DamagedBody, pages_with_bodies
 from crawler.store.schema import open_database, rollback
 

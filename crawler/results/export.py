@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, final
 
-from crawler.store.item_tables import ID_COLUMN, META_COLUMNS, quote_identifier, unique_column
+from crawler.store.columns import ID_COLUMN, META_COLUMNS, quote_identifier, unique_column
 
 __all__ = ["ItemRows", "csv_cell", "item_rows", "known_item_types"]
 

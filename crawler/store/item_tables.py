@@ -7,7 +7,7 @@ copies the batch's new `items` rows of each dataclass type into that type's tabl
 appear. Copying from `items` rather than from the Python objects makes the typed rows exactly
 the stored items: after validation, `process_item` and de-duplication.
 
-Naming rules (also in docs/querying.md):
+Naming rules (also in docs/querying.md; the column helpers are in crawler.store.columns):
 
 - The table of item type `book` is `book`. A name already taken (a core table such as `items`,
   or any other table, view or index) gets the suffix `_items` (`items_items`), then `_items_2`…
@@ -29,39 +29,34 @@ Naming rules (also in docs/querying.md):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import re
-import types
-import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final, Literal, final
+from typing import TYPE_CHECKING, Final, final
 
 import aiosqlite
 
 from crawler.errors import SpiderError
 from crawler.spider.base import Spider, dataclass_type_name
+from crawler.store.columns import (
+    ID_COLUMN,
+    META_COLUMNS,
+    META_TYPES,
+    ColumnKind,
+    item_fields,
+    json_path,
+    quote_identifier,
+    sql_literal,
+    unique_column,
+)
 from crawler.store.schema import rollback
 
 if TYPE_CHECKING:
     from crawler.records import PageResult
 
-__all__ = [
-    "ID_COLUMN",
-    "META_COLUMNS",
-    "RESERVED_NAMES",
-    "ColumnKind",
-    "ItemTables",
-    "column_kind",
-    "declare_item_tables",
-    "drop_item_tables",
-    "item_fields",
-    "quote_identifier",
-    "unique_column",
-]
+__all__ = ["RESERVED_NAMES", "ItemTables", "declare_item_tables", "drop_item_tables"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,113 +66,8 @@ RESERVED_NAMES: Final = frozenset({
 })  # fmt: skip
 """The crawler's own tables: an item type of one of these names gets a suffixed table."""
 
-ID_COLUMN: Final = "item_id"
-META_COLUMNS: Final = ("page_url", "crawl_id", "request_id", "created_at")
-"""Columns every item table and view has after its fields, copied from `items`."""
-_META_TYPES: Final = ("TEXT NOT NULL", "INTEGER NOT NULL", "INTEGER NOT NULL", "TEXT NOT NULL")
 MAX_VIEW_KEYS: Final = 500
 _UNSAFE_KEY: Final = re.compile(r'["\\\x00-\x1f]')
-
-
-class ColumnKind(StrEnum):
-    """What a field's type hint makes of its column; the value is the declared SQL type."""
-
-    INTEGER = "INTEGER"
-    REAL = "REAL"
-    TEXT = "TEXT"
-    JSON = "JSON"
-    """Declared TEXT; holds the value as JSON text."""
-
-    @property
-    def declared(self) -> str:
-        """The column type in CREATE TABLE (JSON columns have TEXT affinity)."""
-        return "TEXT" if self is ColumnKind.JSON else self.value
-
-
-def quote_identifier(name: str) -> str:
-    """Return `name` as a quoted SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def column_kind(hint: object) -> ColumnKind:
-    """Return the column kind for a field's type hint: int/bool → INTEGER, float → REAL,
-    str → TEXT (also through Optional, NewType, Annotated and one-type Literals), else JSON."""
-    if isinstance(hint, str):
-        return _kind_from_text(hint)
-    origin = typing.get_origin(hint)
-    if origin is typing.Annotated:
-        return column_kind(typing.get_args(hint)[0])
-    if origin is typing.Union or origin is types.UnionType:
-        members = [a for a in typing.get_args(hint) if a is not type(None)]
-        kinds = {column_kind(member) for member in members}
-        if len(kinds) == 1:
-            return kinds.pop()
-        return (
-            ColumnKind.REAL if kinds == {ColumnKind.INTEGER, ColumnKind.REAL} else ColumnKind.JSON
-        )
-    if origin is Literal:
-        return _kind_of_values(typing.get_args(hint))
-    if (supertype := getattr(hint, "__supertype__", None)) is not None:  # typing.NewType
-        return column_kind(supertype)
-    if isinstance(hint, type) and origin is None:
-        if issubclass(hint, int):  # bool and IntEnum included
-            return ColumnKind.INTEGER
-        if issubclass(hint, float):
-            return ColumnKind.REAL
-        if issubclass(hint, str):
-            return ColumnKind.TEXT
-    return ColumnKind.JSON
-
-
-def _kind_of_values(values: Sequence[object]) -> ColumnKind:
-    if values and all(isinstance(v, int) for v in values):
-        return ColumnKind.INTEGER
-    if values and all(isinstance(v, str) for v in values):
-        return ColumnKind.TEXT
-    return ColumnKind.JSON
-
-
-def _kind_from_text(hint: str) -> ColumnKind:
-    """Read an annotation that could not be resolved: `int`, `str | None`, `Optional[float]`."""
-    text = hint.replace(" ", "")
-    if text.startswith("Optional[") and text.endswith("]"):
-        text = text[len("Optional[") : -1]
-    parts = [part for part in text.split("|") if part != "None"]
-    names = {"int": ColumnKind.INTEGER, "bool": ColumnKind.INTEGER}
-    names |= {"float": ColumnKind.REAL, "str": ColumnKind.TEXT}
-    return names.get(parts[0], ColumnKind.JSON) if len(parts) == 1 else ColumnKind.JSON
-
-
-@functools.cache
-def item_fields(cls: type) -> tuple[tuple[str, ColumnKind], ...]:
-    """Return a dataclass's fields with their column kinds (computed once per class)."""
-    try:
-        hints: dict[str, Any] = typing.get_type_hints(cls)
-    except Exception:  # e.g. a name imported only under TYPE_CHECKING: read the text
-        hints = {}
-    return tuple(
-        (spec.name, column_kind(hints.get(spec.name, spec.type)))
-        for spec in dataclasses.fields(cls)
-    )
-
-
-def unique_column(name: str, taken: set[str]) -> str:
-    """Return `name`, or `name_2`, `name_3`…: the first not in `taken` (lowercase names),
-    and add it to `taken`."""
-    candidate, number = name, 1
-    while candidate.lower() in taken:
-        number += 1
-        candidate = f"{name}_{number}"
-    taken.add(candidate.lower())
-    return candidate
-
-
-def _json_path(key: str) -> str:
-    return _literal(f'$."{key}"')
 
 
 @dataclass(slots=True)
@@ -248,7 +138,7 @@ class ItemTables:
         for type_name in sorted(type_names):
             if (table := self._tables.get(type_name)) is None:
                 return None
-            statements.append(_insert_sql(table, _literal(type_name)))
+            statements.append(_insert_sql(table, sql_literal(type_name)))
         return statements
 
     async def ensure_table(
@@ -280,7 +170,7 @@ class ItemTables:
             definitions = [f"{quote_identifier(ID_COLUMN)} INTEGER PRIMARY KEY"]
             definitions += [f"{quote_identifier(c)} {k.declared}" for c, k in added]
             definitions += [
-                f"{quote_identifier(c)} {t}" for c, t in zip(META_COLUMNS, _META_TYPES, strict=True)
+                f"{quote_identifier(c)} {t}" for c, t in zip(META_COLUMNS, META_TYPES, strict=True)
             ]
             await conn.execute(f"CREATE TABLE {quoted} (\n  " + ",\n  ".join(definitions) + "\n)")
         else:
@@ -437,7 +327,7 @@ def _insert_sql(table: _Object, type_value: str = "?") -> str:
     targets = [ID_COLUMN, *table.columns.values(), *META_COLUMNS]
     values = ["id"]
     for key, column in table.columns.items():
-        extract = f"json_extract(data, {_json_path(key)})"
+        extract = f"json_extract(data, {json_path(key)})"
         values.append(
             f"nullif(json_quote({extract}), 'null')" if column in json_columns else extract
         )
@@ -452,11 +342,11 @@ def _insert_sql(table: _Object, type_value: str = "?") -> str:
 def _view_select(view: _Object) -> str:
     columns = [f"id AS {quote_identifier(ID_COLUMN)}"]
     columns += [
-        f"json_extract(data, {_json_path(key)}) AS {quote_identifier(column)}"
+        f"json_extract(data, {json_path(key)}) AS {quote_identifier(column)}"
         for key, column in view.columns.items()
     ]
     columns += list(META_COLUMNS)
-    return f"SELECT {', '.join(columns)} FROM items WHERE type = {_literal(view.type_name)}"
+    return f"SELECT {', '.join(columns)} FROM items WHERE type = {sql_literal(view.type_name)}"
 
 
 _REGISTERED: Final = (
