@@ -20,8 +20,8 @@ from typing import Final
 import pytest
 from click.testing import CliRunner
 
-from crawler.cli.common import open_crawl_database, open_read_only
 from crawler.cli.main import cli
+from crawler.cli.readonly import open_crawl_database, open_read_only
 from tests.conftest import ROOT, CliResult, RunCli, scalar
 from tests.results_site import copy_database, crawl_books_once
 

@@ -28,14 +28,13 @@ from crawler.cli.common import (
     check_starts_somewhere,
     failed_start,
     load_crawl_settings,
-    open_crawl_database,
-    open_read_only,
     parse_assignments,
     run_with_signals,
     setup_logging,
     user_errors,
     with_start_urls,
 )
+from crawler.cli.readonly import open_crawl_database, open_read_only
 from crawler.cli.results import export, parse, query, reparse, stats
 from crawler.cli.spiders import new, record, serve_demo
 from crawler.engine.crawl import Crawl

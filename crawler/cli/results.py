@@ -1,7 +1,7 @@
 """Commands for working with results: query, export, stats, reparse and parse.
 
 Each opens the crawl database read-only unless it must write (`query --write`, `reparse`):
-then no statement may write any file (crawler.cli.common.ReadOnlyGuard). Bad input — a
+then no statement may write any file (crawler.cli.readonly.ReadOnlyGuard). Bad input — a
 missing file, a file that is not a crawl database, bad SQL, a statement that would write, an
 unknown item type — is one line on stderr and exit code 2; a failing storage (an I/O error,
 a full disk under `export -o`) is one line and exit code 1.
@@ -25,16 +25,14 @@ from rich.table import Table
 
 from crawler.cli.common import (
     EXIT_INTERRUPTED,
-    ReadOnlyGuard,
     UserError,
     check_start_url,
     load_crawl_settings,
-    open_crawl_database,
-    open_read_only,
     parse_assignments,
     setup_logging,
     user_errors,
 )
+from crawler.cli.readonly import ReadOnlyGuard, open_crawl_database, open_read_only
 from crawler.engine.parse_page import ParsedPage, parse_page
 from crawler.engine.reparse import ReparseSummary
 from crawler.engine.reparse import reparse as reparse_database

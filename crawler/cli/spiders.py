@@ -20,10 +20,10 @@ from crawler.cli.common import (
     UserError,
     check_start_url,
     load_crawl_settings,
-    open_read_only,
     setup_logging,
     user_errors,
 )
+from crawler.cli.readonly import open_read_only
 from crawler.cli.scaffold import write_spider
 from crawler.fetch.client import Fetcher
 from crawler.fetch.outcomes import Deferred, Failed

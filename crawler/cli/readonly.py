@@ -1,0 +1,194 @@
+"""Read-only access to SQLite files for the read-side commands: opening a file so that no
+statement can write any file at all (`open_read_only`), refusing files that are not crawl
+databases or are of a newer schema (`open_crawl_database`), and the SQLite authorizer that
+allows reads only and says why it refused the rest (`ReadOnlyGuard`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Final
+
+from crawler.errors import StorageError
+from crawler.store.schema import check_crawl_database, storage_error
+
+__all__ = ["ReadOnlyGuard", "open_crawl_database", "open_read_only"]
+
+
+def open_read_only(
+    path: Path, *, write: bool = False, guard: ReadOnlyGuard | None = None
+) -> sqlite3.Connection:
+    """Open an existing SQLite file, read-only unless `write`. Read-only, the connection
+    cannot write any file at all, this one or another: `?mode=ro` and a ReadOnlyGuard
+    (`guard`, if given, to learn why a statement was refused).
+
+    Raises:
+        StorageError: the file does not exist or is not an SQLite database (StorageFailure:
+            it cannot be read).
+    """
+    if not path.is_file():
+        raise StorageError(f"no such database file: {path}")
+    uri = path.resolve().as_uri() + ("?mode=rw" if write else "?mode=ro")
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise storage_error(path, exc, "read") from None
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        if not write:
+            (guard or ReadOnlyGuard()).install(conn)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        conn.close()
+        raise storage_error(path, exc, "read") from None
+    return conn
+
+
+def open_crawl_database(path: Path) -> sqlite3.Connection:
+    """Open a crawl database read-only, refusing other SQLite files and newer schemas."""
+    conn = open_read_only(path)
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        check_crawl_database(path, application_id=app_id, version=version)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise storage_error(path, exc, "read") from None
+    except StorageError:
+        conn.close()
+        raise
+    return conn
+
+
+_READ_ACTIONS: Final = frozenset(
+    {
+        sqlite3.SQLITE_SELECT,
+        sqlite3.SQLITE_READ,
+        sqlite3.SQLITE_RECURSIVE,
+        sqlite3.SQLITE_TRANSACTION,
+        sqlite3.SQLITE_SAVEPOINT,
+    }
+)
+_PRAGMAS_READING_AN_ARGUMENT: Final = frozenset(
+    {
+        "foreign_key_check",
+        "foreign_key_list",
+        "index_info",
+        "index_list",
+        "index_xinfo",
+        "integrity_check",
+        "quick_check",
+        "table_info",
+        "table_list",
+        "table_xinfo",
+    }
+)
+"""Pragmas whose argument names what to read (`PRAGMA table_info(pages)`): for every other
+pragma an argument is a new value."""
+_PRAGMAS_WRITING: Final = frozenset({"incremental_vacuum", "optimize", "wal_checkpoint"})
+"""Pragmas that write to the database although they take no value."""
+_SCHEMA_TABLES: Final = frozenset({"sqlite_master", "sqlite_schema"})
+_TEMP_SCHEMA_TABLES: Final = frozenset({"sqlite_temp_master", "sqlite_temp_schema"})
+_WRITES: Final = {
+    sqlite3.SQLITE_INSERT: "INSERT INTO",
+    sqlite3.SQLITE_UPDATE: "UPDATE",
+    sqlite3.SQLITE_DELETE: "DELETE FROM",
+    sqlite3.SQLITE_ALTER_TABLE: "ALTER TABLE",
+    sqlite3.SQLITE_ANALYZE: "ANALYZE",
+    sqlite3.SQLITE_REINDEX: "REINDEX",
+    sqlite3.SQLITE_CREATE_INDEX: "CREATE INDEX",
+    sqlite3.SQLITE_CREATE_TABLE: "CREATE TABLE",
+    sqlite3.SQLITE_CREATE_TEMP_INDEX: "CREATE TEMP INDEX",
+    sqlite3.SQLITE_CREATE_TEMP_TABLE: "CREATE TEMP TABLE",
+    sqlite3.SQLITE_CREATE_TEMP_TRIGGER: "CREATE TEMP TRIGGER",
+    sqlite3.SQLITE_CREATE_TEMP_VIEW: "CREATE TEMP VIEW",
+    sqlite3.SQLITE_CREATE_TRIGGER: "CREATE TRIGGER",
+    sqlite3.SQLITE_CREATE_VIEW: "CREATE VIEW",
+    sqlite3.SQLITE_CREATE_VTABLE: "CREATE VIRTUAL TABLE",
+    sqlite3.SQLITE_DROP_INDEX: "DROP INDEX",
+    sqlite3.SQLITE_DROP_TABLE: "DROP TABLE",
+    sqlite3.SQLITE_DROP_TEMP_INDEX: "DROP INDEX",
+    sqlite3.SQLITE_DROP_TEMP_TABLE: "DROP TABLE",
+    sqlite3.SQLITE_DROP_TEMP_TRIGGER: "DROP TRIGGER",
+    sqlite3.SQLITE_DROP_TEMP_VIEW: "DROP VIEW",
+    sqlite3.SQLITE_DROP_TRIGGER: "DROP TRIGGER",
+    sqlite3.SQLITE_DROP_VIEW: "DROP VIEW",
+    sqlite3.SQLITE_DROP_VTABLE: "DROP VIRTUAL TABLE",
+}
+
+
+class ReadOnlyGuard:
+    """An SQLite authorizer that lets a connection read and nothing else.
+
+    `?mode=ro` keeps the database file itself unchanged, but not everything else a
+    statement can do: ATTACH creates or writes another file, VACUUM INTO writes a copy,
+    temporary tables and pragmas change the connection, load_extension() loads code. The
+    guard allows only what reads (allow-list: what SQLite adds later is refused) and
+    remembers why it refused the statement it refused (`refused`).
+    """
+
+    def __init__(self) -> None:
+        self.refused: str | None = None
+
+    def install(self, conn: sqlite3.Connection) -> None:
+        conn.set_authorizer(self.authorize)
+        enable = getattr(conn, "enable_load_extension", None)  # absent from some builds
+        if enable is not None:
+            enable(False)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)  # no ATTACH even if one slipped by
+
+    def authorize(
+        self,
+        action: int,
+        arg1: str | None,
+        arg2: str | None,
+        database: str | None,
+        source: str | None,
+    ) -> int:
+        refusal = _refusal(action, arg1, arg2)
+        if refusal is None:
+            return sqlite3.SQLITE_OK
+        if self.refused is None:  # SQLite asks nothing more of a statement once refused
+            self.refused = refusal
+        return sqlite3.SQLITE_DENY
+
+
+def _refusal(action: int, arg1: str | None, arg2: str | None) -> str | None:
+    """Why a read-only connection may not do `action` (the arguments of an authorizer
+    callback), or None when it only reads."""
+    if action in _READ_ACTIONS:
+        return None
+    if action == sqlite3.SQLITE_FUNCTION:
+        if arg2 == "load_extension":
+            return "load_extension() loads code into the process"
+        return None
+    if action == sqlite3.SQLITE_PRAGMA:
+        name = (arg1 or "").lower()
+        if arg2 is None and name not in _PRAGMAS_WRITING:
+            return None
+        if arg2 is not None and name in _PRAGMAS_READING_AN_ARGUMENT:
+            return None
+        value = "" if arg2 is None else f" = {arg2}"
+        return f"PRAGMA {name}{value} changes the database or the connection"
+    if action == sqlite3.SQLITE_ATTACH:
+        if not arg1:
+            return "VACUUM rewrites the database file"
+        return f"ATTACH or VACUUM INTO would create or write {arg1}"
+    if action == sqlite3.SQLITE_UPDATE and arg1 in _SCHEMA_TABLES:
+        # SQLite asks this of itself the first time a statement uses a table-valued
+        # function (json_each, pragma_table_info); a user's UPDATE of sqlite_master is
+        # refused by SQLite itself, and `?mode=ro` keeps the file unchanged anyway.
+        return None
+    if action == sqlite3.SQLITE_DETACH:
+        return "DETACH changes the connection"
+    if action in _WRITES:
+        if arg1 in _SCHEMA_TABLES or arg1 in _TEMP_SCHEMA_TABLES:
+            # CREATE, DROP and ANALYZE ask to write the schema table first: refused there
+            what = "CREATE, DROP or ANALYZE" if arg1 in _SCHEMA_TABLES else "CREATE TEMP or DROP"
+        else:
+            target = arg2 if action == sqlite3.SQLITE_ALTER_TABLE else arg1
+            shown = target and action not in (sqlite3.SQLITE_REINDEX, sqlite3.SQLITE_ANALYZE)
+            what = f"{_WRITES[action]} {target}" if shown else _WRITES[action]
+        return f"{what}: attempt to write a readonly database"
+    return f"SQLite action {action} is not a read"
