@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from crawler.demo import catalogue_app, expected_authors, expected_books, expected_quotes
-from crawler.demo.catalogue import BOOKS_PER_PAGE, CATEGORY_NAMES
+from crawler.demo.books import BOOKS_PER_PAGE, CATEGORY_NAMES
 from crawler.demo.quotes import quotes_app
 from crawler.spider.testing import load_fixture, run_callback
 from spiders.books import Book, BooksSpider
