@@ -6,7 +6,14 @@ import pytest
 from selectolax.lexbor import LexborHTMLParser
 from yarl import URL
 
-from crawler.links import canonical_url, extract_links, fingerprint, host_of, try_canonical_url
+from crawler.links import (
+    canonical_parts,
+    canonical_url,
+    extract_links,
+    fingerprint,
+    host_of,
+    try_canonical_url,
+)
 
 
 @pytest.mark.parametrize(
@@ -279,3 +286,12 @@ def test_canonical_parts_fast_path_agrees_with_yarl(url: str) -> None:
             canonical_parts(url)
         return
     assert canonical_parts(url) == (text, parsed.scheme, parsed.raw_host or "")
+
+
+def test_a_link_under_a_base_of_another_scheme_is_stored_as_it_is_admitted() -> None:
+    # Found by the long Hypothesis run: `<base href=data:…>` made '/p1' 'data:///p1' in
+    # `links` while the frontier recorded 'data:/p1', so a discovered URL went unaccounted.
+    html = b"<html><head><base href=data:text/html,<a href=x>><svg><a href='/p1'></html>"
+    links = extract_links(LexborHTMLParser(html), "http://127.0.0.1:5/p2")
+    assert links == ["data:/p1"]
+    assert [canonical_parts(link).url for link in links] == links
