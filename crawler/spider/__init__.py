@@ -2,7 +2,7 @@
 
 Enters: nothing of the engine. Holds the `Spider` base class (`base`), the `Request`,
 `RequestBatch` and `Response` a spider sends and receives (`http`), link rules
-(`rules`), sitemaps (`sitemaps`), item validation and `process_item` (`items`), offline
+(`rules`), sitemaps (`sitemaps`), item checks (`validation`) and `process_item` (`items`), offline
 callback tests (`testing`) and finding spider classes (`discovery`).
 
 Leaves: requests to the frontier's gate (crawler.frontier.gate), items to the writer's records
