@@ -272,3 +272,26 @@ def test_workers_are_not_forked_while_the_database_is_open(tmp_path: Path) -> No
             run_processes(2, lambda: 0, db=db, shutdown_grace=1.0)
     finally:
         conn.close()
+
+
+async def test_the_summary_counts_what_a_killed_worker_stored(
+    follow_site: TestServer, tmp_path: Path
+) -> None:
+    from crawler import crawl
+    from crawler.cli.common import with_start_urls
+    from crawler.engine.processes import combined_summary
+    from tests.spiders import FollowAllSpider
+
+    db = tmp_path / "crawl.db"
+    spider = with_start_urls(FollowAllSpider, [str(follow_site.make_url("/p/0"))])
+    await crawl(spider, db=db, settings={"progress_interval": 60.0})
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        # as a worker killed mid-crawl leaves its run: no stats recorded
+        conn.execute("UPDATE crawls SET status = 'crashed', stats = NULL")
+    status, summary = combined_summary(db, 0)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        pages, received = conn.execute("SELECT count(*), sum(size_bytes) FROM pages").fetchone()
+        items = conn.execute("SELECT count(*) FROM items").fetchone()[0]
+    assert status == "crashed"
+    assert (summary["processes"], summary["pages"], summary["items"]) == (1, pages, items)
+    assert summary["bytes_received"] == received and pages > 0

@@ -333,13 +333,18 @@ def combined_summary(db: Path, after_run: int) -> tuple[str, dict[str, Any]]:
     """
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         found = conn.execute(
-            "SELECT status, stats FROM crawls WHERE id > ? ORDER BY id", (after_run,)
+            "SELECT id, status, stats FROM crawls WHERE id > ? ORDER BY id", (after_run,)
         ).fetchall()
         pending = conn.execute("SELECT count(*) FROM requests WHERE state = 'pending'").fetchone()[
             0
         ]
-    statuses = [status for status, _ in found]
-    runs = [json.loads(stats) for _, stats in found if stats]
+        # A worker that was killed recorded no stats: what it stored is counted from the
+        # tables, so that the summary does not leave its pages and items out.
+        runs = [
+            json.loads(stats) if stats else _stored_by(conn, int(run_id))
+            for run_id, _, stats in found
+        ]
+    statuses = [status for _, status, _ in found]
     total: dict[str, Any] = {"processes": len(runs)}
     for key in (
         "pages",
@@ -350,9 +355,10 @@ def combined_summary(db: Path, after_run: int) -> tuple[str, dict[str, Any]]:
         "bytes_received",
         "retries",
         "rescheduled",
+        "strings_replaced",
     ):
         total[key] = sum(int(run.get(key, 0)) for run in runs)
-    for key in ("items_by_type", "skipped", "errors", "statuses"):
+    for key in ("items_by_type", "items_dropped", "skipped", "errors", "statuses"):
         merged: Counter[str] = Counter()
         for run in runs:
             merged.update(run.get(key, {}))
@@ -365,3 +371,25 @@ def combined_summary(db: Path, after_run: int) -> tuple[str, dict[str, Any]]:
     order = ["failed", "crashed", "interrupted", "stopped", "running", "finished"]
     status = min(statuses, key=order.index) if statuses else "failed"
     return status, total
+
+
+def _stored_by(conn: sqlite3.Connection, run_id: int) -> dict[str, Any]:
+    """The part of a run's stats the tables can tell (for a run that recorded none)."""
+    pages, received = conn.execute(
+        "SELECT count(*), coalesce(sum(size_bytes), 0) FROM pages WHERE crawl_id = ?", (run_id,)
+    ).fetchone()
+    by_type = dict(
+        conn.execute(
+            "SELECT type, count(*) FROM items WHERE crawl_id = ? GROUP BY type", (run_id,)
+        ).fetchall()
+    )
+    statuses = conn.execute(
+        "SELECT status, count(*) FROM pages WHERE crawl_id = ? GROUP BY status", (run_id,)
+    ).fetchall()
+    return {
+        "pages": int(pages),
+        "items": sum(by_type.values()),
+        "items_by_type": by_type,
+        "bytes_received": int(received),
+        "statuses": {str(status): int(n) for status, n in statuses},
+    }
