@@ -87,6 +87,8 @@ def _canonical(url: str, base: str | URL | None) -> tuple[str, URL, bool]:
     if parsed.scheme in ("http", "https"):
         if not parsed.raw_host:
             raise ValueError(f"URL has no host: {raw!r}")
+        if _NOT_IN_A_HOST.search(parsed.raw_host):  # yarl keeps them, and drops IPv6 brackets
+            raise ValueError(f"URL host holds a control character or space: {raw!r}")
         parsed.port  # noqa: B018 - validates the port (raises ValueError when out of range)
         if parsed.raw_fragment:
             parsed = parsed.with_fragment(None)
@@ -100,6 +102,7 @@ def _canonical(url: str, base: str | URL | None) -> tuple[str, URL, bool]:
     return text, parsed, shielded
 
 
+_NOT_IN_A_HOST: Final = re.compile(r"[\x00-\x20\x7f-\xa0]")
 _UNRESERVED: Final = frozenset(string.ascii_letters + string.digits + "-._~")
 
 
