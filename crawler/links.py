@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import ipaddress
 import re
 import string
 from collections.abc import Iterable
@@ -89,6 +90,11 @@ def _canonical(url: str, base: str | URL | None) -> tuple[str, URL, bool]:
             raise ValueError(f"URL has no host: {raw!r}")
         if _NOT_IN_A_HOST.search(parsed.raw_host):  # yarl keeps them, and drops IPv6 brackets
             raise ValueError(f"URL host holds a control character or space: {raw!r}")
+        if ":" in parsed.raw_host:  # an IPv6 literal: yarl prints an invalid one unbracketed
+            try:
+                ipaddress.IPv6Address(parsed.raw_host.partition("%")[0])
+            except ValueError:
+                raise ValueError(f"URL host is not an IPv6 address: {raw!r}") from None
         parsed.port  # noqa: B018 - validates the port (raises ValueError when out of range)
         if parsed.raw_fragment:
             parsed = parsed.with_fragment(None)
