@@ -404,6 +404,8 @@ def _resolve(base: str, href: str) -> str:
     """Canonical form of `href` against `base`, or `href` itself when it is invalid (memoised:
     sites repeat the same links on every page)."""
     resolved = try_canonical_url(href, base)
+    if resolved is None:  # a broken <base> does not make an absolute href invalid
+        resolved = try_canonical_url(href)
     return href if resolved is None else resolved
 
 

@@ -308,3 +308,12 @@ def test_a_host_with_a_control_character_or_space_is_invalid(href: str) -> None:
     (link,) = extract_links(LexborHTMLParser(html), "http://127.0.0.1:8000/dir/page.html")
     with pytest.raises(ValueError, match=r"control character or space|not an IPv6 address"):
         canonical_parts(link)
+
+
+def test_an_absolute_href_under_a_broken_base_is_resolved_alone() -> None:
+    # Found by the long Hypothesis run: the href was returned as written ('<a' unescaped)
+    # while the frontier admitted its canonical form.
+    html = b"<html><head><base href=//127.0.0.1:@x@/p0><a href=data:text/html,<a href=x>></a>"
+    links = extract_links(LexborHTMLParser(html), "http://127.0.0.1:8000/dir/page.html")
+    assert links == ["data:text/html,%3Ca"]
+    assert [canonical_parts(link).url for link in links] == links
