@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, TypeAlias
+from typing import TypeAlias
 
 from crawler.errors import SkipReason, StorageError
 from crawler.failures import describe, internal_error, internal_failure, storable
 from crawler.records import Candidate, Claimed, ErrorRecord, PageResult, Skipped
 from crawler.spider.http import Request
 from crawler.store.rows import Seeds
+from crawler.store.schema import is_database_fault
 
 __all__ = ["Commit", "commit_or_split"]
 
@@ -39,7 +40,7 @@ async def commit_or_split(writes: Sequence[PageResult | Seeds], commit: Commit) 
     try:
         await commit(writes)
     except sqlite3.Error as exc:
-        if _is_database_failure(exc):
+        if is_database_fault(exc):
             raise
         await _split(writes, exc, commit)
     except (ValueError, TypeError, OverflowError, UnicodeError, KeyError) as exc:
@@ -76,31 +77,6 @@ async def _split(writes: Sequence[PageResult | Seeds], exc: Exception, commit: C
         await commit([replacement])
     except Exception as again:
         raise StorageError(f"database write failed: {describe(again)}") from again
-
-
-_DATABASE_FAILURES: Final = (
-    "SQLITE_FULL",
-    "SQLITE_IOERR",
-    "SQLITE_READONLY",
-    "SQLITE_BUSY",
-    "SQLITE_LOCKED",
-    "SQLITE_CORRUPT",
-    "SQLITE_NOTADB",
-    "SQLITE_CANTOPEN",
-    "SQLITE_NOMEM",
-    "SQLITE_PERM",
-    "SQLITE_PROTOCOL",
-    "SQLITE_NOLFS",
-    "SQLITE_AUTH",
-)
-
-
-def _is_database_failure(exc: sqlite3.Error) -> bool:
-    """Whether SQLite refused because of the database itself, not because of a row."""
-    name = getattr(exc, "sqlite_errorname", None)
-    if name is None:  # no SQLite code (e.g. a closed connection): not a row's fault either
-        return not isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError)
-    return str(name).startswith(_DATABASE_FAILURES)
 
 
 def _seed_rows(seeds: Seeds) -> int:

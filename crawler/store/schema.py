@@ -76,6 +76,13 @@ _FAILURES: Final = frozenset(
     }
 )
 """SQLite's primary result codes for a storage that fails under a file that may be fine."""
+_DATABASE_FAULTS: Final = _FAILURES | {
+    sqlite3.SQLITE_CORRUPT,
+    sqlite3.SQLITE_NOTADB,
+    sqlite3.SQLITE_NOLFS,
+    sqlite3.SQLITE_AUTH,
+}
+"""The same, and a file that is wrong: what no row's content explains."""
 _OS_FAILURES: Final = frozenset(
     {
         errno.EACCES,
@@ -88,6 +95,15 @@ _OS_FAILURES: Final = frozenset(
     }
 )
 """The same for the OS: a file that could be written, where it is, once the storage allows."""
+
+
+def is_database_fault(exc: sqlite3.Error) -> bool:
+    """Whether SQLite refused because of the storage or the file itself, not a row's content
+    (an error without an SQLite code, e.g. a closed connection, counts as the database's)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return not isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError)
+    return code & 0xFF in _DATABASE_FAULTS  # the primary code of an extended one
 
 
 def storage_error(path: Path, exc: sqlite3.Error | OSError, doing: str = "use") -> StorageError:
