@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Final
@@ -34,7 +33,7 @@ from crawler.cli.common import (
     user_errors,
     with_start_urls,
 )
-from crawler.cli.readonly import open_crawl_database, open_read_only
+from crawler.cli.readonly import open_read_only, read_crawl_database
 from crawler.cli.results import export, parse, query, reparse, stats
 from crawler.cli.spiders import new, record, serve_demo
 from crawler.engine.crawl import Crawl
@@ -45,7 +44,7 @@ from crawler.settings import LoadedSettings, Settings, describe_settings
 from crawler.spider.base import Spider
 from crawler.spider.discovery import find_spider, spider_catalogue, spider_reference
 from crawler.stats import render_summary
-from crawler.store.schema import open_database, storage_error
+from crawler.store.schema import open_database
 from crawler.version import __version__
 
 __all__ = ["cli", "main"]
@@ -206,13 +205,7 @@ def status(database: Path, fmt: str) -> None:
     Safe to run while the crawl is running.
     """
     with user_errors():
-        conn = open_crawl_database(database)
-        try:
-            state = crawl_status(conn)
-        except sqlite3.Error as exc:
-            raise storage_error(database, exc, "read") from None
-        finally:
-            conn.close()
+        state = read_crawl_database(database, crawl_status)
     if fmt == "json":
         click.echo(json.dumps(state, indent=2))
         return

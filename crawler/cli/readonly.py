@@ -7,11 +7,14 @@ allows reads only and says why it refused the rest (`ReadOnlyGuard`).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeVar
 
 from crawler.errors import StorageError
 from crawler.store.schema import check_crawl_database, storage_error
+
+T = TypeVar("T")
 
 __all__ = ["ReadOnlyGuard", "open_crawl_database", "open_read_only"]
 
@@ -43,6 +46,18 @@ def open_read_only(
         conn.close()
         raise storage_error(path, exc, "read") from None
     return conn
+
+
+def read_crawl_database(path: Path, read: Callable[[sqlite3.Connection], T]) -> T:
+    """Open a crawl database read-only (`open_crawl_database`), return `read(conn)` and close
+    it; an SQLite error while reading is a `StorageError` naming the file."""
+    conn = open_crawl_database(path)
+    try:
+        return read(conn)
+    except sqlite3.Error as exc:
+        raise storage_error(path, exc, "read") from None
+    finally:
+        conn.close()
 
 
 def open_crawl_database(path: Path) -> sqlite3.Connection:

@@ -32,7 +32,12 @@ from crawler.cli.common import (
     setup_logging,
     user_errors,
 )
-from crawler.cli.readonly import ReadOnlyGuard, open_crawl_database, open_read_only
+from crawler.cli.readonly import (
+    ReadOnlyGuard,
+    open_crawl_database,
+    open_read_only,
+    read_crawl_database,
+)
 from crawler.engine.parse_page import ParsedPage, parse_page
 from crawler.engine.reparse import ReparseSummary
 from crawler.engine.reparse import reparse as reparse_database
@@ -205,13 +210,7 @@ def stats(database: Path, fmt: str) -> None:
     Everything is counted from the tables, so it works on any file, even one being written.
     """
     with user_errors():
-        conn = open_crawl_database(database)
-        try:
-            report = crawl_report(conn)
-        except sqlite3.Error as exc:
-            raise storage_error(database, exc, "read") from None
-        finally:
-            conn.close()
+        report = read_crawl_database(database, crawl_report)
     if fmt == "json":
         click.echo(json.dumps(report, indent=2, ensure_ascii=False))
     else:
