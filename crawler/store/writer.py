@@ -45,6 +45,7 @@ class _ClaimOrder:
     reply: asyncio.Future[ClaimBatch]
     held: Mapping[str, int]
     per_host: int
+    known: Callable[[str], bool] | None
 
 
 @dataclass(slots=True)
@@ -72,12 +73,16 @@ class Storage:
         settings: Settings,
         stats: Stats,
         on_committed: Callable[[int], None],
+        on_hosts_saved: Callable[[list[str]], None] | None = None,
     ) -> None:
+        """`on_committed` is told how many results each commit wrote, `on_hosts_saved` the
+        host of each host snapshot it wrote (crawler.fetch.politeness: `Hosts.saved`)."""
         self._conn = conn
         self._run_id = run_id
         self._settings = settings
         self._stats = stats
         self._on_committed = on_committed
+        self._on_hosts_saved = on_hosts_saved
         self._inbox: asyncio.Queue[_Message | None] = asyncio.Queue(
             maxsize=settings.write_batch_size * 4
         )
@@ -125,7 +130,12 @@ class Storage:
             self._inbox.put_nowait(_Flush())
 
     async def claim(
-        self, limit: int, *, held: Mapping[str, int] | None = None, per_host: int = 0
+        self,
+        limit: int,
+        *,
+        held: Mapping[str, int] | None = None,
+        per_host: int = 0,
+        known: Callable[[str], bool] | None = None,
     ) -> ClaimBatch:
         """Lease up to `limit` due pending requests to this run.
 
@@ -133,9 +143,11 @@ class Storage:
         the host the previous claim ended with), each host's requests highest priority
         first. With `per_host`, a host that already has `held[host]` requests in memory gets
         at most `per_host - held[host]` more, so one host cannot fill the feeder's window.
+        With `known`, the batch also carries the stored state and robots.txt answers of the
+        claimed hosts not `known` (in memory).
         """
         reply: asyncio.Future[ClaimBatch] = asyncio.get_running_loop().create_future()
-        await self._inbox.put(_ClaimOrder(limit, reply, held or {}, per_host))
+        await self._inbox.put(_ClaimOrder(limit, reply, held or {}, per_host, known))
         return await reply
 
     async def stop_writer(self) -> None:
@@ -187,7 +199,9 @@ class Storage:
                 await commit_or_split(writes, self._commit_restoring)
             for order in orders:
                 if not order.reply.done():
-                    batch = await self._claims.claim(order.limit, order.held, order.per_host)
+                    batch = await self._claims.claim(
+                        order.limit, order.held, order.per_host, order.known
+                    )
                     order.reply.set_result(batch)
             await self._claims.renew_leases_if_due()
         except (sqlite3.Error, StorageError) as exc:
@@ -206,6 +220,10 @@ class Storage:
                 waiter.set_result(None)
         if writes:
             self._on_committed(sum(1 for m in writes if isinstance(m, PageResult)))
+            if self._on_hosts_saved is not None:
+                self._on_hosts_saved(
+                    [m.host.host for m in writes if isinstance(m, PageResult) and m.host]
+                )
 
     async def _commit_restoring(self, writes: Sequence[PageResult | Seeds]) -> None:
         """`_commit`, leaving the writer's state as it was if the transaction fails."""
