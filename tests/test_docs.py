@@ -82,8 +82,8 @@ async def test_readme_example_queries_run_on_a_real_crawl(tmp_path: Path) -> Non
     statements = [s.strip() for block in blocks for s in block.split(";") if s.strip()]
     assert len(statements) >= 6
     with sqlite3.connect(db) as conn:
-        for statement in statements:
-            conn.execute(statement).fetchall()
+        for statement in statements:  # parameters (`:upc`) are bound to NULL
+            conn.execute(statement, dict.fromkeys(re.findall(r":(\w+)", statement))).fetchall()
         assert conn.execute("SELECT count(*) FROM book WHERE price < 20").fetchone()[0] > 0
 
 

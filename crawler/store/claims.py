@@ -22,6 +22,7 @@ from crawler.records import Claimed, HostRecord, RobotsRecord
 from crawler.settings import Settings
 from crawler.spider.http import Request
 from crawler.store.bulk import select_in
+from crawler.store.refresh import attach_previous
 
 __all__ = ["LEASE_SECONDS", "ClaimBatch", "Claims"]
 
@@ -66,6 +67,8 @@ class Claims:
         self._host_cursor = ""
         """The host the last claim ended with: the next one starts after it."""
         self._last_renewal = time.monotonic()
+        self.refetches = False
+        """Whether claimed requests may have a stored page (re-fetches, which need it)."""
 
     async def prepare(self) -> None:
         """Create what this run's claim order needs (depth-first: an index of its own)."""
@@ -109,6 +112,8 @@ class Claims:
             more = more or len(rows) == room
             self._host_cursor = host
         claimed.sort(key=lambda c: (-c.request.priority, -c.id if descending else c.id))
+        if self.refetches and claimed:
+            await attach_previous(self._conn, claimed)
         if claimed or capped:
             batch = ClaimBatch(claimed=claimed, more=more, capped=capped and not claimed)
             if fresh_hosts:

@@ -30,9 +30,11 @@ from crawler.store import statements
 from crawler.store.budgets import Budgets
 from crawler.store.bulk import Script
 from crawler.store.claims import ClaimBatch, Claims
+from crawler.store.history import retire_items
 from crawler.store.item_tables import ItemTables
+from crawler.store.refresh import has_pages
 from crawler.store.refusals import commit_or_split
-from crawler.store.rows import Seeds, add_result_rows, add_skipped_rows
+from crawler.store.rows import Seeds, add_result_rows, add_skipped_rows, replaced_pages
 from crawler.store.schema import rollback
 from crawler.store.statements import error_row
 
@@ -95,6 +97,7 @@ class Storage:
         earlier runs skipped for theirs), the claim order's index, the pending count."""
         await self._budgets.load()
         await self._claims.prepare()
+        self._claims.refetches = await has_pages(self._conn)
         async with self._conn.execute(
             "SELECT count(*) FROM requests WHERE state = 'pending'"
         ) as cursor:
@@ -251,12 +254,18 @@ class Storage:
             skipped.extend(message.skipped)
         results = [m for m in writes if isinstance(m, PageResult)]
         seed_errors = [e for m in writes if isinstance(m, Seeds) for e in m.errors]
-        item_inserts = self._one_call_item_inserts(results)
+        replaced = replaced_pages(results)
+        item_inserts = None if replaced else self._one_call_item_inserts(results)
         if item_inserts is None:
             await conn.execute("BEGIN IMMEDIATE")
         try:
+            await retire_items(conn, replaced, run_id=self._run_id, now=now)
             new_rows, budget_skips = await self._budgets.admit(candidates, now, tally)
             rest = Script()
+            rest.add(
+                statements.SET_LASTMOD,
+                [(c.fingerprint, c.lastmod) for c in candidates if c.lastmod],
+            )
             add_skipped_rows(self._run_id, skipped, now, rest)
             rest.add(statements.INSERT_REQUEST_SKIPPED, budget_skips)
             await add_result_rows(conn, self._run_id, results, now, rest, tally)
