@@ -118,8 +118,10 @@ def _body(kind: str, number: int) -> bytes | None:
     return gzip.compress(raw)
 
 
-def add_hostile_pages(db: Path, pages: int = 240, seed: int = 5) -> None:
-    """Append `pages` hostile pages (kinds in turn, then the broken ones) as a second run."""
+def add_hostile_pages(db: Path, pages: int = 240, filler: int = 0, seed: int = 5) -> None:
+    """Append `pages` hostile pages (kinds in turn, then the broken ones) as a second run,
+    then `filler` pages of plain dict items (so that there are enough pages for worker
+    chunks of several batches)."""
     rng = random.Random(seed)
     kinds = [*HOSTILE_KINDS, *_BROKEN]
     with sqlite3.connect(db) as conn:
@@ -132,8 +134,8 @@ def add_hostile_pages(db: Path, pages: int = 240, seed: int = 5) -> None:
             "SELECT 2, spider, started_at, finished_at, status, settings, stats FROM crawls "
             "WHERE id = 1"
         )
-        for n in range(pages):
-            kind = kinds[n % len(kinds)]
+        for n in range(pages + filler):
+            kind = kinds[n % len(kinds)] if n < pages else ("dict", "text")[n % 2]
             url = f"{prefix}/h/{kind}/{n}"
             callback = {"renamed": "parse_renamed"}.get(kind, "hostile")
             meta = "{not json" if kind == "bad-meta" else None

@@ -47,7 +47,7 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def hostile(catalogue: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     db = copy_database(catalogue, tmp_path_factory.mktemp("hostile") / "hostile.db")
-    add_hostile_pages(db)
+    add_hostile_pages(db, filler=2200)  # 2,779 pages: workers get chunks of 300 pages
     return db
 
 
@@ -189,18 +189,20 @@ async def started_reparse(
             await process.wait()
 
 
-@pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.parametrize(
+    ("stop", "processes"), [(signal.SIGINT, 1), (signal.SIGINT, 2), (signal.SIGTERM, 2)]
+)
 async def test_ctrl_c_stops_the_workers_and_changes_nothing(
-    catalogue: Path, tmp_path: Path, processes: int
+    catalogue: Path, tmp_path: Path, stop: signal.Signals, processes: int
 ) -> None:
     db = copy_database(catalogue, tmp_path / "books.db")
-    spider = write_spider(tmp_path, delay=0.05)
+    spider = write_spider(tmp_path, delay=0.02)
     reparses = started_reparse(spider, db, "-p", str(processes))
     process = await anext(reparses)
     workers = workers_of(process.pid)
     assert len(workers) == (0 if processes == 1 else processes)
     others = descendants(process.pid)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     async with asyncio.timeout(30):
         _, stderr = await process.communicate()
     assert process.returncode == 130, stderr
@@ -215,7 +217,7 @@ async def test_ctrl_c_stops_the_workers_and_changes_nothing(
 
 async def test_workers_end_when_the_reparse_is_killed(catalogue: Path, tmp_path: Path) -> None:
     db = copy_database(catalogue, tmp_path / "books.db")
-    spider = write_spider(tmp_path, delay=0.05)
+    spider = write_spider(tmp_path, delay=0.02)
     reparses = started_reparse(spider, db, "-p", "2")
     process = await anext(reparses)
     workers = descendants(process.pid)

@@ -13,11 +13,13 @@ import asyncio
 import functools
 import json
 import os
+import signal
 import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Final, Literal
 
 import click
@@ -267,6 +269,7 @@ def reparse(
             spider_source=source,
             console=console,
         )
+        signal.signal(signal.SIGTERM, _interrupt)  # stops the reparse as Ctrl-C does
         try:
             summary = asyncio.run(work)
         except KeyboardInterrupt:
@@ -279,6 +282,10 @@ def reparse(
         click.echo(json.dumps(summary.as_dict(), indent=2))
     else:
         Console().print(_summary_table(summary, database))
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def available_cores() -> int:

@@ -6,14 +6,15 @@ Reparse replaces, for every page with a stored body, what its callbacks produced
 `item`; `item_keys` is rebuilt. Requests the callbacks yield are admitted by a `Frontier` (to
 count them) and never fetched; the `links`, `pages` and `requests` tables are left alone.
 
-The pages are read in chunks of `REPARSE_BATCH` pages in id order and parsed by a
+The pages are read in chunks of consecutive ids (`REPARSE_BATCH` pages, `WORKER_CHUNK` in
+worker processes) and parsed by a
 `ChunkParser` (crawler.engine.reparse_chunks), in this process (`processes=1`) or in worker
 processes (crawler.engine.reparse_workers), which return each chunk's results to this one.
 Either way this process, the one writer, stores them chunk by chunk in page order
 (crawler.engine.reparse_rows), all in one transaction: an interrupted reparse (Ctrl-C, a
 crash, a worker's death, a callback raising `StopCrawl`) leaves the database as it was before,
 and what a reparse stores does not depend on the number of processes. Memory stays flat: no
-more than two chunks per worker are in flight.
+more than `CHUNKS_PER_WORKER` chunks per worker are in flight.
 """
 
 from __future__ import annotations
@@ -35,7 +36,12 @@ from rich.console import Console
 from crawler.engine.reparse_chunks import ChunkParser, ParsedChunk
 from crawler.engine.reparse_progress import ReparseProgress, show_reparse_progress
 from crawler.engine.reparse_rows import RowWriter, Tally
-from crawler.engine.reparse_workers import ChunkPool, SpiderSource, WorkerPlan
+from crawler.engine.reparse_workers import (
+    CHUNKS_PER_WORKER,
+    ChunkPool,
+    SpiderSource,
+    WorkerPlan,
+)
 from crawler.errors import SpiderError, StorageError
 from crawler.settings import Settings
 from crawler.spider.base import Spider
@@ -48,7 +54,12 @@ from crawler.store.schema import open_database, rollback
 __all__ = ["REPARSE_BATCH", "ReparseSummary", "reparse"]
 
 REPARSE_BATCH: Final = 100
-"""Pages per chunk: read, parsed and written together."""
+"""Pages per chunk parsed in this process: read, parsed and written together."""
+WORKER_CHUNK: Final = 3 * REPARSE_BATCH
+"""Pages per chunk handed to a worker process: each hand-over costs thread and process
+switches, spread over more pages than in one process. Fewer (a multiple of `REPARSE_BATCH`)
+when the file holds too few pages to give every worker `CHUNKS_PER_WORKER` chunks. The
+worker returns its results by `REPARSE_BATCH` pages, written as in one process."""
 CALLBACK_ERROR_KINDS: Final = ("spider", "item")
 
 
@@ -181,7 +192,13 @@ def _worker_plan(
     """What workers need; checked to pickle when there will be workers."""
     source = spider_source or functools.partial(_same_class, type(spider))
     level = logging.getLogger().getEffectiveLevel()
-    plan = WorkerPlan(spider_source=source, settings=settings, database=db, log_level=level)
+    plan = WorkerPlan(
+        spider_source=source,
+        settings=settings,
+        database=db,
+        batch=REPARSE_BATCH,
+        log_level=level,
+    )
     if processes > 1:
         try:
             pickle.dumps(plan)
@@ -235,7 +252,9 @@ async def _replace(conn: aiosqlite.Connection, job: _Job, summary: ReparseSummar
     if job.processes == 1:
         await _store_all(conn, _chunks_here(conn, job), job, summary)
     else:
-        async with ChunkPool(job.plan, job.processes, REPARSE_BATCH) as pool:
+        share = job.progress.total // (job.processes * CHUNKS_PER_WORKER)
+        size = max(REPARSE_BATCH, min(WORKER_CHUNK, share // REPARSE_BATCH * REPARSE_BATCH))
+        async with ChunkPool(job.plan, job.processes, size) as pool:
             await _store_all(conn, pool.chunks(conn), job, summary)
     if summary.stopping():
         raise _Stopped

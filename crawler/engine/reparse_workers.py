@@ -2,19 +2,24 @@
 parses chunks of stored pages, driven from the reparse's event loop with `run_in_executor`.
 
 Each worker loads the spider itself (from the reference given on the command line, as the
-parent did), opens the database read-only for each chunk (`crawler.store.pages.read_chunk`),
-runs a `ChunkParser` in an event loop of its own and returns a `ParsedChunk`. The parent keeps
-at most two chunks per worker in flight and takes their results in page order, so what it
-stores, and the ids its rows get, are those of a single-process reparse; memory stays bounded
-by that window however many pages the file holds.
+parent did), opens the database read-only once (`crawler.store.pages.open_page_reader`), and
+for each chunk it is given reads the pages, runs a `ChunkParser` in an event loop of its own
+and returns one `ParsedChunk` per `WorkerPlan.batch` pages: the batches the parent writes,
+cut where a single-process reparse cuts them, so that even a write's bookkeeping (how far a
+dict view was refreshed) is the same. The parent keeps at most `CHUNKS_PER_WORKER` chunks
+per worker in flight and takes their results in page order, so what it stores, and the ids
+its rows get, are those of a single-process reparse; memory stays bounded by that window
+however many pages the file holds. The window is wider than two because on a busy machine
+each hand-over (the pool's threads in the parent, the pipes) waits for the scheduler: queued
+chunks keep the workers busy meanwhile.
 
 **Spawn, not fork.** Workers are started with multiprocessing's 'spawn': the parent holds an
 open SQLite connection in the middle of a write transaction, run by aiosqlite's thread, and
 neither may cross fork() (see crawler.engine.processes). A spawned worker starts a new
-interpreter, imports the crawler and the spider (about 0.3 s, once per worker), and shares
+interpreter, imports the crawler and the spider (about 0.4 s of CPU, once per worker), and shares
 nothing with the parent but what is pickled: `WorkerPlan` and the chunks' bounds on the way
-out, `ParsedChunk`s on the way back (items as JSON text; dataclass types by reference, which
-is why the spider is loaded by reference rather than pickled).
+out, `ParsedChunk`s on the way back (items as JSON text, the typed tables' fields rather than
+the dataclasses, which the parent may not be able to import by the same name).
 
 **Stopping.** Workers ignore SIGINT from their first instruction (it is ignored while they
 are spawned, and that disposition survives exec): a Ctrl-C at the terminal reaches the whole
@@ -54,14 +59,14 @@ from crawler.engine.reparse_chunks import ChunkParser, ParsedChunk
 from crawler.errors import CrawlerError
 from crawler.settings import Settings
 from crawler.spider.base import Spider
-from crawler.store.pages import chunk_end, read_chunk
+from crawler.store.pages import chunk_end, open_page_reader
 
 __all__ = ["ChunkPool", "ReparseWorkerDied", "SpiderSource", "WorkerPlan"]
 
 SpiderSource = Callable[[], type[Spider]]
 """Loads the spider class in a worker; must pickle (e.g. `functools.partial(find_spider, ref)`)."""
-CHUNKS_PER_WORKER: Final = 2
-"""Chunks in flight per worker: one being parsed, one waiting, so no worker idles."""
+CHUNKS_PER_WORKER: Final = 4
+"""Chunks in flight per worker: one being parsed, the others queued, so no worker idles."""
 _PARENT_POLL: Final = 1.0
 
 
@@ -77,6 +82,8 @@ class WorkerPlan:
     spider_source: SpiderSource
     settings: Settings
     database: Path
+    batch: int
+    """Pages per `ParsedChunk`: the parent writes each as one batch."""
     log_level: int = logging.WARNING
 
 
@@ -88,16 +95,20 @@ class _Worker:
         self.loop = asyncio.new_event_loop()
         self.spider = plan.spider_source()()
         self.parser = ChunkParser(self.spider, plan.settings)
-        self.database = plan.database
+        self.reader = open_page_reader(plan.database)
+        self.batch = plan.batch
 
-    async def parse(self, after: int, limit: int) -> ParsedChunk:
-        return await self.parser.parse(await read_chunk(self.database, after, limit))
+    async def parse(self, after: int, limit: int) -> list[ParsedChunk]:
+        pages = await self.reader.chunk(after, limit)
+        batch = self.batch
+        return [await self.parser.parse(pages[i : i + batch]) for i in range(0, len(pages), batch)]
 
     def close(self) -> None:
         try:
             self.loop.run_until_complete(self.spider.closed("finished"))
         finally:
             self.loop.close()
+            self.reader.close()
 
 
 _worker: _Worker | None = None
@@ -124,7 +135,7 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)  # the parent is gone: nobody will store what this worker parses
 
 
-def _parse_chunk(after: int, limit: int) -> ParsedChunk:
+def _parse_chunk(after: int, limit: int) -> list[ParsedChunk]:
     """The pool's task: parse the `limit` pages with bodies after page id `after`."""
     assert _worker is not None, "not in a reparse worker"
     return _worker.loop.run_until_complete(_worker.parse(after, limit))
@@ -182,7 +193,7 @@ class ChunkPool:
         through `conn`; yield each chunk's result in page order."""
         loop = asyncio.get_running_loop()
         window = self._processes * CHUNKS_PER_WORKER
-        pending: deque[asyncio.Future[ParsedChunk]] = deque()
+        pending: deque[asyncio.Future[list[ParsedChunk]]] = deque()
         after: int | None = 0
         broken = False
         try:
@@ -195,13 +206,14 @@ class ChunkPool:
                 if not pending:
                     return
                 try:
-                    chunk = await pending.popleft()
+                    parsed = await pending.popleft()
                 except BrokenProcessPool as exc:
                     broken = True
                     raise ReparseWorkerDied(
                         f"a reparse worker process died or could not start ({exc})"
                     ) from None
-                yield chunk
+                for chunk in parsed:
+                    yield chunk
         finally:
             for future in pending:
                 if broken:  # each fails too: retrieve it (cancelling it upsets Python 3.11)
@@ -209,7 +221,9 @@ class ChunkPool:
                 else:
                     future.cancel()
 
-    def _submit(self, loop: asyncio.AbstractEventLoop, after: int) -> asyncio.Future[ParsedChunk]:
+    def _submit(
+        self, loop: asyncio.AbstractEventLoop, after: int
+    ) -> asyncio.Future[list[ParsedChunk]]:
         task = functools.partial(_parse_chunk, after, self._limit)
         if self._started >= self._processes or threading.current_thread() is not (
             threading.main_thread()
@@ -226,7 +240,7 @@ class ChunkPool:
             )
 
 
-def _retrieve(future: asyncio.Future[ParsedChunk]) -> None:
+def _retrieve(future: asyncio.Future[list[ParsedChunk]]) -> None:
     if not future.cancelled():
         future.exception()
 

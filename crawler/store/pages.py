@@ -4,8 +4,8 @@ body, rebuilt as the `Response` a crawl parsed. Read-only SQL: nothing here writ
 Used by `crawler record --from` (a sqlite3 connection), `crawler parse --from` and
 `crawler reparse` (aiosqlite connections); each decides what a missing or damaged body means.
 `reparse --processes N` cuts the pages with bodies into chunks of consecutive ids
-(`chunk_end`), and its worker processes read each chunk through `read_chunk`, the one way a
-worker opens the database (read-only).
+(`chunk_end`), and its worker processes read them through a `PageReader`
+(`open_page_reader`), the one way a worker opens the database: read-only.
 """
 
 from __future__ import annotations
@@ -24,17 +24,18 @@ import aiosqlite
 from crawler.errors import StorageError
 from crawler.links import try_canonical_url
 from crawler.spider.http import Request, Response
-from crawler.store.schema import connect, storage_error
+from crawler.store.schema import storage_error
 
 __all__ = [
     "DamagedBody",
+    "PageReader",
     "StoredPage",
     "chunk_end",
     "gunzip",
     "latest_page",
     "latest_page_async",
+    "open_page_reader",
     "pages_with_bodies",
-    "read_chunk",
 ]
 
 _SELECT: Final = """
@@ -180,16 +181,45 @@ async def chunk_end(conn: aiosqlite.Connection, after: int, limit: int) -> int |
     return None if value is None else int(value)
 
 
-async def read_chunk(database: Path, after: int, limit: int) -> list[StoredPage]:
-    """`pages_with_bodies` on a read-only connection of its own, closed before returning.
+@final
+class PageReader:
+    """A read-only connection that reads chunks of pages with bodies, for a reparse worker.
+
+    Plain sqlite3, no thread: a worker has nothing else to do while it reads, and on a busy
+    machine every hand-over to another thread waits for the scheduler.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self._database = database
+        try:
+            self._conn = sqlite3.connect(
+                f"{database.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
+            )
+            self._conn.execute("PRAGMA busy_timeout = 10000")
+        except sqlite3.Error as exc:
+            raise storage_error(database, exc, "read") from None
+
+    async def chunk(self, after: int, limit: int) -> list[StoredPage]:
+        """What `pages_with_bodies(conn, after, limit)` returns.
+
+        Raises:
+            StorageError: the file cannot be read.
+        """
+        try:
+            rows = self._conn.execute(_WITH_BODIES, (after, limit)).fetchall()
+        except sqlite3.Error as exc:
+            raise storage_error(self._database, exc, "read") from None
+        return [_page(row) for row in rows]
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+
+def open_page_reader(database: Path) -> PageReader:
+    """Open `database` read-only for reading chunks of pages.
 
     Raises:
-        StorageError: the file cannot be opened or read.
+        StorageError: the file cannot be opened.
     """
-    conn = await connect(database, read_only=True)
-    try:
-        return await pages_with_bodies(conn, after, limit)
-    except sqlite3.Error as exc:
-        raise storage_error(database, exc, "read") from None
-    finally:
-        await conn.close()
+    return PageReader(database)
