@@ -167,7 +167,13 @@ def outcome(db: Path) -> dict[str, Any]:
             "items": dump(
                 "SELECT id, crawl_id, request_id, page_url, type, data FROM items ORDER BY id"
             ),
-            "item_keys": dump("SELECT type, key_hash, key, crawl_id FROM item_keys ORDER BY 1, 2"),
+            "item_keys": dump(
+                "SELECT type, key_hash, key, crawl_id, request_id FROM item_keys ORDER BY 1, 2"
+            ),
+            "item_history": dump(
+                "SELECT item_id, crawl_id, request_id, page_url, type, data, created_at, "
+                "replaced_by, reason FROM item_history ORDER BY id"
+            ),
             "errors": dump(
                 "SELECT id, crawl_id, request_id, url, kind, message, attempt, callback "
                 "FROM errors ORDER BY id"

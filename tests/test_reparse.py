@@ -102,6 +102,12 @@ async def test_reparse_replaces_items_with_what_the_changed_callback_yields(
     assert (stats["items"], stats["items_by_type"]) == (BOOKS, {"book": BOOKS})
     assert stats["errors"] == {"http_status": 1, "spider": 1}
     assert snapshot(books_db) == before  # no request was crawled, no page or link changed
+    # Each reparse kept the items it replaced: the crawl's, then the first reparse's.
+    history = "SELECT reason, count(*), count(replaced_by) FROM item_history GROUP BY reason"
+    assert rows(books_db, history) == [("reparse", 2 * BOOKS, 0)]
+    title = "json_extract(data, '$.title')"
+    crawled = f"SELECT count(*) FROM item_history WHERE {title} != upper({title})"
+    assert scalar(books_db, crawled) == BOOKS
 
 
 async def test_reparse_rebuilds_deduplication_keys(
@@ -112,6 +118,8 @@ async def test_reparse_rebuilds_deduplication_keys(
         summary = await reparse(run_cli, keyed, books_db)
         assert summary["items_by_type"] == {"book": BOOKS}
         assert scalar(books_db, "SELECT count(*) FROM item_keys") == BOOKS
+        # Each key names its page, so that a re-crawl of that page can retire it.
+        assert scalar(books_db, "SELECT count(*) FROM item_keys WHERE request_id IS NULL") == 0
     doubled = upper_spider(tmp_path, dedupe=("title",), copies=2)
     summary = await reparse(run_cli, doubled, books_db)
     assert summary["items_by_type"] == {"book": BOOKS}

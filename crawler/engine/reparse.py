@@ -43,10 +43,12 @@ from crawler.engine.reparse_workers import (
     WorkerPlan,
 )
 from crawler.errors import SpiderError, StorageError
+from crawler.records import utc_now
 from crawler.settings import Settings
 from crawler.spider.base import Spider
 from crawler.store.claims import LEASE_SECONDS
 from crawler.store.columns import quote_identifier
+from crawler.store.history import archive_reparsed_items
 from crawler.store.item_tables import declare_item_tables
 from crawler.store.pages import pages_with_bodies
 from crawler.store.schema import open_database, rollback
@@ -303,7 +305,9 @@ _REPARSED: Final = "SELECT request_id FROM pages WHERE body IS NOT NULL"
 
 
 async def _clear(conn: aiosqlite.Connection) -> None:
-    """Delete what the callbacks produced for every page with a body; drop emptied tables."""
+    """Delete what the callbacks produced for every page with a body (its items kept in
+    `item_history`, reason `reparse`); drop emptied tables."""
+    await archive_reparsed_items(conn, now=utc_now())
     await conn.execute(f"DELETE FROM items WHERE request_id IN ({_REPARSED})")
     marks = ", ".join("?" * len(CALLBACK_ERROR_KINDS))
     await conn.execute(

@@ -70,8 +70,8 @@ class RowWriter:
             rows.items,
         )
         await conn.executemany(
-            "INSERT OR IGNORE INTO item_keys (type, key_hash, key, crawl_id, created_at) "
-            "VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO item_keys (type, key_hash, key, crawl_id, created_at, "
+            "request_id) VALUES (?, ?, ?, ?, ?, ?)",
             rows.keys,
         )
         await conn.executemany(
@@ -101,7 +101,9 @@ class RowWriter:
                     tally.dropped[DropReason.DUPLICATE.value] += 1
                     continue
                 seen_keys.add((key.type, key.key_hash))
-                rows.keys.append((key.type, key.key_hash, key.key, crawl_id, now))
+                rows.keys.append(
+                    (key.type, key.key_hash, key.key, crawl_id, now, result.request_id)
+                )
             kept.append((type_name, data))
             rows.items.append((crawl_id, result.request_id, result.url, type_name, data, now))
             tally.items[type_name] += 1
