@@ -42,7 +42,7 @@ from crawler.spider.http import Response
 from crawler.stats import Stats, show_progress
 from crawler.store.item_tables import declare_item_tables
 from crawler.store.runs import finish_run, release_leases, start_run
-from crawler.store.schema import open_database, rollback
+from crawler.store.schema import free_reserve, hold_reserve, open_database, rollback
 from crawler.store.writer import Seeds, Storage
 
 __all__ = ["Crawl", "crawl"]
@@ -118,6 +118,7 @@ class Crawl:
     async def run(self) -> dict[str, Any]:
         """Run the crawl to its end and return the final stats (also stored in `crawls`)."""
         conn = await open_database(self.db)
+        hold_reserve(self.db)  # given back to record how the run ends, even on a full disk
         run_id: int | None = None
         try:
             settings_json = dataclasses.asdict(self.settings)
@@ -158,6 +159,7 @@ class Crawl:
     async def _close(self, conn: aiosqlite.Connection, run_id: int | None) -> None:
         """Roll back any half-written batch, free our leases and record how the run ended."""
         self.stats.finished = time.monotonic()
+        free_reserve(self.db)
         try:
             await rollback(conn)  # a cancelled writer's half-written batch
             if run_id is not None:

@@ -54,6 +54,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "check_crawl_database",
     "connect",
+    "free_reserve",
+    "hold_reserve",
     "open_database",
     "rollback",
     "storage_error",
@@ -139,6 +141,28 @@ def storage_error(path: Path, exc: sqlite3.Error | OSError, doing: str = "use") 
     if code in _FAILURES:
         return StorageFailure(f"cannot {doing} {path}: {exc}")
     return StorageError(f"cannot {doing} {path}: {exc}")
+
+
+RESERVE_BYTES: Final = 128 * 1024
+"""Disk space a run holds back (in the file `<database>-reserve`) and gives up when it ends,
+so that it can record how it ended even when the disk filled up: every SQLite write needs
+new space in the WAL, and one that finds none fails."""
+
+
+def hold_reserve(path: Path) -> None:
+    """Hold `RESERVE_BYTES` of disk space next to the database (best effort: a disk too
+    full for it fails the crawl's first write soon enough)."""
+    try:
+        with open(f"{path}-reserve", "wb") as reserve:
+            reserve.write(bytes(RESERVE_BYTES))
+    except OSError:
+        free_reserve(path)
+
+
+def free_reserve(path: Path) -> None:
+    """Give the space `hold_reserve` held back to the database (and remove its file)."""
+    with suppress(OSError):
+        Path(f"{path}-reserve").unlink()
 
 
 def check_crawl_database(path: Path, *, application_id: int, version: int) -> None:
