@@ -3,6 +3,11 @@
 Layers, lowest first: built-in defaults < `config.toml` (`[crawler]` table) < the spider's
 `settings` < command-line flags. Unknown or ill-typed settings raise `ConfigError` naming the
 key and the layer it came from.
+
+Per-site settings (`PER_HOST_SETTINGS`) may also be set per host pattern: config.toml's
+`[hosts."*.example.com"]` tables and a spider's `host_settings` (crawler.host_rules matches
+them). `Settings.for_host(host)` gives the settings that apply to one host: a pure function
+of the host, cached per `Settings` in a bounded cache, so it can be asked again at any time.
 """
 
 from __future__ import annotations
@@ -23,15 +28,24 @@ from typing import Any, Final, Literal, final
 
 from crawler.durations import parse_duration
 from crawler.errors import ConfigError
+from crawler.host_rules import HostRule, HostSource, host_pattern, host_tables, matching_values
+from crawler.setting_types import convert, hint_name
 from crawler.version import __version__
 
-__all__ = ["DEFAULT_USER_AGENT", "LoadedSettings", "Settings", "describe_settings", "load_settings"]
+__all__ = [
+    "DEFAULT_USER_AGENT",
+    "PER_HOST_SETTINGS",
+    "LoadedSettings",
+    "Settings",
+    "describe_settings",
+    "load_settings",
+]
 
 DEFAULT_USER_AGENT: Final = f"crawler/{__version__} (Python web crawler; obeys robots.txt)"
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """The effective settings of one crawl. Build it with `load_settings`, not by hand."""
 
@@ -101,6 +115,10 @@ class Settings:
     """The User-Agent header sent with every request, also the name robots.txt groups are
     matched against. The default names this crawler and its version, so that site owners can
     tell who is visiting."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    """Extra headers sent with every request (a request's own headers win); per host, to
+    send a token only to the API that wants it. On the command line, a JSON object."""
 
     parse_content_types: list[str] = field(
         default_factory=lambda: ["text/html", "application/xhtml+xml"]
@@ -175,6 +193,43 @@ class Settings:
     fetched longer ago than this (seconds, or a duration: `"12h"`, `"7d"`; 0 = never), with
     their callbacks; unchanged pages (304, or the same body) are not parsed again."""
 
+    host_rules: tuple[HostRule, ...] = ()
+    """Per-site values, from config.toml `[hosts."pattern"]` tables and the spider's
+    `host_settings` (see Per-site settings); `for_host` applies them."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_per_host", {})
+
+    def for_host(self, host: str) -> Settings:
+        """The settings that apply to `host` (as `crawler.links.host_of` gives it): these,
+        with the values of the most specific matching host patterns."""
+        if not self.host_rules:
+            return self
+        cache: dict[str, Settings] = self._per_host  # type: ignore[attr-defined]
+        found = cache.get(host)
+        if found is None:
+            if len(cache) >= _HOST_CACHE_SIZE:
+                cache.clear()
+            chosen = matching_values(self.host_rules, host)
+            values: dict[str, Any] = {name: value for name, (value, _) in chosen.items()}
+            found = dataclasses.replace(self, **values)
+            cache[host] = found
+        return found
+
+    def sets_per_host(self, name: str) -> bool:
+        """Whether any host pattern sets `name` (if not, `for_host` never changes it)."""
+        return any(name in rule.values for rule in self.host_rules)
+
+
+PER_HOST_SETTINGS: Final = tuple(
+    """concurrency_per_host delay_per_host randomize_delay autothrottle
+    autothrottle_target_concurrency autothrottle_max_delay obey_robots robots_error_cooldown
+    crawl_delay_max user_agent headers request_timeout connect_timeout max_pages_per_host
+    refresh_after""".split()  # noqa: SIM905 - four lines instead of fifteen
+)
+"""The settings a host pattern may set: how a host is fetched, not how the crawl runs."""
+_HOST_CACHE_SIZE: Final = 4096
+
 
 SettingsSource = Literal["default", "config.toml", "spider", "command line"]
 
@@ -212,81 +267,19 @@ def describe_settings() -> dict[str, str]:
 
 def type_name(name: str) -> str:
     """Return a readable name of a setting's type, e.g. `int` or `list[int]`."""
-    hint = _field_types()[name]
-    if typing.get_origin(hint) is Literal:
-        return " | ".join(repr(value) for value in typing.get_args(hint))
-    return getattr(hint, "__name__", str(hint)) if not typing.get_args(hint) else str(hint)
+    return hint_name(_field_types()[name])
 
 
 def _convert(name: str, value: object, source: str) -> object:
-    """Check (and for command-line strings, convert) one value against its field's type."""
-    hint = _field_types()[name]
-    from_text = isinstance(value, str) and source == "command line"
-    wrong = ConfigError(f"{source}: setting {name!r} must be {type_name(name)}, got {value!r}")
     if name in _DURATIONS:
         if (seconds := parse_duration(value)) is None:
             raise ConfigError(f"{source}: setting {name!r} must be a duration, got {value!r}")
         return seconds
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        if value not in typing.get_args(hint):
-            raise wrong
-        return value
-    if origin is list:
-        (item_type,) = typing.get_args(hint)
-        if from_text:
-            assert isinstance(value, str)
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if not isinstance(value, list | tuple):
-            raise wrong
-        return [_scalar(item_type, item, from_text=from_text, error=wrong) for item in value]
-    return _scalar(hint, value, from_text=from_text, error=wrong)
-
-
-def _scalar(hint: Any, value: object, *, from_text: bool, error: ConfigError) -> object:
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if from_text and isinstance(value, str) and value.lower() in _BOOLEAN_WORDS:
-            return _BOOLEAN_WORDS[value.lower()]
-        raise error
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if from_text and isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                raise error from None
-        raise error
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if from_text and isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise error from None
-        raise error
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise error
-    raise error  # pragma: no cover - every field type is handled above
+    return convert(name, _field_types()[name], value, source)
 
 
 _DURATIONS: Final = frozenset({"refresh_after"})
 """Settings given as seconds or a duration (`"12h"`): see crawler.durations."""
-
-_BOOLEAN_WORDS: Final = {
-    "true": True,
-    "1": True,
-    "yes": True,
-    "false": False,
-    "0": False,
-    "no": False,
-}
-
 _POSITIVE: Final = (
     "concurrency",
     "concurrency_per_host",
@@ -330,7 +323,8 @@ def _check_ranges(values: Mapping[str, object], sources: Mapping[str, str]) -> N
 
 
 def read_config_file(path: Path) -> dict[str, object]:
-    """Return the `[crawler]` table of a TOML config file (the whole file if it has none)."""
+    """Return the `[crawler]` table of a TOML config file (the whole file if it has none),
+    with the file's `[hosts]` tables under `hosts`."""
     try:
         with path.open("rb") as file:
             data = tomllib.load(file)
@@ -341,6 +335,8 @@ def read_config_file(path: Path) -> dict[str, object]:
     table = data.get("crawler", data)
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [crawler] must be a table")
+    if table is not data and "hosts" in data:
+        table = {**table, "hosts": data["hosts"]}
     return table
 
 
@@ -349,17 +345,23 @@ def load_settings(
     config: Mapping[str, object] | None = None,
     spider: Mapping[str, object] | None = None,
     overrides: Mapping[str, object] | None = None,
+    spider_hosts: Mapping[str, object] | None = None,
 ) -> LoadedSettings:
     """Merge the setting layers and validate the result once.
 
     Args:
-        config: the `[crawler]` table of config.toml.
+        config: the `[crawler]` table of config.toml; its `hosts` key holds the
+            `[hosts."pattern"]` tables.
         spider: the spider class's `settings`.
         overrides: command-line values; strings are converted to each setting's type.
+        spider_hosts: the spider class's `host_settings`.
 
     Raises:
-        ConfigError: an unknown setting, a value of the wrong type or out of range.
+        ConfigError: an unknown setting, a value of the wrong type or out of range, a bad
+            host pattern, or a setting that cannot be set per host.
     """
+    config = dict(config or {})
+    config_hosts = config.pop("hosts", None)
     values: dict[str, object] = {f.name: getattr(_DEFAULTS, f.name) for f in _FIELDS}
     sources: dict[str, SettingsSource] = dict.fromkeys(values, "default")
     layers: tuple[tuple[SettingsSource, Mapping[str, object] | None], ...] = (
@@ -369,15 +371,48 @@ def load_settings(
     )
     for source, layer in layers:
         for name, value in (layer or {}).items():
-            if name not in values:
-                hint = difflib.get_close_matches(name, list(values), n=1)
-                suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise ConfigError(f"{source}: unknown setting {name!r}{suggestion}")
+            _check_known(name, source, values)
             values[name] = _convert(name, value, source)
             sources[name] = source
     _check_ranges(values, sources)
+    rules = [
+        *_host_rules(config_hosts, "config.toml", values, sources),
+        *_host_rules(spider_hosts, "spider", values, sources),
+    ]
+    values["host_rules"] = tuple(rules)
     return LoadedSettings(Settings(**values), types.MappingProxyType(sources))  # type: ignore[arg-type]
 
 
+def _check_known(name: str, source: str, values: Mapping[str, object]) -> None:
+    if name not in values:
+        hint = difflib.get_close_matches(name, list(values), n=1)
+        suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise ConfigError(f"{source}: unknown setting {name!r}{suggestion}")
+
+
+def _host_rules(
+    tables: object, source: HostSource, values: Mapping[str, object], sources: Mapping[str, str]
+) -> list[HostRule]:
+    """Validate one layer's per-host tables into rules (a pattern given twice is an error)."""
+    if tables is None:
+        return []
+    rules: dict[str, HostRule] = {}
+    for written, table in host_tables(tables, source).items():
+        pattern = host_pattern(written, source)
+        rule = HostRule(pattern, {}, source)
+        if pattern in rules:
+            raise ConfigError(f"{rule.label} is given twice (as {written!r})")
+        for name, value in table.items():
+            _check_known(name, rule.label, values)
+            if name not in PER_HOST_SETTINGS:
+                raise ConfigError(f"{rule.label}: {name!r} cannot be set per host")
+            rule.values[name] = _convert(name, value, rule.label)
+        _check_ranges(
+            {**values, **rule.values}, {**sources, **dict.fromkeys(rule.values, rule.label)}
+        )
+        rules[pattern] = rule
+    return list(rules.values())
+
+
 _DEFAULTS: Final = Settings()
-_FIELDS: Final = dataclasses.fields(Settings)
+_FIELDS: Final = tuple(f for f in dataclasses.fields(Settings) if f.name != "host_rules")

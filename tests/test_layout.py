@@ -24,6 +24,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "crawler"
 LAYERS = ("base", "fetch", "store", "frontier", "engine", "results", "cli", "root")
 BASE_MODULES = {
+    "host_rules",
+    "setting_types",
     "errors",
     "settings",
     "urls",

@@ -196,8 +196,8 @@ def load_crawl_settings(
         table = read_config_file(DEFAULT_CONFIG)
     else:
         table = {}
-    spider_layer = spider.settings if spider is not None else None
-    return load_settings(config=table, spider=spider_layer, overrides=overrides)
+    layers = spider.setting_layers() if spider is not None else {}
+    return load_settings(config=table, overrides=overrides, **layers)
 
 
 def setup_logging(level: str, console: Console) -> None:

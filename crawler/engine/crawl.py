@@ -77,7 +77,7 @@ class Crawl:
         dict, as for `crawl()`) applied above the spider's own `settings`."""
         spider = spider() if isinstance(spider, type) else spider
         if not isinstance(settings, Settings):
-            settings = load_settings(spider=type(spider).settings, overrides=settings).settings
+            settings = load_settings(overrides=settings, **type(spider).setting_layers()).settings
         self.spider = spider
         self.db = Path(db)
         self.settings = settings
@@ -415,6 +415,6 @@ async def crawl(
         ```
     """
     instance = spider() if isinstance(spider, type) else spider
-    loaded = load_settings(config=config, spider=type(instance).settings, overrides=settings)
+    loaded = load_settings(config=config, overrides=settings, **type(instance).setting_layers())
     run = Crawl(instance, db=Path(db), settings=loaded.settings, fresh=fresh, recrawl=recrawl)
     return await run.run()

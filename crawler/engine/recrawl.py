@@ -41,12 +41,12 @@ trouble, not the page's."""
 
 
 def refresh_after_for(settings: Settings, host: str) -> float:
-    """The `refresh_after` that applies to pages of `host`, in seconds.
+    """The `refresh_after` that applies to pages of `host`, in seconds (per-site settings:
+    `Settings.for_host`).
 
     The one place a per-host value is looked up: every re-crawl decision goes through it.
     """
-    del host  # the crawl-wide value applies to every host, until per-host settings exist
-    return settings.refresh_after
+    return settings.for_host(host).refresh_after
 
 
 def _per_host_refresh(settings: Settings, hosts: Iterable[str]) -> dict[str, float]:
@@ -60,18 +60,17 @@ async def requeue(
     settings: Settings,
     *,
     recrawl: bool,
-    per_host: bool = False,
 ) -> int:
     """Set the fetched requests that are due back to pending; return how many.
 
     With `recrawl`, every fetched request finished before now is due; else those whose last
-    fetch is older than their host's `refresh_after` (0: never). `per_host`: some hosts may
-    have a `refresh_after` of their own (`refresh_after_for` is asked for every host then).
+    fetch is older than their host's `refresh_after` (0: never). When a host pattern sets
+    `refresh_after`, `refresh_after_for` is asked for every host with fetched pages.
     """
     now = time.time()
     if recrawl:
         return await requeue_due(conn, cutoff=utc_now(), host_cutoffs={})
-    hosts = await fetched_hosts(conn) if per_host else []
+    hosts = await fetched_hosts(conn) if settings.sets_per_host("refresh_after") else []
     own = {
         host: _cutoff(now, seconds) for host, seconds in _per_host_refresh(settings, hosts).items()
     }

@@ -4,7 +4,8 @@ crawler.fetch.redirects, reading a body (size cap, errors) in crawler.fetch.resp
 
 Every new connection goes through `GuardedConnector` (crawler.fetch.addresses), which refuses
 internal addresses the crawl may not reach; a redirect to another origin drops the request's
-credential headers.
+credential headers. Each hop gets the User-Agent, headers and timeouts of its host's per-site
+settings (crawler.fetch.hop_settings).
 
 `Fetcher.fetch` returns a value for every outcome: `Fetched` (a response was received, maybe
 an error status), `Failed` (no usable response after retries) or `Deferred` (a long
@@ -39,6 +40,7 @@ from crawler.errors import (
 )
 from crawler.fetch.addresses import AddressPolicy, AddressRefused, GuardedConnector, start_urls_of
 from crawler.fetch.deadlines import Deadlines
+from crawler.fetch.hop_settings import HopSettings
 from crawler.fetch.outcomes import (
     Deferred,
     Failed,
@@ -58,6 +60,7 @@ from crawler.fetch.redirects import (
     without_credentials,
 )
 from crawler.fetch.responses import read_body, translate_errors
+from crawler.host_rules import largest
 from crawler.records import ErrorRecord
 from crawler.settings import Settings
 from crawler.spider.http import Request
@@ -112,6 +115,8 @@ class Fetcher:
             resolution=min(_MAX_TIMEOUT_LATENESS, settings.request_timeout / 20)
         )
         self._retry_statuses = frozenset(settings.retry_statuses)
+        # whether some requests get other headers or timeouts than the session's
+        self._hop = HopSettings(settings)
         self._policy = AddressPolicy(allow_all=settings.allow_private_addresses)
         self._trust_direct = start_urls is None
         if start_urls is not None:
@@ -122,7 +127,9 @@ class Fetcher:
             policy=self._policy,
             resolver=resolver,
             limit=settings.concurrency,
-            limit_per_host=settings.concurrency_per_host,
+            limit_per_host=largest(
+                settings.host_rules, "concurrency_per_host", settings.concurrency_per_host
+            ),
             ttl_dns_cache=300,
         )
         self._session = aiohttp.ClientSession(
@@ -187,7 +194,7 @@ class Fetcher:
             host, port = parsed.raw_host, parsed.port
             if host is None or port is None:
                 return None
-            with self._deadlines.limit(self._settings.connect_timeout):
+            with self._deadlines.limit(self._settings.for_host(host).connect_timeout):
                 await self._connector.check(host, port)
         except AddressRefused as refused:
             error = PrivateAddressError(url, str(refused))
@@ -315,12 +322,10 @@ class Fetcher:
     async def _fetch_once(self, request: Request, known: RedirectGate | None = None) -> Fetched:
         """One attempt, redirects included, holding its host's slot (which waits for the
         host's delay and reports the response to its throttle) and a semaphore permit."""
+        timeout = self._hop.request_timeout(request.url)
         async with self._hosts.slot(request.url) as slot, self._semaphore:
             started = time.monotonic()
-            with (
-                translate_errors(request.url),
-                self._deadlines.limit(self._settings.request_timeout),
-            ):
+            with translate_errors(request.url), self._deadlines.limit(timeout):
                 url, response, body, hops = await self._follow_redirects(request, known)
             status, headers = response.status, response.headers
             retry_after = parse_retry_after(headers.get("Retry-After"))
@@ -351,7 +356,10 @@ class Fetcher:
         for hop in range(self._settings.max_redirects + 1):
             try:
                 response = await self._session.request(
-                    method, URL(url, encoded=True), headers=headers, allow_redirects=False
+                    method,
+                    URL(url, encoded=True),
+                    allow_redirects=False,
+                    **self._hop.arguments(url, headers),
                 )
             except AddressRefused as refused:
                 where = f"redirect to {url}: " if hop else ""

@@ -67,6 +67,8 @@ class ThrottlePolicy:
     """The least delay after a 429/503 or a failure (`backoff_base`)."""
     retry_after_max: float
     """The longest cool-down a `Retry-After` can ask for."""
+    randomize: bool = False
+    """`randomize_delay`: each start waits the delay times a random factor in [0.5, 1.5)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -79,6 +81,7 @@ class ThrottlePolicy:
             adaptive=settings.autothrottle,
             slowed_delay=settings.backoff_base,
             retry_after_max=settings.retry_after_max,
+            randomize=settings.randomize_delay,
         )
 
 
@@ -239,7 +242,8 @@ Sleep = Callable[[float], Awaitable[None]]
 @final
 class Hosts:
     """The `HostState` of the `recent` most recently used hosts and of those with work (see
-    the module doc).
+    the module doc), each paced by the settings that apply to its host (`Settings.for_host`:
+    recomputed alike when a forgotten host comes back).
 
     `clock`, `wall`, `sleep` and `rand` are injectable so that tests can run the timing on a
     fake clock; by default they are `time.monotonic`, `time.time` (the `hosts` table's times),
@@ -256,8 +260,8 @@ class Hosts:
         rand: Callable[[], float] = random.random,
         recent: int | None = None,
     ) -> None:
+        self._settings = settings
         self._policy = ThrottlePolicy.from_settings(settings)
-        self._randomize = settings.randomize_delay
         self._clock = clock
         self._wall = wall
         self._sleep = sleep
@@ -284,7 +288,10 @@ class Hosts:
         """Return a host's state, creating it on first use."""
         state = self._states.get(host)
         if state is None:
-            state = self._states[host] = HostState(host, Throttle(self._policy))
+            policy = self._policy
+            if (settings := self._settings.for_host(host)) is not self._settings:
+                policy = ThrottlePolicy.from_settings(settings)
+            state = self._states[host] = HostState(host, Throttle(policy))
         return state
 
     def set_crawl_delay(self, host: str, seconds: float) -> None:
@@ -348,8 +355,8 @@ class Hosts:
             throttle.set_floor(record.crawl_delay)
         if record.throttle_delay is not None:
             throttle.delay = throttle.clamp(record.throttle_delay)
-        if record.throttle_concurrency is not None:
-            throttle.limit = min(max(1, record.throttle_concurrency), self._policy.max_concurrency)
+        if (limit := record.throttle_concurrency) is not None:
+            throttle.limit = min(max(1, limit), throttle.policy.max_concurrency)
         if record.not_before is not None:
             throttle.blocked_until = self._clock() + record.not_before - self._wall()
         state.last_status = record.last_status
@@ -384,7 +391,7 @@ class Hosts:
         while (wait := state.start_at() - self._clock()) > 0:
             await self._sleep(wait)
         started = state.last_start = self._clock()
-        factor = 0.5 + self._rand() if self._randomize else 1.0
+        factor = 0.5 + self._rand() if state.throttle.policy.randomize else 1.0
         state.next_start = started + state.throttle.delay * factor
         state.active += 1
         return started

@@ -90,16 +90,18 @@ def robots_url(url: str) -> str:
     return str(URL(url).origin().with_path("/robots.txt"))
 
 
+_PER_HOST: Final = ("obey_robots", "user_agent", "robots_error_cooldown", "crawl_delay_max")
+
+
 @final
 class RobotsCache:
     """Every site's robots.txt answer, for one crawl. See the module docstring."""
 
     def __init__(self, settings: Settings, hosts: Hosts, *, clock: Clock = time.time) -> None:
-        self._obey = settings.obey_robots
-        self._agent = settings.user_agent
-        self._cooldown = settings.robots_error_cooldown
+        self._settings = settings
+        self._varies = any(map(settings.sets_per_host, _PER_HOST))
+        """Whether per-site settings change any of these for some host."""
         self._max_deferrals = settings.max_retries
-        self._delay_max = settings.crawl_delay_max
         self._hosts = hosts
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
@@ -110,7 +112,7 @@ class RobotsCache:
 
     def allows(self, url: str) -> bool | None:
         """Return whether `url` may be fetched, or None if its robots.txt is not known yet."""
-        if not self._obey:
+        if not self._for(url).obey_robots:
             return True
         entry = self._entries.get(robots_url(url))
         if entry is None or entry.expires <= self._clock():
@@ -169,10 +171,11 @@ class RobotsCache:
     def restore(self, record: RobotsRecord) -> None:
         """Bring back a stored answer (an earlier run's, or a host's that left memory) unless
         one is in memory or it has expired."""
-        if not self._obey or record.url in self._entries:
+        if not (self._settings.obey_robots or self._varies) or record.url in self._entries:
             return
         fetched = datetime.fromisoformat(record.fetched_at).timestamp()
-        if fetched + self._ttl(RobotsOutcome(record.outcome), record.status) > self._clock():
+        ttl = self._ttl(RobotsOutcome(record.outcome), record.status, record.host)
+        if fetched + ttl > self._clock():
             self._remember(record, fetched)
 
     def forget(self, hosts: list[str]) -> None:
@@ -185,26 +188,30 @@ class RobotsCache:
         """The number of robots.txt answers in memory."""
         return len(self._entries)
 
+    def _for(self, url: str) -> Settings:
+        """The settings that apply to the host of `url`."""
+        return self._settings.for_host(host_of(url)) if self._varies else self._settings
+
     def _decide(self, entry: _Entry, url: str) -> bool:
         if entry.parser is not None:
-            return entry.parser.can_fetch(url, self._agent)
+            return entry.parser.can_fetch(url, self._for(url).user_agent)
         return entry.outcome is RobotsOutcome.ALLOW_ALL
 
-    def _ttl(self, outcome: RobotsOutcome, status: int | None) -> float:
+    def _ttl(self, outcome: RobotsOutcome, status: int | None, host: str) -> float:
         """How long an answer holds: failures (no status) only for the cool-down."""
         if outcome is RobotsOutcome.DISALLOW_ALL or status is None:
-            return self._cooldown
+            return self._settings.for_host(host).robots_error_cooldown
         return MAX_AGE
 
     def _remember(self, record: RobotsRecord, fetched: float) -> _Entry:
         outcome = RobotsOutcome(record.outcome)
         parser = Protego.parse(record.body or "") if outcome is RobotsOutcome.RULES else None
-        expires = fetched + self._ttl(outcome, record.status)
+        expires = fetched + self._ttl(outcome, record.status, record.host)
         if record.url not in self._entries:
             self._urls.setdefault(record.host, []).append(record.url)
         entry = self._entries[record.url] = _Entry(outcome, parser, expires)
         if record.crawl_delay is not None:
-            delay = min(record.crawl_delay, self._delay_max)
+            delay = min(record.crawl_delay, self._settings.for_host(record.host).crawl_delay_max)
             if delay < record.crawl_delay:
                 logger.warning(
                     "%s asks for Crawl-delay %gs; using crawl_delay_max = %gs",
@@ -216,6 +223,7 @@ class RobotsCache:
         return entry
 
     async def _fetch(self, url: str, fetcher: Fetcher) -> RobotsRecord:
+        settings = self._for(url)
         outcome = await fetcher.fetch(Request(url))
         status: int | None = None
         body: str | None = None
@@ -234,7 +242,7 @@ class RobotsCache:
         elif 200 <= outcome.status < 300:
             status = outcome.status
             body = outcome.body[:MAX_BODY].decode("utf-8", errors="replace")
-            crawl_delay = Protego.parse(body).crawl_delay(self._agent)
+            crawl_delay = Protego.parse(body).crawl_delay(settings.user_agent)
             result = RobotsOutcome.RULES
         elif outcome.status < 500 and outcome.status != 429:
             status = outcome.status
@@ -245,7 +253,7 @@ class RobotsCache:
             error = f"HTTP {status} after {outcome.attempts} attempts"
             result = RobotsOutcome.DISALLOW_ALL
         if result is RobotsOutcome.DISALLOW_ALL:
-            error = f"{error}; everything disallowed for {self._cooldown:g}s"
+            error = f"{error}; everything disallowed for {settings.robots_error_cooldown:g}s"
             logger.warning("robots.txt %s failed (%s)", url, error)
         return RobotsRecord(
             url=url,

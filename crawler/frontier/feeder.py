@@ -30,6 +30,7 @@ from typing import Final, final
 from crawler.fetch.politeness import Hosts
 from crawler.fetch.robots import RobotsCache
 from crawler.frontier.queues import HostQueues
+from crawler.host_rules import largest
 from crawler.links import host_of
 from crawler.records import Claimed
 from crawler.settings import Settings
@@ -67,7 +68,11 @@ class Feeder:
         # answers hundreds of requests), few enough that other processes sharing the file
         # get their share. Depth-first order holds nothing extra, so that each claim takes
         # the newest requests.
-        in_flight = min(settings.concurrency, settings.concurrency_per_host)
+        # the busiest host's cap when per-site settings raise it for some hosts
+        per_host = largest(
+            settings.host_rules, "concurrency_per_host", settings.concurrency_per_host
+        )
+        in_flight = min(settings.concurrency, per_host)
         self._per_host = in_flight if settings.order == "dfs" else 8 * in_flight + 4
         self._hosts = hosts
         self._robots = robots

@@ -47,6 +47,10 @@ class Spider:
     start_urls: ClassVar[Sequence[str]] = ()
     allowed_domains: ClassVar[Sequence[str]] = ()
     settings: ClassVar[Mapping[str, object]] = {}
+    host_settings: ClassVar[Mapping[str, Mapping[str, object]]] = {}
+    """Per-site values of the per-host settings, by host pattern: `{"api.example.com":
+    {"delay_per_host": 2.0}, "*.example.com": {"concurrency_per_host": 2}}`; the most
+    specific matching pattern wins (see crawler.host_rules)."""
     item_type: ClassVar[str] = "item"
     """Type name recorded for dict items (dataclass items use their class name)."""
     any_content_callbacks: ClassVar[Sequence[str]] = ()
@@ -69,6 +73,11 @@ class Spider:
             raise SpiderError(f"spider class {cls.__qualname__} must set a `name`")
         if name is not None and (not isinstance(name, str) or not name):
             raise SpiderError(f"spider class {cls.__qualname__}: `name` must be a non-empty string")
+
+    @classmethod
+    def setting_layers(cls) -> dict[str, Any]:
+        """This spider's layers for `load_settings`: `settings` and `host_settings`."""
+        return {"spider": cls.settings, "spider_hosts": cls.host_settings}
 
     async def start_requests(self) -> AsyncIterator[Request]:
         """Yield the first requests of the crawl; by default one per `start_urls` entry."""

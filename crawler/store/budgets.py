@@ -43,7 +43,11 @@ class Budgets:
         self._conn = conn
         self._run_id = run_id
         self._max_pages = settings.max_pages
-        self._per_host = settings.max_pages_per_host
+        self._settings = settings
+        self._per_host = bool(settings.max_pages_per_host) or settings.sets_per_host(
+            "max_pages_per_host"
+        )
+        """Whether some host has a page budget (per-site settings may give one to a few)."""
 
     @property
     def active(self) -> bool:
@@ -83,7 +87,7 @@ class Budgets:
             reason: SkipReason | None = None
             if self._max_pages and admitted >= self._max_pages:
                 reason = SkipReason.MAX_PAGES
-            elif by_host is not None and by_host[c.host] >= self._per_host:
+            elif by_host is not None and 0 < self._host_limit(c.host) <= by_host[c.host]:
                 reason = SkipReason.MAX_PAGES_PER_HOST
             if reason is not None:
                 over_budget.append((*self._row(c, now), reason.value, now))
@@ -125,12 +129,16 @@ class Budgets:
         by_host = await self._admitted_by_host({h for h in hosts if h is not None})
         for host in hosts:
             limit = room
-            if host is not None:
-                host_room = max(0, per_host - by_host[host])
+            if host is not None and self._host_limit(host):
+                host_room = max(0, self._host_limit(host) - by_host[host])
                 limit = host_room if room < 0 else min(room, host_room)
             cursor = await self._conn.execute(_REOPEN_BUDGET_SKIPS, (host, limit))
             if room >= 0:
                 room -= cursor.rowcount
+
+    def _host_limit(self, host: str) -> int:
+        """`max_pages_per_host` for this host (0: none)."""
+        return self._settings.for_host(host).max_pages_per_host
 
     async def _existing(self, fingerprints: list[int]) -> set[int]:
         """The fingerprints the table holds, but for URLs refused for depth (reopenable)."""
