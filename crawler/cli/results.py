@@ -26,6 +26,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from crawler.cli.archive import export_warc
 from crawler.cli.common import (
     EXIT_INTERRUPTED,
     UserError,
@@ -54,7 +55,7 @@ from crawler.store.schema import storage_error
 
 __all__ = ["export", "parse", "query", "reparse", "stats"]
 
-ExportFormat = Literal["jsonl", "json", "csv"]
+ExportFormat = Literal["jsonl", "json", "csv", "warc"]
 _SUFFIX_FORMATS: Final[dict[str, ExportFormat]] = {".csv": "csv", ".json": "json"}
 
 
@@ -147,18 +148,19 @@ def query(
 
 @click.command()
 @click.argument("database", type=click.Path(path_type=Path))
-@click.option("-t", "--type", "type_name", required=True, help="Item type: book, quote, …")
+@click.option("-t", "--type", "type_name", help="Item type: book, quote, … (not with warc).")
 @click.option(
     "-f",
     "--format",
     "fmt",
     default=None,
-    type=click.Choice(["jsonl", "json", "csv"]),
-    help="Output format [from the -o suffix: .csv, .json, else jsonl].",
+    type=click.Choice(["jsonl", "json", "csv", "warc"]),
+    help="Output format [from the -o suffix: .csv, .json, .warc, .warc.gz, else jsonl].",
 )
 @click.option("-o", "--output", default="-", show_default=True, help="File to write; - is stdout.")
-def export(database: Path, type_name: str, fmt: ExportFormat | None, output: str) -> None:
-    """Export the items of one type from a crawl DATABASE, streaming.
+def export(database: Path, type_name: str | None, fmt: ExportFormat | None, output: str) -> None:
+    """Export the items of one type (-t) from a crawl DATABASE, streaming; or, with
+    -f warc, its stored pages as WARC/1.1 request and response records.
 
     Dataclass items are the rows of their typed table, dict items those of `items`. In JSON
     and JSON lines each value is as the spider yielded it (true stays true, 2.0 stays 2.0);
@@ -166,6 +168,15 @@ def export(database: Path, type_name: str, fmt: ExportFormat | None, output: str
     """
     with user_errors(), _stdout_pipe():
         chosen: ExportFormat = fmt or _SUFFIX_FORMATS.get(Path(output).suffix.lower(), "jsonl")
+        if fmt is None and output.lower().endswith((".warc", ".warc.gz")):
+            chosen = "warc"
+        if chosen == "warc":
+            if type_name is not None:
+                raise UserError("-f warc exports the stored pages, not items: leave out -t")
+            export_warc(database, output)
+            return
+        if type_name is None:
+            raise UserError("export needs -t TYPE (an item type), or -f warc for the pages")
         conn = open_crawl_database(database)
         try:
             try:
