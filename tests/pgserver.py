@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 from typing import Final
 
-__all__ = ["PostgresServer", "find_bin_dir"]
+__all__ = ["TEST_SETTINGS", "PostgresServer", "find_bin_dir"]
 
-SERVER_SETTINGS: Final = (
-    "listen_addresses=127.0.0.1",
+TEST_SETTINGS: Final = (
     # A test server: a crash may lose it all, and nothing outlives the session anyway.
     "fsync=off",
     "synchronous_commit=off",
@@ -32,6 +31,7 @@ SERVER_SETTINGS: Final = (
     "max_connections=200",
     "shared_buffers=64MB",
 )
+"""The suite's settings; benchmarks pass their own (PostgreSQL's durable defaults)."""
 
 
 def find_bin_dir() -> Path | None:
@@ -55,8 +55,9 @@ def _free_port() -> int:
 class PostgresServer:
     """One PostgreSQL cluster in a temporary directory, superuser `postgres`, trust auth."""
 
-    def __init__(self, bin_dir: Path) -> None:
+    def __init__(self, bin_dir: Path, settings: tuple[str, ...] = TEST_SETTINGS) -> None:
         self.bin_dir = bin_dir
+        self.settings = ("listen_addresses=127.0.0.1", *settings)
         self.base = Path(tempfile.mkdtemp(prefix="crawler-pg-"))
         self.data = self.base / "data"
         self.log = self.base / "server.log"
@@ -94,7 +95,7 @@ class PostgresServer:
             )
         for attempt in range(5):  # another process may take the port between bind and start
             self.port = _free_port()
-            options = " ".join(f"-c {setting}" for setting in SERVER_SETTINGS)
+            options = " ".join(f"-c {setting}" for setting in self.settings)
             try:
                 self._run(
                     "pg_ctl",
@@ -137,15 +138,15 @@ class PostgresServer:
         name = url.rsplit("/", 1)[1]
         self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    def psql(self, sql: str) -> str:
-        """Run one statement in the `postgres` database; return its unaligned output."""
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run one statement in `database`; return its unaligned output."""
         psql = self.bin_dir / "psql"
         result = subprocess.run(
             [
                 str(psql),
                 *("-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"),
                 "-d",
-                self.url(),
+                self.url(database),
                 "-c",
                 sql,
             ],
