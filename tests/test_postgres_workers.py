@@ -204,6 +204,7 @@ async def _until(check: Callable[[], T], limit: float) -> T:
     return value
 
 
+@pytest.mark.timeout(LEASE_SECONDS + 180)
 async def test_kill_9_workers_and_a_server_restart_lose_and_repeat_nothing(
     postgres: Target, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
@@ -212,7 +213,7 @@ async def test_kill_9_workers_and_a_server_restart_lose_and_repeat_nothing(
     served more than once only to workers killed before they could store it."""
     rng = random.Random(18)
     killed: set[str] = set()
-    async with shared_site(pages=1000, delay=0.1) as site:
+    async with shared_site(pages=1000, delay=0.15) as site:
         extra = ("--concurrency", str(CONCURRENCY), *LEASES)
         workers = [
             await Worker.start(site, postgres, f"w{k}-0", tmp_path, *extra) for k in range(WORKERS)
