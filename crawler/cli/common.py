@@ -249,7 +249,7 @@ def run_with_signals(
     except (StorageError, sqlite3.Error) as exc:
         # open_database translates its own errors; the run's first writes (starting the
         # run, declaring item tables) come after it and may meet a full disk too.
-        error = exc if isinstance(exc, StorageError) else storage_error(run.db, exc, "write")
+        error = exc if isinstance(exc, StorageError) else storage_error(Path(run.db), exc, "write")
         if not run.started:
             raise error from None  # user_errors: a wrong file 2, failing storage 1
         click.echo(f"error: {error}", err=True)

@@ -28,12 +28,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Final, final
 
-import aiosqlite
 from protego import Protego
 from yarl import URL
 
@@ -155,27 +155,13 @@ class RobotsCache:
             entry = self._remember(record, self._clock())
         return RobotsCheck(allowed=self._decide(entry, url), fetched=record)
 
-    async def load(self, conn: aiosqlite.Connection) -> None:
-        """Reload the answers an earlier run of this crawl stored, if still fresh."""
+    def load(self, records: Iterable[RobotsRecord]) -> None:
+        """Take back the answers an earlier run of this crawl stored, if still fresh."""
         if not self._obey:
             return
-        async with conn.execute(
-            "SELECT url, host, fetched_at, status, outcome, crawl_delay, body, error FROM robots"
-        ) as cursor:
-            rows = await cursor.fetchall()
-        for url, host, fetched_at, status, outcome, crawl_delay, body, error in rows:
-            record = RobotsRecord(
-                url=url,
-                host=host,
-                fetched_at=fetched_at,
-                status=status,
-                outcome=outcome,
-                crawl_delay=crawl_delay,
-                body=body,
-                error=error,
-            )
-            fetched = datetime.fromisoformat(fetched_at).timestamp()
-            if fetched + self._ttl(RobotsOutcome(outcome), status) > self._clock():
+        for record in records:
+            fetched = datetime.fromisoformat(record.fetched_at).timestamp()
+            if fetched + self._ttl(RobotsOutcome(record.outcome), record.status) > self._clock():
                 self._remember(record, fetched)
 
     def _decide(self, entry: _Entry, url: str) -> bool:

@@ -11,16 +11,17 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import aiosqlite
 
 from crawler.errors import StorageError
-from crawler.records import utc_now
+from crawler.records import RobotsRecord, utc_now
 from crawler.store.item_tables import drop_item_tables
 from crawler.store.schema import rollback
 
-__all__ = ["finish_run", "release_leases", "start_run"]
+__all__ = ["finish_run", "pid_alive", "release_leases", "robots_records", "start_run"]
 
 _TABLES: Final = (
     "links",
@@ -36,7 +37,8 @@ _TABLES: Final = (
 )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine is alive (not ended, not a zombie)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -118,7 +120,7 @@ async def _recover_dead_runs(conn: aiosqlite.Connection, hostname: str) -> None:
     dead = [
         run_id
         for run_id, pid, host in rows
-        if host == hostname and (pid is None or not _pid_alive(int(pid)))
+        if host == hostname and (pid is None or not pid_alive(int(pid)))
     ]
     for run_id in dead:
         await conn.execute(
@@ -136,6 +138,24 @@ async def release_leases(conn: aiosqlite.Connection, run_id: int) -> None:
         "WHERE lease_owner = ? AND state = 'pending'",
         (run_id,),
     )
+
+
+def robots_records(rows: Iterable[Sequence[Any]]) -> list[RobotsRecord]:
+    """The robots.txt answers of `robots` rows (url, host, fetched_at, status, outcome,
+    crawl_delay, body, error)."""
+    return [
+        RobotsRecord(
+            url=url,
+            host=host,
+            fetched_at=fetched_at,
+            status=status,
+            outcome=outcome,
+            crawl_delay=crawl_delay,
+            body=body,
+            error=error,
+        )
+        for url, host, fetched_at, status, outcome, crawl_delay, body, error in rows
+    ]
 
 
 async def finish_run(
