@@ -116,7 +116,7 @@ SQL_TYPES: Final = {
         "integer": "bigint",
         "text": "text",
         "real": "double precision",
-        "bool": "boolean",
+        "bool": "bigint",  # 0 and 1 as in SQLite, so `WHERE even = 1` runs on both
         "json": "jsonb",
     },
 }
