@@ -131,6 +131,7 @@ class Crawl:
             )
             await storage.load_counts()
             self._robots.load(await store.robots())
+            self._hosts.share_pacing(store.pacer())
             await store.declare_item_tables(self.spider)
             self.started = True
             refusal = self._frontier.redirect_refusal
