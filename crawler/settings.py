@@ -169,6 +169,11 @@ class Settings:
     shutdown_grace: float = 10.0
     """Seconds in-flight requests get to finish after the first Ctrl-C."""
 
+    database: str = ""
+    """Where `crawler crawl` stores the crawl when `-o` is not given: a file path, or a
+    PostgreSQL URL (`postgresql://user@host:port/db`) that workers on many machines share
+    ("" = `<spider>.db`). Stored in `crawls.settings` without its password."""
+
 
 SettingsSource = Literal["default", "config.toml", "spider", "command line"]
 

@@ -19,11 +19,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Final, Literal
 
+import asyncpg
 import click
 from rich.console import Console
 from rich.table import Table
 
 from crawler.cli.common import (
+    DATABASE,
     EXIT_INTERRUPTED,
     UserError,
     check_start_url,
@@ -41,7 +43,7 @@ from crawler.cli.readonly import (
 from crawler.engine.parse_page import ParsedPage, parse_page
 from crawler.engine.reparse import ReparseSummary
 from crawler.engine.reparse import reparse as reparse_database
-from crawler.errors import CrawlerError, QueryError, StorageFailure
+from crawler.errors import CrawlerError, QueryError, StorageError, StorageFailure
 from crawler.results.export import item_rows, known_item_types
 from crawler.results.formats import OutputFormat, write_rows
 from crawler.results.report import crawl_report, render_report
@@ -66,15 +68,19 @@ def _stdout_pipe() -> Iterator[None]:
         sys.exit(1)
 
 
-def _sql_error(exc: Exception, database: Path, guard: ReadOnlyGuard | None) -> CrawlerError:
+def _sql_error(exc: Exception, database: Path | str, guard: ReadOnlyGuard | None) -> CrawlerError:
     """What went wrong with a query: a statement refused without --write, the storage
     failing (a read-only file or a full disk under --write), or the SQL."""
     message = str(exc)
+    if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):
+        return QueryError(f"the database is open read-only ({message}); add --write to allow it")
+    if isinstance(database, str):
+        return QueryError(f"SQL error: {message}")
     if guard is not None and (guard.refused is not None or "readonly" in message):
         reason = guard.refused or message  # SQLite only says "not authorized"
         return QueryError(f"the database is open read-only ({reason}); add --write to allow it")
     if isinstance(exc, sqlite3.Error):
-        error = storage_error(database, exc, "read" if guard is not None else "write")
+        error = storage_error(Path(database), exc, "read" if guard is not None else "write")
         if isinstance(error, StorageFailure):
             return error
     return QueryError(f"SQL error: {message}")
@@ -91,7 +97,7 @@ def _bound_params(params: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.command()
-@click.argument("database", type=click.Path(path_type=Path))
+@click.argument("database", type=DATABASE)
 @click.argument("sql")
 @click.option(
     "-f",
@@ -111,7 +117,7 @@ def _bound_params(params: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--write", is_flag=True, help="Open the database for writing (default: read-only).")
 def query(
-    database: Path, sql: str, fmt: OutputFormat | None, params: tuple[str, ...], write: bool
+    database: Path | str, sql: str, fmt: OutputFormat | None, params: tuple[str, ...], write: bool
 ) -> None:
     """Run SQL against a crawl DATABASE and print the rows.
 
@@ -125,7 +131,7 @@ def query(
         try:
             try:
                 cursor = conn.execute(sql, bound)
-            except (sqlite3.Error, sqlite3.Warning) as exc:
+            except (sqlite3.Error, sqlite3.Warning, asyncpg.PostgresError) as exc:
                 raise _sql_error(exc, database, guard) from None
             if cursor.description is None:  # no result columns: a write or a pragma
                 click.echo(f"{max(cursor.rowcount, 0):,} rows changed", err=True)
@@ -135,14 +141,14 @@ def query(
             chosen: OutputFormat = fmt or ("table" if out.is_terminal else "csv")
             try:
                 write_rows(columns, cursor, fmt=chosen, out=sys.stdout, console=out)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, asyncpg.PostgresError) as exc:
                 raise _sql_error(exc, database, guard) from None
         finally:
             conn.close()
 
 
 @click.command()
-@click.argument("database", type=click.Path(path_type=Path))
+@click.argument("database", type=DATABASE)
 @click.option("-t", "--type", "type_name", required=True, help="Item type: book, quote, …")
 @click.option(
     "-f",
@@ -153,7 +159,7 @@ def query(
     help="Output format [from the -o suffix: .csv, .json, else jsonl].",
 )
 @click.option("-o", "--output", default="-", show_default=True, help="File to write; - is stdout.")
-def export(database: Path, type_name: str, fmt: ExportFormat | None, output: str) -> None:
+def export(database: Path | str, type_name: str, fmt: ExportFormat | None, output: str) -> None:
     """Export the items of one type from a crawl DATABASE, streaming.
 
     Dataclass items are the rows of their typed table, dict items those of `items`. In JSON
@@ -173,10 +179,11 @@ def export(database: Path, type_name: str, fmt: ExportFormat | None, output: str
                     write_rows(rows.columns, rows.rows, fmt=chosen, out=sys.stdout)
                     return
                 count = _export_to_file(Path(output), rows.columns, rows.rows, chosen)
-            except sqlite3.Error as exc:
-                error = storage_error(database, exc, "read")
-                if isinstance(error, StorageFailure):
-                    raise error from None
+            except (sqlite3.Error, asyncpg.PostgresError) as exc:
+                if isinstance(exc, sqlite3.Error) and isinstance(database, Path):
+                    error = storage_error(database, exc, "read")
+                    if isinstance(error, StorageFailure):
+                        raise error from None
                 raise QueryError(f"cannot export {type_name!r}: {exc}") from None
         finally:
             conn.close()
@@ -200,11 +207,11 @@ def _export_to_file(
 
 
 @click.command()
-@click.argument("database", type=click.Path(path_type=Path))
+@click.argument("database", type=DATABASE)
 @click.option(
     "-f", "--format", "fmt", default="table", type=click.Choice(["table", "json"]), help="[table]"
 )
-def stats(database: Path, fmt: str) -> None:
+def stats(database: Path | str, fmt: str) -> None:
     """Summarise a crawl DATABASE: pages by status, hosts, depth, errors, items, speed.
 
     Everything is counted from the tables, so it works on any file, even one being written.
@@ -219,7 +226,7 @@ def stats(database: Path, fmt: str) -> None:
 
 @click.command()
 @click.argument("spider")
-@click.argument("database", type=click.Path(path_type=Path))
+@click.argument("database", type=DATABASE)
 @click.option(
     "-s", "--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override a setting."
 )
@@ -228,7 +235,7 @@ def stats(database: Path, fmt: str) -> None:
     "-f", "--format", "fmt", default="table", type=click.Choice(["table", "json"]), help="[table]"
 )
 def reparse(
-    spider: str, database: Path, assignments: tuple[str, ...], config: Path | None, fmt: str
+    spider: str, database: Path | str, assignments: tuple[str, ...], config: Path | None, fmt: str
 ) -> None:
     """Re-run SPIDER's callbacks over the page bodies stored in DATABASE, with no network.
 
@@ -240,6 +247,10 @@ def reparse(
         spider_class = find_spider(spider)
         loaded = load_crawl_settings(spider_class, config, dict(parse_assignments(assignments)))
         open_crawl_database(database).close()  # refuse other files before opening for writing
+        if isinstance(database, str):
+            raise StorageError(
+                "reparse works on SQLite files only for now (PostgreSQL: not yet built)"
+            )
         try:
             summary = asyncio.run(reparse_database(spider_class(), database, loaded.settings))
         except KeyboardInterrupt:
@@ -251,7 +262,7 @@ def reparse(
         Console().print(_summary_table(summary, database))
 
 
-def _summary_table(summary: ReparseSummary, database: Path) -> Table:
+def _summary_table(summary: ReparseSummary, database: Path | str) -> Table:
     data = summary.as_dict()
     table = Table(title=f"reparse of {database}", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -277,7 +288,7 @@ def _summary_table(summary: ReparseSummary, database: Path) -> Table:
 @click.option(
     "--from",
     "database",
-    type=click.Path(path_type=Path),
+    type=DATABASE,
     help="Read the page from this crawl database instead of fetching it.",
 )
 @click.option(
@@ -291,7 +302,7 @@ def parse(
     spider: str,
     url: str,
     callback: str | None,
-    database: Path | None,
+    database: Path | str | None,
     assignments: tuple[str, ...],
     config: Path | None,
     fmt: str,

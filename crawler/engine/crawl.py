@@ -39,7 +39,7 @@ from crawler.settings import Settings, load_settings
 from crawler.spider.base import Spider
 from crawler.spider.http import Request, Response
 from crawler.stats import Stats, show_progress
-from crawler.store.backends import CrawlStore, open_store
+from crawler.store.backends import CrawlStore, describe_target, open_store
 from crawler.store.pg_schema import is_postgres_url
 from crawler.store.writer import BatchWriter, Seeds
 
@@ -117,6 +117,7 @@ class Crawl:
         run_id: int | None = None
         try:
             settings_json = dataclasses.asdict(self.settings)
+            settings_json["database"] = describe_target(self.settings.database)
             run_id = await store.start_run(
                 spider=self.spider.name, settings=settings_json, fresh=self._fresh
             )
@@ -130,6 +131,7 @@ class Crawl:
             )
             await storage.load_counts()
             self._robots.load(await store.robots())
+            self._hosts.share_pacing(store.pacer())
             await store.declare_item_tables(self.spider)
             self.started = True
             refusal = self._frontier.redirect_refusal

@@ -57,7 +57,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Final, final
 
+import asyncpg
+
+from crawler.errors import StorageError
 from crawler.records import utc_now
+from crawler.store.pg_read import PgReader
 
 __all__ = ["combined_summary", "database_handles", "last_run_id", "run_processes"]
 
@@ -72,7 +76,7 @@ _Prctl = Callable[..., int]
 
 
 def run_processes(
-    count: int, crawl_one: Callable[[], int], *, db: Path, shutdown_grace: float
+    count: int, crawl_one: Callable[[], int], *, db: Path | str, shutdown_grace: float
 ) -> int:
     """Fork `count` processes that each run `crawl_one()` and exit with the code it returns;
     wait for them and return the exit code to use.
@@ -131,7 +135,7 @@ def run_processes(
 class _Workers:
     """The parent's side: the workers still running, the Ctrl-Cs passed on, the dead noticed."""
 
-    def __init__(self, count: int, db: Path) -> None:
+    def __init__(self, count: int, db: Path | str) -> None:
         self.count = count
         self.db = db
         self.running: dict[int, int] = {}
@@ -169,7 +173,7 @@ class _Workers:
         how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
         try:
             freed = _free_claims(self.db, pid, how)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StorageError, asyncpg.PostgresError) as exc:
             claims = f"its claims return to the frontier when their leases expire ({exc})"
         else:
             claims = f"{freed} requests it had claimed go back to the frontier" if freed else ""
@@ -183,35 +187,46 @@ class _Workers:
         print("; ".join(part for part in parts if part), file=sys.stderr, flush=True)
 
 
-def _free_claims(db: Path, pid: int, how: str) -> int:
+def _free_claims(db: Path | str, pid: int, how: str) -> int:
     """Mark the running run of the dead worker `pid` as crashed and return its claims to the
     frontier, as the next run's start would (crawler.store.runs); return how many it had."""
+    if isinstance(db, str):  # a PostgreSQL URL: one transaction, committed at close
+        reader = PgReader(db, write=True)
+        try:
+            return _free_runs(reader, pid, how)
+        finally:
+            reader.close()
     conn = sqlite3.connect(f"file:{db}?mode=rw", uri=True, isolation_level=None)
     with contextlib.closing(conn):
         conn.execute("PRAGMA busy_timeout = 10000")  # the others may be writing
         conn.execute("BEGIN IMMEDIATE")
         try:
-            runs = conn.execute(
-                "SELECT id FROM crawls WHERE status = 'running' AND pid = ? AND hostname = ?",
-                (pid, socket.gethostname()),
-            ).fetchall()
-            freed = 0
-            for (run_id,) in runs:
-                conn.execute(
-                    "UPDATE crawls SET status = 'crashed', reason = ?, "
-                    "finished_at = coalesce(finished_at, ?) WHERE id = ?",
-                    (f"the process {how}", utc_now(), run_id),
-                )
-                freed += conn.execute(
-                    "UPDATE requests SET lease_owner = NULL, lease_expires = NULL "
-                    "WHERE lease_owner = ? AND state = 'pending'",
-                    (run_id,),
-                ).rowcount
+            freed = _free_runs(conn, pid, how)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+    return freed
+
+
+def _free_runs(conn: sqlite3.Connection | PgReader, pid: int, how: str) -> int:
+    runs = conn.execute(
+        "SELECT id FROM crawls WHERE status = 'running' AND pid = ? AND hostname = ?",
+        (pid, socket.gethostname()),
+    ).fetchall()
+    freed = 0
+    for (run_id,) in runs:
+        conn.execute(
+            "UPDATE crawls SET status = 'crashed', reason = ?, "
+            "finished_at = coalesce(finished_at, ?) WHERE id = ?",
+            (f"the process {how}", utc_now(), run_id),
+        )
+        freed += conn.execute(
+            "UPDATE requests SET lease_owner = NULL, lease_expires = NULL "
+            "WHERE lease_owner = ? AND state = 'pending'",
+            (run_id,),
+        ).rowcount
     return freed
 
 
@@ -292,9 +307,12 @@ def _find_prctl() -> _Prctl | None:
     return prctl
 
 
-def database_handles(db: Path) -> list[str]:
+def database_handles(db: Path | str) -> list[str]:
     """The descriptors and memory mappings of `db` (or its -wal, -shm or -journal file) that
-    this process holds, as `/proc/self` shows them; empty where there is no /proc."""
+    this process holds, as `/proc/self` shows them; empty where there is no /proc, and for
+    a PostgreSQL URL (a socket carries no file lock; the parent closes its connections)."""
+    if isinstance(db, str):
+        return []
     names = {os.path.realpath(db) + suffix for suffix in _SQLITE_SUFFIXES}
     found: list[str] = []
     try:
@@ -313,8 +331,19 @@ def database_handles(db: Path) -> list[str]:
     return found
 
 
-def last_run_id(db: Path) -> int:
+def last_run_id(db: Path | str) -> int:
     """Return the id of the newest run recorded in `db` (0 when there is none yet)."""
+    if isinstance(db, str):
+        try:
+            reader = PgReader(db)
+        except StorageError:
+            return 0  # the crawl itself reports it
+        try:
+            return int(reader.execute("SELECT coalesce(max(id), 0) FROM crawls").fetchall()[0][0])
+        except asyncpg.PostgresError:
+            return 0
+        finally:
+            reader.close()
     if not db.is_file():
         return 0
     try:
@@ -326,12 +355,15 @@ def last_run_id(db: Path) -> int:
         return 0  # not a crawl database: the crawl itself reports that
 
 
-def combined_summary(db: Path, after_run: int) -> tuple[str, dict[str, Any]]:
+def combined_summary(db: Path | str, after_run: int) -> tuple[str, dict[str, Any]]:
     """Sum the stats of the runs recorded after run `after_run` into one summary.
 
     Returns the overall status (the worst of the runs) and the summed stats.
     """
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+    opened = (
+        PgReader(db) if isinstance(db, str) else sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    )
+    with contextlib.closing(opened) as conn:
         found = conn.execute(
             "SELECT id, status, stats FROM crawls WHERE id > ? ORDER BY id", (after_run,)
         ).fetchall()
@@ -373,7 +405,7 @@ def combined_summary(db: Path, after_run: int) -> tuple[str, dict[str, Any]]:
     return status, total
 
 
-def _stored_by(conn: sqlite3.Connection, run_id: int) -> dict[str, Any]:
+def _stored_by(conn: sqlite3.Connection | PgReader, run_id: int) -> dict[str, Any]:
     """The part of a run's stats the tables can tell (for a run that recorded none)."""
     pages, received = conn.execute(
         "SELECT count(*), coalesce(sum(size_bytes), 0) FROM pages WHERE crawl_id = ?", (run_id,)

@@ -28,7 +28,7 @@ from crawler.errors import ConnectError, FetchTimeout, ProtocolError
 from crawler.links import host_of
 from crawler.settings import Settings
 
-__all__ = ["HostState", "Hosts", "Slot", "Throttle", "ThrottlePolicy"]
+__all__ = ["HostState", "Hosts", "Pacer", "Slot", "Throttle", "ThrottlePolicy"]
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +209,8 @@ class Slot:
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+Pacer = Callable[[str, float], Awaitable[None]]
+"""Waits for a host's crawl-wide turn, given the least delay between two of its requests."""
 
 
 @final
@@ -234,6 +236,13 @@ class Hosts:
         self._rand = rand
         self._states: dict[str, HostState] = {}
         self._busy: set[str] = set()
+        self._shared: Pacer | None = None
+
+    def share_pacing(self, pacer: Pacer | None) -> None:
+        """Space the starts of a delayed host's requests across every worker of the crawl
+        too: before each attempt at a host with a fixed delay (`delay_per_host`, Crawl-delay),
+        `pacer(host, delay)` waits for the crawl-wide turn (crawler.store.pg_pacing)."""
+        self._shared = pacer
 
     @property
     def clock(self) -> Clock:
@@ -285,6 +294,8 @@ class Hosts:
         """Wait for the host's turn, take it, and return the start time."""
         while (wait := state.start_at() - self._clock()) > 0:
             await self._sleep(wait)
+        if self._shared is not None and state.throttle.floor > 0:
+            await self._shared(state.host, state.throttle.floor)
         started = state.last_start = self._clock()
         factor = 0.5 + self._rand() if self._randomize else 1.0
         state.next_start = started + state.throttle.delay * factor

@@ -17,6 +17,7 @@ from typing import Any, Protocol, final
 import aiosqlite
 import asyncpg
 
+from crawler.fetch.politeness import Pacer
 from crawler.records import RobotsRecord
 from crawler.settings import Settings
 from crawler.spider.base import Spider
@@ -24,6 +25,7 @@ from crawler.stats import Stats
 from crawler.store.item_tables import declare_item_tables
 from crawler.store.pg_items import declare_pg_item_tables
 from crawler.store.pg_link import PgLink
+from crawler.store.pg_pacing import PgPacer
 from crawler.store.pg_runs import finish_pg_run, pg_robots, release_pg_leases, start_pg_run
 from crawler.store.pg_schema import is_postgres_url, open_pg, redact
 from crawler.store.pg_writer import PgStorage
@@ -55,6 +57,10 @@ class CrawlStore(Protocol):
         self, run_id: int, *, status: str, reason: str, stats: dict[str, Any]
     ) -> None:
         """Roll back a half-written batch, free the run's leases, record how it ended."""
+
+    def pacer(self) -> Pacer | None:
+        """Crawl-wide spacing of delayed hosts' requests, where other workers may share the
+        database on other machines (crawler.fetch.politeness.Hosts.share_pacing)."""
 
     async def close(self) -> None:
         """Close the connection."""
@@ -110,6 +116,9 @@ class SqliteStore:
         await release_leases(self.conn, run_id)
         await finish_run(self.conn, run_id, status=status, reason=reason, stats=stats)
 
+    def pacer(self) -> Pacer | None:
+        return None  # processes sharing a file: each keeps its own pace (one machine)
+
     async def close(self) -> None:
         await self.conn.close()
 
@@ -120,6 +129,7 @@ class PgStore:
 
     def __init__(self, link: PgLink) -> None:
         self.link = link
+        self._pacer = PgPacer(link.url)
 
     async def start_run(self, *, spider: str, settings: dict[str, Any], fresh: bool) -> int:
         conn = await self.link.connection()
@@ -153,5 +163,9 @@ class PgStore:
             await release_pg_leases(conn, run_id)
             await finish_pg_run(conn, run_id, status=status, reason=reason, stats=stats)
 
+    def pacer(self) -> Pacer | None:
+        return self._pacer
+
     async def close(self) -> None:
+        await self._pacer.close()
         await self.link.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import sqlite3
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import aiosqlite
 from crawler.errors import StorageError
 from crawler.links import try_canonical_url
 from crawler.spider.http import Request, Response
+from crawler.store.pg_read import ReadConnection
 
 __all__ = [
     "DamagedBody",
@@ -142,7 +142,7 @@ def _url_args(url: str) -> tuple[str, str, str, str]:
     return (url, canonical, url, canonical)
 
 
-def latest_page(conn: sqlite3.Connection, url: str) -> StoredPage | None:
+def latest_page(conn: ReadConnection, url: str) -> StoredPage | None:
     """The most recently stored page requested as or redirected to `url`, if any.
 
     Raises:

@@ -8,9 +8,10 @@ requests leased under a live lease by anyone (that is the host's in-flight count
 that dies leaks nothing, its leases just expire) and leases at most
 `concurrency_per_host` (or the host's `throttle_concurrency`, if lower) minus that many,
 with `FOR UPDATE SKIP LOCKED` again. With a delay between requests (`delay_per_host`, the
-host's `crawl_delay` from robots.txt), it leases a few at a time and moves the host's
-`not_before` past their slots, so no other worker starts one sooner. Every statement is about
-one host's rows, so the frontier could be sharded by host (Citus) with claims inside a shard.
+host's `crawl_delay` from robots.txt), it leases only what the next `_DELAY_HORIZON` seconds
+can start; each start then takes its crawl-wide turn (crawler.store.pg_pacing), which moves
+`not_before` on, so the host waits for that worker. Every statement is about one host's
+rows, so the frontier could be sharded by host (Citus) with claims inside a shard.
 
 Leases end after `LEASE_SECONDS` unless renewed with the heartbeat (crawler.store.claims).
 """
@@ -89,8 +90,6 @@ class PgClaims:
             claimed.extend(_claimed_from_row(tuple(row)) for row in got)
             more = more or len(got) == room
             self._host_cursor = host
-            if got and delay > 0:
-                await conn.execute(_SET_NOT_BEFORE, host, now + delay * len(got))
             if len(claimed) >= limit:
                 more = True
                 break
@@ -179,9 +178,6 @@ UPDATE requests SET lease_owner = $4, lease_expires = $5 WHERE id IN (
     ORDER BY {order} LIMIT $3 FOR UPDATE SKIP LOCKED)
 RETURNING id, url, method, callback, headers::text, meta::text, depth, priority, attempts
 """
-_SET_NOT_BEFORE: Final = (
-    "UPDATE hosts SET not_before = greatest(coalesce(not_before, 0), $2) WHERE host = $1"
-)
 _PENDING_SUMMARY: Final = """
 SELECT count(*), min(not_before),
        count(*) FILTER (WHERE lease_owner IS NOT NULL AND lease_owner != $1

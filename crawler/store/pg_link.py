@@ -51,7 +51,7 @@ _CONFLICTS: Final = (
 class PgLink:
     """The connection of one run (its writer's): reconnects when it is lost."""
 
-    def __init__(self, url: str, conn: asyncpg.Connection) -> None:
+    def __init__(self, url: str, conn: asyncpg.Connection | None) -> None:
         self.url = url
         self._conn: asyncpg.Connection | None = conn
 

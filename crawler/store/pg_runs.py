@@ -21,7 +21,13 @@ from crawler.records import RobotsRecord, utc_now
 from crawler.store.pg_items import drop_pg_item_tables
 from crawler.store.runs import pid_alive, robots_records
 
-__all__ = ["finish_pg_run", "pg_robots", "release_pg_leases", "start_pg_run"]
+__all__ = [
+    "empty_pg_database",
+    "finish_pg_run",
+    "pg_robots",
+    "release_pg_leases",
+    "start_pg_run",
+]
 
 _TABLES: Final = (
     "links",
@@ -52,9 +58,7 @@ async def start_pg_run(
         await conn.execute("LOCK TABLE crawls IN SHARE ROW EXCLUSIVE MODE")
         spiders = {row[0] for row in await conn.fetch("SELECT DISTINCT spider FROM crawls")}
         if fresh:
-            await drop_pg_item_tables(conn)
-            await conn.execute(f"TRUNCATE {', '.join(_TABLES)} RESTART IDENTITY")
-            await conn.execute("UPDATE frontier_counts SET admitted = 0")
+            await _empty(conn)
         elif spiders - {spider}:
             others = ", ".join(sorted(spiders - {spider}))
             raise StorageError(
@@ -73,6 +77,19 @@ async def start_pg_run(
             time.time(),
         )
     return int(run_id)
+
+
+async def empty_pg_database(conn: asyncpg.Connection) -> None:
+    """Empty every table of the crawl (`--fresh` of `--processes`, before the workers)."""
+    async with conn.transaction():
+        await conn.execute("LOCK TABLE crawls IN SHARE ROW EXCLUSIVE MODE")
+        await _empty(conn)
+
+
+async def _empty(conn: asyncpg.Connection) -> None:
+    await drop_pg_item_tables(conn)
+    await conn.execute(f"TRUNCATE {', '.join(_TABLES)} RESTART IDENTITY")
+    await conn.execute("UPDATE frontier_counts SET admitted = 0")
 
 
 async def _recover_dead_runs(conn: asyncpg.Connection, hostname: str) -> None:

@@ -6,7 +6,9 @@ that queries compare them the same way on both.
 A crawl database is one PostgreSQL database, named by a URL (`postgresql://user@host:port/db`,
 also `postgres://`). `open_pg` connects and creates or upgrades the schema under an advisory
 lock, so that many workers starting at once create it once. The schema version is the row of
-`crawler_schema`; `PG_MIGRATIONS[n]` brings version n to n + 1, as for SQLite.
+`crawler_schema`; `PG_MIGRATIONS[n]` brings version n to n + 1, as for SQLite. Three SQL
+functions of SQLite that the crawler's reports use are defined too (`julianday(text)`,
+`instr(text, text)`, `round(double precision, integer)`), so the same queries run on both.
 
 The counters `frontier_counts` and `hosts.admitted` are kept by statement-level triggers
 (one update per statement, not per row), which is what the page budgets read.
@@ -41,6 +43,12 @@ _CONNECT_TIMEOUT: Final = 10.0
 
 PG_MIGRATIONS: Final[tuple[str, ...]] = (
     """
+    CREATE FUNCTION julianday(text) RETURNS double precision LANGUAGE sql STABLE
+        AS $$ SELECT extract(epoch FROM $1::timestamptz)::double precision / 86400 + 2440587.5 $$;
+    CREATE FUNCTION instr(text, text) RETURNS integer LANGUAGE sql IMMUTABLE
+        AS $$ SELECT strpos($1, $2) $$;
+    CREATE FUNCTION round(double precision, integer) RETURNS double precision
+        LANGUAGE sql IMMUTABLE AS $$ SELECT round($1::numeric, $2)::double precision $$;
     CREATE TABLE crawls (
         id            bigserial PRIMARY KEY,
         spider        text NOT NULL,
