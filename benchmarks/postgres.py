@@ -30,9 +30,15 @@ from benchmarks.tools import OURS_SETTINGS, Ours, RunContext
 from tests.pgserver import PostgresServer, find_bin_dir
 
 _TICKS: Final = os.sysconf("SC_CLK_TCK")
-DURABLE: Final = ("max_connections=200", "shared_buffers=256MB")
+DURABLE: Final = (
+    "max_connections=200",
+    "shared_buffers=256MB",
+    "shared_preload_libraries=pg_stat_statements",
+    "pg_stat_statements.track=all",  # the statements run inside the triggers too
+)
 """The benchmark server's settings beyond PostgreSQL's defaults (which keep fsync, full page
-writes and synchronous_commit on, as a production server would)."""
+writes and synchronous_commit on, as a production server would), and pg_stat_statements, to
+split the server's time between claiming and writing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +55,10 @@ class Run:
     rows_per_page: float = 0.0
     wal_bytes_per_page: float = 0.0
     stored_bytes_per_page: float = 0.0
+    claim_ms_per_page: float = 0.0
+    """Server time (pg_stat_statements' total_exec_time) in the claim statements, per page."""
+    other_ms_per_page: float = 0.0
+    """Server time in every other statement (the writer's batches, runs, heartbeats)."""
 
     @property
     def pages_per_second(self) -> float:
@@ -86,6 +96,32 @@ def database_figures(server: PostgresServer, url: str) -> tuple[int, int, int]:
     return int(rows), int(float(wal)), int(size)
 
 
+CLAIM_STATEMENTS: Final = (
+    "%SET lease_owner = $%",  # the claim (crawler.store.pg_claims)
+    "%SKIP LOCKED%",  # its hosts, ready and locked
+    "%next_host%",  # the hosts with pending requests
+    "%lease_owner != $%",  # what is left when nothing was claimed
+    "%SET lease_expires = $%",  # renewing the leases
+)
+"""LIKE patterns of the statements that claim, in pg_stat_statements' normalized text."""
+
+
+def statement_times(server: PostgresServer, name: str) -> tuple[float, float]:
+    """Milliseconds the server spent executing claim statements and the others, in the
+    database `name`, since its statistics were reset (top-level statements only, so the
+    triggers' time counts in the statement that fired them)."""
+    out = server.psql(
+        "SELECT coalesce(sum(total_exec_time) FILTER (WHERE query LIKE ANY (ARRAY["
+        + ", ".join(f"'{pattern}'" for pattern in CLAIM_STATEMENTS)
+        + "])), 0), "
+        "coalesce(sum(total_exec_time), 0) FROM pg_stat_statements WHERE toplevel "
+        "AND dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        database=name,
+    )
+    claims, total = (float(v) for v in out.strip().split("|"))
+    return claims, total - claims
+
+
 def crawl_once(
     backend: str, processes: int, ctx: RunContext, server: PostgresServer, timeout: float
 ) -> Run:
@@ -94,6 +130,10 @@ def crawl_once(
     url = server.create_database() if backend == "postgresql" else ""
     target = url or str(ctx.run_dir / f"ours-{processes}.db")
     command[command.index("-o") + 1] = target
+    name = url.rsplit("/", 1)[1] if url else ""
+    if url:
+        server.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", database=name)
+        server.psql("SELECT pg_stat_statements_reset()", database=name)
     before = database_figures(server, url) if url else (0, 0, 0)
     server_before, busy_before = server_cpu_seconds(postmaster_pid(server)), machine_busy_seconds()
     log = ctx.run_dir / f"{backend}-{processes}.log"
@@ -103,9 +143,11 @@ def crawl_once(
     server_used = server_cpu_seconds(postmaster_pid(server)) - server_before
     busy = machine_busy_seconds() - busy_before
     count = "SELECT count(*) FROM pages"
+    claim_ms = other_ms = 0.0
     if url:
-        pages = int(server.psql(count, database=url.rsplit("/", 1)[1]).strip())
+        pages = int(server.psql(count, database=name).strip())
         after = database_figures(server, url)
+        claim_ms, other_ms = statement_times(server, name)
         server.drop_database(url)
     else:
         with sqlite3.connect(target) as conn:
@@ -125,6 +167,8 @@ def crawl_once(
         rows_per_page=rows / pages,
         wal_bytes_per_page=wal / pages,
         stored_bytes_per_page=size / pages,
+        claim_ms_per_page=claim_ms / pages,
+        other_ms_per_page=other_ms / pages,
     )
 
 
@@ -132,8 +176,9 @@ def report(runs: list[Run]) -> str:
     """A markdown table of the medians per backend and process count."""
     lines = [
         "| backend | processes | pages/s | crawler cores | PostgreSQL cores | machine cores "
-        "| rows/page | WAL bytes/page | stored bytes/page |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| PostgreSQL CPU ms/page | rows/page | WAL bytes/page | stored bytes/page "
+        "| claim ms/page | write ms/page |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = sorted({(r.processes, r.backend) for r in runs})
     for processes, backend in keys:
@@ -143,10 +188,12 @@ def report(runs: list[Run]) -> str:
             return statistics.median(getattr(r, field) for r in group)
 
         writes = (
-            f"{median('rows_per_page'):.1f} | {median('wal_bytes_per_page'):,.0f} "
-            f"| {median('stored_bytes_per_page'):,.0f}"
+            f"{1000 * median('server_cores') / median('pages_per_second'):.2f} "
+            f"| {median('rows_per_page'):.1f} | {median('wal_bytes_per_page'):,.0f} "
+            f"| {median('stored_bytes_per_page'):,.0f} | {median('claim_ms_per_page'):.3f} "
+            f"| {median('other_ms_per_page'):.3f}"
             if backend == "postgresql"
-            else "- | - | -"
+            else "- | - | - | - | - | -"
         )
         lines.append(
             f"| {backend} | {processes} | {median('pages_per_second'):,.0f} "
