@@ -16,13 +16,11 @@ import dataclasses
 import functools
 import gzip
 import logging
-import sqlite3
 import time
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Final, final
 
-import asyncpg
 from rich.console import Console
 
 from crawler.engine.callbacks import CallbackRunner, LoopHeartbeat, spider_error
@@ -39,7 +37,7 @@ from crawler.settings import Settings, load_settings
 from crawler.spider.base import Spider
 from crawler.spider.http import Request, Response
 from crawler.stats import Stats, show_progress
-from crawler.store.backends import CrawlStore, describe_target, open_store
+from crawler.store.backends import STORE_ERRORS, CrawlStore, describe_target, open_store
 from crawler.store.pg_schema import is_postgres_url
 from crawler.store.writer import BatchWriter, Seeds
 
@@ -158,19 +156,14 @@ class Crawl:
                 await store.end_run(
                     run_id, status=self.status, reason=self.reason, stats=self.stats.as_dict()
                 )
-        except (
-            StorageError,
-            sqlite3.Error,
-            asyncpg.PostgresError,
-            OSError,
-        ) as exc:  # the next run marks it crashed
+        except STORE_ERRORS as exc:  # the next run marks it crashed
             # When the storage is what failed, the CLI's one line already says so.
             level = logging.DEBUG if self._storage_failed else logging.WARNING
             logger.log(level, "could not record the end of the run: %s", exc)
         finally:
             try:
                 await store.close()
-            except (sqlite3.Error, asyncpg.PostgresError, OSError) as exc:
+            except STORE_ERRORS as exc:
                 logger.warning("could not close the database cleanly: %s", exc)
         try:
             await self.spider.closed(self.status)

@@ -10,6 +10,7 @@ answers it starts from, declare item tables) and the writer of its batches
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, final
@@ -17,6 +18,7 @@ from typing import Any, Protocol, final
 import aiosqlite
 import asyncpg
 
+from crawler.errors import StorageError
 from crawler.fetch.politeness import Pacer
 from crawler.records import RobotsRecord
 from crawler.settings import Settings
@@ -33,7 +35,17 @@ from crawler.store.runs import finish_run, release_leases, robots_records, start
 from crawler.store.schema import open_database, rollback
 from crawler.store.writer import BatchWriter, Storage
 
-__all__ = ["CrawlStore", "PgStore", "SqliteStore", "describe_target", "open_store"]
+__all__ = ["STORE_ERRORS", "CrawlStore", "PgStore", "SqliteStore", "describe_target", "open_store"]
+
+
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    StorageError,
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+)
+"""What a store's calls raise when the storage fails (beside our own StorageError)."""
 
 
 class CrawlStore(Protocol):
