@@ -32,6 +32,7 @@ from crawler.fetch.politeness import Hosts
 from crawler.fetch.robots import RobotsCache
 from crawler.frontier.feeder import Feeder
 from crawler.frontier.gate import Frontier
+from crawler.links import host_of
 from crawler.records import Claimed, PageRecord, PageResult, RequestState, utc_now
 from crawler.settings import Settings, load_settings
 from crawler.spider.base import Spider
@@ -126,14 +127,15 @@ class Crawl:
                 settings=self.settings,
                 stats=self.stats,
                 on_committed=feeder.release,
+                on_hosts_saved=self._hosts.saved,
             )
             await storage.load_counts()
-            self._robots.load(await store.robots())
-            self._hosts.share_pacing(store.pacer())
+            self._hosts.pacer = store.pacer()
             await store.declare_item_tables(self.spider)
             self.started = True
             refusal = self._frontier.redirect_refusal
             async with Fetcher(self.settings, refusal, hosts=self._hosts) as fetcher:
+                feeder.on_forget = fetcher.close_idle
                 await self.spider.opened()
                 await self._run_tasks(storage, feeder, fetcher, queue)
             if self.status == "running":
@@ -264,6 +266,8 @@ class Crawl:
             finally:
                 self.stats.in_flight -= 1
                 feeder.done(claimed)  # its host may take another request
+            # what the host learned goes with the result (it stays in memory until written)
+            result.host = self._hosts.snapshot(host_of(claimed.request.url))
             await storage.submit(result)
 
     def _internal_failure(self, claimed: Claimed, exc: Exception) -> PageResult:
