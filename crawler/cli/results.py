@@ -42,10 +42,11 @@ from crawler.cli.readonly import (
     read_crawl_database,
 )
 from crawler.engine.parse_page import ParsedPage, parse_page
+from crawler.engine.pg_reparse import reparse_postgres
 from crawler.engine.reparse import ReparseSummary
 from crawler.engine.reparse import reparse as reparse_database
 from crawler.engine.reparse_workers import ReparseWorkerDied
-from crawler.errors import CrawlerError, QueryError, StorageError, StorageFailure
+from crawler.errors import CrawlerError, QueryError, StorageFailure
 from crawler.results.export import item_rows, known_item_types
 from crawler.results.formats import OutputFormat, write_rows
 from crawler.results.report import crawl_report, render_report
@@ -264,19 +265,19 @@ def reparse(
         spider_class = find_spider(spider)
         loaded = load_crawl_settings(spider_class, config, dict(parse_assignments(assignments)))
         open_crawl_database(database).close()  # refuse other files before opening for writing
-        if isinstance(database, str):
-            raise StorageError(
-                "reparse works on SQLite files only for now (PostgreSQL: not yet built)"
-            )
         count = processes or available_cores()
         source = functools.partial(find_spider, spider, Path.cwd())
-        work = reparse_database(
-            spider_class(),
-            database,
-            loaded.settings,
-            processes=count,
-            spider_source=source,
-            console=console,
+        work = (
+            reparse_postgres(spider_class(), database, loaded.settings)
+            if isinstance(database, str)  # parsed in this process
+            else reparse_database(
+                spider_class(),
+                database,
+                loaded.settings,
+                processes=count,
+                spider_source=source,
+                console=console,
+            )
         )
         try:
             summary = asyncio.run(work)

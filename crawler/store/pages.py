@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Final, final
 
 import aiosqlite
+import asyncpg
 
 from crawler.errors import StorageError
 from crawler.links import try_canonical_url
@@ -35,6 +36,7 @@ __all__ = [
     "latest_page",
     "latest_page_async",
     "pages_with_bodies",
+    "pg_pages_with_bodies",
     "read_chunk",
 ]
 
@@ -194,3 +196,12 @@ async def read_chunk(database: Path, after: int, limit: int) -> list[StoredPage]
         raise storage_error(database, exc, "read") from None
     finally:
         await conn.close()
+
+
+async def pg_pages_with_bodies(
+    conn: asyncpg.Connection, after: int, limit: int
+) -> list[StoredPage]:
+    """`pages_with_bodies` on a PostgreSQL connection."""
+    sql = _SELECT + "WHERE p.body IS NOT NULL AND p.id > $1 ORDER BY p.id LIMIT $2"
+    rows = await conn.fetch(sql, after, limit)
+    return [_page(tuple(row)) for row in rows]
