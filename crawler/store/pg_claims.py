@@ -32,6 +32,7 @@ from crawler.settings import Settings
 from crawler.spider.http import Request
 from crawler.store.claims import LEASE_SECONDS, ClaimBatch, host_from_row, robots_from_row
 from crawler.store.pg_link import PgLink
+from crawler.store.pg_refresh import pg_attach_previous
 
 __all__ = ["PgClaims"]
 
@@ -52,6 +53,8 @@ class PgClaims:
         self._claim_sql = _CLAIM.format(order=order)
         self._host_cursor = ""
         self._last_renewal = time.monotonic()
+        self.refetches = False
+        """Whether claimed requests may have a stored page (re-fetches, which need it)."""
 
     async def claim(
         self,
@@ -65,6 +68,8 @@ class PgClaims:
 
         async def claim(conn: asyncpg.Connection) -> ClaimBatch:
             batch = await self._claim(conn, limit, held, per_host or limit)
+            if self.refetches and batch.claimed:
+                await pg_attach_previous(conn, batch.claimed)
             claimed_hosts = {host_of(c.request.url) for c in batch.claimed}
             fresh = {h for h in claimed_hosts if known is not None and not known(h)}
             if fresh:
