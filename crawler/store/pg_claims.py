@@ -37,8 +37,9 @@ from crawler.store.pg_refresh import pg_attach_previous
 __all__ = ["PgClaims"]
 
 _HOSTS_PER_CLAIM: Final = 256
-_DELAY_HORIZON: Final = 2.0
-"""Seconds of a delayed host's slots one claim may take (at least one request)."""
+_DELAY_HORIZON: Final = 0.25
+"""Seconds of a delayed host's turns one claim may take, and at least two turns: a slow host
+is shared out a few requests at a time, so that every worker gets its share of it."""
 
 
 @final
@@ -95,11 +96,17 @@ class PgClaims:
                 capped = True  # refill a host in chunks, not one request per finished page
             else:
                 wanted.append(host)
-        rows = await conn.fetch(_READY_HOSTS, wanted, now) if wanted else []
+        rows = await conn.fetch(_READY_HOSTS, wanted) if wanted else []
+        # Counted after the lock, in a statement of its own: its snapshot then holds the
+        # leases of the claim that held the lock before (one begun earlier would not).
+        locked = [str(row[0]) for row in rows]
+        counted = await conn.fetch(_LEASED, locked, now) if locked else []
+        leases = {str(row[0]): int(row[1]) for row in counted}
         claimed: list[Claimed] = []
         more = False
         next_due: float | None = None
-        for host, crawl_delay, concurrency, leased, not_before in rows:
+        for host, crawl_delay, concurrency, not_before in rows:
+            leased = leases.get(host, 0)
             if not_before is not None and not_before > now:
                 next_due = not_before if next_due is None else min(next_due, not_before)
                 continue
@@ -107,7 +114,7 @@ class PgClaims:
             room = min(room, self._cap(concurrency) - int(leased))
             delay = self._delay(crawl_delay)
             if delay > 0:
-                room = min(room, max(1, math.floor(_DELAY_HORIZON / delay)))
+                room = min(room, max(2, math.floor(_DELAY_HORIZON / delay)))
             if room <= 0:
                 continue
             got = await conn.fetch(
@@ -196,14 +203,15 @@ _STORED_ROBOTS: Final = (
     "FROM robots WHERE host = ANY($1::text[])"
 )
 _READY_HOSTS: Final = """
-SELECT h.host, h.crawl_delay, h.throttle_concurrency,
-       (SELECT count(*) FROM requests AS r WHERE r.host = h.host AND r.state = 'pending'
-        AND r.lease_owner IS NOT NULL AND r.lease_expires >= $2) AS leased,
-       h.not_before
-FROM hosts AS h WHERE h.host = ANY($1::text[])
-ORDER BY h.host FOR UPDATE OF h SKIP LOCKED
+SELECT host, crawl_delay, throttle_concurrency, not_before FROM hosts
+WHERE host = ANY($1::text[]) ORDER BY host FOR UPDATE SKIP LOCKED
 """
-"""The hosts of a claim that no other worker is claiming, with their in-flight counts."""
+"""The hosts of a claim that no other worker is claiming (locked until the claim commits)."""
+_LEASED: Final = """
+SELECT host, count(*) FROM requests WHERE host = ANY($1::text[]) AND state = 'pending'
+AND lease_owner IS NOT NULL AND lease_expires >= $2 GROUP BY host
+"""
+"""The requests of those hosts under a live lease: what is in flight, crawl-wide."""
 _CLAIM: Final = """
 UPDATE requests SET lease_owner = $4, lease_expires = $5 WHERE id IN (
     SELECT id FROM requests WHERE state = 'pending' AND host = $1
