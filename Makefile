@@ -1,11 +1,13 @@
 # Two commands on a fresh machine: `make demo` (offline crawl of the bundled site) and
-# `make test` (lint, types, test suite). Both create .venv and install what they need.
+# `make test` (lint, types, test suite). Both create .venv and install what they need;
+# `make test` also installs Debian's PostgreSQL server where it is missing (the suite starts
+# its own server from those binaries: tests/pgserver.py).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install postgresql demo test lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +16,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Debian's binaries under /usr/lib/postgresql/N/bin (or initdb on $PATH); as root apt-get
+# runs as it is, otherwise through sudo.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
 
 demo: $(STAMP)
 	$(BIN)/crawler demo
@@ -25,7 +35,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+pytest: $(STAMP) postgresql
 	$(BIN)/pytest -q -n 2
 
 test: lint typecheck pytest

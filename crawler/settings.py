@@ -193,6 +193,11 @@ class Settings:
     fetched longer ago than this (seconds, or a duration: `"12h"`, `"7d"`; 0 = never), with
     their callbacks; unchanged pages (304, or the same body) are not parsed again."""
 
+    database: str = ""
+    """Where `crawler crawl` stores the crawl when `-o` is not given: a file path, or a
+    PostgreSQL URL (`postgresql://user@host:port/db`) that workers on many machines share
+    ("" = `<spider>.db`). Stored in `crawls.settings` without its password."""
+
     host_rules: tuple[HostRule, ...] = ()
     """Per-site values, from config.toml `[hosts."pattern"]` tables and the spider's
     `host_settings` (see Per-site settings); `for_host` applies them."""

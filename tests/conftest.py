@@ -1,23 +1,26 @@
-"""Shared fixtures: local sites on loopback, database paths, and running the CLI as a subprocess."""
+"""Shared fixtures: local sites on loopback, databases (SQLite files and a PostgreSQL server),
+and running the CLI as a subprocess."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import sqlite3
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiohttp.test_utils import BaseTestServer, TestServer
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
+from tests.databases import Target, rows, scalar
+from tests.pgserver import PostgresServer, find_bin_dir
 from tests.sites import follow_app
+
+__all__ = ["ROOT", "CliResult", "RunCli", "Target", "rows", "run_crawler", "scalar"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,6 +68,35 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "crawl.db"
 
 
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this session (of this xdist worker), started on first use."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        pytest.fail(
+            "PostgreSQL is not installed: `make test` installs it (apt-get install postgresql)"
+        )
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    """Where a crawl is stored, once for each backend: a fresh SQLite file, or a fresh
+    database on the session's PostgreSQL server (its URL). Read it with `rows`/`scalar`."""
+    if request.param == "sqlite":
+        yield tmp_path / "crawl.db"
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.create_database()
+    yield url
+    server.drop_database(url)
+
+
 @pytest.fixture
 async def follow_site() -> AsyncIterator[BaseTestServer]:
     """A link graph of 60 pages on 127.0.0.1 (see tests.sites.follow_app)."""
@@ -102,15 +134,3 @@ async def run_crawler(
 def run_cli() -> RunCli:
     """Run the `crawler` command line as a real subprocess (see run_crawler)."""
     return run_crawler
-
-
-def rows(db: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
-    """Run a query against a crawl database file and return all rows."""
-    with sqlite3.connect(db) as conn:
-        return conn.execute(sql, params).fetchall()
-
-
-def scalar(db: Path, sql: str, params: tuple[object, ...] = ()) -> Any:
-    """Run a query that returns one value."""
-    result = rows(db, sql, params)
-    return result[0][0] if result else None

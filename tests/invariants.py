@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from tests.conftest import rows, scalar
+from tests.databases import Target, assert_intact, rows, scalar
 
 __all__ = ["assert_all_accounted_for", "assert_crawl_invariant"]
 
 
-def assert_all_accounted_for(db: Path) -> None:
-    """Assert that the file is intact and that every discovered URL is in `requests`, in a
+def assert_all_accounted_for(db: Target) -> None:
+    """Assert that the database is intact and that every discovered URL is in `requests`, in a
     terminal state, with a reason when it was not crawled, and that no lease is left.
 
     Holds after any number of runs that ended (finished, stopped, failed or interrupted and
     resumed to the end). "Discovered" means linked from a stored page (the `links` table),
     so it assumes a spider that follows every link, or `store_links` off.
     """
-    assert scalar(db, "PRAGMA integrity_check") == "ok"
+    assert_intact(db)
     states = dict(rows(db, "SELECT state, count(*) FROM requests GROUP BY state"))
     assert set(states) <= {"done", "failed", "skipped"}, states
     assert scalar(db, "SELECT count(*) FROM requests WHERE lease_owner IS NOT NULL") == 0
@@ -36,7 +35,7 @@ def assert_all_accounted_for(db: Path) -> None:
     )
 
 
-def assert_crawl_invariant(db: Path) -> dict[str, Any]:
+def assert_crawl_invariant(db: Target) -> dict[str, Any]:
     """Assert `assert_all_accounted_for`, and that the run's `crawls.stats` counts equal the
     tables' counts (pages, items, requests by state, errors by kind, statuses, skips by
     reason).

@@ -16,7 +16,7 @@ from aiohttp.test_utils import BaseTestServer, TestServer
 
 from crawler import crawl
 from crawler.cli.common import with_start_urls
-from tests.conftest import RunCli, rows, scalar
+from tests.conftest import RunCli, Target, rows, scalar
 from tests.invariants import assert_all_accounted_for
 from tests.sites import tree_app
 from tests.spiders import FollowAllSpider
@@ -51,14 +51,14 @@ async def two_hosts(
         yield one, two
 
 
-def admitted_by_host(db: Path) -> list[tuple[str, int]]:
+def admitted_by_host(db: Target) -> list[tuple[str, int]]:
     return rows(
         db,
         "SELECT host, count(*) FROM requests WHERE state != 'skipped' GROUP BY host ORDER BY host",
     )
 
 
-def assert_counters_match(db: Path) -> None:
+def assert_counters_match(db: Target) -> None:
     """`frontier_counts` and `hosts` equal the counts of `requests` they stand for."""
     total = scalar(db, "SELECT count(*) FROM requests WHERE state != 'skipped'")
     assert scalar(db, "SELECT admitted FROM frontier_counts") == total
@@ -102,7 +102,7 @@ async def test_max_pages_per_host_holds_across_processes(tmp_path: Path, run_cli
 
 
 async def test_counters_equal_the_counts_after_robots_skips_and_reopened_budget_skips(
-    db_path: Path,
+    database: Target,
 ) -> None:
     # robots.txt of the first host refuses /p/3, /p/30… /p/39, /p/300…: learnt when such a
     # request is claimed, after it was admitted and counted
@@ -110,16 +110,16 @@ async def test_counters_equal_the_counts_after_robots_skips_and_reopened_budget_
         spider = with_start_urls(FollowAllSpider, [str(s.make_url("/p/0")) for s in servers])
         for max_pages, per_host in ((30, 20), (70, 45), (0, 0)):
             settings = {**FAST, "max_pages": max_pages, "max_pages_per_host": per_host}
-            await crawl(spider, db=db_path, settings=settings)
-            assert_all_accounted_for(db_path)
-            assert_counters_match(db_path)
-            assert scalar(db_path, "SELECT count(*) FROM requests WHERE reason = 'robots'")
-            admitted = dict(admitted_by_host(db_path))
+            await crawl(spider, db=database, settings=settings)
+            assert_all_accounted_for(database)
+            assert_counters_match(database)
+            assert scalar(database, "SELECT count(*) FROM requests WHERE reason = 'robots'")
+            admitted = dict(admitted_by_host(database))
             if per_host:
                 assert max(admitted.values()) <= per_host
                 assert sum(admitted.values()) <= max_pages
                 assert scalar(
-                    db_path,
+                    database,
                     "SELECT count(*) FROM requests "
                     "WHERE reason IN ('max_pages', 'max_pages_per_host')",
                 )
@@ -127,15 +127,15 @@ async def test_counters_equal_the_counts_after_robots_skips_and_reopened_budget_
     # for what robots.txt refuses and the subtrees only reachable through it
     assert (
         scalar(
-            db_path,
+            database,
             "SELECT count(*) FROM requests WHERE reason IN ('max_pages', 'max_pages_per_host')",
         )
         == 0
     )
     refused = {n for n in range(200) if str(n).startswith("3")}
     reachable = [n for n in range(200) if not (ancestors(n) & refused)]
-    assert scalar(db_path, "SELECT count(*) FROM pages") == 200 + len(reachable)
-    assert scalar(db_path, "SELECT count(*) FROM requests WHERE reason = 'robots'") == len(
+    assert scalar(database, "SELECT count(*) FROM pages") == 200 + len(reachable)
+    assert scalar(database, "SELECT count(*) FROM requests WHERE reason = 'robots'") == len(
         [n for n in refused if not (ancestors(n) - {n}) & refused]
     )
 

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import typing
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any, Literal, NewType
+from typing import Annotated, Any, Final, Literal, NewType
 
 import pytest
 from aiohttp.test_utils import BaseTestServer, TestServer
 
 from crawler.store.columns import ColumnKind, column_kind, item_fields
-from tests.conftest import RunCli, rows, scalar
+from tests.conftest import RunCli, Target, rows, scalar
+from tests.databases import is_postgres
 from tests.sites import follow_app
 
 SPIDER = """
@@ -100,7 +102,7 @@ async def site() -> AsyncIterator[BaseTestServer]:
 
 
 async def crawl(
-    run_cli: RunCli, site: BaseTestServer, spider: Path, db: Path, start: str, *args: str
+    run_cli: RunCli, site: BaseTestServer, spider: Path, db: Target, start: str, *args: str
 ) -> None:
     result = await run_cli(
         "crawl", str(spider), "-o", str(db), "--start-url", str(site.make_url(start)), *args
@@ -108,32 +110,60 @@ async def crawl(
     assert result.code == 0, result.stderr
 
 
-def columns(db: Path, name: str) -> list[tuple[str, str]]:
+SQL_TYPES: Final = {
+    "sqlite": {"integer": "INTEGER", "text": "TEXT", "real": "REAL", "bool": "INTEGER"},
+    "postgresql": {
+        "integer": "bigint",
+        "text": "text",
+        "real": "double precision",
+        "bool": "bigint",  # 0 and 1 as in SQLite, so `WHERE even = 1` runs on both
+        "json": "jsonb",
+    },
+}
+"""Each column kind's declared type in each backend (SQLite keeps JSON as TEXT)."""
+
+
+def columns(db: Target, name: str) -> list[tuple[str, str]]:
+    """A table's or view's columns and declared types, in order."""
+    if is_postgres(db):
+        sql = (
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = current_schema() AND table_name = ? ORDER BY ordinal_position"
+        )
+        return [(str(r[0]), str(r[1])) for r in rows(db, sql, (name,))]
     return [(str(r[1]), str(r[2])) for r in rows(db, f'PRAGMA table_info("{name}")')]
 
 
+def sql_type(db: Target, kind: str) -> str:
+    types = SQL_TYPES["postgresql" if is_postgres(db) else "sqlite"]
+    return types.get(kind, types["text"])
+
+
 @pytest.fixture
-async def shapes_db(site: BaseTestServer, run_cli: RunCli, tmp_path: Path, db_path: Path) -> Path:
+async def shapes_db(
+    site: BaseTestServer, run_cli: RunCli, tmp_path: Path, database: Target
+) -> Target:
     spider = write_spider(tmp_path, version=1)
-    await crawl(run_cli, site, spider, db_path, "/p/0", "--max-pages", "10")
-    return db_path
+    await crawl(run_cli, site, spider, database, "/p/0", "--max-pages", "10")
+    return database
 
 
-async def test_dataclass_items_get_a_typed_table_with_a_column_per_field(shapes_db: Path) -> None:
+async def test_dataclass_items_get_a_typed_table_with_a_column_per_field(shapes_db: Target) -> None:
+    t = functools.partial(sql_type, shapes_db)
     assert columns(shapes_db, "page") == [
-        ("item_id", "INTEGER"),
-        ("number", "INTEGER"),
-        ("title", "TEXT"),
-        ("score", "REAL"),
-        ("even", "INTEGER"),
-        ("tags", "TEXT"),
-        ("extra", "TEXT"),
-        ("note", "TEXT"),
-        ("created_at_2", "TEXT"),  # the field; `created_at` is when the row was stored
-        ("page_url", "TEXT"),
-        ("crawl_id", "INTEGER"),
-        ("request_id", "INTEGER"),
-        ("created_at", "TEXT"),
+        ("item_id", t("integer")),
+        ("number", t("integer")),
+        ("title", t("text")),
+        ("score", t("real")),
+        ("even", t("bool")),
+        ("tags", t("json")),
+        ("extra", t("json")),
+        ("note", t("text")),
+        ("created_at_2", t("text")),  # the field; `created_at` is when the row was stored
+        ("page_url", t("text")),
+        ("crawl_id", t("integer")),
+        ("request_id", t("integer")),
+        ("created_at", t("text")),
     ]
     numbers = [r[0] for r in rows(shapes_db, "SELECT number FROM page ORDER BY number")]
     assert len(numbers) == 10
@@ -142,25 +172,23 @@ async def test_dataclass_items_get_a_typed_table_with_a_column_per_field(shapes_
         "SELECT number, title, score, even, tags, extra, note, created_at_2 FROM page "
         "WHERE number = ?"
     )
-    tags, extra = f'["t{even}","all"]', f'{{"n":{even}}}'
-    assert rows(shapes_db, sql, (even,)) == [
-        (even, f"Page {even}", even / 2, 1, tags, extra, "even", "yesterday")
-    ]
+    ((*plain, tags, extra, note, created),) = rows(shapes_db, sql, (even,))
+    assert plain == [even, f"Page {even}", even / 2, True]  # (SQLite's 1 == True)
+    assert (json.loads(tags), json.loads(extra)) == ([f"t{even}", "all"], {"n": even})
+    assert (note, created) == ("even", "yesterday")
     assert rows(shapes_db, "SELECT even, note FROM page WHERE number = ?", (odd,)) == [(0, None)]
-    # Typed values are real SQL types: numbers compare as numbers, JSON columns work with json_*.
-    assert scalar(shapes_db, "SELECT typeof(score) FROM page LIMIT 1") == "real"
-    assert scalar(shapes_db, "SELECT count(*) FROM page, json_each(page.tags)") == 20
-    assert (
-        scalar(shapes_db, "SELECT count(*) FROM page WHERE json_extract(extra, '$.n') = number")
-        == 10
-    )
+    # Typed values are real SQL types: numbers compare as numbers, JSON columns work with ->>.
+    assert scalar(shapes_db, "SELECT count(*) FROM page WHERE score * 2 = number") == 10
+    assert scalar(shapes_db, "SELECT count(*) FROM page WHERE tags ->> 0 = 't' || number") == 10
+    extra_n = "SELECT count(*) FROM page WHERE CAST(extra ->> 'n' AS INTEGER) = number"
+    assert scalar(shapes_db, extra_n) == 10
 
 
-async def test_typed_rows_are_also_in_items_and_linked_to_their_page(shapes_db: Path) -> None:
+async def test_typed_rows_are_also_in_items_and_linked_to_their_page(shapes_db: Target) -> None:
     assert scalar(shapes_db, "SELECT count(*) FROM items WHERE type = 'page'") == 10
     mismatched = """
         SELECT count(*) FROM page JOIN items ON items.id = page.item_id
-        WHERE items.type != 'page' OR json_extract(items.data, '$.title') != page.title
+        WHERE items.type != 'page' OR items.data ->> 'title' != page.title
            OR items.request_id != page.request_id OR items.page_url != page.page_url
            OR items.created_at != page.created_at
     """
@@ -174,22 +202,22 @@ async def test_typed_rows_are_also_in_items_and_linked_to_their_page(shapes_db: 
     assert stats["items_by_type"] == {"items": 10, "listing": 10, "page": 10}
 
 
-async def test_name_clashes_declared_types_and_the_registry(shapes_db: Path) -> None:
+async def test_name_clashes_declared_types_and_the_registry(shapes_db: Target) -> None:
     registry = rows(shapes_db, "SELECT type, kind, name, json_columns FROM item_tables ORDER BY 1")
-    assert registry == [
-        ("declared", "table", "declared", "[]"),
-        ("items", "table", "items_items", "[]"),  # `items` is the crawler's own table
-        ("listing", "view", "listing_view", "[]"),
-        ("page", "table", "page", '["tags", "extra"]'),
+    assert [(*row[:3], json.loads(row[3])) for row in registry] == [
+        ("declared", "table", "declared", []),
+        ("items", "table", "items_items", []),  # `items` is the crawler's own table
+        ("listing", "view", "listing_view", []),
+        ("page", "table", "page", ["tags", "extra"]),
     ]
     assert scalar(shapes_db, "SELECT count(*) FROM items_items") == 10
-    assert columns(shapes_db, "declared")[1] == ("name", "TEXT")
+    assert columns(shapes_db, "declared")[1] == ("name", sql_type(shapes_db, "text"))
     assert scalar(shapes_db, "SELECT count(*) FROM declared") == 0  # declared, never yielded
     mapping = json.loads(scalar(shapes_db, "SELECT columns FROM item_tables WHERE name = 'page'"))
     assert mapping["created_at"] == "created_at_2"
 
 
-async def test_dict_items_get_a_view_with_a_column_per_key(shapes_db: Path) -> None:
+async def test_dict_items_get_a_view_with_a_column_per_key(shapes_db: Target) -> None:
     assert [c for c, _ in columns(shapes_db, "listing_view")] == [
         "item_id",
         "url",
@@ -201,7 +229,7 @@ async def test_dict_items_get_a_view_with_a_column_per_key(shapes_db: Path) -> N
         "created_at",
     ]
     odd = scalar(shapes_db, "SELECT count(*) FROM page WHERE number % 2 = 1")
-    assert scalar(shapes_db, "SELECT count(*) FROM listing_view WHERE odd_only = 1") == odd
+    assert scalar(shapes_db, "SELECT count(*) FROM listing_view WHERE odd_only = TRUE") == odd
     assert scalar(shapes_db, "SELECT count(*) FROM listing_view WHERE url = page_url") == 10
     assert scalar(shapes_db, "SELECT sum(n) FROM listing_view") == scalar(
         shapes_db, "SELECT sum(number) FROM page"
@@ -209,7 +237,7 @@ async def test_dict_items_get_a_view_with_a_column_per_key(shapes_db: Path) -> N
 
 
 async def test_export_decodes_json_columns_and_reads_dict_types(
-    shapes_db: Path, run_cli: RunCli
+    shapes_db: Target, run_cli: RunCli
 ) -> None:
     typed = await run_cli("export", str(shapes_db), "--type", "page", "-f", "jsonl")
     assert typed.code == 0, typed.stderr
@@ -224,29 +252,29 @@ async def test_export_decodes_json_columns_and_reads_dict_types(
     assert header == "item_id,url,n,odd_only,page_url,crawl_id,request_id,created_at"
     assert len(lines) == 10
     assert sum(line.split(",")[3] == "true" for line in lines) == scalar(
-        shapes_db, "SELECT count(*) FROM listing_view WHERE odd_only = 1"
+        shapes_db, "SELECT count(*) FROM listing_view WHERE odd_only = TRUE"
     )
 
 
 async def test_a_new_field_adds_a_column_and_fresh_starts_over(
-    site: BaseTestServer, run_cli: RunCli, tmp_path: Path, db_path: Path
+    site: BaseTestServer, run_cli: RunCli, tmp_path: Path, database: Target
 ) -> None:
     v1, v2 = write_spider(tmp_path, version=1), write_spider(tmp_path, version=2)
-    await crawl(run_cli, site, v1, db_path, "/p/0", "--max-pages", "5")
-    await crawl(run_cli, site, v2, db_path, "/p/30", "--max-pages", "9")
-    assert [c for c, _ in columns(db_path, "page")][-1] == "rank"  # ALTER TABLE … ADD COLUMN
+    await crawl(run_cli, site, v1, database, "/p/0", "--max-pages", "5")
+    await crawl(run_cli, site, v2, database, "/p/30", "--max-pages", "9")
+    assert [c for c, _ in columns(database, "page")][-1] == "rank"  # ALTER TABLE … ADD COLUMN
     by_rank = rows(
-        db_path, "SELECT rank IS NULL, count(*) FROM page GROUP BY rank IS NULL ORDER BY 1"
+        database, "SELECT rank IS NULL, count(*) FROM page GROUP BY rank IS NULL ORDER BY 1"
     )
     assert by_rank == [(0, 4), (1, 5)]
-    assert scalar(db_path, "SELECT count(*) FROM page WHERE rank = number * 10") == 4
-    assert scalar(db_path, "SELECT count(*) FROM items WHERE type = 'page'") == 9
-    assert "late" in [c for c, _ in columns(db_path, "listing_view")]
-    assert scalar(db_path, "SELECT count(*) FROM listing_view WHERE late = 'yes'") == 4
-    await crawl(run_cli, site, v1, db_path, "/p/0", "--max-pages", "3", "--fresh")
-    assert "rank" not in [c for c, _ in columns(db_path, "page")]
-    assert "late" not in [c for c, _ in columns(db_path, "listing_view")]
-    assert scalar(db_path, "SELECT count(*) FROM page") == 3
+    assert scalar(database, "SELECT count(*) FROM page WHERE rank = number * 10") == 4
+    assert scalar(database, "SELECT count(*) FROM items WHERE type = 'page'") == 9
+    assert "late" in [c for c, _ in columns(database, "listing_view")]
+    assert scalar(database, "SELECT count(*) FROM listing_view WHERE late = 'yes'") == 4
+    await crawl(run_cli, site, v1, database, "/p/0", "--max-pages", "3", "--fresh")
+    assert "rank" not in [c for c, _ in columns(database, "page")]
+    assert "late" not in [c for c, _ in columns(database, "listing_view")]
+    assert scalar(database, "SELECT count(*) FROM page") == 3
 
 
 @dataclasses.dataclass

@@ -9,7 +9,6 @@ import json
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pytest
@@ -22,7 +21,7 @@ from crawler.engine.callbacks import serialise_item
 from crawler.spider.items import ItemProcessor, item_key
 from crawler.spider.validation import Invalid, validate_item
 from crawler.stats import render_summary
-from tests.conftest import rows, scalar
+from tests.conftest import Target, rows, scalar
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "progress_interval": 60.0}
 
@@ -245,18 +244,18 @@ def start(server: BaseTestServer) -> str:
 
 
 async def test_invalid_items_are_recorded_and_the_crawl_goes_on(
-    follow_site: BaseTestServer, db_path: Path
+    follow_site: BaseTestServer, database: Target
 ) -> None:
     stats = await crawl(
-        with_start_urls(ReadingSpider, [start(follow_site)]), db=db_path, settings=FAST
+        with_start_urls(ReadingSpider, [start(follow_site)]), db=database, settings=FAST
     )
 
     assert stats["pages"] == 60
-    assert stats["items"] == 40 == scalar(db_path, "SELECT count(*) FROM items")
+    assert stats["items"] == 40 == scalar(database, "SELECT count(*) FROM items")
     assert stats["items_dropped"] == {"invalid": 20}
-    assert scalar(db_path, "SELECT count(*) FROM item_errors") == 20
+    assert scalar(database, "SELECT count(*) FROM item_errors") == 20
     url, callback, item_type, field, message, data = rows(
-        db_path,
+        database,
         "SELECT url, callback, item_type, field, message, data FROM item_errors "
         "WHERE url LIKE '%/p/3'",
     )[0]
@@ -264,32 +263,27 @@ async def test_invalid_items_are_recorded_and_the_crawl_goes_on(
     assert (callback, item_type, field) == ("parse", "reading", "price")
     assert message == "price: expected float, got '£3' (str)"
     assert json.loads(str(data)) == {"page": "3", "price": "£3", "title": "Page 3"}
-    stored = rows(
-        db_path,
-        "SELECT json_extract(data, '$.page'), json_extract(data, '$.price'), "
-        "typeof(json_extract(data, '$.price')) FROM items WHERE json_extract(data, '$.page') = 4",
-    )
-    assert stored == [(4, 4.5, "real")]  # "4" and "4.50" were converted
-    assert scalar(db_path, "SELECT stats FROM crawls") == json.dumps(stats)
+    stored = [json.loads(str(r[0])) for r in rows(database, "SELECT data FROM items")]
+    (four,) = [(d["page"], d["price"]) for d in stored if d["page"] == 4]
+    assert four == (4, 4.5) and isinstance(four[1], float)  # "4" and "4.50" were converted
+    assert json.loads(scalar(database, "SELECT stats FROM crawls")) == stats
 
 
 async def test_process_item_changes_drops_and_fails_items(
-    follow_site: BaseTestServer, db_path: Path
+    follow_site: BaseTestServer, database: Target
 ) -> None:
     spider = with_start_urls(ProcessingSpider, [start(follow_site)])
-    stats = await crawl(spider, db=db_path, settings=FAST)
+    stats = await crawl(spider, db=database, settings=FAST)
 
-    pages = [
-        int(str(r[0])) for r in rows(db_path, "SELECT json_extract(data, '$.page') FROM items")
-    ]
+    pages = [int(str(r[0])) for r in rows(database, "SELECT data ->> 'page' FROM items")]
     expected = [n for n in range(60) if n % 2 == 0 and n % 3 != 0 and n != 10]
     assert sorted(pages) == expected
-    titles = {str(r[0]) for r in rows(db_path, "SELECT json_extract(data, '$.title') FROM items")}
+    titles = {str(r[0]) for r in rows(database, "SELECT data ->> 'title' FROM items")}
     assert titles == {f"PAGE {n}" for n in expected}
     odd_valid = [n for n in range(60) if n % 2 == 1 and n % 3 != 0]
     assert stats["items_dropped"] == {"invalid": 20, "process_item": len(odd_valid)}
     assert stats["items"] == len(expected)
-    errors = rows(db_path, "SELECT url, kind, callback, message FROM errors")
+    errors = rows(database, "SELECT url, kind, callback, message FROM errors")
     assert len(errors) == 1
     assert str(errors[0][0]).endswith("/p/10")
     assert errors[0][1:] == (
@@ -314,31 +308,29 @@ class KeyedSpider(Spider):
 
 
 async def test_items_are_deduplicated_across_a_resume(
-    follow_site: BaseTestServer, db_path: Path
+    follow_site: BaseTestServer, database: Target
 ) -> None:
     spider = with_start_urls(KeyedSpider, [start(follow_site)])
-    first = await crawl(spider, db=db_path, settings={**FAST, "max_pages": 12})
-    first_keys = {
-        int(str(r[0])) for r in rows(db_path, "SELECT json_extract(data, '$.key') FROM items")
-    }
+    first = await crawl(spider, db=database, settings={**FAST, "max_pages": 12})
+    first_keys = {int(str(r[0])) for r in rows(database, "SELECT data ->> 'key' FROM items")}
     assert first["pages"] == 12
-    assert first["items"] == len(first_keys) == scalar(db_path, "SELECT count(*) FROM item_keys")
+    assert first["items"] == len(first_keys) == scalar(database, "SELECT count(*) FROM item_keys")
 
-    second = await crawl(spider, db=db_path, settings=FAST)  # resumes: the other 48 pages
+    second = await crawl(spider, db=database, settings=FAST)  # resumes: the other 48 pages
 
-    assert scalar(db_path, "SELECT count(*) FROM pages") == 60
-    keys = rows(db_path, "SELECT json_extract(data, '$.key'), count(*) FROM items GROUP BY 1")
-    assert keys == [(k, 1) for k in range(10)]
+    assert scalar(database, "SELECT count(*) FROM pages") == 60
+    keys = rows(database, "SELECT data ->> 'key', count(*) FROM items GROUP BY 1")
+    assert sorted((int(str(k)), n) for k, n in keys) == [(k, 1) for k in range(10)]
     assert second["items"] == 10 - len(first_keys)
     assert second["items_dropped"]["duplicate"] == 48 - second["items"]
     assert first["items_dropped"].get("duplicate", 0) + second["items_dropped"]["duplicate"] == 50
-    assert rows(db_path, "SELECT type, key FROM item_keys ORDER BY key") == [
+    assert rows(database, "SELECT type, key FROM item_keys ORDER BY key") == [
         ("item", f"[{k}]") for k in range(10)
     ]
 
-    third = await crawl(spider, db=db_path, settings=FAST, fresh=True)  # --fresh forgets keys
+    third = await crawl(spider, db=database, settings=FAST, fresh=True)  # --fresh forgets keys
     assert third["items"] == 10
-    assert scalar(db_path, "SELECT count(*) FROM item_keys") == 10
+    assert scalar(database, "SELECT count(*) FROM item_keys") == 10
 
 
 @dataclass
@@ -370,10 +362,10 @@ class MissingKeySpider(PerTypeSpider):
 
 
 async def test_dedupe_items_by_can_name_fields_per_item_type(
-    follow_site: BaseTestServer, db_path: Path
+    follow_site: BaseTestServer, database: Target
 ) -> None:
     stats = await crawl(
-        with_start_urls(PerTypeSpider, [start(follow_site)]), db=db_path, settings=FAST
+        with_start_urls(PerTypeSpider, [start(follow_site)]), db=database, settings=FAST
     )
 
     assert stats["items_by_type"] == {"item": 60, "mark": 4}
@@ -381,14 +373,14 @@ async def test_dedupe_items_by_can_name_fields_per_item_type(
 
 
 async def test_an_item_without_its_key_field_is_an_item_error(
-    follow_site: BaseTestServer, db_path: Path
+    follow_site: BaseTestServer, database: Target
 ) -> None:
     spider = with_start_urls(MissingKeySpider, [start(follow_site)])
-    stats = await crawl(spider, db=db_path, settings=FAST)
+    stats = await crawl(spider, db=database, settings=FAST)
 
     assert stats["items_by_type"] == {"mark": 4}
     assert stats["items_dropped"] == {"duplicate": 56, "invalid": 60}
-    assert rows(db_path, "SELECT DISTINCT item_type, field, message FROM item_errors") == [
+    assert rows(database, "SELECT DISTINCT item_type, field, message FROM item_errors") == [
         ("odd", "missing", "de-duplication field(s) missing: missing")
     ]
 

@@ -14,7 +14,7 @@ from aiohttp.test_utils import BaseTestServer, TestServer
 
 from crawler import crawl
 from crawler.cli.common import with_start_urls
-from tests.conftest import RunCli, rows, scalar
+from tests.conftest import RunCli, Target, rows, scalar
 from tests.polite_sites import VISITS, Gauge, Visits, pages_app
 from tests.spiders import FollowAllSpider
 
@@ -44,22 +44,22 @@ def spider_for(*servers: BaseTestServer) -> type[FollowAllSpider]:
 
 
 async def test_concurrency_per_host_caps_each_host_while_hosts_run_side_by_side(
-    db_path: Path,
+    database: Target,
 ) -> None:
     across = Gauge()
     apps = [pages_app(12, latency=0.1, shared=across) for _ in range(3)]
     async with serve(*apps) as servers:
         settings = {**FAST, "concurrency": 8, "concurrency_per_host": 2, "autothrottle": False}
-        stats = await crawl(spider_for(*servers), db=db_path, settings=settings)
+        stats = await crawl(spider_for(*servers), db=database, settings=settings)
     assert stats["pages"] == 3 * 13
     assert [visits(server).gauge.peak for server in servers] == [2, 2, 2]
     assert across.peak > 2  # the hosts were crawled at the same time, not one after another
 
 
-async def test_delay_per_host_spaces_the_requests_each_host_receives(db_path: Path) -> None:
+async def test_delay_per_host_spaces_the_requests_each_host_receives(database: Target) -> None:
     async with serve(pages_app(5), pages_app(5)) as servers:
         settings = {**FAST, "concurrency": 8, "delay_per_host": 0.2, "autothrottle": False}
-        stats = await crawl(spider_for(*servers), db=db_path, settings=settings)
+        stats = await crawl(spider_for(*servers), db=database, settings=settings)
     assert stats["pages"] == 12
     for server in servers:
         arrivals = visits(server).times()
@@ -67,34 +67,34 @@ async def test_delay_per_host_spaces_the_requests_each_host_receives(db_path: Pa
         assert min(gaps(arrivals)) >= 0.18
 
 
-async def test_crawl_delay_in_robots_txt_is_honoured(db_path: Path) -> None:
+async def test_crawl_delay_in_robots_txt_is_honoured(database: Target) -> None:
     robots = "User-agent: *\nCrawl-delay: 0.3\n"
     async with serve(pages_app(4, robots=robots)) as (server,):
         settings = {**FAST, "concurrency": 8}
-        stats = await crawl(spider_for(server), db=db_path, settings=settings)
+        stats = await crawl(spider_for(server), db=database, settings=settings)
     assert stats["pages"] == 5
     assert min(gaps(visits(server).times())) >= 0.27
-    assert rows(db_path, "SELECT crawl_delay, outcome FROM robots") == [(0.3, "rules")]
+    assert rows(database, "SELECT crawl_delay, outcome FROM robots") == [(0.3, "rules")]
 
 
-async def test_crawl_delay_is_capped_by_crawl_delay_max(db_path: Path) -> None:
+async def test_crawl_delay_is_capped_by_crawl_delay_max(database: Target) -> None:
     robots = "User-agent: *\nCrawl-delay: 3600\n"
     async with serve(pages_app(3, robots=robots)) as (server,):
         settings = {**FAST, "crawl_delay_max": 0.15, "autothrottle": False}
-        stats = await crawl(spider_for(server), db=db_path, settings=settings)
+        stats = await crawl(spider_for(server), db=database, settings=settings)
     assert stats["pages"] == 4
     assert min(gaps(visits(server).times())) >= 0.13
 
 
-async def test_429_pauses_only_that_host_which_then_speeds_back_up(db_path: Path) -> None:
+async def test_429_pauses_only_that_host_which_then_speeds_back_up(database: Target) -> None:
     throttled = pages_app(12, latency=0.02, too_many={"/p/2": 1}, retry_after="1")
     other = pages_app(40, latency=0.05)
     async with serve(throttled, other) as (host_a, host_b):
         settings = {"progress_interval": 60.0, "concurrency": 4, "concurrency_per_host": 2}
-        stats = await crawl(spider_for(host_a, host_b), db=db_path, settings=settings)
+        stats = await crawl(spider_for(host_a, host_b), db=database, settings=settings)
     assert stats["pages"] == 13 + 41
     assert stats["requests_failed"] == 0
-    assert rows(db_path, "SELECT kind, message FROM errors") == [("http_status", "HTTP 429")]
+    assert rows(database, "SELECT kind, message FROM errors") == [("http_status", "HTTP 429")]
     answered_429 = next(at for at, _, status in visits(host_a).answers if status == 429)
     after = [at for at in visits(host_a).times() if at > answered_429]
     pause, *then = gaps([answered_429, *after])
@@ -105,13 +105,13 @@ async def test_429_pauses_only_that_host_which_then_speeds_back_up(db_path: Path
     assert len(during) >= 5  # host B went on meanwhile
 
 
-async def test_a_slow_host_does_not_hold_up_a_fast_one(db_path: Path) -> None:
+async def test_a_slow_host_does_not_hold_up_a_fast_one(database: Target) -> None:
     slow = pages_app(6, latency=0.4)
     fast = pages_app(30)
     async with serve(slow, fast) as (slow_server, fast_server):
         settings = {**FAST, "concurrency": 4, "concurrency_per_host": 2}
         # the slow host's links are discovered first
-        stats = await crawl(spider_for(slow_server, fast_server), db=db_path, settings=settings)
+        stats = await crawl(spider_for(slow_server, fast_server), db=database, settings=settings)
     assert stats["pages"] == 7 + 31
     slow_pages = [at for at, path, _ in visits(slow_server).answers if path.startswith("/p/")]
     fast_pages = [at for at, path, _ in visits(fast_server).answers if path.startswith("/p/")]
@@ -119,7 +119,7 @@ async def test_a_slow_host_does_not_hold_up_a_fast_one(db_path: Path) -> None:
     assert max(fast_pages) < sorted(slow_pages)[2]
 
 
-async def test_a_host_with_a_long_queue_does_not_delay_the_others(db_path: Path) -> None:
+async def test_a_host_with_a_long_queue_does_not_delay_the_others(database: Target) -> None:
     """One FIFO queue in discovery order would fetch all 40 pages of the first host first."""
     crowded = pages_app(40, latency=0.05)
     other = pages_app(3)
@@ -131,22 +131,22 @@ async def test_a_host_with_a_long_queue_does_not_delay_the_others(db_path: Path)
             "autothrottle": False,
             "queue_window": 20,
         }
-        await crawl(spider_for(crowded_server, other_server), db=db_path, settings=settings)
+        await crawl(spider_for(crowded_server, other_server), db=database, settings=settings)
     other_done = max(at for at, path, _ in visits(other_server).answers if path.startswith("/p/"))
     crowded_pages = [at for at, p, _ in visits(crowded_server).answers if p.startswith("/p/")]
     assert sum(1 for at in crowded_pages if at < other_done) < 10
 
 
-async def test_every_skip_is_counted_in_the_summary_and_the_table(db_path: Path) -> None:
+async def test_every_skip_is_counted_in_the_summary_and_the_table(database: Target) -> None:
     robots = "User-agent: *\nDisallow: /p/1\n"
     async with serve(pages_app(3, robots=robots)) as (server,):
-        stats = await crawl(spider_for(server), db=db_path, settings={**FAST, "max_pages": 3})
+        stats = await crawl(spider_for(server), db=database, settings={**FAST, "max_pages": 3})
     table = dict(
-        rows(db_path, "SELECT reason, count(*) FROM requests WHERE state = 'skipped' GROUP BY 1")
+        rows(database, "SELECT reason, count(*) FROM requests WHERE state = 'skipped' GROUP BY 1")
     )
     assert stats["skipped"]["robots"] == table["robots"] == 1
     assert stats["skipped"]["max_pages"] == table["max_pages"] == 1
-    assert scalar(db_path, "SELECT count(*) FROM pages") == 2
+    assert scalar(database, "SELECT count(*) FROM pages") == 2
 
 
 @pytest.mark.parametrize("extra", [[], ["--concurrency", "3"]])

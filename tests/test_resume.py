@@ -1,12 +1,14 @@
 """Interrupt a crawl in every way — Ctrl-C, kill -9 at several moments — resume, lose nothing.
 
 Each test runs the crawler as a real subprocess against a local server and compares the final
-pages and items with those of an uninterrupted crawl.
+pages and items with those of an uninterrupted crawl (into a SQLite file). Those that matter for
+both backends run on a SQLite file and on a PostgreSQL database (the `database` fixture).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sqlite3
@@ -15,12 +17,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import asyncpg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
 
 from tests import sites
-from tests.conftest import ROOT, rows, scalar
+from tests.conftest import ROOT, Target, rows, scalar
+from tests.databases import assert_intact, is_postgres
 
 PAGES = 240
 
@@ -36,7 +40,7 @@ async def tree() -> AsyncIterator[BaseTestServer]:
         yield server
 
 
-def crawl_args(server: BaseTestServer, db: Path) -> list[str]:
+def crawl_args(server: BaseTestServer, db: Target) -> list[str]:
     return [
         "-m",
         "crawler",
@@ -55,7 +59,7 @@ def crawl_args(server: BaseTestServer, db: Path) -> list[str]:
     ]
 
 
-async def start_crawl(server: BaseTestServer, db: Path) -> asyncio.subprocess.Process:
+async def start_crawl(server: BaseTestServer, db: Target) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         *crawl_args(server, db),
@@ -65,27 +69,47 @@ async def start_crawl(server: BaseTestServer, db: Path) -> asyncio.subprocess.Pr
     )
 
 
-async def run_to_end(server: BaseTestServer, db: Path) -> None:
+async def run_to_end(server: BaseTestServer, db: Target) -> None:
     process = await start_crawl(server, db)
     async with asyncio.timeout(90):
         _, stderr = await process.communicate()
     assert process.returncode == 0, stderr.decode()
 
 
-def snapshot(db: Path) -> tuple[Counter[str], Counter[tuple[str, str]]]:
-    """Pages by URL and items by (page URL, data) — with counts, so duplicates show."""
+def snapshot(db: Target) -> tuple[Counter[str], Counter[tuple[str, str]]]:
+    """Pages by URL and items by (page URL, data) — with counts, so duplicates show. The
+    data as JSON with sorted keys: PostgreSQL's jsonb orders them its own way."""
     pages = Counter(str(r[0]) for r in rows(db, "SELECT url FROM pages"))
-    items = Counter((str(r[0]), str(r[1])) for r in rows(db, "SELECT page_url, data FROM items"))
+    items = Counter(
+        (str(r[0]), json.dumps(json.loads(r[1]), sort_keys=True))
+        for r in rows(db, "SELECT page_url, data FROM items")
+    )
     return pages, items
 
 
-def count_pages(db: Path) -> int:
-    if not db.exists():
-        return -1
+def exists(db: Target) -> bool:
+    """Whether the crawl has begun to store: the SQLite file exists, or PostgreSQL's
+    database has the `pages` table."""
+    if not is_postgres(db):
+        return Path(db).exists()
     try:
-        with sqlite3.connect(db, timeout=0.2) as conn:
-            return int(conn.execute("SELECT count(*) FROM pages").fetchone()[0])
-    except sqlite3.Error:
+        return scalar(db, "SELECT to_regclass('pages') IS NOT NULL") is True
+    except (asyncpg.PostgresError, OSError):
+        return False
+
+
+def count_pages(db: Target) -> int:
+    if not is_postgres(db):
+        if not Path(db).exists():
+            return -1
+        try:
+            with sqlite3.connect(db, timeout=0.2) as conn:
+                return int(conn.execute("SELECT count(*) FROM pages").fetchone()[0])
+        except sqlite3.Error:
+            return -1
+    try:
+        return int(scalar(db, "SELECT count(*) FROM pages"))
+    except (asyncpg.PostgresError, OSError):  # not created yet
         return -1
 
 
@@ -112,9 +136,9 @@ async def reference(
 
 
 async def test_sigint_then_resume_equals_an_uninterrupted_crawl(
-    tree: BaseTestServer, tmp_path: Path, reference: tuple[Counter[str], Counter[tuple[str, str]]]
+    tree: BaseTestServer, database: Target, reference: tuple[Counter[str], Counter[tuple[str, str]]]
 ) -> None:
-    db = tmp_path / "interrupted.db"
+    db = database
     process = await start_crawl(tree, db)
     await wait_until(lambda: count_pages(db) >= 60)
     process.send_signal(signal.SIGINT)
@@ -125,12 +149,12 @@ async def test_sigint_then_resume_equals_an_uninterrupted_crawl(
     assert count_pages(db) < PAGES
     await run_to_end(tree, db)
     assert snapshot(db) == reference
-    assert scalar(db, "PRAGMA integrity_check") == "ok"
+    assert_intact(db)
 
 
-Moment = Callable[[Path], bool]
+Moment = Callable[[Target], bool]
 MOMENTS: dict[str, Moment] = {
-    "as soon as the file exists": lambda db: db.exists(),
+    "as soon as the database exists": exists,
     "after the first pages": lambda db: count_pages(db) >= 5,
     "early in the crawl": lambda db: count_pages(db) >= 30,
     "mid-crawl": lambda db: count_pages(db) >= 110,
@@ -142,20 +166,20 @@ MOMENTS: dict[str, Moment] = {
 async def test_kill_9_then_resume_loses_nothing(
     moment: str,
     tree: BaseTestServer,
-    tmp_path: Path,
+    database: Target,
     reference: tuple[Counter[str], Counter[tuple[str, str]]],
 ) -> None:
-    db = tmp_path / "killed.db"
+    db = database
     process = await start_crawl(tree, db)
     await wait_until(lambda: MOMENTS[moment](db))
     process.send_signal(signal.SIGKILL)
     await process.wait()
     assert process.returncode == -signal.SIGKILL
-    if db.exists():
-        assert scalar(db, "PRAGMA integrity_check") == "ok"
+    if exists(db):
+        assert_intact(db)
     await run_to_end(tree, db)
     assert snapshot(db) == reference
-    assert scalar(db, "PRAGMA integrity_check") == "ok"
+    assert_intact(db)
     statuses = [r[0] for r in rows(db, "SELECT status FROM crawls ORDER BY id")]
     assert statuses[-1] == "finished"
     assert statuses[:-1] in ([], ["crashed"])

@@ -9,6 +9,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import asyncpg
 import click
 
 from crawler.cli.common import UserError
@@ -16,12 +17,13 @@ from crawler.cli.readonly import open_crawl_database
 from crawler.errors import QueryError, StorageFailure
 from crawler.results.warc import write_warc
 from crawler.store.archive import has_stored_bodies
+from crawler.store.pg_read import ReadConnection
 from crawler.store.schema import storage_error
 
 __all__ = ["export_warc"]
 
 
-def export_warc(database: Path, output: str) -> None:
+def export_warc(database: Path | str, output: str) -> None:
     """Write the pages of `database` whose bodies were stored to `output` (- is stdout)."""
     conn = open_crawl_database(database)
     try:
@@ -34,17 +36,18 @@ def export_warc(database: Path, output: str) -> None:
                 count = write_warc(conn, sys.stdout.buffer, gzip=True, filename="")
             else:
                 count = _to_file(conn, Path(output))
-        except sqlite3.Error as exc:
-            error = storage_error(database, exc, "read")
-            if isinstance(error, StorageFailure):
-                raise error from None
+        except (sqlite3.Error, asyncpg.PostgresError) as exc:
+            if isinstance(exc, sqlite3.Error) and isinstance(database, Path):
+                error = storage_error(database, exc, "read")
+                if isinstance(error, StorageFailure):
+                    raise error from None
             raise QueryError(f"cannot export pages as WARC: {exc}") from None
     finally:
         conn.close()
     click.echo(f"exported {count:,} pages as WARC records to {output}", err=True)
 
 
-def _to_file(conn: sqlite3.Connection, path: Path) -> int:
+def _to_file(conn: ReadConnection, path: Path) -> int:
     partial = path.with_name(path.name + ".part")
     compress = not path.name.lower().endswith(".warc")
     try:

@@ -22,6 +22,7 @@ from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Final
 
+import asyncpg
 import click
 from rich.console import Console
 from rich.logging import RichHandler
@@ -32,9 +33,12 @@ from crawler.errors import ConfigError, CrawlerError, StorageError, StorageFailu
 from crawler.links import normalise_domain
 from crawler.settings import LoadedSettings, load_settings, read_config_file
 from crawler.spider.base import Spider
+from crawler.store.pg_read import PgReader
+from crawler.store.pg_schema import is_postgres_url, pg_error
 from crawler.store.schema import storage_error
 
 __all__ = [
+    "DATABASE",
     "DEFAULT_CONFIG",
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
@@ -124,7 +128,24 @@ def check_starts_somewhere(spider: type[Spider]) -> None:
 _SHOWN_REASONS: Final = 3
 
 
-def failed_start(db: Path, after_run: int, pages: int) -> str | None:
+class DatabaseTarget(click.ParamType):  # type: ignore[type-arg]
+    """A crawl database on the command line: a file path, or a PostgreSQL URL kept as text."""
+
+    name = "database"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Path | str:
+        if isinstance(value, Path):
+            return value
+        text = str(value)
+        return text if is_postgres_url(text) else Path(text)
+
+
+DATABASE: Final = DatabaseTarget()
+
+
+def failed_start(db: Path | str, after_run: int, pages: int) -> str | None:
     """Why the crawl in `db` failed at its start, or None when it did not.
 
     It did when the runs after `after_run` fetched no page (`pages`) while every start
@@ -137,39 +158,55 @@ def failed_start(db: Path, after_run: int, pages: int) -> str | None:
     """
     if pages:
         return None
-    try:
-        with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
-            conn.execute("PRAGMA busy_timeout = 10000")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                starts = conn.execute(
-                    "SELECT state, reason FROM requests"
-                    " WHERE parent_id IS NULL AND state != 'skipped'"
-                ).fetchall()
-                if not starts or any(state != "failed" for state, _ in starts):
-                    return None
-                reasons = list(dict.fromkeys(" ".join((r or "?").split()) for _, r in starts))
-                why = "; ".join(reasons[:_SHOWN_REASONS])
-                if len(reasons) > _SHOWN_REASONS:
-                    why += f"; {len(reasons) - _SHOWN_REASONS} more"
-                message = f"every start request failed ({why})"
-                conn.execute(
-                    "UPDATE requests SET state = 'pending', reason = NULL, attempts = 0,"
-                    " not_before = NULL, finished_at = NULL"
-                    " WHERE parent_id IS NULL AND state = 'failed'"
-                )
-                conn.execute(
-                    "UPDATE crawls SET status = 'failed', reason = ?"
-                    " WHERE id > ? AND status = 'finished'",
-                    (message[:500], after_run),
-                )
-                conn.execute("COMMIT")
-            finally:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-    except sqlite3.Error as exc:
-        raise storage_error(db, exc, "write") from None
+    if isinstance(db, str):
+        reader = PgReader(db, write=True)
+        try:
+            message = _reset_failed_starts(reader, after_run)
+        except asyncpg.PostgresError as exc:
+            raise pg_error(db, exc, "write") from None
+        finally:
+            reader.close()  # commits
+    else:
+        try:
+            with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+                conn.execute("PRAGMA busy_timeout = 10000")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    message = _reset_failed_starts(conn, after_run)
+                    conn.execute("COMMIT")
+                finally:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise storage_error(db, exc, "write") from None
+    if message is None:
+        return None
     return f"{message}; run the same command again to retry them"
+
+
+def _reset_failed_starts(conn: sqlite3.Connection | PgReader, after_run: int) -> str | None:
+    """Put failed start requests back to pending and mark the runs failed, when every start
+    request failed; return why (None when some did not fail)."""
+    starts = conn.execute(
+        "SELECT state, reason FROM requests WHERE parent_id IS NULL AND state != 'skipped'"
+    ).fetchall()
+    if not starts or any(state != "failed" for state, _ in starts):
+        return None
+    reasons = list(dict.fromkeys(" ".join((r or "?").split()) for _, r in starts))
+    why = "; ".join(reasons[:_SHOWN_REASONS])
+    if len(reasons) > _SHOWN_REASONS:
+        why += f"; {len(reasons) - _SHOWN_REASONS} more"
+    message = f"every start request failed ({why})"
+    conn.execute(
+        "UPDATE requests SET state = 'pending', reason = NULL, attempts = 0,"
+        " not_before = NULL, finished_at = NULL"
+        " WHERE parent_id IS NULL AND state = 'failed'"
+    )
+    conn.execute(
+        "UPDATE crawls SET status = 'failed', reason = ? WHERE id > ? AND status = 'finished'",
+        (message[:500], after_run),
+    )
+    return message
 
 
 def with_start_urls(spider: type[Spider], urls: Sequence[str]) -> type[Spider]:
@@ -246,14 +283,23 @@ def run_with_signals(
     except (KeyboardInterrupt, asyncio.CancelledError):
         click.echo("crawl cancelled; the database holds everything committed so far", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except (StorageError, sqlite3.Error) as exc:
+    except (StorageError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
         # open_database translates its own errors; the run's first writes (starting the
         # run, declaring item tables) come after it and may meet a full disk too.
-        error = exc if isinstance(exc, StorageError) else storage_error(run.db, exc, "write")
+        error = _storage_error(run.db, exc)
         if not run.started:
             raise error from None  # user_errors: a wrong file 2, failing storage 1
         click.echo(f"error: {error}", err=True)
         sys.exit(EXIT_FAILURE)
+
+
+def _storage_error(db: Path | str, exc: Exception) -> StorageError:
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(db, str):
+        return pg_error(db, exc, "write")
+    assert isinstance(exc, sqlite3.Error)
+    return storage_error(db, exc, "write")
 
 
 def _tune_garbage_collector() -> None:

@@ -22,6 +22,7 @@ from rich.table import Column, Table
 
 from crawler.cli.bench import bench
 from crawler.cli.common import (
+    DATABASE,
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     check_start_url,
@@ -38,8 +39,9 @@ from crawler.cli.readonly import open_read_only, read_crawl_database
 from crawler.cli.results import export, parse, query, reparse, stats
 from crawler.cli.spiders import new, record, serve_demo
 from crawler.engine.crawl import Crawl
-from crawler.engine.processes import combined_summary, last_run_id, run_processes
+from crawler.engine.processes import run_processes
 from crawler.engine.recrawl import requeue
+from crawler.engine.summary import combined_summary, last_run_id
 from crawler.errors import ConfigError
 from crawler.host_rules import host_pattern, matching_values
 from crawler.links import host_of
@@ -49,6 +51,9 @@ from crawler.settings import LoadedSettings, Settings, describe_settings
 from crawler.spider.base import Spider
 from crawler.spider.discovery import find_spider, spider_catalogue, spider_reference
 from crawler.stats import render_summary
+from crawler.store.backends import open_store
+from crawler.store.pg_runs import empty_pg_database
+from crawler.store.pg_schema import open_pg
 from crawler.store.schema import open_database
 from crawler.version import __version__
 
@@ -64,7 +69,11 @@ def cli() -> None:
 @cli.command()
 @click.argument("spider")
 @click.option(
-    "-o", "--output", type=click.Path(path_type=Path), help="Database file [<spider>.db]."
+    "-o",
+    "--output",
+    type=DATABASE,
+    help="Database file, or a PostgreSQL URL postgresql://USER@HOST:PORT/DB shared by workers "
+    "on many machines [setting database, else <spider>.db].",
 )
 @click.option(
     "-s",
@@ -110,7 +119,7 @@ def cli() -> None:
 )
 def crawl(
     spider: str,
-    output: Path | None,
+    output: Path | str | None,
     assignments: tuple[str, ...],
     max_pages: int | None,
     concurrency: int | None,
@@ -142,7 +151,9 @@ def crawl(
             Console().print(_settings_table(loaded))
             return
         check_starts_somewhere(spider_class)
-        db = output or Path(f"{spider_class.name}.db")
+        db = output or DATABASE.convert(
+            loaded.settings.database or f"{spider_class.name}.db", None, None
+        )
         if processes > 1:
             _crawl_in_processes(processes, db, fresh, spider_class, loaded.settings, recrawl)
             return
@@ -168,17 +179,18 @@ def crawl(
 
 def _crawl_in_processes(
     count: int,
-    db: Path,
+    db: Path | str,
     fresh: bool,
     spider_class: type[Spider],
     settings: Settings,
     recrawl: bool,
 ) -> None:
     """Run this crawl in `count` processes over one database file, and print one summary."""
-    if fresh:
+    if fresh and isinstance(db, Path):
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
-    asyncio.run(_create_database(db))  # before the processes, which would race to create it
+    # Before the processes, which would race to create it (PostgreSQL: and to empty it)
+    asyncio.run(_create_database(db, fresh=fresh))
     after = last_run_id(db)
     # --recrawl re-queues once, here: a worker starting later would take the pages another
     # one has just fetched for due again.
@@ -193,7 +205,7 @@ def _crawl_in_processes(
         return EXIT_INTERRUPTED if run.status == "interrupted" else 0
 
     code = run_processes(count, crawl_one, db=db, shutdown_grace=settings.shutdown_grace)
-    if not db.exists():
+    if isinstance(db, Path) and not db.exists():
         sys.exit(code or 1)
     status, summary = combined_summary(db, after)
     summary["requeued"] = summary.get("requeued", 0) + requeued
@@ -205,18 +217,27 @@ def _crawl_in_processes(
     sys.exit(EXIT_FAILURE if failure else code)
 
 
-async def _create_database(db: Path) -> None:
-    """Create (or migrate) the database file, then close it."""
-    await (await open_database(db)).close()
-
-
-async def _requeue(db: Path, settings: Settings) -> int:
-    """Re-queue every page fetched before (`--recrawl`), then close the file."""
-    conn = await open_database(db)
+async def _create_database(db: Path | str, *, fresh: bool) -> None:
+    """Create (or migrate) the database, empty it when `fresh` (PostgreSQL: a file is
+    deleted instead), then close it."""
+    if isinstance(db, Path):
+        await (await open_database(db)).close()
+        return
+    conn = await open_pg(db)
     try:
-        return await requeue(conn, settings, recrawl=True)
+        if fresh:
+            await empty_pg_database(conn)
     finally:
         await conn.close()
+
+
+async def _requeue(db: Path | str, settings: Settings) -> int:
+    """Re-queue every page fetched before (`--recrawl`), then close the database."""
+    store = await open_store(db)
+    try:
+        return await requeue(store, settings, recrawl=True)
+    finally:
+        await store.close()
 
 
 @cli.command(name="list")
@@ -233,9 +254,9 @@ def list_spiders() -> None:
 
 
 @cli.command()
-@click.argument("database", type=click.Path(path_type=Path))
+@click.argument("database", type=DATABASE)
 @click.option("-f", "--format", "fmt", default="table", type=click.Choice(["table", "json"]))
-def status(database: Path, fmt: str) -> None:
+def status(database: Path | str, fmt: str) -> None:
     """Show the state of a crawl DATABASE: pending, done, failed, last activity.
 
     Safe to run while the crawl is running.
@@ -371,6 +392,7 @@ def demo(output: Path, books: int, days: int) -> None:
         conn = open_read_only(output)
     try:
         cursor = conn.execute(DEMO_QUERY)
+        assert cursor.description is not None  # a SELECT
         columns = [d[0] for d in cursor.description]
         write_rows(columns, cursor, fmt="table", out=sys.stdout, console=out)
     finally:

@@ -11,7 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Final, TypeVar
 
+import asyncpg
+
 from crawler.errors import StorageError
+from crawler.store.pg_read import PgReader, ReadConnection
+from crawler.store.pg_schema import PG_SCHEMA_VERSION, pg_error, redact
 from crawler.store.schema import check_crawl_database, storage_error
 
 T = TypeVar("T")
@@ -20,8 +24,8 @@ __all__ = ["ReadOnlyGuard", "open_crawl_database", "open_read_only"]
 
 
 def open_read_only(
-    path: Path, *, write: bool = False, guard: ReadOnlyGuard | None = None
-) -> sqlite3.Connection:
+    path: Path | str, *, write: bool = False, guard: ReadOnlyGuard | None = None
+) -> ReadConnection:
     """Open an existing SQLite file, read-only unless `write`. Read-only, the connection
     cannot write any file at all, this one or another: `?mode=ro` and a ReadOnlyGuard
     (`guard`, if given, to learn why a statement was refused).
@@ -30,6 +34,8 @@ def open_read_only(
         StorageError: the file does not exist or is not an SQLite database (StorageFailure:
             it cannot be read).
     """
+    if isinstance(path, str):  # PostgreSQL: a READ ONLY transaction, unless `write`
+        return PgReader(path, write=write)
     if not path.is_file():
         raise StorageError(f"no such database file: {path}")
     uri = path.resolve().as_uri() + ("?mode=rw" if write else "?mode=ro")
@@ -48,20 +54,25 @@ def open_read_only(
     return conn
 
 
-def read_crawl_database(path: Path, read: Callable[[sqlite3.Connection], T]) -> T:
+def read_crawl_database(path: Path | str, read: Callable[[ReadConnection], T]) -> T:
     """Open a crawl database read-only (`open_crawl_database`), return `read(conn)` and close
-    it; an SQLite error while reading is a `StorageError` naming the file."""
+    it; a database error while reading is a `StorageError` naming the file."""
     conn = open_crawl_database(path)
     try:
         return read(conn)
     except sqlite3.Error as exc:
-        raise storage_error(path, exc, "read") from None
+        raise storage_error(Path(path), exc, "read") from None
+    except asyncpg.PostgresError as exc:
+        raise pg_error(str(path), exc, "read") from None
     finally:
         conn.close()
 
 
-def open_crawl_database(path: Path) -> sqlite3.Connection:
-    """Open a crawl database read-only, refusing other SQLite files and newer schemas."""
+def open_crawl_database(path: Path | str) -> ReadConnection:
+    """Open a crawl database read-only, refusing other SQLite files and newer schemas (and
+    PostgreSQL databases that hold no crawl or one of a newer schema)."""
+    if isinstance(path, str):
+        return _open_pg_crawl(path)
     conn = open_read_only(path)
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -74,6 +85,24 @@ def open_crawl_database(path: Path) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _open_pg_crawl(url: str) -> PgReader:
+    reader = PgReader(url)
+    try:
+        found = reader.execute("SELECT to_regclass('crawler_schema') IS NOT NULL").fetchone()
+        if not found[0]:
+            raise StorageError(f"{redact(url)} is not a crawl database")
+        version = int(reader.execute("SELECT version FROM crawler_schema").fetchone()[0])
+        if version > PG_SCHEMA_VERSION:
+            raise StorageError(
+                f"{redact(url)} has schema version {version}, newer than this crawler's "
+                f"{PG_SCHEMA_VERSION}: use a newer crawler"
+            )
+    except BaseException:
+        reader.close()
+        raise
+    return reader
 
 
 _READ_ACTIONS: Final = frozenset(

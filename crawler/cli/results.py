@@ -22,12 +22,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Final, Literal
 
+import asyncpg
 import click
 from rich.console import Console
 from rich.table import Table
 
 from crawler.cli.archive import export_warc
 from crawler.cli.common import (
+    DATABASE,
     EXIT_INTERRUPTED,
     UserError,
     check_start_url,
@@ -43,6 +45,7 @@ from crawler.cli.readonly import (
     read_crawl_database,
 )
 from crawler.engine.parse_page import ParsedPage, parse_page
+from crawler.engine.pg_reparse import reparse_postgres
 from crawler.engine.reparse import ReparseSummary
 from crawler.engine.reparse import reparse as reparse_database
 from crawler.engine.reparse_workers import ReparseWorkerDied
@@ -71,15 +74,19 @@ def _stdout_pipe() -> Iterator[None]:
         sys.exit(1)
 
 
-def _sql_error(exc: Exception, database: Path, guard: ReadOnlyGuard | None) -> CrawlerError:
+def _sql_error(exc: Exception, database: Path | str, guard: ReadOnlyGuard | None) -> CrawlerError:
     """What went wrong with a query: a statement refused without --write, the storage
     failing (a read-only file or a full disk under --write), or the SQL."""
     message = str(exc)
+    if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):
+        return QueryError(f"the database is open read-only ({message}); add --write to allow it")
+    if isinstance(database, str):
+        return QueryError(f"SQL error: {message}")
     if guard is not None and (guard.refused is not None or "readonly" in message):
         reason = guard.refused or message  # SQLite only says "not authorized"
         return QueryError(f"the database is open read-only ({reason}); add --write to allow it")
     if isinstance(exc, sqlite3.Error):
-        error = storage_error(database, exc, "read" if guard is not None else "write")
+        error = storage_error(Path(database), exc, "read" if guard is not None else "write")
         if isinstance(error, StorageFailure):
             return error
     return QueryError(f"SQL error: {message}")
@@ -96,7 +103,7 @@ def _bound_params(params: tuple[str, ...]) -> dict[str, str]:
 
 
 @click.command()
-@click.argument("database", type=click.Path(path_type=Path))
+@click.argument("database", type=DATABASE)
 @click.argument("sql")
 @click.option(
     "-f",
@@ -116,7 +123,7 @@ def _bound_params(params: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option("--write", is_flag=True, help="Open the database for writing (default: read-only).")
 def query(
-    database: Path, sql: str, fmt: OutputFormat | None, params: tuple[str, ...], write: bool
+    database: Path | str, sql: str, fmt: OutputFormat | None, params: tuple[str, ...], write: bool
 ) -> None:
     """Run SQL against a crawl DATABASE and print the rows.
 
@@ -130,7 +137,7 @@ def query(
         try:
             try:
                 cursor = conn.execute(sql, bound)
-            except (sqlite3.Error, sqlite3.Warning) as exc:
+            except (sqlite3.Error, sqlite3.Warning, asyncpg.PostgresError) as exc:
                 raise _sql_error(exc, database, guard) from None
             if cursor.description is None:  # no result columns: a write or a pragma
                 click.echo(f"{max(cursor.rowcount, 0):,} rows changed", err=True)
@@ -140,14 +147,14 @@ def query(
             chosen: OutputFormat = fmt or ("table" if out.is_terminal else "csv")
             try:
                 write_rows(columns, cursor, fmt=chosen, out=sys.stdout, console=out)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, asyncpg.PostgresError) as exc:
                 raise _sql_error(exc, database, guard) from None
         finally:
             conn.close()
 
 
 @click.command()
-@click.argument("database", type=click.Path(path_type=Path))
+@click.argument("database", type=DATABASE)
 @click.option("-t", "--type", "type_name", help="Item type: book, quote, … (not with warc).")
 @click.option(
     "-f",
@@ -158,7 +165,9 @@ def query(
     help="Output format [from the -o suffix: .csv, .json, .warc, .warc.gz, else jsonl].",
 )
 @click.option("-o", "--output", default="-", show_default=True, help="File to write; - is stdout.")
-def export(database: Path, type_name: str | None, fmt: ExportFormat | None, output: str) -> None:
+def export(
+    database: Path | str, type_name: str | None, fmt: ExportFormat | None, output: str
+) -> None:
     """Export the items of one type (-t) from a crawl DATABASE, streaming; or, with
     -f warc, its stored pages as WARC/1.1 request and response records.
 
@@ -188,10 +197,11 @@ def export(database: Path, type_name: str | None, fmt: ExportFormat | None, outp
                     write_rows(rows.columns, rows.rows, fmt=chosen, out=sys.stdout)
                     return
                 count = _export_to_file(Path(output), rows.columns, rows.rows, chosen)
-            except sqlite3.Error as exc:
-                error = storage_error(database, exc, "read")
-                if isinstance(error, StorageFailure):
-                    raise error from None
+            except (sqlite3.Error, asyncpg.PostgresError) as exc:
+                if isinstance(exc, sqlite3.Error) and isinstance(database, Path):
+                    error = storage_error(database, exc, "read")
+                    if isinstance(error, StorageFailure):
+                        raise error from None
                 raise QueryError(f"cannot export {type_name!r}: {exc}") from None
         finally:
             conn.close()
@@ -215,11 +225,11 @@ def _export_to_file(
 
 
 @click.command()
-@click.argument("database", type=click.Path(path_type=Path))
+@click.argument("database", type=DATABASE)
 @click.option(
     "-f", "--format", "fmt", default="table", type=click.Choice(["table", "json"]), help="[table]"
 )
-def stats(database: Path, fmt: str) -> None:
+def stats(database: Path | str, fmt: str) -> None:
     """Summarise a crawl DATABASE: pages by status, hosts, depth, errors, items, speed.
 
     Everything is counted from the tables, so it works on any file, even one being written.
@@ -234,7 +244,7 @@ def stats(database: Path, fmt: str) -> None:
 
 @click.command()
 @click.argument("spider")
-@click.argument("database", type=click.Path(path_type=Path))
+@click.argument("database", type=DATABASE)
 @click.option(
     "-s", "--set", "assignments", multiple=True, metavar="KEY=VALUE", help="Override a setting."
 )
@@ -251,7 +261,7 @@ def stats(database: Path, fmt: str) -> None:
 )
 def reparse(
     spider: str,
-    database: Path,
+    database: Path | str,
     assignments: tuple[str, ...],
     config: Path | None,
     fmt: str,
@@ -272,13 +282,17 @@ def reparse(
         open_crawl_database(database).close()  # refuse other files before opening for writing
         count = processes or available_cores()
         source = functools.partial(find_spider, spider, Path.cwd())
-        work = reparse_database(
-            spider_class(),
-            database,
-            loaded.settings,
-            processes=count,
-            spider_source=source,
-            console=console,
+        work = (
+            reparse_postgres(spider_class(), database, loaded.settings)
+            if isinstance(database, str)  # parsed in this process
+            else reparse_database(
+                spider_class(),
+                database,
+                loaded.settings,
+                processes=count,
+                spider_source=source,
+                console=console,
+            )
         )
         signal.signal(signal.SIGTERM, _interrupt)  # stops the reparse as Ctrl-C does
         try:
@@ -306,7 +320,7 @@ def available_cores() -> int:
     return os.cpu_count() or 1
 
 
-def _summary_table(summary: ReparseSummary, database: Path) -> Table:
+def _summary_table(summary: ReparseSummary, database: Path | str) -> Table:
     data = summary.as_dict()
     table = Table(title=f"reparse of {database}", show_header=False, title_justify="left")
     table.add_column(style="bold")
@@ -332,7 +346,7 @@ def _summary_table(summary: ReparseSummary, database: Path) -> Table:
 @click.option(
     "--from",
     "database",
-    type=click.Path(path_type=Path),
+    type=DATABASE,
     help="Read the page from this crawl database instead of fetching it.",
 )
 @click.option(
@@ -346,7 +360,7 @@ def parse(
     spider: str,
     url: str,
     callback: str | None,
-    database: Path | None,
+    database: Path | str | None,
     assignments: tuple[str, ...],
     config: Path | None,
     fmt: str,

@@ -12,11 +12,13 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import asyncpg
 import click
 from aiohttp import web
 from rich.console import Console
 
 from crawler.cli.common import (
+    DATABASE,
     UserError,
     check_start_url,
     load_crawl_settings,
@@ -31,7 +33,9 @@ from crawler.settings import Settings
 from crawler.spider.discovery import find_spider
 from crawler.spider.http import Request
 from crawler.spider.testing import PageFixture, save_fixture
+from crawler.store.backends import describe_target
 from crawler.store.pages import DamagedBody, latest_page
+from crawler.store.pg_read import ReadConnection
 
 __all__ = ["new", "record", "serve_demo"]
 
@@ -70,10 +74,12 @@ def new(name: str, url: str, directory: Path) -> None:
 @click.option(
     "--from",
     "database",
-    type=click.Path(path_type=Path),
+    type=DATABASE,
     help="Take the pages from this crawl database (crawled with -s store_body=true).",
 )
-def record(spider: str, urls: tuple[str, ...], output: Path | None, database: Path | None) -> None:
+def record(
+    spider: str, urls: tuple[str, ...], output: Path | None, database: Path | str | None
+) -> None:
     """Save pages as test fixtures (URL, status, headers and body) for crawler.spider.testing.
 
     Each page is fetched with SPIDER's settings, or read from a crawl database with --from,
@@ -86,7 +92,7 @@ def record(spider: str, urls: tuple[str, ...], output: Path | None, database: Pa
         failures: list[str] = []
         if database is not None:
             pages = _pages_from_database(database, checked)
-            source = database.name
+            source = database.name if isinstance(database, Path) else describe_target(database)
         else:
             settings = load_crawl_settings(spider_class, None, {}).settings
             pages, failures = asyncio.run(_fetch_pages(settings, checked))
@@ -141,17 +147,17 @@ def _joined(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
     return joined
 
 
-def _pages_from_database(database: Path, urls: Sequence[str]) -> list[PageFixture]:
+def _pages_from_database(database: Path | str, urls: Sequence[str]) -> list[PageFixture]:
     conn = open_read_only(database)
     try:
         return [_page_from_database(conn, database, url) for url in urls]
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, asyncpg.PostgresError) as exc:
         raise UserError(f"cannot read pages from {database}: {exc}") from None
     finally:
         conn.close()
 
 
-def _page_from_database(conn: sqlite3.Connection, database: Path, url: str) -> PageFixture:
+def _page_from_database(conn: ReadConnection, database: Path | str, url: str) -> PageFixture:
     page = latest_page(conn, url)
     if page is None:
         raise UserError(f"{database} has no page for {url}")

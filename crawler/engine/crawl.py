@@ -15,13 +15,11 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import sqlite3
 import time
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Final, final
 
-import aiosqlite
 from rich.console import Console
 
 from crawler.engine.callbacks import CallbackRunner, LoopHeartbeat, spider_error
@@ -40,10 +38,9 @@ from crawler.settings import Settings, load_settings
 from crawler.spider.base import Spider
 from crawler.spider.http import Response
 from crawler.stats import Stats, show_progress
-from crawler.store.item_tables import declare_item_tables
-from crawler.store.runs import finish_run, release_leases, start_run
-from crawler.store.schema import free_reserve, hold_reserve, open_database, rollback
-from crawler.store.writer import Seeds, Storage
+from crawler.store.backends import STORE_ERRORS, CrawlStore, describe_target, open_store
+from crawler.store.pg_schema import is_postgres_url
+from crawler.store.writer import BatchWriter, Seeds
 
 __all__ = ["Crawl", "crawl"]
 
@@ -79,7 +76,7 @@ class Crawl:
         if not isinstance(settings, Settings):
             settings = load_settings(overrides=settings, **type(spider).setting_layers()).settings
         self.spider = spider
-        self.db = Path(db)
+        self.db: str | Path = db if is_postgres_url(db) else Path(db)
         self.settings = settings
         self.stats = Stats()
         self.status = "running"
@@ -117,27 +114,27 @@ class Crawl:
 
     async def run(self) -> dict[str, Any]:
         """Run the crawl to its end and return the final stats (also stored in `crawls`)."""
-        conn = await open_database(self.db)
-        hold_reserve(self.db)  # given back to record how the run ends, even on a full disk
+        store = await open_store(self.db)
         run_id: int | None = None
         try:
             settings_json = dataclasses.asdict(self.settings)
-            run_id = await start_run(
-                conn, spider=self.spider.name, settings=settings_json, fresh=self._fresh
+            settings_json["database"] = describe_target(self.settings.database)
+            run_id = await store.start_run(
+                spider=self.spider.name, settings=settings_json, fresh=self._fresh
             )
             queue: asyncio.Queue[Claimed | None] = asyncio.Queue()
             feeder = Feeder(queue, settings=self.settings, hosts=self._hosts, robots=self._robots)
-            storage = Storage(
-                conn,
+            storage = store.writer(
                 run_id=run_id,
                 settings=self.settings,
                 stats=self.stats,
                 on_committed=feeder.release,
                 on_hosts_saved=self._hosts.saved,
             )
-            self.stats.requeued = await requeue(conn, self.settings, recrawl=self._recrawl)
+            self.stats.requeued = await requeue(store, self.settings, recrawl=self._recrawl)
             await storage.load_counts()
-            await declare_item_tables(conn, self.spider)
+            self._hosts.pacer = store.pacer()
+            await store.declare_item_tables(self.spider)
             self.started = True
             refusal = self._frontier.redirect_refusal
             async with Fetcher(self.settings, refusal, hosts=self._hosts) as fetcher:
@@ -153,28 +150,25 @@ class Crawl:
                 self.reason = self.reason or f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            await _run_to_the_end(self._close(conn, run_id))
+            await _run_to_the_end(self._close(store, run_id))
         return self.stats.as_dict()
 
-    async def _close(self, conn: aiosqlite.Connection, run_id: int | None) -> None:
+    async def _close(self, store: CrawlStore, run_id: int | None) -> None:
         """Roll back any half-written batch, free our leases and record how the run ended."""
         self.stats.finished = time.monotonic()
-        free_reserve(self.db)
         try:
-            await rollback(conn)  # a cancelled writer's half-written batch
             if run_id is not None:
-                await release_leases(conn, run_id)
-                await finish_run(
-                    conn, run_id, status=self.status, reason=self.reason, stats=self.stats.as_dict()
+                await store.end_run(
+                    run_id, status=self.status, reason=self.reason, stats=self.stats.as_dict()
                 )
-        except sqlite3.Error as exc:  # disk full or read-only: the next run marks it crashed
+        except STORE_ERRORS as exc:  # the next run marks it crashed
             # When the storage is what failed, the CLI's one line already says so.
             level = logging.DEBUG if self._storage_failed else logging.WARNING
             logger.log(level, "could not record the end of the run: %s", exc)
         finally:
             try:
-                await conn.close()
-            except sqlite3.Error as exc:
+                await store.close()
+            except STORE_ERRORS as exc:
                 logger.warning("could not close the database cleanly: %s", exc)
         try:
             await self.spider.closed(self.status)
@@ -183,7 +177,7 @@ class Crawl:
 
     async def _run_tasks(
         self,
-        storage: Storage,
+        storage: BatchWriter,
         feeder: Feeder,
         fetcher: Fetcher,
         queue: asyncio.Queue[Claimed | None],
@@ -230,7 +224,7 @@ class Crawl:
         console = self._console or Console(stderr=True)
         await show_progress(self.stats, console=console, interval=self.settings.progress_interval)
 
-    async def _seed(self, storage: Storage, feeder: Feeder) -> None:
+    async def _seed(self, storage: BatchWriter, feeder: Feeder) -> None:
         """Admit the spider's start requests, in batches, while the crawl already runs."""
         seeds = Seeds()
         previous: asyncio.Future[None] | None = None  # the batch the writer is committing
@@ -259,7 +253,7 @@ class Crawl:
     async def _work(
         self,
         queue: asyncio.Queue[Claimed | None],
-        storage: Storage,
+        storage: BatchWriter,
         fetcher: Fetcher,
         feeder: Feeder,
     ) -> None:
@@ -289,7 +283,9 @@ class Crawl:
         self._frontier.release(claimed.id)
         return internal_failure(claimed, exc, attempts=claimed.attempts + 1)
 
-    async def _process(self, claimed: Claimed, fetcher: Fetcher, storage: Storage) -> PageResult:
+    async def _process(
+        self, claimed: Claimed, fetcher: Fetcher, storage: BatchWriter
+    ) -> PageResult:
         """Fetch one request and run its callback; every outcome becomes a PageResult."""
         request = conditional(claimed.request, claimed.previous)  # a re-fetch's validators
         if not fetcher.start_urls_known:  # the address classes they resolve to are the crawl's
@@ -334,7 +330,7 @@ class Crawl:
         return result
 
     async def _parse(
-        self, outcome: Fetched, claimed: Claimed, result: PageResult, storage: Storage
+        self, outcome: Fetched, claimed: Claimed, result: PageResult, storage: BatchWriter
     ) -> None:
         """Record a fetched page in `result`; run its callback if it is parseable and new."""
         request = claimed.request
@@ -416,5 +412,5 @@ async def crawl(
     """
     instance = spider() if isinstance(spider, type) else spider
     loaded = load_settings(config=config, overrides=settings, **type(instance).setting_layers())
-    run = Crawl(instance, db=Path(db), settings=loaded.settings, fresh=fresh, recrawl=recrawl)
+    run = Crawl(instance, db=db, settings=loaded.settings, fresh=fresh, recrawl=recrawl)
     return await run.run()

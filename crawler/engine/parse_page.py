@@ -9,12 +9,14 @@ would skip, and why. Nothing is written anywhere.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, final
 
+import asyncpg
 from yarl import URL
 
 from crawler.engine.callbacks import CallbackRunner
@@ -27,7 +29,9 @@ from crawler.settings import Settings
 from crawler.spider.base import Spider, callback_of
 from crawler.spider.http import Request, Response
 from crawler.stats import Stats
-from crawler.store.pages import DamagedBody, latest_page_async
+from crawler.store.pages import DamagedBody, StoredPage, latest_page, latest_page_async
+from crawler.store.pg_read import PgReader
+from crawler.store.pg_schema import redact
 from crawler.store.schema import connect
 
 __all__ = ["ParsedPage", "parse_page"]
@@ -83,7 +87,7 @@ async def parse_page(
     *,
     settings: Settings,
     callback: str | None = None,
-    database: Path | None = None,
+    database: Path | str | None = None,
 ) -> ParsedPage:
     """Fetch `url` (or read it from `database`), run the callback and collect its output.
 
@@ -164,14 +168,17 @@ async def _fetched_response(url: str, settings: Settings, callback: str) -> Resp
     )
 
 
-async def _stored_response(database: Path, url: str, callback: str | None) -> Response:
-    conn = await connect(database, read_only=True)
-    try:
-        page = await latest_page_async(conn, url)
-    except sqlite3.Error as exc:  # not a crawl database
-        raise StorageError(f"cannot read pages from {database}: {exc}") from None
-    finally:
-        await conn.close()
+async def _stored_response(database: Path | str, url: str, callback: str | None) -> Response:
+    if isinstance(database, str):  # PostgreSQL, read in a thread: its connection is blocking
+        page = await asyncio.to_thread(_latest_pg_page, database, url)
+    else:
+        conn = await connect(database, read_only=True)
+        try:
+            page = await latest_page_async(conn, url)
+        except sqlite3.Error as exc:  # not a crawl database
+            raise StorageError(f"cannot read pages from {database}: {exc}") from None
+        finally:
+            await conn.close()
     if page is None:
         raise StorageError(f"{database} has no page {url}")
     try:
@@ -186,3 +193,13 @@ async def _stored_response(database: Path, url: str, callback: str | None) -> Re
     if callback is not None:
         request = request.replace(callback=callback)
     return page.response(body, request)
+
+
+def _latest_pg_page(url: str, page_url: str) -> StoredPage | None:
+    reader = PgReader(url)
+    try:
+        return latest_page(reader, page_url)
+    except asyncpg.PostgresError as exc:
+        raise StorageError(f"cannot read pages from {redact(url)}: {exc}") from None
+    finally:
+        reader.close()

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import signal
 import socket
@@ -51,15 +50,18 @@ import sys
 import threading
 import time
 import traceback
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final, final
+from typing import Final, final
 
+import asyncpg
+
+from crawler.errors import StorageError
 from crawler.records import utc_now
+from crawler.store.pg_read import PgReader
 
-__all__ = ["combined_summary", "database_handles", "last_run_id", "run_processes"]
+__all__ = ["database_handles", "run_processes"]
 
 EXIT_INTERRUPTED: Final = 130
 _SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
@@ -72,7 +74,7 @@ _Prctl = Callable[..., int]
 
 
 def run_processes(
-    count: int, crawl_one: Callable[[], int], *, db: Path, shutdown_grace: float
+    count: int, crawl_one: Callable[[], int], *, db: Path | str, shutdown_grace: float
 ) -> int:
     """Fork `count` processes that each run `crawl_one()` and exit with the code it returns;
     wait for them and return the exit code to use.
@@ -131,7 +133,7 @@ def run_processes(
 class _Workers:
     """The parent's side: the workers still running, the Ctrl-Cs passed on, the dead noticed."""
 
-    def __init__(self, count: int, db: Path) -> None:
+    def __init__(self, count: int, db: Path | str) -> None:
         self.count = count
         self.db = db
         self.running: dict[int, int] = {}
@@ -169,7 +171,7 @@ class _Workers:
         how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
         try:
             freed = _free_claims(self.db, pid, how)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, StorageError, asyncpg.PostgresError) as exc:
             claims = f"its claims return to the frontier when their leases expire ({exc})"
         else:
             claims = f"{freed} requests it had claimed go back to the frontier" if freed else ""
@@ -183,35 +185,46 @@ class _Workers:
         print("; ".join(part for part in parts if part), file=sys.stderr, flush=True)
 
 
-def _free_claims(db: Path, pid: int, how: str) -> int:
+def _free_claims(db: Path | str, pid: int, how: str) -> int:
     """Mark the running run of the dead worker `pid` as crashed and return its claims to the
     frontier, as the next run's start would (crawler.store.runs); return how many it had."""
+    if isinstance(db, str):  # a PostgreSQL URL: one transaction, committed at close
+        reader = PgReader(db, write=True)
+        try:
+            return _free_runs(reader, pid, how)
+        finally:
+            reader.close()
     conn = sqlite3.connect(f"file:{db}?mode=rw", uri=True, isolation_level=None)
     with contextlib.closing(conn):
         conn.execute("PRAGMA busy_timeout = 10000")  # the others may be writing
         conn.execute("BEGIN IMMEDIATE")
         try:
-            runs = conn.execute(
-                "SELECT id FROM crawls WHERE status = 'running' AND pid = ? AND hostname = ?",
-                (pid, socket.gethostname()),
-            ).fetchall()
-            freed = 0
-            for (run_id,) in runs:
-                conn.execute(
-                    "UPDATE crawls SET status = 'crashed', reason = ?, "
-                    "finished_at = coalesce(finished_at, ?) WHERE id = ?",
-                    (f"the process {how}", utc_now(), run_id),
-                )
-                freed += conn.execute(
-                    "UPDATE requests SET lease_owner = NULL, lease_expires = NULL "
-                    "WHERE lease_owner = ? AND state = 'pending'",
-                    (run_id,),
-                ).rowcount
+            freed = _free_runs(conn, pid, how)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+    return freed
+
+
+def _free_runs(conn: sqlite3.Connection | PgReader, pid: int, how: str) -> int:
+    runs = conn.execute(
+        "SELECT id FROM crawls WHERE status = 'running' AND pid = ? AND hostname = ?",
+        (pid, socket.gethostname()),
+    ).fetchall()
+    freed = 0
+    for (run_id,) in runs:
+        conn.execute(
+            "UPDATE crawls SET status = 'crashed', reason = ?, "
+            "finished_at = coalesce(finished_at, ?) WHERE id = ?",
+            (f"the process {how}", utc_now(), run_id),
+        )
+        freed += conn.execute(
+            "UPDATE requests SET lease_owner = NULL, lease_expires = NULL "
+            "WHERE lease_owner = ? AND state = 'pending'",
+            (run_id,),
+        ).rowcount
     return freed
 
 
@@ -292,9 +305,12 @@ def _find_prctl() -> _Prctl | None:
     return prctl
 
 
-def database_handles(db: Path) -> list[str]:
+def database_handles(db: Path | str) -> list[str]:
     """The descriptors and memory mappings of `db` (or its -wal, -shm or -journal file) that
-    this process holds, as `/proc/self` shows them; empty where there is no /proc."""
+    this process holds, as `/proc/self` shows them; empty where there is no /proc, and for
+    a PostgreSQL URL (a socket carries no file lock; the parent closes its connections)."""
+    if isinstance(db, str):
+        return []
     names = {os.path.realpath(db) + suffix for suffix in _SQLITE_SUFFIXES}
     found: list[str] = []
     try:
@@ -311,86 +327,3 @@ def database_handles(db: Path) -> list[str]:
             if len(fields) == 6 and (target := fields[5].rstrip("\n")) in names:
                 found.append(f"mapping: {target}")
     return found
-
-
-def last_run_id(db: Path) -> int:
-    """Return the id of the newest run recorded in `db` (0 when there is none yet)."""
-    if not db.is_file():
-        return 0
-    try:
-        # closing(): a connection's own `with` only commits, and one left to the garbage
-        # collector is still open when the workers are forked.
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-            return int(conn.execute("SELECT coalesce(max(id), 0) FROM crawls").fetchone()[0])
-    except sqlite3.Error:
-        return 0  # not a crawl database: the crawl itself reports that
-
-
-def combined_summary(db: Path, after_run: int) -> tuple[str, dict[str, Any]]:
-    """Sum the stats of the runs recorded after run `after_run` into one summary.
-
-    Returns the overall status (the worst of the runs) and the summed stats.
-    """
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-        found = conn.execute(
-            "SELECT id, status, stats FROM crawls WHERE id > ? ORDER BY id", (after_run,)
-        ).fetchall()
-        pending = conn.execute("SELECT count(*) FROM requests WHERE state = 'pending'").fetchone()[
-            0
-        ]
-        # A worker that was killed recorded no stats: what it stored is counted from the
-        # tables, so that the summary does not leave its pages and items out.
-        runs = [
-            json.loads(stats) if stats else _stored_by(conn, int(run_id))
-            for run_id, _, stats in found
-        ]
-    statuses = [status for _, status, _ in found]
-    total: dict[str, Any] = {"processes": len(runs)}
-    for key in (
-        "pages",
-        "items",
-        "requests_admitted",
-        "requests_done",
-        "requests_failed",
-        "bytes_received",
-        "retries",
-        "rescheduled",
-        "strings_replaced",
-        "requeued",
-    ):
-        total[key] = sum(int(run.get(key, 0)) for run in runs)
-    for key in ("items_by_type", "items_dropped", "skipped", "errors", "statuses", "refetched"):
-        merged: Counter[str] = Counter()
-        for run in runs:
-            merged.update(run.get(key, {}))
-        total[key] = dict(sorted(merged.items()))
-    total["requests_pending"] = pending
-    total["duration_s"] = max((float(run.get("duration_s", 0)) for run in runs), default=0.0)
-    total["pages_per_second"] = (
-        round(total["pages"] / total["duration_s"], 1) if total["duration_s"] else 0.0
-    )
-    order = ["failed", "crashed", "interrupted", "stopped", "running", "finished"]
-    status = min(statuses, key=order.index) if statuses else "failed"
-    return status, total
-
-
-def _stored_by(conn: sqlite3.Connection, run_id: int) -> dict[str, Any]:
-    """The part of a run's stats the tables can tell (for a run that recorded none)."""
-    pages, received = conn.execute(
-        "SELECT count(*), coalesce(sum(size_bytes), 0) FROM pages WHERE crawl_id = ?", (run_id,)
-    ).fetchone()
-    by_type = dict(
-        conn.execute(
-            "SELECT type, count(*) FROM items WHERE crawl_id = ? GROUP BY type", (run_id,)
-        ).fetchall()
-    )
-    statuses = conn.execute(
-        "SELECT status, count(*) FROM pages WHERE crawl_id = ? GROUP BY status", (run_id,)
-    ).fetchall()
-    return {
-        "pages": int(pages),
-        "items": sum(by_type.values()),
-        "items_by_type": by_type,
-        "bytes_received": int(received),
-        "statuses": {str(status): int(n) for status, n in statuses},
-    }

@@ -18,13 +18,11 @@ import time
 import zlib
 from collections.abc import Iterable
 
-import aiosqlite
-
 from crawler.fetch.outcomes import Fetched
 from crawler.records import PageChange, PageRecord, Previous, utc_now
 from crawler.settings import Settings
 from crawler.spider.http import Request, Response
-from crawler.store.refresh import fetched_hosts, requeue_due
+from crawler.store.backends import CrawlStore
 
 __all__ = [
     "body_hash",
@@ -56,7 +54,7 @@ def _per_host_refresh(settings: Settings, hosts: Iterable[str]) -> dict[str, flo
 
 
 async def requeue(
-    conn: aiosqlite.Connection,
+    store: CrawlStore,
     settings: Settings,
     *,
     recrawl: bool,
@@ -69,14 +67,13 @@ async def requeue(
     """
     now = time.time()
     if recrawl:
-        return await requeue_due(conn, cutoff=utc_now(), host_cutoffs={})
-    hosts = await fetched_hosts(conn) if settings.sets_per_host("refresh_after") else []
+        return await store.requeue_due(cutoff=utc_now(), host_cutoffs={})
+    hosts = await store.fetched_hosts() if settings.sets_per_host("refresh_after") else []
     own = {
         host: _cutoff(now, seconds) for host, seconds in _per_host_refresh(settings, hosts).items()
     }
     cutoff = _cutoff(now, settings.refresh_after)
-    return await requeue_due(
-        conn,
+    return await store.requeue_due(
         cutoff=cutoff,
         host_cutoffs={host: value or "" for host, value in own.items()},
     )

@@ -19,7 +19,7 @@ from crawler.engine.reparse_chunks import ItemFields
 from crawler.records import DropReason, PageResult, utc_now
 from crawler.store.item_tables import ItemTables
 
-__all__ = ["RowWriter", "Tally"]
+__all__ = ["ReparseRows", "RowWriter", "Tally"]
 
 
 @final
@@ -33,7 +33,7 @@ class Tally:
 
 
 @dataclass(slots=True)
-class _Rows:
+class ReparseRows:
     """One batch's rows, in the columns of each table's INSERT."""
 
     items: list[tuple[object, ...]] = field(default_factory=list)
@@ -42,7 +42,6 @@ class _Rows:
     item_errors: list[tuple[object, ...]] = field(default_factory=list)
 
 
-@final
 class RowWriter:
     """Writes batches of reparsed pages; remembers the item keys stored so far."""
 
@@ -59,7 +58,7 @@ class RowWriter:
         """Write one batch of (crawl id, result) pairs, in that order; `tables` are the typed
         tables its items need, with their fields."""
         now = utc_now()
-        rows = _Rows()
+        rows = ReparseRows()
         for crawl_id, result in batch:
             self._add_items(rows, crawl_id, result, now)
             self._add_errors(rows, crawl_id, result, now)
@@ -90,7 +89,7 @@ class RowWriter:
                 self._declared.add(table)
         await self._tables.write(conn, [result for _, result in batch])
 
-    def _add_items(self, rows: _Rows, crawl_id: int, result: PageResult, now: str) -> None:
+    def _add_items(self, rows: ReparseRows, crawl_id: int, result: PageResult, now: str) -> None:
         """Keep the page's items whose key no earlier item had; `result.items` keeps only those
         (the typed tables are written from it)."""
         kept: list[tuple[str, str]] = []
@@ -109,7 +108,7 @@ class RowWriter:
             tally.items[type_name] += 1
         result.items = kept
 
-    def _add_errors(self, rows: _Rows, crawl_id: int, result: PageResult, now: str) -> None:
+    def _add_errors(self, rows: ReparseRows, crawl_id: int, result: PageResult, now: str) -> None:
         """Count the page's dropped items and errors, and add its error and item_error rows."""
         tally = self._tally
         tally.dropped.update(reason.value for reason in result.dropped)

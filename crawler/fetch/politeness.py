@@ -38,7 +38,7 @@ from crawler.links import host_of
 from crawler.records import HostRecord
 from crawler.settings import Settings
 
-__all__ = ["RECENT_HOSTS", "HostState", "Hosts", "Slot", "Throttle", "ThrottlePolicy"]
+__all__ = ["RECENT_HOSTS", "HostState", "Hosts", "Pacer", "Slot", "Throttle", "ThrottlePolicy"]
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +237,8 @@ class Slot:
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+Pacer = Callable[[str, float], Awaitable[None]]
+"""Waits for a host's crawl-wide turn, given the least delay between two of its requests."""
 
 
 @final
@@ -270,6 +272,9 @@ class Hosts:
         self._states: OrderedDict[str, HostState] = OrderedDict()
         """Least recently handed out first (see `trim`)."""
         self._busy: set[str] = set()
+        self.pacer: Pacer | None = None
+        """Waits for a delayed host's crawl-wide turn before each attempt at it, when workers
+        elsewhere share the crawl (crawler.store.pg_pacing)."""
 
     @property
     def clock(self) -> Clock:
@@ -390,6 +395,8 @@ class Hosts:
         """Wait for the host's turn, take it, and return the start time."""
         while (wait := state.start_at() - self._clock()) > 0:
             await self._sleep(wait)
+        if self.pacer is not None and state.throttle.floor > 0:
+            await self.pacer(state.host, state.throttle.floor)
         started = state.last_start = self._clock()
         factor = 0.5 + self._rand() if state.throttle.policy.randomize else 1.0
         state.next_start = started + state.throttle.delay * factor

@@ -35,7 +35,7 @@ from crawler.links import host_of
 from crawler.records import Claimed
 from crawler.settings import Settings
 from crawler.store.claims import ClaimBatch
-from crawler.store.writer import Storage
+from crawler.store.writer import BatchWriter
 
 __all__ = ["Feeder"]
 
@@ -131,7 +131,7 @@ class Feeder:
         """Whether `stop()` was called."""
         return self._stopping
 
-    async def run(self, storage: Storage) -> None:
+    async def run(self, storage: BatchWriter) -> None:
         """Feed the queue until the crawl is finished or stopped, then stop the workers."""
         try:
             await self._feed(storage)
@@ -144,7 +144,7 @@ class Feeder:
             for _ in range(self._workers):
                 self._queue.put_nowait(None)
 
-    async def _feed(self, storage: Storage) -> None:
+    async def _feed(self, storage: BatchWriter) -> None:
         while not self._stopping:
             self._changed.clear()
             await self._skip_disallowed(storage)
@@ -210,7 +210,7 @@ class Feeder:
             self._queue.put_nowait(claimed)
             self._handed_out += 1
 
-    async def _skip_disallowed(self, storage: Storage) -> None:
+    async def _skip_disallowed(self, storage: BatchWriter) -> None:
         """Record the held requests that robots.txt disallows (skipped, or deferred while
         their site's robots.txt is unavailable)."""
         for claimed in self._held.take_refused():

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, final
 
 from crawler.store.columns import ID_COLUMN, META_COLUMNS, quote_identifier, unique_column
+from crawler.store.pg_read import PgReader, ReadConnection
 
 __all__ = ["ItemRows", "csv_cell", "item_rows", "known_item_types"]
 
@@ -44,7 +44,7 @@ class ItemRows:
     rows: Iterator[Row]
 
 
-def known_item_types(conn: sqlite3.Connection) -> list[str]:
+def known_item_types(conn: ReadConnection) -> list[str]:
     """Return every item type in the database: typed tables' types and `items.type` values."""
     sql = (
         "SELECT type FROM item_tables WHERE kind = 'table' UNION SELECT DISTINCT type FROM items "
@@ -53,7 +53,7 @@ def known_item_types(conn: sqlite3.Connection) -> list[str]:
     return [str(row[0]) for row in conn.execute(sql)]
 
 
-def item_rows(conn: sqlite3.Connection, type_name: str, *, decode_json: bool) -> ItemRows | None:
+def item_rows(conn: ReadConnection, type_name: str, *, decode_json: bool) -> ItemRows | None:
     """Return the rows of one item type, or None when the database has no such type.
 
     Args:
@@ -62,7 +62,8 @@ def item_rows(conn: sqlite3.Connection, type_name: str, *, decode_json: bool) ->
         decode_json: give each field its JSON value (for JSON output); when false, give
             CSV cells (see `csv_cell`).
     """
-    table = conn.execute(_TYPED_TABLE, (type_name,)).fetchone()
+    typed_table = _PG_TYPED_TABLE if isinstance(conn, PgReader) else _TYPED_TABLE
+    table = conn.execute(typed_table, (type_name,)).fetchone()
     if table is not None:
         name, columns, json_columns = str(table[0]), json.loads(table[1]), json.loads(table[2])
         return _table_rows(conn, type_name, name, columns, json_columns, as_json=decode_json)
@@ -82,7 +83,7 @@ def csv_cell(value: object) -> object:
 
 
 def _table_rows(
-    conn: sqlite3.Connection,
+    conn: ReadConnection,
     type_name: str,
     name: str,
     field_columns: dict[str, str],
@@ -97,6 +98,7 @@ def _table_rows(
         f"LEFT JOIN items AS i ON i.id = t.{item_id} AND i.type = ? ORDER BY t.{item_id}",
         (type_name,),
     )
+    assert cursor.description is not None  # a SELECT
     columns = [d[0] for d in cursor.description][:-1]  # the last one is `items.data`
     index = {column: i for i, column in enumerate(columns)}
     fields = [(index[column], key) for key, column in field_columns.items() if column in index]
@@ -129,10 +131,14 @@ def _stored_object(data: object) -> dict[str, object] | None:
     return values if isinstance(values, dict) else None
 
 
-def _dict_rows(conn: sqlite3.Connection, type_name: str, *, as_json: bool) -> ItemRows:
+def _dict_rows(conn: ReadConnection, type_name: str, *, as_json: bool) -> ItemRows:
     """Rows of dict items: one column per key seen in any item of the type, in first-seen
     order, named as in the type's view."""
-    keys = [str(row[0]) for row in conn.execute(_KEYS, (type_name,))]
+    keys = [str(row[0]) for row in conn.execute(_keys_sql(conn), (type_name,))]
+    if isinstance(conn, PgReader):  # jsonb keeps no key order: the view's has it
+        view = conn.execute(_PG_VIEW_KEYS, (type_name,)).fetchone()
+        ordered = list(json.loads(view[0])) if view is not None else []
+        keys = ordered + [key for key in keys if key not in ordered]
     taken = {c.lower() for c in (ID_COLUMN, *META_COLUMNS)}
     columns = [ID_COLUMN, *(unique_column(key, taken) for key in keys), *META_COLUMNS]
     cursor = conn.execute(_DICT_ITEMS, (type_name,))
@@ -153,6 +159,23 @@ _TYPED_TABLE: Final = (
     "JOIN sqlite_master AS m ON m.name = t.name AND m.type = 'table' "
     "WHERE t.type = ? AND t.kind = 'table'"
 )
+_PG_TYPED_TABLE: Final = (
+    "SELECT t.name, t.columns::text, t.json_columns::text FROM item_tables AS t "
+    "WHERE t.type = ? AND t.kind = 'table' AND to_regclass(quote_ident(t.name)) IS NOT NULL"
+)
+_PG_KEYS: Final = (
+    "SELECT k FROM items, jsonb_object_keys(CASE jsonb_typeof(data) WHEN 'object' THEN data "
+    "ELSE '{}'::jsonb END) AS k WHERE items.type = ? GROUP BY k ORDER BY min(items.id), k"
+)
+_PG_VIEW_KEYS: Final = "SELECT columns::text FROM item_tables WHERE type = ? AND kind = 'view'"
+"""The same on PostgreSQL; jsonb keeps no key order, so the view's order comes first (the
+keys as first seen, see crawler.store.pg_items)."""
+
+
+def _keys_sql(conn: ReadConnection) -> str:
+    return _PG_KEYS if isinstance(conn, PgReader) else _KEYS
+
+
 _KEYS: Final = (
     "SELECT j.key FROM items, json_each(items.data) AS j "
     "WHERE items.type = ? AND json_valid(items.data) "

@@ -7,11 +7,12 @@ being written by a running crawl (read it over a read-only connection).
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Final
 
 from rich.console import Group
 from rich.table import Table
+
+from crawler.store.pg_read import ReadConnection
 
 __all__ = ["crawl_report", "render_report"]
 
@@ -70,7 +71,7 @@ _TITLES: Final = {
 }
 
 
-def crawl_report(conn: sqlite3.Connection) -> dict[str, Any]:
+def crawl_report(conn: ReadConnection) -> dict[str, Any]:
     """Return the summary of the crawl database behind `conn` as JSON-ready data.
 
     Raises:

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
+
+from crawler.store.pg_read import ReadConnection
 
 __all__ = ["crawl_status"]
 
 
-def crawl_status(conn: sqlite3.Connection) -> dict[str, Any]:
+def crawl_status(conn: ReadConnection) -> dict[str, Any]:
     """Return request counts by state, in-flight leases, the latest run and its last activity.
 
     Works on a read-only connection while another process writes (the file is in WAL mode).

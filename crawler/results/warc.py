@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import http
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from io import BytesIO
@@ -34,6 +33,7 @@ from yarl import URL
 
 from crawler.store.archive import ARCHIVE_COLUMNS, archived_pages
 from crawler.store.pages import gunzip
+from crawler.store.pg_read import ReadConnection
 from crawler.version import __version__
 
 __all__ = ["REWRITTEN_HEADERS", "write_warc"]
@@ -43,7 +43,7 @@ REWRITTEN_HEADERS: Final = ("Content-Encoding", "Transfer-Encoding", "Content-Le
 _ORIGINAL: Final = "X-Crawler-Original-"
 
 
-def write_warc(conn: sqlite3.Connection, out: BinaryIO, *, gzip: bool, filename: str) -> int:
+def write_warc(conn: ReadConnection, out: BinaryIO, *, gzip: bool, filename: str) -> int:
     """Write every page with a stored body to `out` as WARC/1.1 records; return how many
     pages were written. `gzip` compresses each record on its own (a `.warc.gz`).
 

@@ -10,6 +10,8 @@ import sqlite3
 from collections.abc import Iterator
 from typing import Any, Final
 
+from crawler.store.pg_read import ReadConnection
+
 __all__ = ["ARCHIVE_COLUMNS", "archived_pages", "has_stored_bodies"]
 
 ARCHIVE_COLUMNS: Final = (
@@ -50,7 +52,7 @@ ORDER BY p.id
 """The same from a file of a schema before `fetches` (export opens it read-only, as it is)."""
 
 
-def archived_pages(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
+def archived_pages(conn: ReadConnection) -> Iterator[tuple[Any, ...]]:
     """Every page with a stored body, in id order, as `ARCHIVE_COLUMNS` rows (streamed).
 
     Raises:
@@ -64,6 +66,6 @@ def archived_pages(conn: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
     yield from conn.execute(_ARCHIVED)
 
 
-def has_stored_bodies(conn: sqlite3.Connection) -> bool:
+def has_stored_bodies(conn: ReadConnection) -> bool:
     """Whether any page's body was stored (`store_body`)."""
     return bool(conn.execute("SELECT 1 FROM pages WHERE body IS NOT NULL LIMIT 1").fetchall())

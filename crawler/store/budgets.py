@@ -20,7 +20,7 @@ as far as this run's budgets allow: the limit belonged to that run, not to the U
 from __future__ import annotations
 
 from collections import Counter
-from typing import Final, final
+from typing import Final
 
 import aiosqlite
 
@@ -35,9 +35,11 @@ __all__ = ["Budgets"]
 Row = tuple[object, ...]
 
 
-@final
 class Budgets:
-    """One run's page budgets, applied to each write batch's new requests."""
+    """One run's page budgets, applied to each write batch's new requests.
+
+    The counts it reads (`_existing`, `_admitted`, `_admitted_by_host`) and the reopening of
+    budget skips are SQLite's here; crawler.store.pg_writer reads PostgreSQL's."""
 
     def __init__(self, conn: aiosqlite.Connection, *, run_id: int, settings: Settings) -> None:
         self._conn = conn

@@ -155,6 +155,11 @@ class Script:
     def __len__(self) -> int:
         return len(self._steps)
 
+    def steps(self) -> list[str | tuple[BulkStatement, Sequence[Sequence[object]]]]:
+        """The gathered statements in order: SQL text, or a statement with its rows (for
+        another database's form of the same statements: crawler.store.pg_statements)."""
+        return list(self._steps)
+
     async def run_as_transaction(self, conn: aiosqlite.Connection) -> None:
         """Run the statements in one `BEGIN IMMEDIATE … COMMIT`, in one call, rows inlined.
 

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, final
+from typing import Final, Protocol, final
 
 import aiosqlite
 
@@ -24,7 +24,14 @@ from crawler.spider.http import Request
 from crawler.store.bulk import select_in
 from crawler.store.refresh import attach_previous
 
-__all__ = ["LEASE_SECONDS", "ClaimBatch", "Claims"]
+__all__ = [
+    "LEASE_SECONDS",
+    "ClaimBatch",
+    "ClaimSource",
+    "Claims",
+    "host_from_row",
+    "robots_from_row",
+]
 
 LEASE_SECONDS: Final = 120.0
 _HOSTS_PER_CLAIM: Final = 256
@@ -54,6 +61,24 @@ class ClaimBatch:
     memory (see crawler.fetch.politeness), to be restored before their requests go out."""
     robots: list[RobotsRecord] = field(default_factory=list)
     """The stored robots.txt answers of those same hosts."""
+
+
+class ClaimSource(Protocol):
+    """Where a writer's claims and lease renewals go (`Claims` for SQLite,
+    crawler.store.pg_claims for PostgreSQL)."""
+
+    async def claim(
+        self,
+        limit: int,
+        held: Mapping[str, int],
+        per_host: int,
+        known: Callable[[str], bool] | None = None,
+    ) -> ClaimBatch:
+        """Lease up to `limit` due pending requests to this run (with the stored state of
+        the claimed hosts not `known`)."""
+
+    async def renew_leases_if_due(self) -> None:
+        """Extend this run's leases and heartbeat when it is time."""
 
 
 @final
@@ -147,8 +172,8 @@ class Claims:
         host_rows = await select_in(self._conn, _STORED_HOSTS, hosts)
         robots_rows = await select_in(self._conn, _STORED_ROBOTS, hosts)
         return (
-            [_host_from_row(row) for row in host_rows],
-            [_robots_from_row(row) for row in robots_rows],
+            [host_from_row(row) for row in host_rows],
+            [robots_from_row(row) for row in robots_rows],
         )
 
     async def _pending_hosts(self) -> list[str]:
@@ -180,7 +205,8 @@ def _claimed_from_row(row: Sequence[object]) -> Claimed:
     return Claimed(id=int(row_id), request=request, attempts=int(attempts))  # type: ignore[call-overload]
 
 
-def _host_from_row(row: Sequence[object]) -> HostRecord:
+def host_from_row(row: Sequence[object]) -> HostRecord:
+    """A host's stored state from the columns of `STORED_HOSTS` (also PostgreSQL's)."""
     host, crawl_delay, delay, concurrency, not_before, last_status = row
     return HostRecord(
         host=str(host),
@@ -192,7 +218,8 @@ def _host_from_row(row: Sequence[object]) -> HostRecord:
     )
 
 
-def _robots_from_row(row: Sequence[object]) -> RobotsRecord:
+def robots_from_row(row: Sequence[object]) -> RobotsRecord:
+    """A robots.txt answer from the columns of `STORED_ROBOTS` (also PostgreSQL's)."""
     url, host, fetched_at, status, outcome, crawl_delay, body, error = row
     return RobotsRecord(
         url=str(url),

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any, Final, final
 
 import aiosqlite
+import asyncpg
 
 from crawler.errors import StorageError
 from crawler.links import try_canonical_url
 from crawler.spider.http import Request, Response
+from crawler.store.pg_read import ReadConnection
 from crawler.store.schema import storage_error
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "latest_page_async",
     "open_page_reader",
     "pages_with_bodies",
+    "pg_pages_with_bodies",
 ]
 
 _SELECT: Final = """
@@ -154,7 +157,7 @@ def _url_args(url: str) -> tuple[str, str, str, str]:
     return (url, canonical, url, canonical)
 
 
-def latest_page(conn: sqlite3.Connection, url: str) -> StoredPage | None:
+def latest_page(conn: ReadConnection, url: str) -> StoredPage | None:
     """The most recently stored page requested as or redirected to `url`, if any.
 
     Raises:
@@ -223,3 +226,12 @@ def open_page_reader(database: Path) -> PageReader:
         StorageError: the file cannot be opened.
     """
     return PageReader(database)
+
+
+async def pg_pages_with_bodies(
+    conn: asyncpg.Connection, after: int, limit: int
+) -> list[StoredPage]:
+    """`pages_with_bodies` on a PostgreSQL connection."""
+    sql = _SELECT + "WHERE p.body IS NOT NULL AND p.id > $1 ORDER BY p.id LIMIT $2"
+    rows = await conn.fetch(sql, after, limit)
+    return [_page(tuple(row)) for row in rows]

@@ -11,9 +11,9 @@ the crawl's once the transaction is committed.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final, final
+from typing import Final, TypeAlias, final
 
 import aiosqlite
 
@@ -36,7 +36,14 @@ from crawler.store import statements
 from crawler.store.bulk import Script, select_in
 from crawler.store.statements import error_row, skipped_row
 
-__all__ = ["Seeds", "add_result_rows", "add_skipped_rows", "replaced_pages"]
+__all__ = [
+    "KeyLookup",
+    "Seeds",
+    "add_result_rows",
+    "add_skipped_rows",
+    "replaced_pages",
+    "stored_item_keys",
+]
 
 
 @final
@@ -62,6 +69,10 @@ def add_skipped_rows(run_id: int, skipped: Sequence[Skipped], now: str, script: 
     script.add(statements.INSERT_SKIPPED, refused)
 
 
+KeyLookup: TypeAlias = Callable[[list[ItemKey]], Awaitable[set[tuple[str, int]]]]
+"""Which of these item keys the database already holds, as (type, key_hash)."""
+
+
 def replaced_pages(results: Sequence[PageResult]) -> list[tuple[int, str]]:
     """The requests whose stored page a re-fetch replaces, with why (`changed`, or `gone`
     for an error status): their items move to the history first (crawler.store.history)."""
@@ -73,7 +84,7 @@ def replaced_pages(results: Sequence[PageResult]) -> list[tuple[int, str]]:
 
 
 async def add_result_rows(
-    conn: aiosqlite.Connection,
+    stored_keys: KeyLookup,
     run_id: int,
     results: list[PageResult],
     now: str,
@@ -85,7 +96,7 @@ async def add_result_rows(
     the table."""
     if not results:
         return
-    await _add_item_checks(conn, run_id, results, now, script, tally)
+    await _add_item_checks(stored_keys, run_id, results, now, script, tally)
     links: list[tuple[object, ...]] = []
     items: list[tuple[object, ...]] = []
     errors: list[tuple[object, ...]] = []
@@ -272,7 +283,7 @@ def _count_state(result: PageResult, stats: Stats) -> None:
 
 
 async def _add_item_checks(
-    conn: aiosqlite.Connection,
+    stored_keys: KeyLookup,
     run_id: int,
     results: list[PageResult],
     now: str,
@@ -284,7 +295,7 @@ async def _add_item_checks(
     Runs first, so everything after it sees only the items that are kept."""
     stats = tally
     keys = [key for result in results for key in result.item_keys.values()]
-    seen = await _stored_item_keys(conn, keys)
+    seen = await stored_keys(keys) if keys else set()
     key_rows: list[tuple[object, ...]] = []
     error_rows: list[tuple[object, ...]] = []
     for result in results:
@@ -311,9 +322,8 @@ async def _add_item_checks(
     script.add(statements.INSERT_ITEM_ERROR, error_rows)
 
 
-async def _stored_item_keys(
-    conn: aiosqlite.Connection, keys: list[ItemKey]
-) -> set[tuple[str, int]]:
+async def stored_item_keys(conn: aiosqlite.Connection, keys: list[ItemKey]) -> set[tuple[str, int]]:
+    """The keys among `keys` that the SQLite file holds (a `KeyLookup`)."""
     by_type: dict[str, set[int]] = {}
     for key in keys:
         by_type.setdefault(key.type, set()).add(key.key_hash)

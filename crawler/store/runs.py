@@ -20,7 +20,7 @@ from crawler.records import utc_now
 from crawler.store.item_tables import drop_item_tables
 from crawler.store.schema import rollback
 
-__all__ = ["finish_run", "release_leases", "start_run"]
+__all__ = ["finish_run", "pid_alive", "release_leases", "start_run"]
 
 _TABLES: Final = (
     "fetches",
@@ -38,7 +38,8 @@ _TABLES: Final = (
 )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this machine is alive (not ended, not a zombie)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -120,7 +121,7 @@ async def _recover_dead_runs(conn: aiosqlite.Connection, hostname: str) -> None:
     dead = [
         run_id
         for run_id, pid, host in rows
-        if host == hostname and (pid is None or not _pid_alive(int(pid)))
+        if host == hostname and (pid is None or not pid_alive(int(pid)))
     ]
     for run_id in dead:
         await conn.execute(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,16 +30,22 @@ from crawler.stats import Stats
 from crawler.store import statements
 from crawler.store.budgets import Budgets
 from crawler.store.bulk import Script
-from crawler.store.claims import ClaimBatch, Claims
+from crawler.store.claims import ClaimBatch, Claims, ClaimSource
 from crawler.store.history import retire_items
 from crawler.store.item_tables import ItemTables
 from crawler.store.refresh import has_pages
 from crawler.store.refusals import commit_or_split
-from crawler.store.rows import Seeds, add_result_rows, add_skipped_rows, replaced_pages
+from crawler.store.rows import (
+    Seeds,
+    add_result_rows,
+    add_skipped_rows,
+    replaced_pages,
+    stored_item_keys,
+)
 from crawler.store.schema import rollback
 from crawler.store.statements import error_row
 
-__all__ = ["Seeds", "Storage"]
+__all__ = ["BatchWriter", "Seeds", "Storage"]
 
 
 @dataclass(slots=True)
@@ -58,28 +65,26 @@ class _Flush:
 _Message = PageResult | Seeds | _ClaimOrder | _Flush
 
 
-@final
-class Storage:
-    """Owns the write connection and the writer task of one crawl run.
+class BatchWriter:
+    """The writer task of one crawl run, whatever the database: an inbox of results, claim
+    orders and flushes, gathered into batches that a subclass commits in one transaction
+    each (`_commit`: `Storage` for SQLite, crawler.store.pg_writer for PostgreSQL).
 
-    Create it with an open connection and a run id, call `load_counts()`, run
-    `run_writer()` as a task and end it with `stop_writer()`; the crawl (crawler.engine.crawl)
-    then releases the run's leases and closes the file.
+    Call `load_counts()`, run `run_writer()` as a task and end it with `stop_writer()`.
     """
 
     def __init__(
         self,
-        conn: aiosqlite.Connection,
         *,
         run_id: int,
         settings: Settings,
         stats: Stats,
         on_committed: Callable[[int], None],
+        claims: ClaimSource,
         on_hosts_saved: Callable[[list[str]], None] | None = None,
     ) -> None:
         """`on_committed` is told how many results each commit wrote, `on_hosts_saved` the
         host of each host snapshot it wrote (crawler.fetch.politeness: `Hosts.saved`)."""
-        self._conn = conn
         self._run_id = run_id
         self._settings = settings
         self._stats = stats
@@ -88,21 +93,18 @@ class Storage:
         self._inbox: asyncio.Queue[_Message | None] = asyncio.Queue(
             maxsize=settings.write_batch_size * 4
         )
-        self._budgets = Budgets(conn, run_id=run_id, settings=settings)
-        self._claims = Claims(conn, run_id=run_id, settings=settings)
-        self._item_tables = ItemTables()
+        self._claims = claims
 
     async def load_counts(self) -> None:
-        """Read what a resumed crawl continues from: the budgets' counts (reopening what
-        earlier runs skipped for theirs), the claim order's index, the pending count."""
-        await self._budgets.load()
-        await self._claims.prepare()
-        self._claims.refetches = await has_pages(self._conn)
-        async with self._conn.execute(
-            "SELECT count(*) FROM requests WHERE state = 'pending'"
-        ) as cursor:
-            row = await cursor.fetchone()
-        self._stats.pending = int(row[0]) if row else 0
+        """Read what a resumed crawl continues from (budgets, the pending count)."""
+        raise NotImplementedError
+
+    async def _commit(self, writes: Sequence[PageResult | Seeds]) -> None:
+        """Write a batch in one transaction."""
+        raise NotImplementedError
+
+    def _forget_item_tables(self) -> None:
+        """Drop what the writer knows of item tables (after a rollback that may undo some)."""
 
     async def submit(self, message: PageResult | Seeds) -> None:
         """Queue a result for the next transaction (waits when the writer is far behind)."""
@@ -236,8 +238,58 @@ class Storage:
         except BaseException:
             for result, items, keys in results:
                 result.items, result.item_keys = items, keys
-            self._item_tables = ItemTables()  # it may know of tables the rollback removed
+            self._forget_item_tables()
             raise
+
+
+@final
+class Storage(BatchWriter):
+    """Owns the write connection and the writer task of one crawl run on an SQLite file.
+
+    Create it with an open connection and a run id, call `load_counts()`, run
+    `run_writer()` as a task and end it with `stop_writer()`; the crawl (crawler.engine.crawl)
+    then releases the run's leases and closes the file.
+    """
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        *,
+        run_id: int,
+        settings: Settings,
+        stats: Stats,
+        on_committed: Callable[[int], None],
+        on_hosts_saved: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        claims = Claims(conn, run_id=run_id, settings=settings)
+        super().__init__(
+            run_id=run_id,
+            settings=settings,
+            stats=stats,
+            on_committed=on_committed,
+            claims=claims,
+            on_hosts_saved=on_hosts_saved,
+        )
+        self._conn = conn
+        self._sqlite_claims = claims
+        self._budgets = Budgets(conn, run_id=run_id, settings=settings)
+        self._item_tables = ItemTables()
+        self._stored_keys = functools.partial(stored_item_keys, conn)
+
+    async def load_counts(self) -> None:
+        """Read what a resumed crawl continues from: the budgets' counts (reopening what
+        earlier runs skipped for theirs), the claim order's index, the pending count."""
+        await self._budgets.load()
+        await self._sqlite_claims.prepare()
+        self._sqlite_claims.refetches = await has_pages(self._conn)
+        async with self._conn.execute(
+            "SELECT count(*) FROM requests WHERE state = 'pending'"
+        ) as cursor:
+            row = await cursor.fetchone()
+        self._stats.pending = int(row[0]) if row else 0
+
+    def _forget_item_tables(self) -> None:
+        self._item_tables = ItemTables()  # it may know of tables the rollback removed
 
     async def _commit(self, writes: Sequence[PageResult | Seeds]) -> None:
         """Write a batch in one transaction. Usually that is one call to the database thread
@@ -268,7 +320,7 @@ class Storage:
             )
             add_skipped_rows(self._run_id, skipped, now, rest)
             rest.add(statements.INSERT_REQUEST_SKIPPED, budget_skips)
-            await add_result_rows(conn, self._run_id, results, now, rest, tally)
+            await add_result_rows(self._stored_keys, self._run_id, results, now, rest, tally)
             rest.add(
                 statements.INSERT_ERROR, [error_row(self._run_id, None, e) for e in seed_errors]
             )

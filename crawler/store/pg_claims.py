@@ -1,0 +1,238 @@
+"""Claims on PostgreSQL: leasing due pending requests to this run, with the politeness of the
+whole crawl (every worker on every machine) decided inside the claim.
+
+A claim takes, in one transaction, the `hosts` rows of hosts with due pending requests
+that are ready (`not_before` passed) with `FOR UPDATE SKIP LOCKED`: a host another worker is
+claiming right now is skipped, never waited for. For each host it holds it counts the
+requests leased under a live lease by anyone (that is the host's in-flight count: a worker
+that dies leaks nothing, its leases just expire) and leases at most
+`concurrency_per_host` (or the host's `throttle_concurrency`, if lower) minus that many,
+with `FOR UPDATE SKIP LOCKED` again. With a delay between requests (`delay_per_host`, the
+host's `crawl_delay` from robots.txt), it leases only what the next `_DELAY_HORIZON` seconds
+can start; each start then takes its crawl-wide turn (crawler.store.pg_pacing), which moves
+`not_before` on, so the host waits for that worker. Every statement is about one host's
+rows, so the frontier could be sharded by host (Citus) with claims inside a shard.
+
+Leases end after `LEASE_SECONDS` unless renewed with the heartbeat (crawler.store.claims).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final, final
+
+import asyncpg
+
+from crawler.links import host_of
+from crawler.records import Claimed
+from crawler.settings import Settings
+from crawler.spider.http import Request
+from crawler.store.claims import LEASE_SECONDS, ClaimBatch, host_from_row, robots_from_row
+from crawler.store.pg_link import PgLink
+from crawler.store.pg_refresh import pg_attach_previous
+
+__all__ = ["PgClaims"]
+
+_HOSTS_PER_CLAIM: Final = 256
+_DELAY_HORIZON: Final = 0.25
+"""Seconds of a delayed host's turns one claim may take, and at least two turns: a slow host
+is shared out a few requests at a time, so that every worker gets its share of it."""
+
+
+@final
+class PgClaims:
+    """The claims of one run, on its link to the server."""
+
+    def __init__(self, link: PgLink, *, run_id: int, settings: Settings) -> None:
+        self._link = link
+        self._run_id = run_id
+        self._settings = settings
+        order = "priority DESC, id DESC" if settings.order == "dfs" else "priority DESC, id"
+        self._claim_sql = _CLAIM.format(order=order)
+        self._host_cursor = ""
+        self._last_renewal = time.monotonic()
+        self.refetches = False
+        """Whether claimed requests may have a stored page (re-fetches, which need it)."""
+
+    async def claim(
+        self,
+        limit: int,
+        held: Mapping[str, int],
+        per_host: int,
+        known: Callable[[str], bool] | None = None,
+    ) -> ClaimBatch:
+        """Lease up to `limit` due pending requests (see `Storage.claim`); with `known`, also
+        read the stored state and robots.txt answers of the claimed hosts not in memory."""
+
+        async def claim(conn: asyncpg.Connection) -> ClaimBatch:
+            batch = await self._claim(conn, limit, held, per_host or limit)
+            if self.refetches and batch.claimed:
+                await pg_attach_previous(conn, batch.claimed)
+            claimed_hosts = {host_of(c.request.url) for c in batch.claimed}
+            fresh = {h for h in claimed_hosts if known is not None and not known(h)}
+            if fresh:
+                hosts = sorted(fresh)
+                batch.hosts = [
+                    host_from_row(tuple(r)) for r in await conn.fetch(_STORED_HOSTS, hosts)
+                ]
+                batch.robots = [
+                    robots_from_row(tuple(r)) for r in await conn.fetch(_STORED_ROBOTS, hosts)
+                ]
+            return batch
+
+        return await self._link.transaction(claim)
+
+    async def _claim(
+        self, conn: asyncpg.Connection, limit: int, held: Mapping[str, int], per_host: int
+    ) -> ClaimBatch:
+        now = time.time()
+        wanted: list[str] = []
+        capped = False
+        for host in await self._pending_hosts(conn):
+            if per_host - held.get(host, 0) < max(1, per_host // 4):
+                capped = True  # refill a host in chunks, not one request per finished page
+            else:
+                wanted.append(host)
+        rows = await conn.fetch(_READY_HOSTS, wanted) if wanted else []
+        # Counted after the lock, in a statement of its own: its snapshot then holds the
+        # leases of the claim that held the lock before (one begun earlier would not).
+        locked = [str(row[0]) for row in rows]
+        counted = await conn.fetch(_LEASED, locked, now) if locked else []
+        leases = {str(row[0]): int(row[1]) for row in counted}
+        claimed: list[Claimed] = []
+        more = False
+        next_due: float | None = None
+        for host, crawl_delay, concurrency, not_before in rows:
+            leased = leases.get(host, 0)
+            if not_before is not None and not_before > now:
+                next_due = not_before if next_due is None else min(next_due, not_before)
+                continue
+            room = min(limit - len(claimed), per_host - held.get(host, 0))
+            room = min(room, self._cap(concurrency) - int(leased))
+            delay = self._delay(crawl_delay)
+            if delay > 0:
+                room = min(room, max(2, math.floor(_DELAY_HORIZON / delay)))
+            if room <= 0:
+                continue
+            got = await conn.fetch(
+                self._claim_sql, host, now, room, self._run_id, now + LEASE_SECONDS
+            )
+            claimed.extend(_claimed_from_row(tuple(row)) for row in got)
+            more = more or len(got) == room
+            self._host_cursor = host
+            if len(claimed) >= limit:
+                more = True
+                break
+        descending = self._settings.order == "dfs"
+        claimed.sort(key=lambda c: (-c.request.priority, -c.id if descending else c.id))
+        if claimed:
+            return ClaimBatch(claimed=claimed, more=more)
+        if capped and not rows:
+            return ClaimBatch(claimed=[], capped=True)
+        summary = await conn.fetchrow(_PENDING_SUMMARY, self._run_id, now)
+        pending, due, elsewhere = tuple(summary) if summary is not None else (0, None, 0)
+        if due is not None and next_due is not None:
+            due = min(due, next_due)
+        return ClaimBatch(
+            claimed=[],
+            pending=int(pending),
+            next_due=due if due is not None else next_due,
+            leased_elsewhere=int(elsewhere or 0) or (1 if pending and next_due is None else 0),
+        )
+
+    def _cap(self, concurrency: int | None) -> int:
+        cap = self._settings.concurrency_per_host
+        return min(cap, int(concurrency)) if concurrency else cap
+
+    def _delay(self, crawl_delay: float | None) -> float:
+        delay = self._settings.delay_per_host
+        if crawl_delay is not None:
+            delay = max(delay, min(float(crawl_delay), self._settings.crawl_delay_max))
+        return delay
+
+    async def renew_leases_if_due(self) -> None:
+        """Extend this run's leases and heartbeat, every `LEASE_SECONDS / 4`."""
+        if time.monotonic() - self._last_renewal <= LEASE_SECONDS / 4:
+            return
+        self._last_renewal = time.monotonic()
+        await self._link.transaction(self._renew)
+
+    async def _renew(self, conn: asyncpg.Connection) -> None:
+        now = time.time()
+        await conn.execute(
+            "UPDATE requests SET lease_expires = $1 WHERE lease_owner = $2 AND state = 'pending'",
+            now + LEASE_SECONDS,
+            self._run_id,
+        )
+        await conn.execute("UPDATE crawls SET heartbeat_at = $1 WHERE id = $2", now, self._run_id)
+
+    async def _pending_hosts(self, conn: asyncpg.Connection) -> list[str]:
+        """Up to `_HOSTS_PER_CLAIM` hosts with pending requests, in turn after the last."""
+        hosts = [
+            r[0] for r in await conn.fetch(_PENDING_HOSTS, self._host_cursor, _HOSTS_PER_CLAIM)
+        ]
+        if len(hosts) < _HOSTS_PER_CLAIM and self._host_cursor:
+            wrapped = await conn.fetch(_PENDING_HOSTS, "", _HOSTS_PER_CLAIM - len(hosts))
+            hosts.extend(r[0] for r in wrapped if r[0] <= self._host_cursor)
+        return hosts
+
+
+def _claimed_from_row(row: Sequence[object]) -> Claimed:
+    row_id, url, method, callback, headers, meta, depth, priority, attempts = row
+    request = Request(
+        str(url),
+        callback=str(callback or "parse"),
+        method=str(method),
+        headers=json.loads(str(headers)) if headers else None,
+        meta=json.loads(str(meta)) if meta else None,
+        priority=int(priority),  # type: ignore[call-overload]
+        depth=int(depth),  # type: ignore[call-overload]
+    )
+    return Claimed(id=int(row_id), request=request, attempts=int(attempts))  # type: ignore[call-overload]
+
+
+_STORED_HOSTS: Final = (
+    "SELECT host, crawl_delay, throttle_delay, throttle_concurrency, not_before, last_status "
+    "FROM hosts WHERE host = ANY($1::text[]) AND updated_at IS NOT NULL"
+)
+_STORED_ROBOTS: Final = (
+    "SELECT url, host, fetched_at, status, outcome, crawl_delay, body, error "
+    "FROM robots WHERE host = ANY($1::text[])"
+)
+_READY_HOSTS: Final = """
+SELECT host, crawl_delay, throttle_concurrency, not_before FROM hosts
+WHERE host = ANY($1::text[]) ORDER BY host FOR UPDATE SKIP LOCKED
+"""
+"""The hosts of a claim that no other worker is claiming (locked until the claim commits)."""
+_LEASED: Final = """
+SELECT host, count(*) FROM requests WHERE host = ANY($1::text[]) AND state = 'pending'
+AND lease_owner IS NOT NULL AND lease_expires >= $2 GROUP BY host
+"""
+"""The requests of those hosts under a live lease: what is in flight, crawl-wide."""
+_CLAIM: Final = """
+UPDATE requests SET lease_owner = $4, lease_expires = $5 WHERE id IN (
+    SELECT id FROM requests WHERE state = 'pending' AND host = $1
+    AND (lease_expires IS NULL OR lease_expires < $2)
+    AND (not_before IS NULL OR not_before <= $2)
+    ORDER BY {order} LIMIT $3 FOR UPDATE SKIP LOCKED)
+RETURNING id, url, method, callback, headers::text, meta::text, depth, priority, attempts
+"""
+_PENDING_SUMMARY: Final = """
+SELECT count(*), min(not_before),
+       count(*) FILTER (WHERE lease_owner IS NOT NULL AND lease_owner != $1
+                        AND lease_expires >= $2)
+FROM requests WHERE state = 'pending'
+"""
+_PENDING_HOSTS: Final = """
+WITH RECURSIVE next_host (host, n) AS (
+    SELECT (SELECT min(host) FROM requests WHERE state = 'pending' AND host > $1), 1
+    UNION ALL
+    SELECT (SELECT min(host) FROM requests WHERE state = 'pending' AND host > next_host.host),
+           n + 1
+    FROM next_host WHERE next_host.host IS NOT NULL AND n < $2
+)
+SELECT host FROM next_host WHERE host IS NOT NULL
+"""

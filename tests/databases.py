@@ -1,0 +1,86 @@
+"""Where a test's crawl is stored — a SQLite file or a PostgreSQL URL — and reading it back.
+
+The behaviour tests that matter for both backends take the `database` fixture
+(tests/conftest.py), parametrized over both, pass its target to `crawl(db=...)` or `-o`, and
+read the tables with `rows`/`scalar`, which take either: SQL written once with `?`
+placeholders and operators both engines understand, as the README's queries are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import re
+import sqlite3
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+
+__all__ = ["Target", "assert_intact", "is_postgres", "rows", "scalar"]
+
+Target = Path | str
+"""A SQLite file (a Path) or a `postgresql://` URL (a str)."""
+
+_PLACEHOLDER: Final = re.compile(r"\?")
+
+
+def is_postgres(target: Target) -> bool:
+    """Whether `target` names a PostgreSQL database rather than a SQLite file."""
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def _numbered(sql: str) -> str:
+    """`?` placeholders as PostgreSQL's `$1`, `$2`, ... (no test query has a literal `?`)."""
+    count = 0
+
+    def number(_: re.Match[str]) -> str:
+        nonlocal count
+        count += 1
+        return f"${count}"
+
+    return _PLACEHOLDER.sub(number, sql)
+
+
+def _plain(value: Any) -> Any:
+    """A PostgreSQL value as SQLite's driver would return it: sum() and avg() of integers
+    come back as numeric, which SQLite gives as int (or float)."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+async def _fetch(url: str, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+    conn = await asyncpg.connect(url)
+    try:
+        records = await conn.fetch(_numbered(sql), *params)
+    finally:
+        await conn.close()
+    return [tuple(_plain(value) for value in record.values()) for record in records]
+
+
+def rows(target: Target, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run a query against a crawl database and return all rows as tuples."""
+    if is_postgres(target):
+        assert isinstance(target, str)
+        # Called from async tests, whose loop is running: the query gets a loop of its own.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, _fetch(target, sql, params)).result()
+    with sqlite3.connect(target) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def scalar(target: Target, sql: str, params: tuple[object, ...] = ()) -> Any:
+    """Run a query that returns one value."""
+    result = rows(target, sql, params)
+    return result[0][0] if result else None
+
+
+def assert_intact(target: Target) -> None:
+    """A SQLite file passes `integrity_check`; a PostgreSQL database answers (the server
+    keeps its own pages intact, and a crash of a client cannot damage them)."""
+    if is_postgres(target):
+        assert scalar(target, "SELECT 1") == 1
+    else:
+        assert scalar(target, "PRAGMA integrity_check") == "ok"
