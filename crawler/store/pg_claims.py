@@ -69,11 +69,20 @@ class PgClaims:
                 capped = True  # refill a host in chunks, not one request per finished page
             else:
                 wanted.append(host)
-        rows = await conn.fetch(_READY_HOSTS, wanted, now) if wanted else []
+        rows = await conn.fetch(_READY_HOSTS, wanted) if wanted else []
+        # Counted after the locks, in a statement of its own: its snapshot sees the leases of
+        # every claim that held a host's lock before this one (the locking statement's own
+        # snapshot may predate them, and the host row they locked is unchanged).
+        locked = [str(row[0]) for row in rows]
+        leases = {
+            str(host): int(count)
+            for host, count in (await conn.fetch(_LIVE_LEASES, locked, now) if rows else [])
+        }
         claimed: list[Claimed] = []
         more = False
         next_due: float | None = None
-        for host, crawl_delay, concurrency, leased, not_before in rows:
+        for host, crawl_delay, concurrency, not_before in rows:
+            leased = leases.get(host, 0)
             if not_before is not None and not_before > now:
                 next_due = not_before if next_due is None else min(next_due, not_before)
                 continue
@@ -162,14 +171,18 @@ def _claimed_from_row(row: Sequence[object]) -> Claimed:
 
 
 _READY_HOSTS: Final = """
-SELECT h.host, h.crawl_delay, h.throttle_concurrency,
-       (SELECT count(*) FROM requests AS r WHERE r.host = h.host AND r.state = 'pending'
-        AND r.lease_owner IS NOT NULL AND r.lease_expires >= $2) AS leased,
-       h.not_before
-FROM hosts AS h WHERE h.host = ANY($1::text[])
-ORDER BY h.host FOR UPDATE OF h SKIP LOCKED
+SELECT host, crawl_delay, throttle_concurrency, not_before
+FROM hosts WHERE host = ANY($1::text[])
+ORDER BY host FOR UPDATE SKIP LOCKED
 """
-"""The hosts of a claim that no other worker is claiming, with their in-flight counts."""
+"""The hosts of a claim that no other worker is claiming, locked until it commits."""
+_LIVE_LEASES: Final = """
+SELECT host, count(*) FROM requests
+WHERE host = ANY($1::text[]) AND state = 'pending'
+  AND lease_owner IS NOT NULL AND lease_expires >= $2
+GROUP BY host
+"""
+"""Each locked host's requests in flight: leased by anyone under a live lease."""
 _CLAIM: Final = """
 UPDATE requests SET lease_owner = $4, lease_expires = $5 WHERE id IN (
     SELECT id FROM requests WHERE state = 'pending' AND host = $1
