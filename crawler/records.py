@@ -21,6 +21,7 @@ __all__ = [
     "Claimed",
     "DropReason",
     "ErrorRecord",
+    "HostRecord",
     "ItemErrorRecord",
     "ItemKey",
     "PageRecord",
@@ -184,6 +185,26 @@ class RobotsRecord:
 
 
 @final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostRecord:
+    """What the crawl has learned about one host, as stored in `hosts` (see
+    crawler.fetch.politeness): written with every result of the host, read back when the
+    host gets work again after leaving memory, or in a later run. Times are unix times."""
+
+    host: str
+    crawl_delay: float | None
+    """robots.txt `Crawl-delay` (capped at `crawl_delay_max`), seconds; None: none asked."""
+    throttle_delay: float
+    """The throttle's delay between two requests' starts, seconds."""
+    throttle_concurrency: int
+    """The throttle's limit of requests in flight."""
+    not_before: float | None
+    """No request of the host starts before this (a cool-down after 429/503, or the delay)."""
+    last_status: int | None
+    """The status of the host's last response."""
+
+
+@final
 @dataclass(slots=True, kw_only=True)
 class PageResult:
     """Everything one request produced; committed together, in one transaction."""
@@ -212,3 +233,5 @@ class PageResult:
     """Why items were dropped before storage (`process_item`), one entry per item."""
     robots: RobotsRecord | None = None
     """The robots.txt fetched for this request's host before fetching the request."""
+    host: HostRecord | None = None
+    """The state of the request's host after it (written to `hosts`)."""

@@ -22,6 +22,7 @@ import pytest
 from crawler import Settings
 from crawler.cli.main import cli
 from crawler.settings import describe_settings, type_name
+from tests.databases import Target, rows, scalar
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -65,8 +66,9 @@ def test_readme_gives_the_two_setup_commands() -> None:
     assert "make test" in text
 
 
-async def test_readme_example_queries_run_on_a_real_crawl(tmp_path: Path) -> None:
-    """Every statement in the README's SQL blocks runs against a crawl of the demo catalogue."""
+async def test_readme_example_queries_run_on_a_real_crawl(database: Target) -> None:
+    """Every statement in the README's SQL blocks runs against a crawl of the demo catalogue,
+    in a SQLite file and in a PostgreSQL database."""
     from aiohttp.test_utils import TestServer
 
     from crawler import crawl
@@ -74,17 +76,19 @@ async def test_readme_example_queries_run_on_a_real_crawl(tmp_path: Path) -> Non
     from crawler.demo import catalogue_app
     from crawler.spider.discovery import find_spider
 
-    db = tmp_path / "books.db"
     async with TestServer(catalogue_app(book_count=40), host="127.0.0.1") as server:
         spider = with_start_urls(find_spider("books"), [str(server.make_url("/"))])
-        await crawl(spider, db=db, settings={"autothrottle": False, "progress_interval": 60.0})
+        settings = {"autothrottle": False, "progress_interval": 60.0}
+        await crawl(spider, db=database, settings=settings)
     blocks = re.findall(r"```sql\n(.*?)```", README.read_text(), re.DOTALL)
     statements = [s.strip() for block in blocks for s in block.split(";") if s.strip()]
     assert len(statements) >= 6
-    with sqlite3.connect(db) as conn:
-        for statement in statements:
-            conn.execute(statement).fetchall()
-        assert conn.execute("SELECT count(*) FROM book WHERE price < 20").fetchone()[0] > 0
+    for statement in statements:
+        rows(database, statement)
+    cheap = "SELECT count(*) FROM book WHERE price < 20"
+    assert scalar(database, cheap) > 0
+    from_items = [s for s in statements if "CAST(data ->> 'price' AS REAL) < 20" in s]
+    assert len(rows(database, from_items[0])) == scalar(database, cheap)
 
 
 DOCS = [README, *sorted((README.parent / "docs").glob("*.md"))]

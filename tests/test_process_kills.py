@@ -279,7 +279,7 @@ async def test_the_summary_counts_what_a_killed_worker_stored(
 ) -> None:
     from crawler import crawl
     from crawler.cli.common import with_start_urls
-    from crawler.engine.processes import combined_summary
+    from crawler.engine.summary import combined_summary
     from tests.spiders import FollowAllSpider
 
     db = tmp_path / "crawl.db"

@@ -38,7 +38,8 @@ from crawler.cli.readonly import open_read_only, read_crawl_database
 from crawler.cli.results import export, parse, query, reparse, stats
 from crawler.cli.spiders import new, record, serve_demo
 from crawler.engine.crawl import Crawl
-from crawler.engine.processes import combined_summary, last_run_id, run_processes
+from crawler.engine.processes import run_processes
+from crawler.engine.summary import combined_summary, last_run_id
 from crawler.results.formats import write_rows
 from crawler.results.status import crawl_status
 from crawler.settings import LoadedSettings, Settings, describe_settings

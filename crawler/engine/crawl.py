@@ -16,13 +16,11 @@ import dataclasses
 import functools
 import gzip
 import logging
-import sqlite3
 import time
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any, Final, final
 
-import asyncpg
 from rich.console import Console
 
 from crawler.engine.callbacks import CallbackRunner, LoopHeartbeat, spider_error
@@ -34,12 +32,13 @@ from crawler.fetch.politeness import Hosts
 from crawler.fetch.robots import RobotsCache
 from crawler.frontier.feeder import Feeder
 from crawler.frontier.gate import Frontier
+from crawler.links import host_of
 from crawler.records import Claimed, PageRecord, PageResult, RequestState, utc_now
 from crawler.settings import Settings, load_settings
 from crawler.spider.base import Spider
 from crawler.spider.http import Request, Response
 from crawler.stats import Stats, show_progress
-from crawler.store.backends import CrawlStore, describe_target, open_store
+from crawler.store.backends import STORE_ERRORS, CrawlStore, describe_target, open_store
 from crawler.store.pg_schema import is_postgres_url
 from crawler.store.writer import BatchWriter, Seeds
 
@@ -128,14 +127,15 @@ class Crawl:
                 settings=self.settings,
                 stats=self.stats,
                 on_committed=feeder.release,
+                on_hosts_saved=self._hosts.saved,
             )
             await storage.load_counts()
-            self._robots.load(await store.robots())
-            self._hosts.share_pacing(store.pacer())
+            self._hosts.pacer = store.pacer()
             await store.declare_item_tables(self.spider)
             self.started = True
             refusal = self._frontier.redirect_refusal
             async with Fetcher(self.settings, refusal, hosts=self._hosts) as fetcher:
+                feeder.on_forget = fetcher.close_idle
                 await self.spider.opened()
                 await self._run_tasks(storage, feeder, fetcher, queue)
             if self.status == "running":
@@ -158,19 +158,14 @@ class Crawl:
                 await store.end_run(
                     run_id, status=self.status, reason=self.reason, stats=self.stats.as_dict()
                 )
-        except (
-            StorageError,
-            sqlite3.Error,
-            asyncpg.PostgresError,
-            OSError,
-        ) as exc:  # the next run marks it crashed
+        except STORE_ERRORS as exc:  # the next run marks it crashed
             # When the storage is what failed, the CLI's one line already says so.
             level = logging.DEBUG if self._storage_failed else logging.WARNING
             logger.log(level, "could not record the end of the run: %s", exc)
         finally:
             try:
                 await store.close()
-            except (sqlite3.Error, asyncpg.PostgresError, OSError) as exc:
+            except STORE_ERRORS as exc:
                 logger.warning("could not close the database cleanly: %s", exc)
         try:
             await self.spider.closed(self.status)
@@ -271,6 +266,8 @@ class Crawl:
             finally:
                 self.stats.in_flight -= 1
                 feeder.done(claimed)  # its host may take another request
+            # what the host learned goes with the result (it stays in memory until written)
+            result.host = self._hosts.snapshot(host_of(claimed.request.url))
             await storage.submit(result)
 
     def _internal_failure(self, claimed: Claimed, exc: Exception) -> PageResult:

@@ -24,9 +24,10 @@ from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import TYPE_CHECKING, Any, Final, final
 
-import aiohttp
 from aiohttp.abc import ResolveResult
 from yarl import URL
+
+from crawler.fetch.pool import BoundedPool
 
 if TYPE_CHECKING:
     from aiohttp.tracing import Trace
@@ -258,7 +259,7 @@ _START_HOSTS_AT_ONCE: Final = 64
 trusted as they are first resolved by the crawl itself."""
 
 
-class GuardedConnector(aiohttp.TCPConnector):
+class GuardedConnector(BoundedPool):
     """aiohttp's TCP connector, refusing addresses its `AddressPolicy` does not allow.
 
     aiohttp calls `_resolve_host` for every new connection (literal IP hosts included, its DNS

@@ -153,6 +153,10 @@ class Fetcher:
         finally:
             await self._deadlines.__aexit__(exc_type, exc, tb)
 
+    def close_idle(self, hosts: list[str]) -> None:
+        """Close the pool's idle connections to `hosts` (the crawl has no work for them)."""
+        self._connector.close_idle(hosts)
+
     @property
     def start_urls_known(self) -> bool:
         """Whether the crawl's start URLs were given (see the class doc)."""

@@ -10,6 +10,14 @@ and feeds status and latency to the host's `Throttle`. A retry's backoff sleep h
 between attempts, outside any slot.
 
 `Throttle` is the arithmetic alone, without clocks or I/O (see its docstring).
+
+Memory holds at most `RECENT_HOSTS` hosts, the most recently used, and more only while they
+have work (requests held by the feeder, handed out, or results being written): `Hosts.trim`
+forgets the least recently used idle hosts beyond that. What a host has learned is written
+to the `hosts` table with each of its results (`Hosts.snapshot`; a host is forgotten only
+once those are committed, `Hosts.saved`) and read back when a claim brings it work again
+(`Hosts.restore`), so a broad crawl's memory does not grow with the number of hosts and
+nothing a host taught is lost.
 """
 
 from __future__ import annotations
@@ -19,21 +27,25 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, Self, final
 
 from crawler.errors import ConnectError, FetchTimeout, ProtocolError
 from crawler.links import host_of
+from crawler.records import HostRecord
 from crawler.settings import Settings
 
-__all__ = ["HostState", "Hosts", "Pacer", "Slot", "Throttle", "ThrottlePolicy"]
+__all__ = ["RECENT_HOSTS", "HostState", "Hosts", "Pacer", "Slot", "Throttle", "ThrottlePolicy"]
 
 logger = logging.getLogger(__name__)
 
 THROTTLE_STATUSES: Final = frozenset({429, 503})
 """Statuses that mean "slow down": the host gets a cool-down and a lower pace."""
+RECENT_HOSTS: Final = 4096
+"""Hosts kept in memory, the most recently used (more only while they have work)."""
 
 
 @final
@@ -86,6 +98,8 @@ class Throttle:
     `Retry-After` cool-downs apply.
     """
 
+    __slots__ = ("blocked_until", "delay", "floor", "limit", "policy")
+
     def __init__(self, policy: ThrottlePolicy) -> None:
         self.policy = policy
         self.floor = policy.min_delay
@@ -100,7 +114,7 @@ class Throttle:
     def set_floor(self, seconds: float) -> None:
         """Raise the least delay (a robots.txt `Crawl-delay`); never below `delay_per_host`."""
         self.floor = max(self.policy.min_delay, seconds)
-        self.delay = self._clamp(self.delay)
+        self.delay = self.clamp(self.delay)
 
     def on_response(
         self, now: float, latency: float, status: int, retry_after: float | None = None
@@ -120,10 +134,10 @@ class Throttle:
             return
         averaged = (self.delay + latency / policy.target_concurrency) / 2
         if status < 400:
-            self.delay = self._clamp(averaged)
+            self.delay = self.clamp(averaged)
             self.limit = min(policy.max_concurrency, self.limit + 1)
         else:  # an error page is no evidence that the host can go faster
-            self.delay = self._clamp(max(self.delay, averaged))
+            self.delay = self.clamp(max(self.delay, averaged))
 
     def on_failure(self, now: float) -> None:
         """Account for an attempt that got no response (timeout, refused, reset): fewer in
@@ -134,9 +148,10 @@ class Throttle:
 
     def _slow_down(self) -> None:
         self.limit = max(1, self.limit // 2)
-        self.delay = self._clamp(max(2 * self.delay, self.policy.slowed_delay))
+        self.delay = self.clamp(max(2 * self.delay, self.policy.slowed_delay))
 
-    def _clamp(self, delay: float) -> float:
+    def clamp(self, delay: float) -> float:
+        """`delay` within the floor and `max_delay` (or the floor, when that is larger)."""
         return min(max(delay, self.floor), max(self.policy.max_delay, self.floor))
 
 
@@ -157,6 +172,16 @@ class HostState:
     """The earliest time the next attempt may start (set by the fetcher's slots)."""
     active: int = 0
     """Attempts in progress right now."""
+    crawl_delay: float | None = None
+    """The robots.txt `Crawl-delay` applied, if any."""
+    last_status: int | None = None
+    """The status of the last response."""
+    unsaved: int = 0
+    """Snapshots handed to the writer and not committed yet: the host stays in memory."""
+
+    def idle(self) -> bool:
+        """Whether nothing of the host is in flight or waiting to be written."""
+        return not (self.reserved or self.active or self.unsaved)
 
     def start_at(self) -> float:
         """The earliest time an attempt may start: the delay and any cool-down passed."""
@@ -215,10 +240,12 @@ Pacer = Callable[[str, float], Awaitable[None]]
 
 @final
 class Hosts:
-    """The `HostState` of every host seen in this crawl.
+    """The `HostState` of the `recent` most recently used hosts and of those with work (see
+    the module doc).
 
-    `clock`, `sleep` and `rand` are injectable so that tests can run the timing on a fake
-    clock; by default they are `time.monotonic`, `asyncio.sleep` and `random.random`.
+    `clock`, `wall`, `sleep` and `rand` are injectable so that tests can run the timing on a
+    fake clock; by default they are `time.monotonic`, `time.time` (the `hosts` table's times),
+    `asyncio.sleep` and `random.random`.
     """
 
     def __init__(
@@ -226,28 +253,37 @@ class Hosts:
         settings: Settings,
         *,
         clock: Clock = time.monotonic,
+        wall: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        recent: int | None = None,
     ) -> None:
         self._policy = ThrottlePolicy.from_settings(settings)
         self._randomize = settings.randomize_delay
         self._clock = clock
+        self._wall = wall
         self._sleep = sleep
         self._rand = rand
-        self._states: dict[str, HostState] = {}
+        self._recent = RECENT_HOSTS if recent is None else recent
+        self._states: OrderedDict[str, HostState] = OrderedDict()
+        """Least recently handed out first (see `trim`)."""
         self._busy: set[str] = set()
-        self._shared: Pacer | None = None
-
-    def share_pacing(self, pacer: Pacer | None) -> None:
-        """Space the starts of a delayed host's requests across every worker of the crawl
-        too: before each attempt at a host with a fixed delay (`delay_per_host`, Crawl-delay),
-        `pacer(host, delay)` waits for the crawl-wide turn (crawler.store.pg_pacing)."""
-        self._shared = pacer
+        self.pacer: Pacer | None = None
+        """Waits for a delayed host's crawl-wide turn before each attempt at it, when workers
+        elsewhere share the crawl (crawler.store.pg_pacing)."""
 
     @property
     def clock(self) -> Clock:
         """The clock every time in a `HostState` is measured on."""
         return self._clock
+
+    def __len__(self) -> int:
+        """The number of hosts in memory."""
+        return len(self._states)
+
+    def __contains__(self, host: object) -> bool:
+        """Whether `host` is in memory (else its state is in the `hosts` table, if any)."""
+        return host in self._states
 
     def __getitem__(self, host: str) -> HostState:
         """Return a host's state, creating it on first use."""
@@ -260,6 +296,7 @@ class Hosts:
         """Apply a robots.txt `Crawl-delay` to a host, counted from its last request (the
         robots.txt fetch itself)."""
         state = self[host]
+        state.crawl_delay = seconds
         state.throttle.set_floor(seconds)
         state.next_start = max(state.next_start, state.last_start + state.throttle.delay)
 
@@ -269,6 +306,7 @@ class Hosts:
         state.reserved += 1
         state.released_at = self._clock()
         self._busy.add(host)
+        self._states.move_to_end(host)
 
     def finish(self, host: str) -> None:
         """A worker is done with a request of `host` (fetched, failed or skipped)."""
@@ -280,6 +318,62 @@ class Hosts:
     def reservations(self) -> dict[str, int]:
         """Requests handed to workers and not finished, per host (hosts with none left out)."""
         return {host: self._states[host].reserved for host in self._busy}
+
+    def snapshot(self, host: str) -> HostRecord:
+        """What `host` has learned, for the `hosts` table; the host stays in memory until
+        `saved` is called for it (once the writer has committed the record)."""
+        state = self[host]
+        state.unsaved += 1
+        throttle = state.throttle
+        start = state.start_at()
+        return HostRecord(
+            host=host,
+            crawl_delay=state.crawl_delay,
+            throttle_delay=throttle.delay,
+            throttle_concurrency=throttle.limit,
+            not_before=None if start == -math.inf else self._wall() + start - self._clock(),
+            last_status=state.last_status,
+        )
+
+    def saved(self, hosts: Iterable[str]) -> None:
+        """The writer committed a snapshot of each of `hosts` (one entry per snapshot)."""
+        for host in hosts:
+            if (state := self._states.get(host)) is not None and state.unsaved:
+                state.unsaved -= 1
+
+    def restore(self, record: HostRecord) -> None:
+        """Bring back a host that is not in memory as the `hosts` table knows it (a host in
+        memory knows at least as much: it is left as it is)."""
+        if record.host in self._states:
+            return
+        state = self[record.host]
+        throttle = state.throttle
+        if record.crawl_delay is not None:
+            state.crawl_delay = record.crawl_delay
+            throttle.set_floor(record.crawl_delay)
+        if record.throttle_delay is not None:
+            throttle.delay = throttle.clamp(record.throttle_delay)
+        if record.throttle_concurrency is not None:
+            throttle.limit = min(max(1, record.throttle_concurrency), self._policy.max_concurrency)
+        if record.not_before is not None:
+            throttle.blocked_until = self._clock() + record.not_before - self._wall()
+        state.last_status = record.last_status
+
+    def trim(self, keep: Callable[[str], bool]) -> list[str]:
+        """Forget the least recently used idle hosts while more than `recent` are in memory,
+        except those `keep` names (the feeder holds requests of them); return the hosts
+        forgotten."""
+        states = self._states
+        forgotten: list[str] = []
+        for _ in range(len(states)):
+            if len(states) <= self._recent:
+                break
+            host, state = states.popitem(last=False)
+            if state.idle() and not keep(host):
+                forgotten.append(host)
+            else:
+                states[host] = state  # busy: to the back of the line
+        return forgotten
 
     def slot(self, url: str) -> Slot:
         """Hold the host of `url` for one attempt: `async with hosts.slot(url) as slot:`.
@@ -294,8 +388,8 @@ class Hosts:
         """Wait for the host's turn, take it, and return the start time."""
         while (wait := state.start_at() - self._clock()) > 0:
             await self._sleep(wait)
-        if self._shared is not None and state.throttle.floor > 0:
-            await self._shared(state.host, state.throttle.floor)
+        if self.pacer is not None and state.throttle.floor > 0:
+            await self.pacer(state.host, state.throttle.floor)
         started = state.last_start = self._clock()
         factor = 0.5 + self._rand() if self._randomize else 1.0
         state.next_start = started + state.throttle.delay * factor
@@ -305,6 +399,8 @@ class Hosts:
     def _exit(self, state: HostState, slot: Slot, failure: BaseException | None) -> None:
         """Release the host and feed the attempt's outcome to its throttle."""
         state.active -= 1
+        if slot.status is not None:
+            state.last_status = slot.status
         if isinstance(failure, FetchTimeout | ConnectError | ProtocolError):
             state.throttle.on_failure(self._clock())  # too large, redirect: not the host's fault
             return

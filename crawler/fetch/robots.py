@@ -19,8 +19,12 @@ asked again; after `max_retries` such deferrals it is skipped as `robots_unavail
 There is one decision, `RobotsCache.allows(url)`: True, False, or None while the site's
 robots.txt is not known. The feeder uses it to skip disallowed requests without fetching
 them and to send a single request to a site whose robots.txt is unknown; that request's
-worker calls `check()`, which fetches robots.txt first. A resumed crawl reloads the stored
-answers (for at most 24 hours, as RFC 9309 allows) instead of fetching them again.
+worker calls `check()`, which fetches robots.txt first.
+
+Answers are kept in memory only for the hosts crawler.fetch.politeness keeps (`forget` drops
+a host's when it leaves memory); a claim that brings a host back, in this run or a resumed
+one, hands over its stored answers (`restore`), trusted for at most 24 hours as RFC 9309
+allows, instead of fetching them again.
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -100,7 +103,10 @@ class RobotsCache:
         self._hosts = hosts
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
+        self._urls: dict[str, list[str]] = {}
+        """The robots.txt URLs of each host in `_entries` (one per scheme and port)."""
         self._locks: dict[str, asyncio.Lock] = {}
+        """Sites whose robots.txt is being fetched right now."""
 
     def allows(self, url: str) -> bool | None:
         """Return whether `url` may be fetched, or None if its robots.txt is not known yet."""
@@ -147,22 +153,37 @@ class RobotsCache:
         if known is not None:
             return RobotsCheck(allowed=known, fetched=None)
         key = robots_url(url)
-        async with self._locks.setdefault(key, asyncio.Lock()):
-            entry = self._entries.get(key)
-            if entry is not None and entry.expires > self._clock():  # fetched while we waited
-                return RobotsCheck(allowed=self._decide(entry, url), fetched=None)
-            record = await self._fetch(key, fetcher)
-            entry = self._remember(record, self._clock())
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                entry = self._entries.get(key)
+                if entry is not None and entry.expires > self._clock():  # fetched meanwhile
+                    return RobotsCheck(allowed=self._decide(entry, url), fetched=None)
+                record = await self._fetch(key, fetcher)
+                entry = self._remember(record, self._clock())
+        finally:
+            if not lock.locked() and self._locks.get(key) is lock:
+                del self._locks[key]  # a waiter still holding it finds the answer remembered
         return RobotsCheck(allowed=self._decide(entry, url), fetched=record)
 
-    def load(self, records: Iterable[RobotsRecord]) -> None:
-        """Take back the answers an earlier run of this crawl stored, if still fresh."""
-        if not self._obey:
+    def restore(self, record: RobotsRecord) -> None:
+        """Bring back a stored answer (an earlier run's, or a host's that left memory) unless
+        one is in memory or it has expired."""
+        if not self._obey or record.url in self._entries:
             return
-        for record in records:
-            fetched = datetime.fromisoformat(record.fetched_at).timestamp()
-            if fetched + self._ttl(RobotsOutcome(record.outcome), record.status) > self._clock():
-                self._remember(record, fetched)
+        fetched = datetime.fromisoformat(record.fetched_at).timestamp()
+        if fetched + self._ttl(RobotsOutcome(record.outcome), record.status) > self._clock():
+            self._remember(record, fetched)
+
+    def forget(self, hosts: list[str]) -> None:
+        """Drop the answers of `hosts` from memory (they stay in the `robots` table)."""
+        for host in hosts:
+            for url in self._urls.pop(host, ()):
+                self._entries.pop(url, None)
+
+    def __len__(self) -> int:
+        """The number of robots.txt answers in memory."""
+        return len(self._entries)
 
     def _decide(self, entry: _Entry, url: str) -> bool:
         if entry.parser is not None:
@@ -179,6 +200,8 @@ class RobotsCache:
         outcome = RobotsOutcome(record.outcome)
         parser = Protego.parse(record.body or "") if outcome is RobotsOutcome.RULES else None
         expires = fetched + self._ttl(outcome, record.status)
+        if record.url not in self._entries:
+            self._urls.setdefault(record.host, []).append(record.url)
         entry = self._entries[record.url] = _Entry(outcome, parser, expires)
         if record.crawl_delay is not None:
             delay = min(record.crawl_delay, self._delay_max)

@@ -9,6 +9,11 @@ and never more than the workers can start (plus a little slack): workers do not 
 for one host while another has work. Requests that robots.txt disallows are recorded as
 skipped here, without a worker.
 
+Each claim also brings back the hosts it gives work to that are not in memory (their stored
+politeness state and robots.txt answers), before their requests are held; after it, hosts
+beyond the bounded cache of recent ones are forgotten (crawler.fetch.politeness), and so are
+their robots.txt answers and idle connections (`on_forget`).
+
 The feeder also decides when the crawl is over: nothing claimed is unfinished and the
 frontier holds no pending request. Then, or when asked to stop, it puts one `None` per worker
 on the queue.
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Callable
 from typing import Final, final
 
 from crawler.fetch.politeness import Hosts
@@ -27,6 +33,7 @@ from crawler.frontier.queues import HostQueues
 from crawler.links import host_of
 from crawler.records import Claimed
 from crawler.settings import Settings
+from crawler.store.claims import ClaimBatch
 from crawler.store.writer import BatchWriter
 
 __all__ = ["Feeder"]
@@ -64,6 +71,8 @@ class Feeder:
         self._per_host = in_flight if settings.order == "dfs" else 8 * in_flight + 4
         self._hosts = hosts
         self._robots = robots
+        self.on_forget: Callable[[list[str]], None] | None = None
+        """Told the hosts forgotten after a claim (the fetcher closes their idle connections)."""
         self._held = HostQueues(hosts, robots)
         self._handed_out = 0
         self._outstanding = 0
@@ -143,13 +152,14 @@ class Feeder:
                 self._frontier_changed = False
                 room = self._window - len(self._held) - self._handed_out
                 batch = await storage.claim(
-                    room, held=self._held.held_by_host(), per_host=self._per_host
+                    room,
+                    held=self._held.held_by_host(),
+                    per_host=self._per_host,
+                    known=self._hosts.__contains__,
                 )
                 if self.stopping:  # stop() was called while the claim was running
                     return
-                self._outstanding += len(batch.claimed)
-                for claimed in batch.claimed:
-                    self._held.add(claimed)
+                self._take(batch)
                 self._capped_at = len(self._held) if batch.capped and not batch.claimed else None
                 if batch.claimed:
                     self._refill_below = len(self._held) // 2
@@ -168,6 +178,22 @@ class Feeder:
                     await self._changed.wait()
             except TimeoutError:
                 pass
+
+    def _take(self, batch: ClaimBatch) -> None:
+        """Hold a claim's requests, their hosts restored first; then forget the hosts that
+        are idle and beyond the cache of recent ones."""
+        for host in batch.hosts:
+            self._hosts.restore(host)
+        for robots in batch.robots:
+            self._robots.restore(robots)
+        self._outstanding += len(batch.claimed)
+        for claimed in batch.claimed:
+            self._held.add(claimed)
+        forgotten = self._hosts.trim(self._held.holds)
+        if forgotten:
+            self._robots.forget(forgotten)
+            if self.on_forget is not None:
+                self.on_forget(forgotten)
 
     def _hand_out(self) -> None:
         """Put requests of ready hosts on the work queue while workers can take them."""

@@ -54,6 +54,10 @@ class HostQueues:
         """The number of requests held (refused ones not included)."""
         return self._held
 
+    def holds(self, host: str) -> bool:
+        """Whether requests of `host` are held here."""
+        return host in self._queues
+
     def held_by_host(self) -> dict[str, int]:
         """Requests in memory per host: held here or handed out and not finished."""
         held = {host: len(queue) for host, queue in self._queues.items()}

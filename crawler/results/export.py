@@ -135,6 +135,10 @@ def _dict_rows(conn: ReadConnection, type_name: str, *, as_json: bool) -> ItemRo
     """Rows of dict items: one column per key seen in any item of the type, in first-seen
     order, named as in the type's view."""
     keys = [str(row[0]) for row in conn.execute(_keys_sql(conn), (type_name,))]
+    if isinstance(conn, PgReader):  # jsonb keeps no key order: the view's has it
+        view = conn.execute(_PG_VIEW_KEYS, (type_name,)).fetchone()
+        ordered = list(json.loads(view[0])) if view is not None else []
+        keys = ordered + [key for key in keys if key not in ordered]
     taken = {c.lower() for c in (ID_COLUMN, *META_COLUMNS)}
     columns = [ID_COLUMN, *(unique_column(key, taken) for key in keys), *META_COLUMNS]
     cursor = conn.execute(_DICT_ITEMS, (type_name,))
@@ -163,7 +167,9 @@ _PG_KEYS: Final = (
     "SELECT k FROM items, jsonb_object_keys(CASE jsonb_typeof(data) WHEN 'object' THEN data "
     "ELSE '{}'::jsonb END) AS k WHERE items.type = ? GROUP BY k ORDER BY min(items.id), k"
 )
-"""The same on PostgreSQL (jsonb keeps no key order: keys of one item come sorted)."""
+_PG_VIEW_KEYS: Final = "SELECT columns::text FROM item_tables WHERE type = ? AND kind = 'view'"
+"""The same on PostgreSQL; jsonb keeps no key order, so the view's order comes first (the
+keys as first seen, see crawler.store.pg_items)."""
 
 
 def _keys_sql(conn: ReadConnection) -> str:

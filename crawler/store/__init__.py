@@ -1,8 +1,17 @@
-"""The database: the schema and its migrations (`schema`, `migrations`), the single writer
+"""The database: an SQLite file (the embedded default) or a PostgreSQL database shared by
+workers on many machines, behind one port (`backends`: open either, start and end a run,
+make its writer).
+
+SQLite: the schema and its migrations (`schema`, `migrations`), the single writer
 (`writer`; `rows`, the rows a batch adds; `refusals`, for rows the database will not take),
 every statement a write batch runs (`statements`, `bulk`), the writer's side of admission
 (`budgets`) and of the frontier's claims and leases (`claims`), typed item tables
 (`item_tables`, `columns`), crawl runs (`runs`) and stored pages (`pages`).
+
+PostgreSQL, the same tables and the same batches (`rows` builds them for both): the schema
+(`pg_schema`), a connection that reconnects (`pg_link`), the writer (`pg_writer`) and its
+statements (`pg_statements`), claims with crawl-wide politeness (`pg_claims`, `pg_pacing`),
+typed item tables (`pg_items`), runs (`pg_runs`) and the read side's connection (`pg_read`).
 
 Enters: `PageResult`s and `Seeds` from the engine, claim orders from the feeder. Leaves:
 committed rows, claimed requests to the feeder (crawler.frontier.feeder). Every SQL that

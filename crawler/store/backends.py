@@ -3,13 +3,14 @@ default) or a PostgreSQL database shared by workers on many machines.
 
 `open_store(target)` opens either (a URL `postgresql://…` or `postgres://…` names a
 PostgreSQL database, anything else is a file path) and returns a `CrawlStore`: the few
-things a run does besides writing batches (start and end the run, read the robots.txt
-answers it starts from, declare item tables) and the writer of its batches
+things a run does besides writing batches (start and end the run, declare item tables,
+space delayed hosts' requests across workers) and the writer of its batches
 (crawler.store.writer's `Storage`, crawler.store.pg_writer's `PgStorage`).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, final
@@ -17,8 +18,8 @@ from typing import Any, Protocol, final
 import aiosqlite
 import asyncpg
 
+from crawler.errors import StorageError
 from crawler.fetch.politeness import Pacer
-from crawler.records import RobotsRecord
 from crawler.settings import Settings
 from crawler.spider.base import Spider
 from crawler.stats import Stats
@@ -26,14 +27,24 @@ from crawler.store.item_tables import declare_item_tables
 from crawler.store.pg_items import declare_pg_item_tables
 from crawler.store.pg_link import PgLink
 from crawler.store.pg_pacing import PgPacer
-from crawler.store.pg_runs import finish_pg_run, pg_robots, release_pg_leases, start_pg_run
+from crawler.store.pg_runs import finish_pg_run, release_pg_leases, start_pg_run
 from crawler.store.pg_schema import is_postgres_url, open_pg, redact
 from crawler.store.pg_writer import PgStorage
-from crawler.store.runs import finish_run, release_leases, robots_records, start_run
+from crawler.store.runs import finish_run, release_leases, start_run
 from crawler.store.schema import open_database, rollback
 from crawler.store.writer import BatchWriter, Storage
 
-__all__ = ["CrawlStore", "PgStore", "SqliteStore", "describe_target", "open_store"]
+__all__ = ["STORE_ERRORS", "CrawlStore", "PgStore", "SqliteStore", "describe_target", "open_store"]
+
+
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    StorageError,
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+)
+"""What a store's calls raise when the storage fails (beside our own StorageError)."""
 
 
 class CrawlStore(Protocol):
@@ -43,12 +54,15 @@ class CrawlStore(Protocol):
         """Record a new run (recovering dead runs' leases) and return its id."""
 
     def writer(
-        self, *, run_id: int, settings: Settings, stats: Stats, on_committed: Callable[[int], None]
+        self,
+        *,
+        run_id: int,
+        settings: Settings,
+        stats: Stats,
+        on_committed: Callable[[int], None],
+        on_hosts_saved: Callable[[list[str]], None] | None = None,
     ) -> BatchWriter:
         """The writer of this run's batches."""
-
-    async def robots(self) -> list[RobotsRecord]:
-        """The robots.txt answers stored so far."""
 
     async def declare_item_tables(self, spider: Spider) -> None:
         """Create the tables of the spider's `item_types`."""
@@ -60,7 +74,7 @@ class CrawlStore(Protocol):
 
     def pacer(self) -> Pacer | None:
         """Crawl-wide spacing of delayed hosts' requests, where other workers may share the
-        database on other machines (crawler.fetch.politeness.Hosts.share_pacing)."""
+        database on other machines (crawler.fetch.politeness `Hosts.pacer`)."""
 
     async def close(self) -> None:
         """Close the connection."""
@@ -93,18 +107,22 @@ class SqliteStore:
         return await start_run(self.conn, spider=spider, settings=settings, fresh=fresh)
 
     def writer(
-        self, *, run_id: int, settings: Settings, stats: Stats, on_committed: Callable[[int], None]
+        self,
+        *,
+        run_id: int,
+        settings: Settings,
+        stats: Stats,
+        on_committed: Callable[[int], None],
+        on_hosts_saved: Callable[[list[str]], None] | None = None,
     ) -> BatchWriter:
         return Storage(
-            self.conn, run_id=run_id, settings=settings, stats=stats, on_committed=on_committed
+            self.conn,
+            run_id=run_id,
+            settings=settings,
+            stats=stats,
+            on_committed=on_committed,
+            on_hosts_saved=on_hosts_saved,
         )
-
-    async def robots(self) -> list[RobotsRecord]:
-        async with self.conn.execute(
-            "SELECT url, host, fetched_at, status, outcome, crawl_delay, body, error FROM robots"
-        ) as cursor:
-            rows = await cursor.fetchall()
-        return robots_records(rows)
 
     async def declare_item_tables(self, spider: Spider) -> None:
         await declare_item_tables(self.conn, spider)
@@ -136,14 +154,22 @@ class PgStore:
         return await start_pg_run(conn, spider=spider, settings=settings, fresh=fresh)
 
     def writer(
-        self, *, run_id: int, settings: Settings, stats: Stats, on_committed: Callable[[int], None]
+        self,
+        *,
+        run_id: int,
+        settings: Settings,
+        stats: Stats,
+        on_committed: Callable[[int], None],
+        on_hosts_saved: Callable[[list[str]], None] | None = None,
     ) -> BatchWriter:
         return PgStorage(
-            self.link, run_id=run_id, settings=settings, stats=stats, on_committed=on_committed
+            self.link,
+            run_id=run_id,
+            settings=settings,
+            stats=stats,
+            on_committed=on_committed,
+            on_hosts_saved=on_hosts_saved,
         )
-
-    async def robots(self) -> list[RobotsRecord]:
-        return await pg_robots(await self.link.connection())
 
     async def declare_item_tables(self, spider: Spider) -> None:
         async def declare(conn: asyncpg.Connection) -> None:

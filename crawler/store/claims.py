@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Final, final
 
 import aiosqlite
 
-from crawler.records import Claimed
+from crawler.records import Claimed, HostRecord, RobotsRecord
 from crawler.settings import Settings
 from crawler.spider.http import Request
+from crawler.store.bulk import select_in
 
-__all__ = ["LEASE_SECONDS", "ClaimBatch", "Claims"]
+__all__ = ["LEASE_SECONDS", "ClaimBatch", "Claims", "host_from_row", "robots_from_row"]
 
 LEASE_SECONDS: Final = 120.0
 _HOSTS_PER_CLAIM: Final = 256
@@ -47,6 +48,11 @@ class ClaimBatch:
     capped: bool = False
     """Nothing was claimed because hosts with pending requests already hold `per_host` in
     memory; then `pending` and `next_due` are not counted (that would scan the frontier)."""
+    hosts: list[HostRecord] = field(default_factory=list)
+    """The stored state of the claimed requests' hosts that the crawl does not hold in
+    memory (see crawler.fetch.politeness), to be restored before their requests go out."""
+    robots: list[RobotsRecord] = field(default_factory=list)
+    """The stored robots.txt answers of those same hosts."""
 
 
 @final
@@ -69,13 +75,21 @@ class Claims:
                 "ON requests (host, priority DESC, id DESC) WHERE state = 'pending'"
             )
 
-    async def claim(self, limit: int, held: Mapping[str, int], per_host: int) -> ClaimBatch:
-        """Lease up to `limit` due pending requests (see `Storage.claim`)."""
+    async def claim(
+        self,
+        limit: int,
+        held: Mapping[str, int],
+        per_host: int,
+        known: Callable[[str], bool] | None = None,
+    ) -> ClaimBatch:
+        """Lease up to `limit` due pending requests (see `Storage.claim`); with `known`, also
+        read the stored state of the claimed hosts it says are not in memory."""
         now = time.time()
         descending = self._depth_first
         sql = _CLAIM.format(order="priority DESC, id DESC" if descending else "priority DESC, id")
         per_host = per_host or limit
         claimed: list[Claimed] = []
+        fresh_hosts: list[str] = []
         capped = more = False
         for host in await self._pending_hosts():
             if len(claimed) >= limit:
@@ -90,11 +104,16 @@ class Claims:
             async with self._conn.execute(sql, params) as cursor:
                 rows = list(await cursor.fetchall())
             claimed.extend(_claimed_from_row(row) for row in rows)
+            if rows and known is not None and not known(host):
+                fresh_hosts.append(host)
             more = more or len(rows) == room
             self._host_cursor = host
         claimed.sort(key=lambda c: (-c.request.priority, -c.id if descending else c.id))
         if claimed or capped:
-            return ClaimBatch(claimed=claimed, more=more, capped=capped and not claimed)
+            batch = ClaimBatch(claimed=claimed, more=more, capped=capped and not claimed)
+            if fresh_hosts:
+                batch.hosts, batch.robots = await self._stored_hosts(fresh_hosts)
+            return batch
         async with self._conn.execute(_PENDING_SUMMARY, (self._run_id, now)) as cursor:
             row = await cursor.fetchone()
         pending, next_due, elsewhere = (row[0], row[1], row[2]) if row else (0, None, 0)
@@ -116,6 +135,15 @@ class Claims:
         )
         await self._conn.execute(
             "UPDATE crawls SET heartbeat_at = ? WHERE id = ?", (time.time(), self._run_id)
+        )
+
+    async def _stored_hosts(self, hosts: list[str]) -> tuple[list[HostRecord], list[RobotsRecord]]:
+        """What `hosts` and `robots` hold about `hosts` (hosts never fetched have no state)."""
+        host_rows = await select_in(self._conn, _STORED_HOSTS, hosts)
+        robots_rows = await select_in(self._conn, _STORED_ROBOTS, hosts)
+        return (
+            [host_from_row(row) for row in host_rows],
+            [robots_from_row(row) for row in robots_rows],
         )
 
     async def _pending_hosts(self) -> list[str]:
@@ -147,6 +175,42 @@ def _claimed_from_row(row: Sequence[object]) -> Claimed:
     return Claimed(id=int(row_id), request=request, attempts=int(attempts))  # type: ignore[call-overload]
 
 
+def host_from_row(row: Sequence[object]) -> HostRecord:
+    """A host's stored state from the columns of `STORED_HOSTS` (also PostgreSQL's)."""
+    host, crawl_delay, delay, concurrency, not_before, last_status = row
+    return HostRecord(
+        host=str(host),
+        crawl_delay=crawl_delay,  # type: ignore[arg-type]
+        throttle_delay=delay,  # type: ignore[arg-type]
+        throttle_concurrency=concurrency,  # type: ignore[arg-type]
+        not_before=not_before,  # type: ignore[arg-type]
+        last_status=last_status,  # type: ignore[arg-type]
+    )
+
+
+def robots_from_row(row: Sequence[object]) -> RobotsRecord:
+    """A robots.txt answer from the columns of `STORED_ROBOTS` (also PostgreSQL's)."""
+    url, host, fetched_at, status, outcome, crawl_delay, body, error = row
+    return RobotsRecord(
+        url=str(url),
+        host=str(host),
+        fetched_at=str(fetched_at),
+        status=status,  # type: ignore[arg-type]
+        outcome=str(outcome),
+        crawl_delay=crawl_delay,  # type: ignore[arg-type]
+        body=body,  # type: ignore[arg-type]
+        error=error,  # type: ignore[arg-type]
+    )
+
+
+_STORED_HOSTS: Final = (
+    "SELECT host, crawl_delay, throttle_delay, throttle_concurrency, not_before, last_status "
+    "FROM hosts WHERE host IN ({marks}) AND updated_at IS NOT NULL"
+)
+_STORED_ROBOTS: Final = (
+    "SELECT url, host, fetched_at, status, outcome, crawl_delay, body, error "
+    "FROM robots WHERE host IN ({marks})"
+)
 _CLAIM: Final = (
     "UPDATE requests SET lease_owner = ?, lease_expires = ? WHERE id IN ("
     " SELECT id FROM requests WHERE state = 'pending' AND host = ?"

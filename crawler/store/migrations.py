@@ -176,4 +176,28 @@ MIGRATIONS: Final[tuple[str, ...]] = (
             ON CONFLICT (host) DO UPDATE SET admitted = admitted + 1;
     END;
     """,
+    # 4: what each host has learned, so that a host can leave memory and come back (a
+    # broad crawl keeps only the hosts with work in memory) and a resume continues from it;
+    # written by the writer with each batch, read back when a claim brings a host work.
+    """
+    ALTER TABLE hosts ADD COLUMN fetched INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE hosts ADD COLUMN errors INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE hosts ADD COLUMN crawl_delay REAL;
+    ALTER TABLE hosts ADD COLUMN throttle_delay REAL;
+    ALTER TABLE hosts ADD COLUMN throttle_concurrency INTEGER;
+    ALTER TABLE hosts ADD COLUMN not_before REAL;
+    ALTER TABLE hosts ADD COLUMN last_status INTEGER;
+    ALTER TABLE hosts ADD COLUMN updated_at TEXT;
+    UPDATE hosts SET fetched = counted.n FROM (
+        SELECT requests.host AS host, count(*) AS n
+        FROM pages JOIN requests ON requests.id = pages.request_id GROUP BY requests.host
+    ) AS counted WHERE counted.host = hosts.host;
+    UPDATE hosts SET errors = counted.n FROM (
+        SELECT requests.host AS host, count(*) AS n
+        FROM errors JOIN requests ON requests.id = errors.request_id
+        WHERE errors.kind IN ('timeout', 'connection', 'protocol', 'http_status')
+        GROUP BY requests.host
+    ) AS counted WHERE counted.host = hosts.host;
+    CREATE INDEX robots_host ON robots (host);
+    """,
 )

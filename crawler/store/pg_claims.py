@@ -21,15 +21,16 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final, final
 
 import asyncpg
 
+from crawler.links import host_of
 from crawler.records import Claimed
 from crawler.settings import Settings
 from crawler.spider.http import Request
-from crawler.store.claims import LEASE_SECONDS, ClaimBatch
+from crawler.store.claims import LEASE_SECONDS, ClaimBatch, host_from_row, robots_from_row
 from crawler.store.pg_link import PgLink
 
 __all__ = ["PgClaims"]
@@ -52,11 +53,31 @@ class PgClaims:
         self._host_cursor = ""
         self._last_renewal = time.monotonic()
 
-    async def claim(self, limit: int, held: Mapping[str, int], per_host: int) -> ClaimBatch:
-        """Lease up to `limit` due pending requests (see `Storage.claim`)."""
-        return await self._link.transaction(
-            lambda conn: self._claim(conn, limit, held, per_host or limit)
-        )
+    async def claim(
+        self,
+        limit: int,
+        held: Mapping[str, int],
+        per_host: int,
+        known: Callable[[str], bool] | None = None,
+    ) -> ClaimBatch:
+        """Lease up to `limit` due pending requests (see `Storage.claim`); with `known`, also
+        read the stored state and robots.txt answers of the claimed hosts not in memory."""
+
+        async def claim(conn: asyncpg.Connection) -> ClaimBatch:
+            batch = await self._claim(conn, limit, held, per_host or limit)
+            claimed_hosts = {host_of(c.request.url) for c in batch.claimed}
+            fresh = {h for h in claimed_hosts if known is not None and not known(h)}
+            if fresh:
+                hosts = sorted(fresh)
+                batch.hosts = [
+                    host_from_row(tuple(r)) for r in await conn.fetch(_STORED_HOSTS, hosts)
+                ]
+                batch.robots = [
+                    robots_from_row(tuple(r)) for r in await conn.fetch(_STORED_ROBOTS, hosts)
+                ]
+            return batch
+
+        return await self._link.transaction(claim)
 
     async def _claim(
         self, conn: asyncpg.Connection, limit: int, held: Mapping[str, int], per_host: int
@@ -170,6 +191,14 @@ def _claimed_from_row(row: Sequence[object]) -> Claimed:
     return Claimed(id=int(row_id), request=request, attempts=int(attempts))  # type: ignore[call-overload]
 
 
+_STORED_HOSTS: Final = (
+    "SELECT host, crawl_delay, throttle_delay, throttle_concurrency, not_before, last_status "
+    "FROM hosts WHERE host = ANY($1::text[]) AND updated_at IS NOT NULL"
+)
+_STORED_ROBOTS: Final = (
+    "SELECT url, host, fetched_at, status, outcome, crawl_delay, body, error "
+    "FROM robots WHERE host = ANY($1::text[])"
+)
 _READY_HOSTS: Final = """
 SELECT host, crawl_delay, throttle_concurrency, not_before
 FROM hosts WHERE host = ANY($1::text[])

@@ -1,7 +1,11 @@
 """Typed item tables and views on PostgreSQL, by the rules of crawler.store.item_tables (the
 same names, columns and `item_tables` rows), in PostgreSQL's types: INTEGER fields are
 `bigint` (a bool is 1 or 0, as in SQLite), REAL `double precision`, TEXT `text` and JSON
-`jsonb`; a view's columns are the keys' values as text (`data ->> key`).
+`jsonb`. A view's column has the type of its key's first value (a number `double
+precision`, a boolean `boolean`, a string `text`, else `jsonb`; NULL for an item whose value
+is of another type), and the columns come in the order the keys were first seen: jsonb keeps
+no key order, so the writer reads it from the items it writes (`item_tables.columns` is
+`json`, which keeps it).
 
 Within a batch's transaction, `PgItemTables.write` copies the new `items` rows of each
 dataclass type into its table with one `INSERT … SELECT`, and recreates a dict type's view
@@ -55,7 +59,8 @@ class _Object:
     kinds: dict[str, ColumnKind] = dataclasses.field(default_factory=dict)
     columns: dict[str, str] = dataclasses.field(default_factory=dict)
     json_columns: list[str] = dataclasses.field(default_factory=list)
-    last_item_id: int = 0
+    view_types: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Views: column -> its type, from the JSON type of the key's first value."""
     skipped_keys: set[str] = dataclasses.field(default_factory=set)
 
 
@@ -87,7 +92,7 @@ class PgItemTables:
             if (table := self._tables.get(type_name)) is not None:
                 await conn.execute(_insert_sql(table))
             else:
-                await self._refresh_view(conn, type_name)
+                await self._refresh_view(conn, type_name, _keys_seen(results, type_name))
 
     async def ensure_table(
         self, conn: asyncpg.Connection, type_name: str, fields: Iterable[tuple[str, ColumnKind]]
@@ -122,13 +127,13 @@ class PgItemTables:
         self._tables[type_name] = table
         await _register(conn, table, "table")
 
-    async def _refresh_view(self, conn: asyncpg.Connection, type_name: str) -> None:
+    async def _refresh_view(
+        self, conn: asyncpg.Connection, type_name: str, seen: dict[str, str]
+    ) -> None:
+        """Add the keys `seen` in this batch's items (key -> column type, in the order first
+        seen: jsonb keeps no key order) to the type's view."""
         view = self._views.get(type_name)
-        after = view.last_item_id if view is not None else 0
-        keys = [str(row[0]) for row in await conn.fetch(_NEW_KEYS, type_name, after)]
-        last_item_id = int(await conn.fetchval("SELECT coalesce(max(id), 0) FROM items"))
-        if view is not None and (view.columns.keys() | view.skipped_keys).issuperset(keys):
-            view.last_item_id = last_item_id
+        if view is not None and (view.columns.keys() | view.skipped_keys).issuperset(seen):
             return
         await self._load(conn, force=True)  # another worker may have changed it
         view = self._views.get(type_name)
@@ -136,7 +141,7 @@ class PgItemTables:
             view = _Object(type_name, await _free_name(conn, type_name, "_view"))
             self._views[type_name] = view
         taken = {c.lower() for c in (ID_COLUMN, *META_COLUMNS, *view.columns.values())}
-        for key in keys:
+        for key, value_type in seen.items():
             if key in view.columns or key in view.skipped_keys:
                 continue
             unsafe = any(ch in key for ch in '"\\') or any(ord(ch) < 32 for ch in key)
@@ -145,7 +150,7 @@ class PgItemTables:
                 view.skipped_keys.add(key)
                 continue
             view.columns[key] = unique_column(key, taken)
-        view.last_item_id = last_item_id
+            view.view_types[view.columns[key]] = value_type
         quoted = quote_identifier(view.name)
         await conn.execute(f"DROP VIEW IF EXISTS {quoted}")
         await conn.execute(f"CREATE VIEW {quoted} AS {_view_select(view)}")
@@ -162,13 +167,12 @@ class PgItemTables:
             entry.json_columns = [str(c) for c in json.loads(json_columns)]
             cached = (self._tables if kind == "table" else self._views).get(entry.type_name)
             if cached is not None:
-                entry.last_item_id = cached.last_item_id
                 entry.skipped_keys = cached.skipped_keys
+            declared_types = await _column_types(conn, entry.name)
+            entry.view_types = {column: declared for column, declared in declared_types}
             entry.kinds = {
-                str(column): ColumnKind.JSON
-                if column in entry.json_columns
-                else _kind_of(str(declared))
-                for column, declared in await _column_types(conn, entry.name)
+                column: ColumnKind.JSON if column in entry.json_columns else _kind_of(declared)
+                for column, declared in declared_types
             }
             (self._tables if kind == "table" else self._views)[entry.type_name] = entry
 
@@ -231,7 +235,7 @@ async def _free_name(conn: asyncpg.Connection, type_name: str, suffix: str) -> s
 async def _register(conn: asyncpg.Connection, entry: _Object, kind: str) -> None:
     await conn.execute(
         "INSERT INTO item_tables (type, kind, name, columns, json_columns, last_item_id) "
-        "VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, 0) ON CONFLICT (type, kind) DO UPDATE SET "
+        "VALUES ($1, $2, $3, $4::json, $5::json, 0) ON CONFLICT (type, kind) DO UPDATE SET "
         "name = excluded.name, columns = excluded.columns, json_columns = excluded.json_columns",
         entry.type_name,
         kind,
@@ -270,10 +274,50 @@ def _insert_sql(table: _Object) -> str:
     )
 
 
+def _keys_seen(results: Sequence[PageResult], type_name: str) -> dict[str, str]:
+    """The keys of the batch's items of `type_name`, first seen first, each with the column
+    type its first value asks for (number, boolean, text, else jsonb)."""
+    seen: dict[str, str] = {}
+    for result in results:
+        for item_type, data in result.items:
+            if item_type != type_name:
+                continue
+            try:
+                values = json.loads(data)
+            except ValueError:
+                continue
+            if isinstance(values, dict):
+                for key, value in values.items():
+                    seen.setdefault(str(key), _json_type(value))
+    return seen
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "double precision"
+    return "text" if isinstance(value, str) else "jsonb"
+
+
+def _view_value(key: str, column_type: str) -> str:
+    """The SQL reading `key` of `items.data` as a view column of `column_type` (NULL where
+    an item's value is of another JSON type)."""
+    value = f"(data -> {sql_literal(key)})"
+    if column_type == "text":
+        return f"(data ->> {sql_literal(key)})"
+    if column_type == "jsonb":
+        return value
+    json_type = "boolean" if column_type == "boolean" else "number"
+    return (
+        f"CASE WHEN jsonb_typeof({value}) = '{json_type}' THEN ({value})::text::{column_type} END"
+    )
+
+
 def _view_select(view: _Object) -> str:
     columns = [f"id AS {quote_identifier(ID_COLUMN)}"]
     columns += [
-        f"data ->> {sql_literal(key)} AS {quote_identifier(column)}"
+        f"{_view_value(key, view.view_types.get(column, 'text'))} AS {quote_identifier(column)}"
         for key, column in view.columns.items()
     ]
     columns += list(META_COLUMNS)
@@ -288,9 +332,4 @@ _NAME_TAKEN: Final = (
     "SELECT EXISTS (SELECT 1 FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace "
     "WHERE n.nspname = current_schema() AND lower(c.relname) = $1) "
     "OR EXISTS (SELECT 1 FROM item_tables WHERE lower(name) = $1)"
-)
-_NEW_KEYS: Final = (
-    "SELECT k FROM items, jsonb_object_keys(CASE jsonb_typeof(data) WHEN 'object' THEN data "
-    "ELSE '{}'::jsonb END) AS k WHERE items.type = $1 AND items.id > $2 "
-    "GROUP BY k ORDER BY min(items.id), k"
 )

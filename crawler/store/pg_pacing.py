@@ -5,9 +5,9 @@ the moment each one starts is the worker's: two workers holding requests of the 
 could start them closer than its delay. So right before an attempt at a host with a fixed
 delay (`delay_per_host`, robots.txt Crawl-delay), the worker takes the host's next turn in
 one statement, `hosts.not_before` moved one delay past the later of itself and now, and
-waits for the turn it got (crawler.fetch.politeness calls it). Hosts without a fixed delay
-cost nothing here. The turns use one connection of their own (the writer's is busy with
-batches), which reconnects like the writer's.
+waits for the turn it got (crawler.fetch.politeness `Hosts.pacer` calls it). Hosts without
+a fixed delay cost nothing here. The turns use one connection of their own (the writer's
+is busy with batches), which reconnects like the writer's.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import math
 import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
+from decimal import Decimal
 from typing import Any, Final, TypeAlias, final
 
 import asyncpg
@@ -92,6 +93,8 @@ class PgCursor:
         self._buffer: list[tuple[Any, ...]] = []
         self._cursor: Any = None
         self._done = False
+        self._numeric: list[int] = []
+        """Columns of type numeric (`sum()` of integers): ints or floats, as SQLite gives."""
         reader.run(self._start(sql))
 
     async def _start(self, sql: str) -> None:
@@ -106,16 +109,27 @@ class PgCursor:
             self._done = True
             return
         self.description = [(a.name, None, None, None, None, None, None) for a in attributes]
+        self._numeric = [i for i, a in enumerate(attributes) if a.type.name == "numeric"]
         self._cursor = await statement.cursor()
 
     def _more(self) -> bool:
         if self._done or self._cursor is None:
             return False
         rows = self._reader.run(self._cursor.fetch(_CHUNK))
-        self._buffer.extend(tuple(row) for row in rows)
+        if self._numeric:
+            self._buffer.extend(self._plain(tuple(row)) for row in rows)
+        else:
+            self._buffer.extend(tuple(row) for row in rows)
         if len(rows) < _CHUNK:
             self._done = True
         return bool(rows)
+
+    def _plain(self, row: tuple[Any, ...]) -> tuple[Any, ...]:
+        values = list(row)
+        for i in self._numeric:
+            if isinstance(value := values[i], Decimal):
+                values[i] = int(value) if value == value.to_integral_value() else float(value)
+        return tuple(values)
 
     def fetchone(self) -> Any:
         """The next row (a tuple), or None."""

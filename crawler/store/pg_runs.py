@@ -1,5 +1,5 @@
 """Crawl runs on PostgreSQL (as crawler.store.runs for SQLite): starting, resuming, starting
-fresh, releasing leases and finishing, and the robots.txt answers a run starts from.
+fresh, releasing leases and finishing.
 
 Any number of runs may be `running` at once, on any machine: each worker of a crawl is a run.
 A new run on a machine marks that machine's runs whose process is gone as crashed and frees
@@ -17,14 +17,13 @@ from typing import Any, Final
 import asyncpg
 
 from crawler.errors import StorageError
-from crawler.records import RobotsRecord, utc_now
+from crawler.records import utc_now
 from crawler.store.pg_items import drop_pg_item_tables
-from crawler.store.runs import pid_alive, robots_records
+from crawler.store.runs import pid_alive
 
 __all__ = [
     "empty_pg_database",
     "finish_pg_run",
-    "pg_robots",
     "release_pg_leases",
     "start_pg_run",
 ]
@@ -134,11 +133,3 @@ async def finish_pg_run(
         json.dumps(stats),
         run_id,
     )
-
-
-async def pg_robots(conn: asyncpg.Connection) -> list[RobotsRecord]:
-    """The robots.txt answers stored so far."""
-    rows = await conn.fetch(
-        "SELECT url, host, fetched_at, status, outcome, crawl_delay, body, error FROM robots"
-    )
-    return robots_records(tuple(row) for row in rows)

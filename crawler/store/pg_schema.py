@@ -142,6 +142,7 @@ PG_MIGRATIONS: Final[tuple[str, ...]] = (
         error         text,
         crawl_id      bigint NOT NULL
     );
+    CREATE INDEX robots_host ON robots (host);
     CREATE TABLE item_errors (
         id            bigserial PRIMARY KEY,
         crawl_id      bigint NOT NULL,
@@ -166,8 +167,8 @@ PG_MIGRATIONS: Final[tuple[str, ...]] = (
         type          text NOT NULL,
         kind          text NOT NULL,
         name          text NOT NULL UNIQUE,
-        columns       jsonb NOT NULL,
-        json_columns  jsonb NOT NULL,
+        columns       json NOT NULL,          -- json, not jsonb: the columns' order counts
+        json_columns  json NOT NULL,
         last_item_id  bigint NOT NULL DEFAULT 0,
         PRIMARY KEY (type, kind)
     );
@@ -186,7 +187,7 @@ PG_MIGRATIONS: Final[tuple[str, ...]] = (
         throttle_concurrency bigint,
         not_before           double precision,
         last_status          bigint,
-        updated_at           double precision
+        updated_at           text
     );
     CREATE FUNCTION crawler_count_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
@@ -225,6 +226,7 @@ _CONNECTION_LOSS: Final = (
     asyncio.TimeoutError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.InternalClientError,  # a connection left mid-operation by a loss
     asyncpg.exceptions.ConnectionFailureError,
     asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,

@@ -126,6 +126,13 @@ _PAGE_TYPES: Final = (
     "bigint", "bigint", "text", "text", "bigint", "text", "text", "bigint", "bigint", "float8",
     "text",
 )  # fmt: skip
+_HOST: Final = (
+    "host", "fetched", "errors", "crawl_delay", "throttle_delay", "throttle_concurrency",
+    "not_before", "last_status", "updated_at",
+)  # fmt: skip
+_HOST_TYPES: Final = (
+    "text", "bigint", "bigint", "float8", "float8", "bigint", "float8", "bigint", "text",
+)  # fmt: skip
 _ITEM_ERROR: Final = (
     "crawl_id", "request_id", "url", "callback", "item_type", "field", "message", "data",
     "created_at",
@@ -199,6 +206,22 @@ _STATEMENTS: Final[dict[int, PgStatement]] = {
         ("state", "reason", "attempts", "not_before", "finished_at", "id"),
         ("text", "text", "bigint", "float8", "text", "bigint"),
         unique=5,
+    ),
+    id(statements.UPSERT_HOST): PgStatement(
+        "INSERT INTO hosts AS h (host, admitted, fetched, errors, crawl_delay, throttle_delay, "
+        "throttle_concurrency, not_before, last_status, updated_at) "
+        "SELECT host, 0, fetched, errors, crawl_delay, throttle_delay, throttle_concurrency, "
+        "not_before, last_status, updated_at FROM {rows} ORDER BY host "
+        "ON CONFLICT (host) DO UPDATE SET fetched = h.fetched + excluded.fetched, "
+        "errors = h.errors + excluded.errors, crawl_delay = excluded.crawl_delay, "
+        "throttle_delay = excluded.throttle_delay, "
+        "throttle_concurrency = excluded.throttle_concurrency, "
+        "not_before = greatest(h.not_before, excluded.not_before), "
+        "last_status = coalesce(excluded.last_status, h.last_status), "
+        "updated_at = excluded.updated_at",
+        _HOST,
+        _HOST_TYPES,
+        unique=0,
     ),
     id(statements.UPSERT_ROBOTS): PgStatement(
         f"INSERT INTO robots ({', '.join(_ROBOTS)}) SELECT {', '.join(_ROBOTS)} FROM {{rows}} "

@@ -6,14 +6,13 @@ retries when the server goes away.
 The page budgets hold for every worker of the crawl: with a budget, a batch locks the
 counters it reads (`frontier_counts`, the batch's `hosts` rows, in host order) until it
 commits, so two workers cannot both spend the last page. What a result teaches about its
-host is shared with the other workers in the same transaction: a host that asked us to back
-off (a request deferred by 429, 503 or a failure) gets `hosts.not_before`, which every claim
-honours, and robots.txt's Crawl-delay becomes `hosts.crawl_delay`.
+host goes to its `hosts` row in the same transaction (crawler.store.rows, `UPSERT_HOST`): a
+cool-down after a 429 or 503 (`not_before`), the throttle's concurrency and Crawl-delay,
+which every worker's claims honour.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Final, final
@@ -21,8 +20,7 @@ from typing import Final, final
 import asyncpg
 
 from crawler.errors import SkipReason
-from crawler.links import host_of
-from crawler.records import Candidate, ItemKey, PageResult, RequestState, Skipped, utc_now
+from crawler.records import Candidate, ItemKey, PageResult, Skipped, utc_now
 from crawler.settings import Settings
 from crawler.stats import Stats
 from crawler.store import pg_statements, statements
@@ -36,16 +34,6 @@ from crawler.store.statements import error_row
 from crawler.store.writer import BatchWriter
 
 __all__ = ["PgStorage"]
-
-_HOST_PAUSES: Final = (
-    "UPDATE hosts AS h SET not_before = greatest(coalesce(h.not_before, 0), u.until), "
-    "updated_at = $3 FROM unnest($1::text[], $2::float8[]) AS u(host, until) "
-    "WHERE h.host = u.host"
-)
-_CRAWL_DELAYS: Final = (
-    "UPDATE hosts AS h SET crawl_delay = u.delay, updated_at = $3 "
-    "FROM unnest($1::text[], $2::float8[]) AS u(host, delay) WHERE h.host = u.host"
-)
 
 
 class _PgBudgets(Budgets):
@@ -130,6 +118,7 @@ class PgStorage(BatchWriter):
         settings: Settings,
         stats: Stats,
         on_committed: Callable[[int], None],
+        on_hosts_saved: Callable[[list[str]], None] | None = None,
     ) -> None:
         super().__init__(
             run_id=run_id,
@@ -137,6 +126,7 @@ class PgStorage(BatchWriter):
             stats=stats,
             on_committed=on_committed,
             claims=PgClaims(link, run_id=run_id, settings=settings),
+            on_hosts_saved=on_hosts_saved,
         )
         self._link = link
         self._budgets = _PgBudgets(run_id=run_id, settings=settings)
@@ -196,7 +186,6 @@ class PgStorage(BatchWriter):
         await self._write_bodies(conn, results)
         if results:
             await self._item_tables.write(conn, results)
-            await self._share_host_state(conn, results)
         # Last: the insert locks the crawl's counters (its trigger) until the commit.
         admitted = await pg_statements.INSERT_REQUEST.run(conn, new_rows)
         already_known = len(new_rows) - admitted
@@ -224,24 +213,6 @@ class PgStorage(BatchWriter):
                 [b for b, _ in bodies],
                 [r for _, r in bodies],
             )
-
-    async def _share_host_state(self, conn: asyncpg.Connection, results: list[PageResult]) -> None:
-        """Pauses (deferred requests) and Crawl-delays, for every worker's claims."""
-        pauses: dict[str, float] = {}
-        delays: dict[str, float] = {}
-        for result in results:
-            if result.state is RequestState.PENDING and result.not_before is not None:
-                host = host_of(result.url)
-                pauses[host] = max(pauses.get(host, 0.0), result.not_before)
-            if (robots := result.robots) is not None and robots.crawl_delay is not None:
-                delays[robots.host] = robots.crawl_delay
-        now = time.time()
-        if pauses:
-            hosts = sorted(pauses)
-            await conn.execute(_HOST_PAUSES, hosts, [pauses[h] for h in hosts], now)
-        if delays:
-            hosts = sorted(delays)
-            await conn.execute(_CRAWL_DELAYS, hosts, [delays[h] for h in hosts], now)
 
 
 async def _stored_item_keys(conn: asyncpg.Connection, keys: list[ItemKey]) -> set[tuple[str, int]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeAlias, final
+from typing import Final, TypeAlias, final
 
 import aiosqlite
 
@@ -22,6 +22,7 @@ from crawler.records import (
     Candidate,
     DropReason,
     ErrorRecord,
+    HostRecord,
     ItemKey,
     PageRecord,
     PageResult,
@@ -83,7 +84,6 @@ async def add_result_rows(
     items: list[tuple[object, ...]] = []
     errors: list[tuple[object, ...]] = []
     updates: list[tuple[object, ...]] = []
-    robots_rows: list[tuple[object, ...]] = []
     stats = tally
     for result in results:
         if (page := result.page) is not None:
@@ -114,14 +114,53 @@ async def add_result_rows(
             )
         )
         _count_state(result, stats)
-        if (robots := result.robots) is not None:
-            robots_rows.append(_robots_row(run_id, robots))
     script.add(statements.INSERT_PAGE, pages)
     script.add(statements.INSERT_LINK, links)
     script.add(statements.INSERT_ITEM, items)
     script.add(statements.INSERT_ERROR, errors)
     script.add(statements.FINISH_REQUEST, updates)
-    script.add(statements.UPSERT_ROBOTS, robots_rows)
+    robots = [_robots_row(run_id, r.robots) for r in results if r.robots is not None]
+    script.add(statements.UPSERT_ROBOTS, robots)
+    script.add(statements.UPSERT_HOST, _HostRows(results).rows(now))
+
+
+_HOST_ERROR_KINDS: Final = frozenset({"timeout", "connection", "protocol", "http_status"})
+"""The error kinds counted in `hosts.errors`: attempts the host did not answer well."""
+
+
+@final
+class _HostRows:
+    """A batch's `UPSERT_HOST` rows: one per host (PostgreSQL refuses to update a row twice
+    in one statement), adding up the pages and errors and keeping the latest state."""
+
+    __slots__ = ("_counts", "_latest")
+
+    def __init__(self, results: list[PageResult]) -> None:
+        self._latest: dict[str, HostRecord] = {}
+        self._counts: dict[str, tuple[int, int]] = {}
+        for result in results:
+            if (host := result.host) is None:
+                continue
+            fetched, errors = self._counts.get(host.host, (0, 0))
+            fetched += result.page is not None
+            errors += sum(1 for e in result.errors if e.kind in _HOST_ERROR_KINDS)
+            self._counts[host.host] = (fetched, errors)
+            self._latest[host.host] = host
+
+    def rows(self, now: str) -> list[tuple[object, ...]]:
+        return [
+            (
+                name,
+                *self._counts[name],
+                host.crawl_delay,
+                host.throttle_delay,
+                host.throttle_concurrency,
+                host.not_before,
+                host.last_status,
+                now,
+            )
+            for name, host in self._latest.items()
+        ]
 
 
 def _page_row(run_id: int, request_id: int, page: PageRecord) -> tuple[object, ...]:

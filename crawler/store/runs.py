@@ -11,17 +11,16 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
 import aiosqlite
 
 from crawler.errors import StorageError
-from crawler.records import RobotsRecord, utc_now
+from crawler.records import utc_now
 from crawler.store.item_tables import drop_item_tables
 from crawler.store.schema import rollback
 
-__all__ = ["finish_run", "pid_alive", "release_leases", "robots_records", "start_run"]
+__all__ = ["finish_run", "pid_alive", "release_leases", "start_run"]
 
 _TABLES: Final = (
     "links",
@@ -138,24 +137,6 @@ async def release_leases(conn: aiosqlite.Connection, run_id: int) -> None:
         "WHERE lease_owner = ? AND state = 'pending'",
         (run_id,),
     )
-
-
-def robots_records(rows: Iterable[Sequence[Any]]) -> list[RobotsRecord]:
-    """The robots.txt answers of `robots` rows (url, host, fetched_at, status, outcome,
-    crawl_delay, body, error)."""
-    return [
-        RobotsRecord(
-            url=url,
-            host=host,
-            fetched_at=fetched_at,
-            status=status,
-            outcome=outcome,
-            crawl_delay=crawl_delay,
-            body=body,
-            error=error,
-        )
-        for url, host, fetched_at, status, outcome, crawl_delay, body, error in rows
-    ]
 
 
 async def finish_run(

@@ -14,6 +14,12 @@ Tables (one SQLite file per crawl target, WAL mode):
 - `item_keys`   de-duplication keys of stored items (`Spider.dedupe_items_by`), one per type
 - `frontier_counts`, `hosts`  requests admitted (not skipped) in the file and per host, kept
                 by triggers: what `max_pages` and `max_pages_per_host` count
+- `hosts`    also what each host taught the crawl, written with each batch of its results
+             and read back when a host comes back into memory (crawler.fetch.politeness):
+             `fetched` pages, `errors` (failed attempts: timeout, connection, protocol, error
+             status), robots.txt `crawl_delay`, the throttle's `throttle_delay` and
+             `throttle_concurrency`, `not_before` (unix time before which no request of the
+             host starts: a 429/503 cool-down or the delay), `last_status`, `updated_at`
 - `item_tables` the typed item tables (`book`, one column per dataclass field) and the views
                 of dict item types (`quote_view`), made by crawler.store.item_tables
 

@@ -46,6 +46,7 @@ class _ClaimOrder:
     reply: asyncio.Future[ClaimBatch]
     held: Mapping[str, int]
     per_host: int
+    known: Callable[[str], bool] | None
 
 
 @dataclass(slots=True)
@@ -59,8 +60,15 @@ _Message = PageResult | Seeds | _ClaimOrder | _Flush
 class ClaimSource(Protocol):
     """Where a writer's claims and lease renewals go (crawler.store.claims for SQLite)."""
 
-    async def claim(self, limit: int, held: Mapping[str, int], per_host: int) -> ClaimBatch:
-        """Lease up to `limit` due pending requests to this run."""
+    async def claim(
+        self,
+        limit: int,
+        held: Mapping[str, int],
+        per_host: int,
+        known: Callable[[str], bool] | None = None,
+    ) -> ClaimBatch:
+        """Lease up to `limit` due pending requests to this run (with the stored state of
+        the claimed hosts not `known`)."""
 
     async def renew_leases_if_due(self) -> None:
         """Extend this run's leases and heartbeat when it is time."""
@@ -82,11 +90,15 @@ class BatchWriter:
         stats: Stats,
         on_committed: Callable[[int], None],
         claims: ClaimSource,
+        on_hosts_saved: Callable[[list[str]], None] | None = None,
     ) -> None:
+        """`on_committed` is told how many results each commit wrote, `on_hosts_saved` the
+        host of each host snapshot it wrote (crawler.fetch.politeness: `Hosts.saved`)."""
         self._run_id = run_id
         self._settings = settings
         self._stats = stats
         self._on_committed = on_committed
+        self._on_hosts_saved = on_hosts_saved
         self._inbox: asyncio.Queue[_Message | None] = asyncio.Queue(
             maxsize=settings.write_batch_size * 4
         )
@@ -132,7 +144,12 @@ class BatchWriter:
             self._inbox.put_nowait(_Flush())
 
     async def claim(
-        self, limit: int, *, held: Mapping[str, int] | None = None, per_host: int = 0
+        self,
+        limit: int,
+        *,
+        held: Mapping[str, int] | None = None,
+        per_host: int = 0,
+        known: Callable[[str], bool] | None = None,
     ) -> ClaimBatch:
         """Lease up to `limit` due pending requests to this run.
 
@@ -140,9 +157,11 @@ class BatchWriter:
         the host the previous claim ended with), each host's requests highest priority
         first. With `per_host`, a host that already has `held[host]` requests in memory gets
         at most `per_host - held[host]` more, so one host cannot fill the feeder's window.
+        With `known`, the batch also carries the stored state and robots.txt answers of the
+        claimed hosts not `known` (in memory).
         """
         reply: asyncio.Future[ClaimBatch] = asyncio.get_running_loop().create_future()
-        await self._inbox.put(_ClaimOrder(limit, reply, held or {}, per_host))
+        await self._inbox.put(_ClaimOrder(limit, reply, held or {}, per_host, known))
         return await reply
 
     async def stop_writer(self) -> None:
@@ -194,7 +213,9 @@ class BatchWriter:
                 await commit_or_split(writes, self._commit_restoring)
             for order in orders:
                 if not order.reply.done():
-                    batch = await self._claims.claim(order.limit, order.held, order.per_host)
+                    batch = await self._claims.claim(
+                        order.limit, order.held, order.per_host, order.known
+                    )
                     order.reply.set_result(batch)
             await self._claims.renew_leases_if_due()
         except (sqlite3.Error, StorageError) as exc:
@@ -213,6 +234,10 @@ class BatchWriter:
                 waiter.set_result(None)
         if writes:
             self._on_committed(sum(1 for m in writes if isinstance(m, PageResult)))
+            if self._on_hosts_saved is not None:
+                self._on_hosts_saved(
+                    [m.host.host for m in writes if isinstance(m, PageResult) and m.host]
+                )
 
     async def _commit_restoring(self, writes: Sequence[PageResult | Seeds]) -> None:
         """`_commit`, leaving the writer's state as it was if the transaction fails."""
@@ -243,6 +268,7 @@ class Storage(BatchWriter):
         settings: Settings,
         stats: Stats,
         on_committed: Callable[[int], None],
+        on_hosts_saved: Callable[[list[str]], None] | None = None,
     ) -> None:
         claims = Claims(conn, run_id=run_id, settings=settings)
         super().__init__(
@@ -251,6 +277,7 @@ class Storage(BatchWriter):
             stats=stats,
             on_committed=on_committed,
             claims=claims,
+            on_hosts_saved=on_hosts_saved,
         )
         self._conn = conn
         self._sqlite_claims = claims
