@@ -189,3 +189,19 @@ def test_binding_refuses_what_it_cannot_bind() -> None:
     assert bind("SELECT x::int FROM t WHERE y = ? -- why?", ["it's"]) == (
         "SELECT x::int FROM t WHERE y = 'it''s' -- why?"
     )
+
+
+async def test_reparse_replaces_the_items_of_a_url(crawled: str, run_cli: RunCli) -> None:
+    before = scalar(crawled, "SELECT max(id) FROM items")
+    done = await run_cli("reparse", SPIDER, crawled, "-f", "json")
+    assert done.code == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["pages"] == 60 and summary["items"] == 60
+    assert scalar(crawled, "SELECT count(*) FROM items") == 60
+    assert scalar(crawled, "SELECT min(id) FROM items") > before  # written again
+    numbers = rows(crawled, "SELECT data ->> 'number' FROM items ORDER BY id")
+    assert sorted(int(str(n)) for (n,) in numbers) == list(range(60))
+    stats = scalar(crawled, "SELECT stats ->> 'items' FROM crawls ORDER BY id LIMIT 1")
+    assert str(stats) == "60"
+    other = await run_cli("reparse", "tests/spiders.py:RaisingSpider", crawled)
+    assert other.code == 2 and "holds a crawl of spider" in other.stderr

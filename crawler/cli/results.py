@@ -10,6 +10,7 @@ a full disk under `export -o`) is one line and exit code 1.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sqlite3
@@ -41,9 +42,11 @@ from crawler.cli.readonly import (
     read_crawl_database,
 )
 from crawler.engine.parse_page import ParsedPage, parse_page
+from crawler.engine.pg_reparse import reparse_postgres
 from crawler.engine.reparse import ReparseSummary
 from crawler.engine.reparse import reparse as reparse_database
-from crawler.errors import CrawlerError, QueryError, StorageError, StorageFailure
+from crawler.engine.reparse_workers import ReparseWorkerDied
+from crawler.errors import CrawlerError, QueryError, StorageFailure
 from crawler.results.export import item_rows, known_item_types
 from crawler.results.formats import OutputFormat, write_rows
 from crawler.results.report import crawl_report, render_report
@@ -234,32 +237,67 @@ def stats(database: Path | str, fmt: str) -> None:
 @click.option(
     "-f", "--format", "fmt", default="table", type=click.Choice(["table", "json"]), help="[table]"
 )
+@click.option(
+    "-p",
+    "--processes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Parse in this many worker processes [the number of cores; 1: in this process].",
+)
 def reparse(
-    spider: str, database: Path | str, assignments: tuple[str, ...], config: Path | None, fmt: str
+    spider: str,
+    database: Path | str,
+    assignments: tuple[str, ...],
+    config: Path | None,
+    fmt: str,
+    processes: int | None,
 ) -> None:
     """Re-run SPIDER's callbacks over the page bodies stored in DATABASE, with no network.
 
     Replaces the items (and typed tables) those pages produced: fix a selector, then reparse
-    instead of crawling again. Needs a crawl made with -s store_body=true.
+    instead of crawling again. Needs a crawl made with -s store_body=true. Exit codes: 0
+    done (or stopped by the spider, nothing changed), 1 a worker process died or the storage
+    failed, 2 bad input, 130 interrupted (nothing changed).
     """
-    setup_logging("WARNING", Console(stderr=True))
+    console = Console(stderr=True)
+    setup_logging("WARNING", console)
     with user_errors():
         spider_class = find_spider(spider)
         loaded = load_crawl_settings(spider_class, config, dict(parse_assignments(assignments)))
         open_crawl_database(database).close()  # refuse other files before opening for writing
-        if isinstance(database, str):
-            raise StorageError(
-                "reparse works on SQLite files only for now (PostgreSQL: not yet built)"
+        count = processes or available_cores()
+        source = functools.partial(find_spider, spider, Path.cwd())
+        work = (
+            reparse_postgres(spider_class(), database, loaded.settings)
+            if isinstance(database, str)  # parsed in this process
+            else reparse_database(
+                spider_class(),
+                database,
+                loaded.settings,
+                processes=count,
+                spider_source=source,
+                console=console,
             )
+        )
         try:
-            summary = asyncio.run(reparse_database(spider_class(), database, loaded.settings))
+            summary = asyncio.run(work)
         except KeyboardInterrupt:
-            click.echo("reparse interrupted: run it again to finish", err=True)
+            click.echo("reparse interrupted: nothing was changed; run it again", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except ReparseWorkerDied as exc:
+            click.echo(f"error: {exc}; nothing was changed", err=True)
+            sys.exit(1)
     if fmt == "json":
         click.echo(json.dumps(summary.as_dict(), indent=2))
     else:
         Console().print(_summary_table(summary, database))
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def _summary_table(summary: ReparseSummary, database: Path | str) -> Table:

@@ -1,46 +1,54 @@
-"""Running a spider's callbacks outside a crawl: over the page bodies a crawl stored
-(`crawler reparse`), or over one page fetched or read from a database (`crawler parse`).
-
-Both build the same `Response` a crawl builds and run it through the same `CallbackRunner`,
-so what you see is what a crawl would store. Requests the callbacks yield are admitted by a
-`Frontier` (to show or count what a crawl would do with them) and never fetched.
+"""`crawler reparse`: re-running a spider's callbacks over the page bodies a crawl stored,
+and replacing what they produced, in one process or in several.
 
 Reparse replaces, for every page with a stored body, what its callbacks produced: its
 `items`, typed-table rows and item views, `item_errors`, and `errors` of kind `spider` and
-`item`; `item_keys` is rebuilt. It reads and writes pages in batches of `REPARSE_BATCH`, so
-memory stays flat, all in one transaction: an interrupted reparse (Ctrl-C, a crash, a callback
-raising `StopCrawl`) leaves the database as it was before.
+`item`; `item_keys` is rebuilt. Requests the callbacks yield are admitted by a `Frontier` (to
+count them) and never fetched; the `links`, `pages` and `requests` tables are left alone.
+
+The pages are read in chunks of `REPARSE_BATCH` pages in id order and parsed by a
+`ChunkParser` (crawler.engine.reparse_chunks), in this process (`processes=1`) or in worker
+processes (crawler.engine.reparse_workers), which return each chunk's results to this one.
+Either way this process, the one writer, stores them chunk by chunk in page order
+(crawler.engine.reparse_rows), all in one transaction: an interrupted reparse (Ctrl-C, a
+crash, a worker's death, a callback raising `StopCrawl`) leaves the database as it was before,
+and what a reparse stores does not depend on the number of processes. Memory stays flat: no
+more than two chunks per worker are in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import logging
+import pickle
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, final
 
 import aiosqlite
+from rich.console import Console
 
-from crawler.engine.callbacks import CallbackRunner
-from crawler.errors import StorageError
-from crawler.frontier.gate import Frontier
-from crawler.records import Candidate, DropReason, PageResult, RequestState, Skipped, utc_now
+from crawler.engine.reparse_chunks import ChunkParser, ParsedChunk
+from crawler.engine.reparse_progress import ReparseProgress, show_reparse_progress
+from crawler.engine.reparse_rows import RowWriter, Tally
+from crawler.engine.reparse_workers import ChunkPool, SpiderSource, WorkerPlan
+from crawler.errors import SpiderError, StorageError
 from crawler.settings import Settings
 from crawler.spider.base import Spider
-from crawler.stats import Stats
 from crawler.store.claims import LEASE_SECONDS
 from crawler.store.columns import quote_identifier
-from crawler.store.item_tables import ItemTables, declare_item_tables
-from crawler.store.pages import DamagedBody, pages_with_bodies
+from crawler.store.item_tables import declare_item_tables
+from crawler.store.pages import pages_with_bodies
 from crawler.store.schema import open_database, rollback
 
 __all__ = ["REPARSE_BATCH", "ReparseSummary", "reparse"]
 
 REPARSE_BATCH: Final = 100
-"""Pages parsed and committed per transaction."""
+"""Pages per chunk: read, parsed and written together."""
 CALLBACK_ERROR_KINDS: Final = ("spider", "item")
 
 
@@ -55,73 +63,144 @@ class ReparseSummary:
     """Pages with a body that a crawl would not parse (error status, other content type)."""
     without_body: int = 0
     """Pages with no stored body: their items were kept as they were."""
-    items: Counter[str] = field(default_factory=Counter)
-    dropped: Counter[str] = field(default_factory=Counter)
-    errors: Counter[str] = field(default_factory=Counter)
+    tally: Tally = field(default_factory=Tally)
+    """Items stored by type, items dropped by reason, errors by kind."""
     requests: int = 0
     """Requests the callbacks yielded (not crawled)."""
     stopped: str | None = None
     """Why a callback stopped the reparse (`StopCrawl`), if one did."""
+    processes: int = 1
 
     def stopping(self) -> bool:
         """Whether a callback raised `StopCrawl`: no further page is parsed."""
         return self.stopped is not None
 
+    def add(self, chunk: ParsedChunk) -> None:
+        """Count one chunk's pages."""
+        self.pages += len(chunk.results)
+        self.not_parsed += chunk.not_parsed
+        self.requests += chunk.requests
+        self.stopped = self.stopped or chunk.stopped
+
     def as_dict(self) -> dict[str, Any]:
         """Return the summary as JSON-ready data."""
+        tally = self.tally
         return {
             "pages": self.pages,
             "not_parsed": self.not_parsed,
             "without_body": self.without_body,
-            "items": sum(self.items.values()),
-            "items_by_type": dict(sorted(self.items.items())),
-            "items_dropped": dict(sorted(self.dropped.items())),
-            "errors": dict(sorted(self.errors.items())),
+            "items": sum(tally.items.values()),
+            "items_by_type": dict(sorted(tally.items.items())),
+            "items_dropped": dict(sorted(tally.dropped.items())),
+            "errors": dict(sorted(tally.errors.items())),
             "requests_not_crawled": self.requests,
             "stopped": self.stopped,
+            "processes": self.processes,
         }
 
 
-async def reparse(spider: Spider, db: Path, settings: Settings) -> ReparseSummary:
+@final
+@dataclass(frozen=True, slots=True)
+class _Job:
+    spider: Spider
+    settings: Settings
+    processes: int
+    plan: WorkerPlan
+    progress: ReparseProgress
+
+
+async def reparse(
+    spider: Spider,
+    db: Path,
+    settings: Settings,
+    *,
+    processes: int = 1,
+    spider_source: SpiderSource | None = None,
+    console: Console | None = None,
+) -> ReparseSummary:
     """Re-run `spider`'s callbacks over the bodies stored in `db` (an existing file),
     replacing what they produced.
+
+    Args:
+        processes: parse in this many worker processes (1: in this process).
+        spider_source: how a worker loads the spider class (it must pickle); by default the
+            class itself, pickled by reference (so it must be importable by its module name).
+        console: show progress there (a live line on a terminal, else plain lines).
 
     Raises:
         StorageError: not a crawl database, another spider's crawl, no stored bodies, or a
             crawl is running on the file.
+        SpiderError: `processes` > 1 and the spider cannot be loaded in another process.
+        ReparseWorkerDied: a worker process died; nothing was changed.
     """
+    plan = _worker_plan(spider, db, settings, processes, spider_source)
     conn = await open_database(db)
     try:
-        summary = ReparseSummary()
-        await _check(conn, spider, db, summary)
-        stats = Stats()
-        frontier = Frontier(settings, spider, list(spider.allowed_domains))
-        runner = CallbackRunner(spider, frontier, stats, on_stop=_stopper(summary))
-        await spider.opened()
-        try:
-            await _transaction(
-                conn, functools.partial(_replace, conn, runner, spider, settings, summary)
+        summary = ReparseSummary(processes=processes)
+        total = await _check(conn, spider, db, summary)
+        job = _Job(spider, settings, processes, plan, ReparseProgress(total))
+        shown = None
+        if console is not None:
+            interval = settings.progress_interval
+            shown = asyncio.create_task(
+                show_reparse_progress(job.progress, console=console, interval=interval)
             )
-        except _Stopped:
-            summary.stopped = f"{summary.stopped} (nothing was changed)"
+        try:
+            await _run(conn, job, summary)
         finally:
-            await spider.closed("finished")
-        summary.requests += stats.skipped["duplicate"]
+            if shown is not None:
+                shown.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await shown
         return summary
     finally:
         await conn.close()
 
 
-def _stopper(summary: ReparseSummary) -> Callable[[str], None]:
-    def stop(reason: str) -> None:
-        summary.stopped = summary.stopped or reason
+async def _run(conn: aiosqlite.Connection, job: _Job, summary: ReparseSummary) -> None:
+    """Replace, in one transaction; the spider is opened here only if it parses here."""
+    here = job.processes == 1
+    if here:
+        await job.spider.opened()
+    try:
+        await _transaction(conn, functools.partial(_replace, conn, job, summary))
+    except _Stopped:
+        summary.stopped = f"{summary.stopped} (nothing was changed)"
+    finally:
+        if here:
+            await job.spider.closed("finished")
 
-    return stop
+
+def _worker_plan(
+    spider: Spider,
+    db: Path,
+    settings: Settings,
+    processes: int,
+    spider_source: SpiderSource | None,
+) -> WorkerPlan:
+    """What workers need; checked to pickle when there will be workers."""
+    source = spider_source or functools.partial(_same_class, type(spider))
+    level = logging.getLogger().getEffectiveLevel()
+    plan = WorkerPlan(spider_source=source, settings=settings, database=db, log_level=level)
+    if processes > 1:
+        try:
+            pickle.dumps(plan)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            raise SpiderError(
+                f"spider {spider.name!r} cannot be loaded in a worker process ({exc}); "
+                "reparse with --processes 1"
+            ) from None
+    return plan
+
+
+def _same_class(cls: type[Spider]) -> type[Spider]:
+    return cls
 
 
 async def _check(
     conn: aiosqlite.Connection, spider: Spider, db: Path, summary: ReparseSummary
-) -> None:
+) -> int:
+    """Refuse what cannot be reparsed; return the number of pages with a stored body."""
     spiders = {str(row[0]) for row in await conn.execute_fetchall("SELECT spider FROM crawls")}
     if spiders - {spider.name}:
         others = ", ".join(sorted(spiders - {spider.name}))
@@ -133,35 +212,62 @@ async def _check(
     if running:
         raise StorageError(f"a crawl is running on {db}; reparse it when the crawl has ended")
     rows = await conn.execute_fetchall(
-        "SELECT count(body), count(*) - count(body) FROM pages WHERE status < 300"
+        "SELECT count(body) FILTER (WHERE status < 300), "
+        "count(*) FILTER (WHERE status < 300 AND body IS NULL), count(body) FROM pages"
     )
-    with_body, summary.without_body = (int(v) for v in next(iter(rows)))
+    with_body, summary.without_body, total = (int(v) for v in next(iter(rows)))
     if not with_body:
         raise StorageError(
             f"{db} has no stored page bodies to reparse; crawl with -s store_body=true"
         )
+    return total
 
 
 class _Stopped(Exception):
     """A callback stopped the reparse (`StopCrawl`): what it did so far is rolled back."""
 
 
-async def _replace(
-    conn: aiosqlite.Connection,
-    runner: CallbackRunner,
-    spider: Spider,
-    settings: Settings,
-    summary: ReparseSummary,
-) -> None:
+async def _replace(conn: aiosqlite.Connection, job: _Job, summary: ReparseSummary) -> None:
     """Clear what the callbacks produced, parse every stored page again and store what they
     yield now: all of it inside the caller's transaction, so that items, item keys and typed
     tables never disagree, whatever stops the reparse."""
     await _clear(conn)
-    await _parse_all(conn, runner, settings, summary)
+    if job.processes == 1:
+        await _store_all(conn, _chunks_here(conn, job), job, summary)
+    else:
+        async with ChunkPool(job.plan, job.processes, REPARSE_BATCH) as pool:
+            await _store_all(conn, pool.chunks(conn), job, summary)
     if summary.stopping():
         raise _Stopped
-    await declare_item_tables(conn, spider, own_transaction=False)
+    await declare_item_tables(conn, job.spider, own_transaction=False)
     await _update_run_stats(conn)
+
+
+async def _chunks_here(conn: aiosqlite.Connection, job: _Job) -> AsyncGenerator[ParsedChunk, None]:
+    """Parse every page with a body in this process, chunk by chunk."""
+    parser = ChunkParser(job.spider, job.settings)
+    after = 0
+    while pages := await pages_with_bodies(conn, after, REPARSE_BATCH):
+        after = pages[-1].id
+        yield await parser.parse(pages)
+
+
+async def _store_all(
+    conn: aiosqlite.Connection,
+    chunks: AsyncGenerator[ParsedChunk, None],
+    job: _Job,
+    summary: ReparseSummary,
+) -> None:
+    """Store each chunk's results as it comes, in page order; stop after the chunk in which
+    a callback stopped the reparse."""
+    writer = RowWriter(conn, summary.tally)
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            summary.add(chunk)
+            await writer.write(chunk.results, chunk.tables)
+            job.progress.done += chunk.read
+            if summary.stopping():
+                return
 
 
 async def _transaction(conn: aiosqlite.Connection, work: Callable[[], Awaitable[None]]) -> None:
@@ -203,137 +309,6 @@ async def _clear(conn: aiosqlite.Connection) -> None:
         if not left:  # made again from the current dataclass / keys as items arrive
             await conn.execute(drop)
             await conn.execute("DELETE FROM item_tables WHERE name = ?", (name,))
-
-
-async def _parse_all(
-    conn: aiosqlite.Connection, runner: CallbackRunner, settings: Settings, summary: ReparseSummary
-) -> None:
-    parse_types = frozenset(settings.parse_content_types)
-    tables = ItemTables()
-    seen_keys: set[tuple[str, int]] = set()
-    after = 0
-
-    async def count(candidates: list[Candidate], skipped: list[Skipped]) -> None:
-        summary.requests += len(candidates) + len(skipped)
-
-    while not summary.stopping():
-        pages = await pages_with_bodies(conn, after, REPARSE_BATCH)
-        if not pages:
-            break
-        batch: list[tuple[int, PageResult]] = []
-        for page in pages:
-            after = page.id
-            if page.status >= 300 or page.content_type not in parse_types:
-                summary.not_parsed += 1
-                continue
-            try:
-                body = page.body()
-            except DamagedBody:
-                body = None  # a damaged body: nothing to parse
-            if body is None:
-                summary.not_parsed += 1
-                continue
-            response = page.response(body)
-            result = PageResult(
-                request_id=page.request_id, url=response.request.url, state=RequestState.DONE
-            )
-            await runner.run(response, result, links=False, spill=count)
-            await count(result.candidates, result.skipped)
-            summary.pages += 1
-            batch.append((page.crawl_id, result))
-            if summary.stopping():
-                break
-        await _store(conn, tables, batch, seen_keys, summary)
-
-
-@dataclass(slots=True)
-class _Rows:
-    """One batch's rows, in the columns of each table's INSERT."""
-
-    items: list[tuple[object, ...]] = field(default_factory=list)
-    keys: list[tuple[object, ...]] = field(default_factory=list)
-    errors: list[tuple[object, ...]] = field(default_factory=list)
-    item_errors: list[tuple[object, ...]] = field(default_factory=list)
-
-
-async def _store(
-    conn: aiosqlite.Connection,
-    tables: ItemTables,
-    batch: Sequence[tuple[int, PageResult]],
-    seen_keys: set[tuple[str, int]],
-    summary: ReparseSummary,
-) -> None:
-    """Write one batch's items (de-duplicated as the crawl's writer does), typed rows and
-    errors."""
-    now = utc_now()
-    rows = _Rows()
-    for crawl_id, result in batch:
-        _add_items(rows, crawl_id, result, seen_keys, summary, now)
-        _add_errors(rows, crawl_id, result, summary, now)
-    await conn.executemany(
-        "INSERT INTO items (crawl_id, request_id, page_url, type, data, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        rows.items,
-    )
-    await conn.executemany(
-        "INSERT OR IGNORE INTO item_keys (type, key_hash, key, crawl_id, created_at) "
-        "VALUES (?, ?, ?, ?, ?)",
-        rows.keys,
-    )
-    await conn.executemany(
-        "INSERT INTO errors (crawl_id, request_id, url, kind, message, attempt, callback, "
-        "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        rows.errors,
-    )
-    await conn.executemany(
-        "INSERT INTO item_errors (crawl_id, request_id, url, callback, item_type, field, "
-        "message, data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows.item_errors,
-    )
-    await tables.write(conn, [result for _, result in batch])
-
-
-def _add_items(
-    rows: _Rows,
-    crawl_id: int,
-    result: PageResult,
-    seen_keys: set[tuple[str, int]],
-    summary: ReparseSummary,
-    now: str,
-) -> None:
-    """Keep the page's items whose key no earlier item had; `result.items` keeps only those
-    (the typed tables are written from it)."""
-    kept: list[tuple[str, str]] = []
-    for index, (type_name, data) in enumerate(result.items):
-        if (key := result.item_keys.get(index)) is not None:
-            if (key.type, key.key_hash) in seen_keys:
-                summary.dropped[DropReason.DUPLICATE.value] += 1
-                continue
-            seen_keys.add((key.type, key.key_hash))
-            rows.keys.append((key.type, key.key_hash, key.key, crawl_id, now))
-        kept.append((type_name, data))
-        rows.items.append((crawl_id, result.request_id, result.url, type_name, data, now))
-        summary.items[type_name] += 1
-    result.items = kept
-
-
-def _add_errors(
-    rows: _Rows, crawl_id: int, result: PageResult, summary: ReparseSummary, now: str
-) -> None:
-    """Count the page's dropped items and errors, and add its error and item_error rows."""
-    summary.dropped.update(reason.value for reason in result.dropped)
-    if result.item_errors:
-        summary.dropped[DropReason.INVALID.value] += len(result.item_errors)
-    for e in result.errors:
-        summary.errors[e.kind] += 1
-        rows.errors.append(
-            (crawl_id, result.request_id, e.url, e.kind, e.message, e.attempt, e.callback, now)
-        )
-    request_id = result.request_id
-    rows.item_errors.extend(
-        (crawl_id, request_id, e.url, e.callback, e.item_type, e.field, e.message, e.data, now)
-        for e in result.item_errors
-    )
 
 
 async def _update_run_stats(conn: aiosqlite.Connection) -> None:

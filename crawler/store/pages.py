@@ -3,31 +3,41 @@ body, rebuilt as the `Response` a crawl parsed. Read-only SQL: nothing here writ
 
 Used by `crawler record --from` (a sqlite3 connection), `crawler parse --from` and
 `crawler reparse` (aiosqlite connections); each decides what a missing or damaged body means.
+`reparse --processes N` cuts the pages with bodies into chunks of consecutive ids
+(`chunk_end`), and its worker processes read each chunk through `read_chunk`, the one way a
+worker opens the database (read-only).
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import sqlite3
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, final
 
 import aiosqlite
+import asyncpg
 
 from crawler.errors import StorageError
 from crawler.links import try_canonical_url
 from crawler.spider.http import Request, Response
 from crawler.store.pg_read import ReadConnection
+from crawler.store.schema import connect, storage_error
 
 __all__ = [
     "DamagedBody",
     "StoredPage",
+    "chunk_end",
     "gunzip",
     "latest_page",
     "latest_page_async",
     "pages_with_bodies",
+    "pg_pages_with_bodies",
+    "read_chunk",
 ]
 
 _SELECT: Final = """
@@ -39,6 +49,10 @@ _LATEST: Final = (
     _SELECT + "WHERE p.url IN (?, ?) OR p.final_url IN (?, ?) ORDER BY p.id DESC LIMIT 1"
 )
 _WITH_BODIES: Final = _SELECT + "WHERE p.body IS NOT NULL AND p.id > ? ORDER BY p.id LIMIT ?"
+_CHUNK_END: Final = (
+    "SELECT max(id) FROM (SELECT id FROM pages WHERE body IS NOT NULL AND id > ? "
+    "ORDER BY id LIMIT ?)"
+)
 
 
 class DamagedBody(StorageError):
@@ -159,3 +173,35 @@ async def latest_page_async(conn: aiosqlite.Connection, url: str) -> StoredPage 
 async def pages_with_bodies(conn: aiosqlite.Connection, after: int, limit: int) -> list[StoredPage]:
     """Up to `limit` pages with a stored body and an id above `after`, in id order."""
     return [_page(row) for row in await conn.execute_fetchall(_WITH_BODIES, (after, limit))]
+
+
+async def chunk_end(conn: aiosqlite.Connection, after: int, limit: int) -> int | None:
+    """The id of the last page `pages_with_bodies(conn, after, limit)` would return (None when
+    it would return none), read without the bodies."""
+    rows = await conn.execute_fetchall(_CHUNK_END, (after, limit))
+    value = next(iter(rows))[0]
+    return None if value is None else int(value)
+
+
+async def read_chunk(database: Path, after: int, limit: int) -> list[StoredPage]:
+    """`pages_with_bodies` on a read-only connection of its own, closed before returning.
+
+    Raises:
+        StorageError: the file cannot be opened or read.
+    """
+    conn = await connect(database, read_only=True)
+    try:
+        return await pages_with_bodies(conn, after, limit)
+    except sqlite3.Error as exc:
+        raise storage_error(database, exc, "read") from None
+    finally:
+        await conn.close()
+
+
+async def pg_pages_with_bodies(
+    conn: asyncpg.Connection, after: int, limit: int
+) -> list[StoredPage]:
+    """`pages_with_bodies` on a PostgreSQL connection."""
+    sql = _SELECT + "WHERE p.body IS NOT NULL AND p.id > $1 ORDER BY p.id LIMIT $2"
+    rows = await conn.fetch(sql, after, limit)
+    return [_page(tuple(row)) for row in rows]

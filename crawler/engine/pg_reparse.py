@@ -1,0 +1,204 @@
+"""`crawler reparse` on a PostgreSQL crawl database: the same replacement as on an SQLite
+file (crawler.engine.reparse), in one transaction, parsed in this process (the worker
+processes of `--processes` read the SQLite file themselves).
+
+Everything the callbacks produced for the pages with a stored body — items, typed-table
+rows and views, item errors, errors of kind `spider` and `item`, and the item keys — is
+deleted and written again from what the callbacks yield now, chunk by chunk; a callback that
+raises `StopCrawl`, a Ctrl-C or any failure rolls it all back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Final, final
+
+import asyncpg
+
+from crawler.engine.reparse import CALLBACK_ERROR_KINDS, REPARSE_BATCH, ReparseSummary
+from crawler.engine.reparse_chunks import ChunkParser, ItemFields
+from crawler.engine.reparse_rows import ReparseRows, RowWriter, Tally
+from crawler.errors import StorageError
+from crawler.records import PageResult, utc_now
+from crawler.settings import Settings
+from crawler.spider.base import Spider
+from crawler.store.claims import LEASE_SECONDS
+from crawler.store.columns import quote_identifier
+from crawler.store.pages import pg_pages_with_bodies
+from crawler.store.pg_items import PgItemTables, declare_pg_item_tables
+from crawler.store.pg_schema import open_pg, pg_error, redact
+from crawler.store.pg_statements import PgStatement
+
+__all__ = ["reparse_postgres"]
+
+
+class _Stopped(Exception):
+    """A callback stopped the reparse: what it did so far is rolled back."""
+
+
+async def reparse_postgres(spider: Spider, url: str, settings: Settings) -> ReparseSummary:
+    """Re-run `spider`'s callbacks over the bodies stored in the database at `url`.
+
+    Raises:
+        StorageError: not a crawl database, another spider's crawl, no stored bodies, a
+            crawl running on it, or the server failing.
+    """
+    conn = await open_pg(url)
+    summary = ReparseSummary(processes=1)
+    try:
+        async with conn.transaction():
+            await _check(conn, spider, url, summary)
+            await spider.opened()
+            try:
+                await _replace(conn, spider, settings, summary)
+            finally:
+                await spider.closed("finished")
+    except _Stopped:
+        summary.stopped = f"{summary.stopped} (nothing was changed)"
+    except asyncpg.PostgresError as exc:
+        raise pg_error(url, exc, "reparse") from None
+    finally:
+        await conn.close()
+    return summary
+
+
+async def _replace(
+    conn: asyncpg.Connection, spider: Spider, settings: Settings, summary: ReparseSummary
+) -> None:
+    await _clear(conn)
+    parser = ChunkParser(spider, settings)
+    writer = _PgRowWriter(conn, summary.tally)
+    after = 0
+    while pages := await pg_pages_with_bodies(conn, after, REPARSE_BATCH):
+        after = pages[-1].id
+        chunk = await parser.parse(pages)
+        summary.add(chunk)
+        await writer.write(chunk.results, chunk.tables)
+        if summary.stopping():
+            raise _Stopped
+    await declare_pg_item_tables(conn, spider)
+    await conn.execute(_UPDATE_RUN_STATS)
+
+
+async def _check(
+    conn: asyncpg.Connection, spider: Spider, url: str, summary: ReparseSummary
+) -> None:
+    where = redact(url)
+    spiders = {str(row[0]) for row in await conn.fetch("SELECT DISTINCT spider FROM crawls")}
+    if spiders - {spider.name}:
+        others = ", ".join(sorted(spiders - {spider.name}))
+        raise StorageError(f"{where} holds a crawl of spider {others!r}, not {spider.name!r}")
+    running = await conn.fetchval(
+        "SELECT count(*) FROM crawls WHERE status = 'running' AND heartbeat_at > $1",
+        time.time() - LEASE_SECONDS,
+    )
+    if running:
+        raise StorageError(f"a crawl is running on {where}; reparse it when the crawl has ended")
+    row = await conn.fetchrow(
+        "SELECT count(body) FILTER (WHERE status < 300), "
+        "count(*) FILTER (WHERE status < 300 AND body IS NULL) FROM pages"
+    )
+    with_body, without = (int(v) for v in tuple(row or (0, 0)))
+    summary.without_body = without
+    if not with_body:
+        raise StorageError(
+            f"{where} has no stored page bodies to reparse; crawl with -s store_body=true"
+        )
+
+
+async def _clear(conn: asyncpg.Connection) -> None:
+    """Delete what the callbacks produced for every page with a body; drop emptied tables."""
+    await conn.execute(f"DELETE FROM items WHERE request_id IN ({_REPARSED})")
+    await conn.execute(
+        f"DELETE FROM errors WHERE kind = ANY($1::text[]) AND request_id IN ({_REPARSED})",
+        list(CALLBACK_ERROR_KINDS),
+    )
+    await conn.execute(f"DELETE FROM item_errors WHERE request_id IN ({_REPARSED})")
+    await conn.execute("DELETE FROM item_keys")
+    for type_name, kind, name in await conn.fetch("SELECT type, kind, name FROM item_tables"):
+        quoted = quote_identifier(str(name))
+        if kind == "table":
+            await conn.execute(f"DELETE FROM {quoted} WHERE request_id IN ({_REPARSED})")
+            left = await conn.fetchval(f"SELECT count(*) FROM (SELECT 1 FROM {quoted} LIMIT 1) t")
+            drop = f"DROP TABLE IF EXISTS {quoted}"
+        else:
+            left = await conn.fetchval(
+                "SELECT count(*) FROM (SELECT 1 FROM items WHERE type = $1 LIMIT 1) t", type_name
+            )
+            drop = f"DROP VIEW IF EXISTS {quoted}"
+        if not left:  # made again from the current dataclass / keys as items arrive
+            await conn.execute(drop)
+            await conn.execute("DELETE FROM item_tables WHERE name = $1", name)
+
+
+@final
+class _PgRowWriter(RowWriter):
+    """RowWriter's rows (de-duplicated items, keys, errors), written with PostgreSQL's
+    multi-row statements."""
+
+    def __init__(self, conn: asyncpg.Connection, tally: Tally) -> None:
+        self._pg = conn
+        self._tally = tally
+        self._pg_tables = PgItemTables()
+        self._seen_keys: set[tuple[str, int]] = set()
+        self._declared: set[tuple[str, ItemFields]] = set()
+
+    async def write(
+        self, batch: Sequence[tuple[int, PageResult]], tables: Iterable[tuple[str, ItemFields]]
+    ) -> None:
+        now = utc_now()
+        rows = ReparseRows()
+        for crawl_id, result in batch:
+            self._add_items(rows, crawl_id, result, now)
+            self._add_errors(rows, crawl_id, result, now)
+        for statement, values in zip(_INSERTS, (rows.items, rows.keys, rows.errors), strict=True):
+            await statement.run(self._pg, values)
+        await _ITEM_ERRORS.run(self._pg, rows.item_errors)
+        for table in tables:
+            if table not in self._declared:
+                await self._pg_tables.ensure_table(self._pg, *table)
+                self._declared.add(table)
+        await self._pg_tables.write(self._pg, [result for _, result in batch])
+
+
+_REPARSED: Final = "SELECT request_id FROM pages WHERE body IS NOT NULL"
+_INSERTS: Final = (
+    PgStatement(
+        "INSERT INTO items (crawl_id, request_id, page_url, type, data, created_at) "
+        "SELECT * FROM {rows}",
+        ("crawl_id", "request_id", "page_url", "type", "data", "created_at"),
+        ("bigint", "bigint", "text", "text", "jsonb", "text"),
+    ),
+    PgStatement(
+        "INSERT INTO item_keys (type, key_hash, key, crawl_id, created_at) "
+        "SELECT * FROM {rows} ON CONFLICT DO NOTHING",
+        ("type", "key_hash", "key", "crawl_id", "created_at"),
+        ("text", "bigint", "jsonb", "bigint", "text"),
+    ),
+    PgStatement(
+        "INSERT INTO errors (crawl_id, request_id, url, kind, message, attempt, callback, "
+        "created_at) SELECT * FROM {rows}",
+        ("crawl_id", "request_id", "url", "kind", "message", "attempt", "callback", "created_at"),
+        ("bigint", "bigint", "text", "text", "text", "bigint", "text", "text"),
+    ),
+)
+_ITEM_ERRORS: Final = PgStatement(
+    "INSERT INTO item_errors (crawl_id, request_id, url, callback, item_type, field, message, "
+    "data, created_at) SELECT * FROM {rows}",
+    ("crawl_id", "request_id", "url", "callback", "item_type", "field", "message", "data",
+     "created_at"),
+    ("bigint", "bigint", "text", "text", "text", "text", "text", "jsonb", "text"),
+)  # fmt: skip
+_UPDATE_RUN_STATS: Final = """
+UPDATE crawls SET stats = coalesce(stats, '{}'::jsonb) || jsonb_build_object(
+    'items', (SELECT count(*) FROM items WHERE crawl_id = crawls.id),
+    'items_by_type', coalesce((SELECT jsonb_object_agg(type, n) FROM (
+        SELECT type, count(*) AS n FROM items WHERE crawl_id = crawls.id GROUP BY type) AS t),
+        '{}'::jsonb),
+    'errors', coalesce((SELECT jsonb_object_agg(kind, n) FROM (
+        SELECT kind, count(*) AS n FROM errors WHERE crawl_id = crawls.id GROUP BY kind) AS k),
+        '{}'::jsonb))
+WHERE jsonb_typeof(coalesce(stats, '{}'::jsonb)) = 'object'
+"""
+"""Each run's stored counters, made to agree with the tables again."""
