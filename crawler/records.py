@@ -24,8 +24,10 @@ __all__ = [
     "HostRecord",
     "ItemErrorRecord",
     "ItemKey",
+    "PageChange",
     "PageRecord",
     "PageResult",
+    "Previous",
     "RequestState",
     "RobotsRecord",
     "Skipped",
@@ -69,6 +71,30 @@ class DropReason(StrEnum):
     """The spider's `process_item` returned None."""
 
 
+class PageChange(StrEnum):
+    """What a response does to its request's stored page (see crawler.engine.recrawl)."""
+
+    NEW = "new"
+    """The first response: the page is stored."""
+    CHANGED = "changed"
+    """A re-fetch with other content (or another status): the page and its items are replaced."""
+    UNCHANGED = "unchanged"
+    """A re-fetch answered 304, or with the same body: only the time of the fetch is kept."""
+    ERROR = "error"
+    """A re-fetch answered 429 or 5xx: recorded in `fetches`, the stored page is kept."""
+
+
+@final
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Previous:
+    """What a re-fetch knows of the page stored before: the validators it sends back and
+    the hash that tells an unchanged body."""
+
+    etag: str | None
+    last_modified: str | None
+    body_hash: int | None
+
+
 @final
 @dataclass(slots=True, kw_only=True)
 class Claimed:
@@ -78,6 +104,8 @@ class Claimed:
     request: Request
     attempts: int
     """Attempts already made in earlier runs or before a long Retry-After wait."""
+    previous: Previous | None = None
+    """Set when the request has a stored page: it is a re-fetch (a re-crawl)."""
 
 
 @final
@@ -92,6 +120,8 @@ class Candidate:
     parent_id: int | None
     meta_json: str | None
     headers_json: str | None
+    lastmod: str | None = None
+    """The request's `lastmod` (a sitemap's), stored in `requests.lastmod`."""
 
 
 @final
@@ -123,6 +153,16 @@ class PageRecord:
     fetched_at: str
     body: bytes | None
     """The gzip-compressed body when `store_body` is on."""
+    etag: str | None = None
+    last_modified: str | None = None
+    body_hash: int | None = None
+    """CRC-32 and length of the decoded body (crawler.engine.recrawl.body_hash)."""
+    change: PageChange = PageChange.NEW
+    conditional: bool = False
+    """Whether the request carried validators (If-None-Match / If-Modified-Since)."""
+    exchange: tuple[str, str, str, str] | None = None
+    """With `store_body`, for `fetches`: HTTP version, reason phrase, and the response's and
+    the request's headers as JSON arrays of [name, value] pairs."""
 
 
 @final

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, final
 
+from crawler.durations import parse_duration
 from crawler.errors import ConfigError
 from crawler.version import __version__
 
@@ -169,6 +170,11 @@ class Settings:
     shutdown_grace: float = 10.0
     """Seconds in-flight requests get to finish after the first Ctrl-C."""
 
+    refresh_after: float = 0.0
+    """Re-crawl: a run on an existing crawl fetches again, conditionally, the pages last
+    fetched longer ago than this (seconds, or a duration: `"12h"`, `"7d"`; 0 = never), with
+    their callbacks; unchanged pages (304, or the same body) are not parsed again."""
+
     database: str = ""
     """Where `crawler crawl` stores the crawl when `-o` is not given: a file path, or a
     PostgreSQL URL (`postgresql://user@host:port/db`) that workers on many machines share
@@ -222,6 +228,10 @@ def _convert(name: str, value: object, source: str) -> object:
     hint = _field_types()[name]
     from_text = isinstance(value, str) and source == "command line"
     wrong = ConfigError(f"{source}: setting {name!r} must be {type_name(name)}, got {value!r}")
+    if name in _DURATIONS:
+        if (seconds := parse_duration(value)) is None:
+            raise ConfigError(f"{source}: setting {name!r} must be a duration, got {value!r}")
+        return seconds
     origin = typing.get_origin(hint)
     if origin is Literal:
         if value not in typing.get_args(hint):
@@ -270,6 +280,9 @@ def _scalar(hint: Any, value: object, *, from_text: bool, error: ConfigError) ->
     raise error  # pragma: no cover - every field type is handled above
 
 
+_DURATIONS: Final = frozenset({"refresh_after"})
+"""Settings given as seconds or a duration (`"12h"`): see crawler.durations."""
+
 _BOOLEAN_WORDS: Final = {
     "true": True,
     "1": True,
@@ -308,6 +321,7 @@ _NOT_NEGATIVE: Final = (
     "shutdown_grace",
     "robots_error_cooldown",
     "crawl_delay_max",
+    "refresh_after",
 )
 
 

@@ -55,6 +55,11 @@ class Stats:
     pending: int = 0
     """Requests waiting in the frontier (this process's view)."""
     in_flight: int = 0
+    requeued: int = 0
+    """Re-crawl: fetched requests this run set back to pending because they were due."""
+    refetched: Counter[str] = field(default_factory=Counter)
+    """Re-fetched pages by outcome: `changed` (parsed again), `unchanged` (304 or the same
+    body: not parsed), `error` (429 or 5xx: the stored page kept)."""
 
     def absorb(self, tally: Stats) -> None:
         """Add the counts of `tally` (what one committed write batch changed) to these."""
@@ -71,6 +76,7 @@ class Stats:
         self.bytes_received += tally.bytes_received
         self.rescheduled += tally.rescheduled
         self.pending += tally.pending
+        self.refetched.update(tally.refetched)
 
     @property
     def elapsed(self) -> float:
@@ -100,6 +106,8 @@ class Stats:
             "retries": self.retries,
             "rescheduled": self.rescheduled,
             "strings_replaced": self.strings_replaced,
+            "requeued": self.requeued,
+            "refetched": dict(sorted(self.refetched.items())),
             "duration_s": round(self.elapsed, 3),
             "pages_per_second": round(self.pages_per_second, 1),
         }
@@ -146,6 +154,10 @@ def render_summary(spider: str, status: str, summary: dict[str, Any]) -> Table:
         ("duration", f"{summary['duration_s']:,.1f} s"),
         ("pages/s", f"{summary['pages_per_second']:,.1f}"),
     ]
+    refetched: dict[str, int] = summary.get("refetched", {})
+    if summary.get("requeued", 0) or refetched:  # a re-crawl: shown only then
+        rows.insert(1, ("re-fetched", _breakdown(sum(refetched.values()), refetched)))
+        rows.insert(1, ("re-queued (due)", f"{summary.get('requeued', 0):,}"))
     if replaced := summary.get("strings_replaced", 0):  # rare: shown only when it happened
         rows.insert(3, ("characters replaced", f"{replaced:,} (lone surrogates, as U+FFFD)"))
     for name, value in rows:

@@ -3,7 +3,7 @@ to the vocabulary every stage speaks, and modules stay small enough to read.
 
 Layers, bottom to top (a module may import its own layer and the ones below):
 
-    base      errors, settings, urls, bodies, records, stats, failures, spider/, demo/
+    base      errors, settings, durations, urls, bodies, records, stats, failures, spider/, demo/
     fetch/    the HTTP client, politeness, robots.txt, internal addresses, deadlines
     store/    the database: schema, the writer, every statement, budgets, claims, runs
     frontier/ the admission gate, the per-host queues, the feeder
@@ -32,6 +32,7 @@ BASE_MODULES = {
     "records",
     "stats",
     "failures",
+    "durations",
     "version",
 }
 BASE_PACKAGES = {"spider", "demo"}

@@ -205,3 +205,17 @@ async def test_reparse_replaces_the_items_of_a_url(crawled: str, run_cli: RunCli
     assert str(stats) == "60"
     other = await run_cli("reparse", "tests/spiders.py:RaisingSpider", crawled)
     assert other.code == 2 and "holds a crawl of spider" in other.stderr
+
+
+async def test_a_recrawl_on_a_url_refetches_conditionally(
+    crawled: str, follow_site: BaseTestServer
+) -> None:
+    spider = with_start_urls(FollowAllSpider, [str(follow_site.make_url("/p/0"))])
+    settings = {**FAST, "allow_private_addresses": True, "store_body": True}
+    stats = await crawl(spider, db=crawled, settings=settings, recrawl=True)
+    assert stats["requeued"] == 60
+    assert stats["refetched"] == {"unchanged": 60}  # the same bodies: nothing parsed again
+    assert scalar(crawled, "SELECT count(*) FROM fetches") == 120
+    assert scalar(crawled, "SELECT count(*) FROM fetches WHERE changed = 0") == 60
+    assert scalar(crawled, "SELECT count(*) FROM items") == 60
+    assert scalar(crawled, "SELECT count(*) FROM item_versions") == 60

@@ -13,7 +13,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import click
 from rich.console import Console
@@ -39,6 +39,7 @@ from crawler.cli.results import export, parse, query, reparse, stats
 from crawler.cli.spiders import new, record, serve_demo
 from crawler.engine.crawl import Crawl
 from crawler.engine.processes import run_processes
+from crawler.engine.recrawl import requeue
 from crawler.engine.summary import combined_summary, last_run_id
 from crawler.results.formats import write_rows
 from crawler.results.status import crawl_status
@@ -46,6 +47,7 @@ from crawler.settings import LoadedSettings, Settings, describe_settings
 from crawler.spider.base import Spider
 from crawler.spider.discovery import find_spider, spider_catalogue, spider_reference
 from crawler.stats import render_summary
+from crawler.store.backends import open_store
 from crawler.store.pg_runs import empty_pg_database
 from crawler.store.pg_schema import open_pg
 from crawler.store.schema import open_database
@@ -89,6 +91,11 @@ def cli() -> None:
 @click.option("--config", type=click.Path(path_type=Path), help="Config file [./config.toml].")
 @click.option("--fresh", is_flag=True, help="Empty the database first instead of resuming.")
 @click.option(
+    "--recrawl",
+    is_flag=True,
+    help="Fetch again (conditionally) every page fetched before; changed ones are parsed.",
+)
+@click.option(
     "--explain",
     is_flag=True,
     help="Print the settings this crawl would use and where each comes from; do not crawl.",
@@ -115,6 +122,7 @@ def crawl(
     start_urls: tuple[str, ...],
     config: Path | None,
     fresh: bool,
+    recrawl: bool,
     explain: bool,
     processes: int,
     log_level: str,
@@ -143,10 +151,17 @@ def crawl(
             loaded.settings.database or f"{spider_class.name}.db", None, None
         )
         if processes > 1:
-            _crawl_in_processes(processes, db, fresh, spider_class, loaded.settings)
+            _crawl_in_processes(processes, db, fresh, spider_class, loaded.settings, recrawl)
             return
         after = 0 if fresh else last_run_id(db)
-        run = Crawl(spider_class(), db=db, settings=loaded.settings, fresh=fresh, console=console)
+        run = Crawl(
+            spider_class(),
+            db=db,
+            settings=loaded.settings,
+            fresh=fresh,
+            console=console,
+            recrawl=recrawl,
+        )
         summary = run_with_signals(run)
         failure = failed_start(db, after, summary["pages"]) if run.status == "finished" else None
     Console().print(render_summary(run.spider.name, "failed" if failure else run.status, summary))
@@ -159,7 +174,12 @@ def crawl(
 
 
 def _crawl_in_processes(
-    count: int, db: Path | str, fresh: bool, spider_class: type[Spider], settings: Settings
+    count: int,
+    db: Path | str,
+    fresh: bool,
+    spider_class: type[Spider],
+    settings: Settings,
+    recrawl: bool,
 ) -> None:
     """Run this crawl in `count` processes over one database file, and print one summary."""
     if fresh and isinstance(db, Path):
@@ -168,6 +188,9 @@ def _crawl_in_processes(
     # Before the processes, which would race to create it (PostgreSQL: and to empty it)
     asyncio.run(_create_database(db, fresh=fresh))
     after = last_run_id(db)
+    # --recrawl re-queues once, here: a worker starting later would take the pages another
+    # one has just fetched for due again.
+    requeued = asyncio.run(_requeue(db, settings)) if recrawl else 0
 
     def crawl_one() -> int:
         # Progress as log lines: several live displays on one terminal would overwrite
@@ -181,6 +204,7 @@ def _crawl_in_processes(
     if isinstance(db, Path) and not db.exists():
         sys.exit(code or 1)
     status, summary = combined_summary(db, after)
+    summary["requeued"] = summary.get("requeued", 0) + requeued
     failure = failed_start(db, after, summary["pages"]) if status == "finished" else None
     Console().print(render_summary(f"{count} processes", "failed" if failure else status, summary))
     click.echo(f"results: {db}", err=True)
@@ -201,6 +225,15 @@ async def _create_database(db: Path | str, *, fresh: bool) -> None:
             await empty_pg_database(conn)
     finally:
         await conn.close()
+
+
+async def _requeue(db: Path | str, settings: Settings) -> int:
+    """Re-queue every page fetched before (`--recrawl`), then close the database."""
+    store = await open_store(db)
+    try:
+        return await requeue(store, settings, recrawl=True)
+    finally:
+        await store.close()
 
 
 @cli.command(name="list")
@@ -285,24 +318,44 @@ GROUP BY category ORDER BY books DESC, category LIMIT 10
     help="Database file (started fresh).",
 )
 @click.option("--books", default=300, show_default=True, help="Books in the demo catalogue.")
-def demo(output: Path, books: int) -> None:
+@click.option(
+    "--days",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 365),
+    help="Crawl it on N days in a row: day 1 on, 5% of its pages change and it is re-crawled.",
+)
+def demo(output: Path, books: int, days: int) -> None:
     """Serve the bundled sample catalogue on 127.0.0.1 and crawl it with the books spider."""
     from crawler.demo import catalogue_app  # the demo site is only loaded when asked for
     from crawler.demo.serve import listening_socket, serve_app
 
     console = Console(stderr=True)
     setup_logging("WARNING", console)
+    out = Console()
     with user_errors():
         sock = listening_socket()
         host, port = sock.getsockname()[:2]
         spider_class = with_start_urls(find_spider("books"), [f"http://{host}:{port}/"])
         # The demo site is ours, on loopback: no need for autothrottle's caution.
         loaded = load_crawl_settings(spider_class, None, {"autothrottle": "false"})
-        run = Crawl(
-            spider_class(), db=output, settings=loaded.settings, fresh=True, console=console
-        )
-        summary = run_with_signals(run, serve_app(catalogue_app(book_count=books), sock))
-    out = Console()
+        for day in range(days):
+            if day:  # the same address every day: the crawl's URLs name it
+                sock = listening_socket(port=port)
+            run = Crawl(
+                spider_class(),
+                db=output,
+                settings=loaded.settings,
+                fresh=day == 0,
+                console=console,
+                recrawl=day > 0,
+            )
+            site = catalogue_app(book_count=books, day=day)
+            summary = run_with_signals(run, serve_app(site, sock))
+            if days > 1:
+                click.echo(_day_line(day, summary))
+            if run.status == "interrupted":
+                break
     out.print(render_summary(run.spider.name, run.status, summary))
     out.print(f'\nExample query (crawler query {output} "..."):\n{DEMO_QUERY.strip()}\n')
     with user_errors():
@@ -316,6 +369,16 @@ def demo(output: Path, books: int) -> None:
         conn.close()
     if run.status == "interrupted":
         sys.exit(EXIT_INTERRUPTED)
+
+
+def _day_line(day: int, summary: dict[str, Any]) -> str:
+    """One line of `crawler demo --days`: what the day's run fetched and parsed."""
+    again: dict[str, int] = summary.get("refetched", {})
+    return (
+        f"day {day}: {summary['pages']:,} pages fetched "
+        f"({sum(again.values()):,} re-fetched conditionally: {again.get('unchanged', 0):,} "
+        f"unchanged, {again.get('changed', 0):,} changed), {summary['items']:,} items stored"
+    )
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ from crawler.demo.books import (
     expected_books,
     generate,
 )
-from crawler.demo.pages import html_not_found, html_response
+from crawler.demo.days import on_day
+from crawler.demo.pages import etags, html_not_found, html_response
 
 __all__ = ["catalogue_app", "expected_books"]
 
@@ -247,7 +248,7 @@ async def _robots(request: web.Request) -> web.Response:
     return web.Response(text="User-agent: *\nAllow: /\n")
 
 
-def catalogue_app(book_count: int = 300, seed: int = 7) -> web.Application:
+def catalogue_app(book_count: int = 300, seed: int = 7, day: int = 0) -> web.Application:
     """Build the offline books.toscrape.com: same URLs, relative links and markup as the real site.
 
     The catalogue is generated once per app from ``seed`` and pages are rendered per request.
@@ -256,13 +257,15 @@ def catalogue_app(book_count: int = 300, seed: int = 7) -> web.Application:
     Args:
         book_count: Number of books; listings show 20 books per page.
         seed: Seed for the generator.
+        day: The day (0 = the first): from day 1 on, 5% of the pages change every day
+            (crawler.demo.days). Pages carry an ETag and answer If-None-Match with 304.
 
     Returns:
         An aiohttp application serving ``/``, ``/index.html``, ``/catalogue/page-N.html``,
         category listings, product pages, cover images and ``/robots.txt``.
     """
-    app = web.Application(middlewares=[html_not_found(_NOT_FOUND)])
-    app[_CATALOGUE] = generate(book_count, seed)
+    app = web.Application(middlewares=[etags, html_not_found(_NOT_FOUND)])
+    app[_CATALOGUE] = on_day(generate(book_count, seed), day)
     page = r"{page:index\.html|page-[1-9][0-9]*\.html}"
     app.router.add_get("/", _home)
     app.router.add_get("/index.html", _home)

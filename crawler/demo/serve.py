@@ -11,11 +11,12 @@ from aiohttp import web
 __all__ = ["listening_socket", "serve_app"]
 
 
-def listening_socket(host: str = "127.0.0.1") -> socket.socket:
-    """Return a TCP socket bound to a free port on `host` (the server listens on it later)."""
+def listening_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """Return a TCP socket bound to `port` (default: a free one) on `host` (the server
+    listens on it later)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, 0))
+    sock.bind((host, port))
     return sock
 
 

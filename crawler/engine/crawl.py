@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import gzip
 import logging
 import time
 from collections.abc import Coroutine, Mapping
@@ -24,6 +23,7 @@ from typing import Any, Final, final
 from rich.console import Console
 
 from crawler.engine.callbacks import CallbackRunner, LoopHeartbeat, spider_error
+from crawler.engine.recrawl import conditional, page_record, requeue
 from crawler.errors import StorageError
 from crawler.failures import describe, internal_failure
 from crawler.fetch.client import Fetcher
@@ -33,10 +33,10 @@ from crawler.fetch.robots import RobotsCache
 from crawler.frontier.feeder import Feeder
 from crawler.frontier.gate import Frontier
 from crawler.links import host_of
-from crawler.records import Claimed, PageRecord, PageResult, RequestState, utc_now
+from crawler.records import Claimed, PageChange, PageResult, RequestState
 from crawler.settings import Settings, load_settings
 from crawler.spider.base import Spider
-from crawler.spider.http import Request, Response
+from crawler.spider.http import Response
 from crawler.stats import Stats, show_progress
 from crawler.store.backends import STORE_ERRORS, CrawlStore, describe_target, open_store
 from crawler.store.pg_schema import is_postgres_url
@@ -68,6 +68,7 @@ class Crawl:
         settings: Settings | Mapping[str, object] | None = None,
         fresh: bool = False,
         console: Console | None = None,
+        recrawl: bool = False,
     ) -> None:
         """`spider` is a Spider class or instance; `settings` a Settings, or overrides (a
         dict, as for `crawl()`) applied above the spider's own `settings`."""
@@ -83,6 +84,7 @@ class Crawl:
         self.started = False
         """Whether the database was opened and the run recorded (later errors are not bad input)."""
         self._fresh = fresh
+        self._recrawl = recrawl
         self._storage_failed = False
         self._console = console
         self._stop_requested = asyncio.Event()
@@ -129,6 +131,7 @@ class Crawl:
                 on_committed=feeder.release,
                 on_hosts_saved=self._hosts.saved,
             )
+            self.stats.requeued = await requeue(store, self.settings, recrawl=self._recrawl)
             await storage.load_counts()
             self._hosts.pacer = store.pacer()
             await store.declare_item_tables(self.spider)
@@ -284,7 +287,7 @@ class Crawl:
         self, claimed: Claimed, fetcher: Fetcher, storage: BatchWriter
     ) -> PageResult:
         """Fetch one request and run its callback; every outcome becomes a PageResult."""
-        request = claimed.request
+        request = conditional(claimed.request, claimed.previous)  # a re-fetch's validators
         if not fetcher.start_urls_known:  # the address classes they resolve to are the crawl's
             fetcher.start_from(self.spider)
         refused = await fetcher.address_refusal(request, attempts_before=claimed.attempts)
@@ -323,13 +326,14 @@ class Crawl:
             result.state = RequestState.PENDING
             result.not_before = outcome.not_before
             return result
-        await self._parse(outcome, request, result, storage)
+        await self._parse(outcome, claimed, result, storage)
         return result
 
     async def _parse(
-        self, outcome: Fetched, request: Request, result: PageResult, storage: BatchWriter
+        self, outcome: Fetched, claimed: Claimed, result: PageResult, storage: BatchWriter
     ) -> None:
-        """Record a fetched page in `result` and run its callback when it can be parsed."""
+        """Record a fetched page in `result`; run its callback if it is parseable and new."""
+        request = claimed.request
         response = Response(
             url=outcome.url,
             status=outcome.status,
@@ -341,18 +345,10 @@ class Crawl:
             response.content_type in self._parse_types
             or request.callback in self._any_type_callbacks
         )
-        result.page = PageRecord(
-            url=request.url,
-            final_url=outcome.url,
-            status=outcome.status,
-            content_type=response.content_type,
-            encoding=response.encoding if parseable else None,
-            size_bytes=len(outcome.body),
-            depth=request.depth,
-            elapsed_ms=round(outcome.elapsed_ms, 2),
-            fetched_at=utc_now(),
-            body=gzip.compress(outcome.body, 5, mtime=0) if self.settings.store_body else None,
-        )
+        previous, store_body = claimed.previous, self.settings.store_body
+        result.page = page = page_record(outcome, response, previous, parseable, store_body)
+        if page.change is PageChange.UNCHANGED:
+            return  # its callbacks ran on this content before: its items stand
         if outcome.status >= 400:
             result.state = RequestState.FAILED
             result.reason = f"http_status: {outcome.status}"
@@ -395,6 +391,7 @@ async def crawl(
     settings: Mapping[str, object] | None = None,
     config: Mapping[str, object] | None = None,
     fresh: bool = False,
+    recrawl: bool = False,
 ) -> dict[str, Any]:
     """Crawl with a spider into a SQLite file and return the final stats.
 
@@ -406,6 +403,7 @@ async def crawl(
         settings: overrides, applied above the spider's own `settings`.
         config: a config.toml-style layer below the spider's settings.
         fresh: empty the database first instead of resuming.
+        recrawl: fetch again, conditionally, every page fetched before (`--recrawl`).
 
     Example:
         ```python
@@ -414,5 +412,5 @@ async def crawl(
     """
     instance = spider() if isinstance(spider, type) else spider
     loaded = load_settings(config=config, spider=type(instance).settings, overrides=settings)
-    run = Crawl(instance, db=db, settings=loaded.settings, fresh=fresh)
+    run = Crawl(instance, db=db, settings=loaded.settings, fresh=fresh, recrawl=recrawl)
     return await run.run()

@@ -78,9 +78,10 @@ def combined_summary(db: Path | str, after_run: int) -> tuple[str, dict[str, Any
         "retries",
         "rescheduled",
         "strings_replaced",
+        "requeued",
     ):
         total[key] = sum(int(run.get(key, 0)) for run in runs)
-    for key in ("items_by_type", "items_dropped", "skipped", "errors", "statuses"):
+    for key in ("items_by_type", "items_dropped", "skipped", "errors", "statuses", "refetched"):
         merged: Counter[str] = Counter()
         for run in runs:
             merged.update(run.get(key, {}))

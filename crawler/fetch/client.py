@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Final, Self, final
 
 import aiohttp
 from aiohttp.abc import AbstractResolver
-from multidict import CIMultiDictProxy
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from yarl import URL
 
@@ -322,9 +321,11 @@ class Fetcher:
                 translate_errors(request.url),
                 self._deadlines.limit(self._settings.request_timeout),
             ):
-                url, status, headers, body, hops = await self._follow_redirects(request, known)
+                url, response, body, hops = await self._follow_redirects(request, known)
+            status, headers = response.status, response.headers
             retry_after = parse_retry_after(headers.get("Retry-After"))
             slot.responded(status, retry_after)
+            version = response.version
             return Fetched(
                 url=url,
                 status=status,
@@ -333,11 +334,15 @@ class Fetcher:
                 elapsed_ms=(time.monotonic() - started) * 1000,
                 attempts=0,
                 redirects=hops,
+                http_version=f"{version.major}.{version.minor}" if version else "1.1",
+                reason=response.reason or "",
+                request_headers=response.request_info.headers,
+                raw_headers=response.raw_headers,
             )
 
     async def _follow_redirects(
         self, request: Request, known: RedirectGate | None
-    ) -> tuple[str, int, CIMultiDictProxy[str], bytes, list[str]]:
+    ) -> tuple[str, aiohttp.ClientResponse, bytes, list[str]]:
         url = request.url
         method = request.method
         headers = request.headers or None
@@ -358,7 +363,7 @@ class Fetcher:
                     if known is not None and known(target):
                         # fetched (or to be fetched) under its own request: not twice
                         body = await read_body(url, response, self._settings.max_size)
-                        return url, response.status, response.headers, body, hops
+                        return url, response, body, hops
                     hops.append(target)
                     if headers and not same_origin(url, target):
                         # Once dropped they stay dropped, even if a later hop comes back:
@@ -369,7 +374,7 @@ class Fetcher:
                     method = method_after(response.status, method)
                     continue
                 body = await read_body(url, response, self._settings.max_size)
-                return url, response.status, response.headers, body, hops
+                return url, response, body, hops
         raise RedirectError(request.url, f"more than {self._settings.max_redirects} redirects")
 
 

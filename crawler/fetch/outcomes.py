@@ -34,6 +34,13 @@ class Fetched:
     """Earlier attempts that failed and were retried."""
     redirects: list[str] = field(default_factory=list)
     """The redirect targets followed to reach `url`, in order (`url` is the last)."""
+    http_version: str = "1.1"
+    reason: str = ""
+    """The reason phrase of the status line (`OK`)."""
+    request_headers: CIMultiDictProxy[str] | None = None
+    """The headers sent with the last hop, as aiohttp sent them."""
+    raw_headers: tuple[tuple[bytes, bytes], ...] = ()
+    """The response's headers as received: names in their case, in order."""
 
 
 @final

@@ -215,6 +215,7 @@ class Frontier:
             parent_id=parent_id,
             meta_json=_to_json(request.meta, "meta", where),
             headers_json=_to_json(request.headers, "headers", where),
+            lastmod=request.lastmod,
         )
 
     def admit_batch(

@@ -10,6 +10,7 @@ import codecs
 import functools
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, final
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -42,7 +43,7 @@ class Request:
     `response.meta`. The engine never reads it.
     """
 
-    __slots__ = ("callback", "depth", "headers", "meta", "method", "priority", "url")
+    __slots__ = ("callback", "depth", "headers", "lastmod", "meta", "method", "priority", "url")
 
     def __init__(
         self,
@@ -54,6 +55,7 @@ class Request:
         meta: dict[str, Any] | None = None,
         priority: int = 0,
         depth: int = 0,
+        lastmod: datetime | str | None = None,
     ) -> None:
         self.url = url
         self.callback: str = "parse" if callback is None else _callback_name(callback)
@@ -62,6 +64,10 @@ class Request:
         self.meta: dict[str, Any] = meta if meta is not None else {}
         self.priority = priority
         self.depth = depth
+        self.lastmod: str | None = utc_text(lastmod) if isinstance(lastmod, datetime) else lastmod
+        """When the page last changed, as a sitemap's `<lastmod>` says (UTC text, as the
+        database's times): a re-crawl fetches a page again when this is later than its last
+        fetch, and not by age (`refresh_after`)."""
 
     def replace(self, **changes: Any) -> Request:
         """Return a copy of this request with some attributes changed."""
@@ -72,6 +78,14 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.url} callback={self.callback} depth={self.depth}>"
+
+
+def utc_text(moment: datetime) -> str:
+    """`moment` as the database's time text (`2026-12-05T06:55:51.397+00:00`); a naive
+    datetime is taken as UTC."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
 
 @final
@@ -234,6 +248,7 @@ class Response:
         meta: dict[str, Any] | None = None,
         priority: int = 0,
         headers: Mapping[str, str] | None = None,
+        lastmod: datetime | None = None,
     ) -> Request:
         """Return a Request for a link on this page, one level deeper.
 
@@ -241,6 +256,7 @@ class Response:
             target: an href (relative or absolute) or an `<a>` node, whose href is read.
             callback: the spider method to parse the target; defaults to `parse`.
             meta: user data handed to the target's response.
+            lastmod: when the target last changed (a sitemap's `<lastmod>`; see `Request`).
         """
         return Request(
             self._url_of(target),
@@ -249,6 +265,7 @@ class Response:
             priority=priority,
             headers=headers,
             depth=self.request.depth + 1,
+            lastmod=lastmod,
         )
 
     def follow_all(

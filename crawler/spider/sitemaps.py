@@ -245,7 +245,7 @@ class SitemapSpider(Spider):
                 if any(re.search(pattern, entry.loc) for pattern in self.sitemap_follow):
                     yield response.follow(entry.loc, callback=self.parse_sitemap)
             elif (callback := self._callback_for(entry.loc)) is not None:
-                yield response.follow(entry.loc, callback=callback)
+                yield response.follow(entry.loc, callback=callback, lastmod=entry.lastmod)
 
     def _callback_for(self, url: str) -> str | None:
         for pattern, callback in self.sitemap_rules:

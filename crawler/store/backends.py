@@ -11,7 +11,7 @@ space delayed hosts' requests across workers) and the writer of its batches
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, final
 
@@ -27,9 +27,11 @@ from crawler.store.item_tables import declare_item_tables
 from crawler.store.pg_items import declare_pg_item_tables
 from crawler.store.pg_link import PgLink
 from crawler.store.pg_pacing import PgPacer
+from crawler.store.pg_refresh import pg_fetched_hosts, pg_requeue_due
 from crawler.store.pg_runs import finish_pg_run, release_pg_leases, start_pg_run
 from crawler.store.pg_schema import is_postgres_url, open_pg, redact
 from crawler.store.pg_writer import PgStorage
+from crawler.store.refresh import fetched_hosts, requeue_due
 from crawler.store.runs import finish_run, release_leases, start_run
 from crawler.store.schema import open_database, rollback
 from crawler.store.writer import BatchWriter, Storage
@@ -71,6 +73,13 @@ class CrawlStore(Protocol):
         self, run_id: int, *, status: str, reason: str, stats: dict[str, Any]
     ) -> None:
         """Roll back a half-written batch, free the run's leases, record how it ended."""
+
+    async def fetched_hosts(self) -> list[str]:
+        """The hosts of the requests that were fetched (re-crawls)."""
+
+    async def requeue_due(self, *, cutoff: str | None, host_cutoffs: Mapping[str, str]) -> int:
+        """Set the requests due for a re-fetch back to pending; return how many
+        (crawler.store.refresh.requeue_due)."""
 
     def pacer(self) -> Pacer | None:
         """Crawl-wide spacing of delayed hosts' requests, where other workers may share the
@@ -134,6 +143,12 @@ class SqliteStore:
         await release_leases(self.conn, run_id)
         await finish_run(self.conn, run_id, status=status, reason=reason, stats=stats)
 
+    async def fetched_hosts(self) -> list[str]:
+        return await fetched_hosts(self.conn)
+
+    async def requeue_due(self, *, cutoff: str | None, host_cutoffs: Mapping[str, str]) -> int:
+        return await requeue_due(self.conn, cutoff=cutoff, host_cutoffs=host_cutoffs)
+
     def pacer(self) -> Pacer | None:
         return None  # processes sharing a file: each keeps its own pace (one machine)
 
@@ -188,6 +203,13 @@ class PgStore:
         async with conn.transaction():
             await release_pg_leases(conn, run_id)
             await finish_pg_run(conn, run_id, status=status, reason=reason, stats=stats)
+
+    async def fetched_hosts(self) -> list[str]:
+        return await pg_fetched_hosts(await self.link.connection())
+
+    async def requeue_due(self, *, cutoff: str | None, host_cutoffs: Mapping[str, str]) -> int:
+        conn = await self.link.connection()
+        return await pg_requeue_due(conn, cutoff=cutoff, host_cutoffs=host_cutoffs)
 
     def pacer(self) -> Pacer | None:
         return self._pacer

@@ -14,7 +14,7 @@ import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Final, final
+from typing import Final, Protocol, final
 
 import aiosqlite
 
@@ -22,8 +22,16 @@ from crawler.records import Claimed, HostRecord, RobotsRecord
 from crawler.settings import Settings
 from crawler.spider.http import Request
 from crawler.store.bulk import select_in
+from crawler.store.refresh import attach_previous
 
-__all__ = ["LEASE_SECONDS", "ClaimBatch", "Claims", "host_from_row", "robots_from_row"]
+__all__ = [
+    "LEASE_SECONDS",
+    "ClaimBatch",
+    "ClaimSource",
+    "Claims",
+    "host_from_row",
+    "robots_from_row",
+]
 
 LEASE_SECONDS: Final = 120.0
 _HOSTS_PER_CLAIM: Final = 256
@@ -55,6 +63,24 @@ class ClaimBatch:
     """The stored robots.txt answers of those same hosts."""
 
 
+class ClaimSource(Protocol):
+    """Where a writer's claims and lease renewals go (`Claims` for SQLite,
+    crawler.store.pg_claims for PostgreSQL)."""
+
+    async def claim(
+        self,
+        limit: int,
+        held: Mapping[str, int],
+        per_host: int,
+        known: Callable[[str], bool] | None = None,
+    ) -> ClaimBatch:
+        """Lease up to `limit` due pending requests to this run (with the stored state of
+        the claimed hosts not `known`)."""
+
+    async def renew_leases_if_due(self) -> None:
+        """Extend this run's leases and heartbeat when it is time."""
+
+
 @final
 class Claims:
     """The claims of one run, on the writer's connection."""
@@ -66,6 +92,8 @@ class Claims:
         self._host_cursor = ""
         """The host the last claim ended with: the next one starts after it."""
         self._last_renewal = time.monotonic()
+        self.refetches = False
+        """Whether claimed requests may have a stored page (re-fetches, which need it)."""
 
     async def prepare(self) -> None:
         """Create what this run's claim order needs (depth-first: an index of its own)."""
@@ -109,6 +137,8 @@ class Claims:
             more = more or len(rows) == room
             self._host_cursor = host
         claimed.sort(key=lambda c: (-c.request.priority, -c.id if descending else c.id))
+        if self.refetches and claimed:
+            await attach_previous(self._conn, claimed)
         if claimed or capped:
             batch = ClaimBatch(claimed=claimed, more=more, capped=capped and not claimed)
             if fresh_hosts:

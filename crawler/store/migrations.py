@@ -200,4 +200,59 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ) AS counted WHERE counted.host = hosts.host;
     CREATE INDEX robots_host ON robots (host);
     """,
+    # 5: re-crawls (crawler.engine.recrawl). `pages` holds each request's current page, with
+    # the validators a re-fetch sends and the hash that tells an unchanged body; `fetches`
+    # keeps every response received; `item_history` the items a re-parsed page replaced.
+    """
+    ALTER TABLE pages ADD COLUMN etag TEXT;
+    ALTER TABLE pages ADD COLUMN last_modified TEXT;
+    ALTER TABLE pages ADD COLUMN body_hash INTEGER;   -- CRC-32 and length of the decoded body
+    ALTER TABLE requests ADD COLUMN lastmod TEXT;     -- the sitemap's <lastmod>, UTC text
+    ALTER TABLE item_keys ADD COLUMN request_id INTEGER;
+    CREATE INDEX item_keys_request ON item_keys (request_id) WHERE request_id IS NOT NULL;
+    CREATE TABLE fetches (
+        id            INTEGER PRIMARY KEY,
+        request_id    INTEGER NOT NULL,
+        crawl_id      INTEGER NOT NULL,
+        url           TEXT NOT NULL,          -- the final URL, after redirects
+        status        INTEGER NOT NULL,
+        size_bytes    INTEGER NOT NULL,
+        body_hash     INTEGER,                -- of the content: a 304 repeats the stored one
+        changed       INTEGER NOT NULL,       -- 1: new or changed content, 0: unchanged
+        conditional   INTEGER NOT NULL,       -- 1: sent If-None-Match / If-Modified-Since
+        elapsed_ms    REAL NOT NULL,
+        fetched_at    TEXT NOT NULL,
+        http_version  TEXT,                   -- with store_body: the status line,
+        reason        TEXT,
+        headers       TEXT,                   -- JSON [[name, value], ...] as received
+        request_headers TEXT                  -- JSON [[name, value], ...] as sent
+    );
+    CREATE INDEX fetches_request ON fetches (request_id, id);
+    INSERT INTO fetches (request_id, crawl_id, url, status, size_bytes, changed, conditional,
+                         elapsed_ms, fetched_at)
+        SELECT request_id, crawl_id, final_url, status, size_bytes, 1, 0, elapsed_ms, fetched_at
+        FROM pages ORDER BY id;
+    CREATE TABLE item_history (
+        id            INTEGER PRIMARY KEY,
+        item_id       INTEGER NOT NULL,       -- its items.id while it was current
+        crawl_id      INTEGER NOT NULL,       -- the run that stored it
+        request_id    INTEGER NOT NULL,
+        page_url      TEXT NOT NULL,
+        type          TEXT NOT NULL,
+        data          TEXT NOT NULL,
+        created_at    TEXT NOT NULL,
+        replaced_at   TEXT NOT NULL,
+        replaced_by   INTEGER,                -- crawls.id of the run that replaced it
+        reason        TEXT NOT NULL           -- changed | gone | reparse
+    );
+    CREATE INDEX item_history_request ON item_history (request_id);
+    CREATE VIEW item_versions AS
+        SELECT id AS item_id, crawl_id, request_id, page_url, type, data,
+               created_at AS valid_from, NULL AS valid_to
+        FROM items
+        UNION ALL
+        SELECT item_id, crawl_id, request_id, page_url, type, data,
+               created_at AS valid_from, replaced_at AS valid_to
+        FROM item_history;
+    """,
 )

@@ -32,12 +32,14 @@ from crawler.settings import Settings
 from crawler.spider.http import Request
 from crawler.store.claims import LEASE_SECONDS, ClaimBatch, host_from_row, robots_from_row
 from crawler.store.pg_link import PgLink
+from crawler.store.pg_refresh import pg_attach_previous
 
 __all__ = ["PgClaims"]
 
 _HOSTS_PER_CLAIM: Final = 256
-_DELAY_HORIZON: Final = 2.0
-"""Seconds of a delayed host's slots one claim may take (at least one request)."""
+_DELAY_HORIZON: Final = 0.25
+"""Seconds of a delayed host's turns one claim may take, and at least two turns: a slow host
+is shared out a few requests at a time, so that every worker gets its share of it."""
 
 
 @final
@@ -52,6 +54,8 @@ class PgClaims:
         self._claim_sql = _CLAIM.format(order=order)
         self._host_cursor = ""
         self._last_renewal = time.monotonic()
+        self.refetches = False
+        """Whether claimed requests may have a stored page (re-fetches, which need it)."""
 
     async def claim(
         self,
@@ -65,6 +69,8 @@ class PgClaims:
 
         async def claim(conn: asyncpg.Connection) -> ClaimBatch:
             batch = await self._claim(conn, limit, held, per_host or limit)
+            if self.refetches and batch.claimed:
+                await pg_attach_previous(conn, batch.claimed)
             claimed_hosts = {host_of(c.request.url) for c in batch.claimed}
             fresh = {h for h in claimed_hosts if known is not None and not known(h)}
             if fresh:
@@ -91,14 +97,11 @@ class PgClaims:
             else:
                 wanted.append(host)
         rows = await conn.fetch(_READY_HOSTS, wanted) if wanted else []
-        # Counted after the locks, in a statement of its own: its snapshot sees the leases of
-        # every claim that held a host's lock before this one (the locking statement's own
-        # snapshot may predate them, and the host row they locked is unchanged).
+        # Counted after the lock, in a statement of its own: its snapshot then holds the
+        # leases of the claim that held the lock before (one begun earlier would not).
         locked = [str(row[0]) for row in rows]
-        leases = {
-            str(host): int(count)
-            for host, count in (await conn.fetch(_LIVE_LEASES, locked, now) if rows else [])
-        }
+        counted = await conn.fetch(_LEASED, locked, now) if locked else []
+        leases = {str(row[0]): int(row[1]) for row in counted}
         claimed: list[Claimed] = []
         more = False
         next_due: float | None = None
@@ -111,7 +114,7 @@ class PgClaims:
             room = min(room, self._cap(concurrency) - int(leased))
             delay = self._delay(crawl_delay)
             if delay > 0:
-                room = min(room, max(1, math.floor(_DELAY_HORIZON / delay)))
+                room = min(room, max(2, math.floor(_DELAY_HORIZON / delay)))
             if room <= 0:
                 continue
             got = await conn.fetch(
@@ -200,18 +203,15 @@ _STORED_ROBOTS: Final = (
     "FROM robots WHERE host = ANY($1::text[])"
 )
 _READY_HOSTS: Final = """
-SELECT host, crawl_delay, throttle_concurrency, not_before
-FROM hosts WHERE host = ANY($1::text[])
-ORDER BY host FOR UPDATE SKIP LOCKED
+SELECT host, crawl_delay, throttle_concurrency, not_before FROM hosts
+WHERE host = ANY($1::text[]) ORDER BY host FOR UPDATE SKIP LOCKED
 """
-"""The hosts of a claim that no other worker is claiming, locked until it commits."""
-_LIVE_LEASES: Final = """
-SELECT host, count(*) FROM requests
-WHERE host = ANY($1::text[]) AND state = 'pending'
-  AND lease_owner IS NOT NULL AND lease_expires >= $2
-GROUP BY host
+"""The hosts of a claim that no other worker is claiming (locked until the claim commits)."""
+_LEASED: Final = """
+SELECT host, count(*) FROM requests WHERE host = ANY($1::text[]) AND state = 'pending'
+AND lease_owner IS NOT NULL AND lease_expires >= $2 GROUP BY host
 """
-"""Each locked host's requests in flight: leased by anyone under a live lease."""
+"""The requests of those hosts under a live lease: what is in flight, crawl-wide."""
 _CLAIM: Final = """
 UPDATE requests SET lease_owner = $4, lease_expires = $5 WHERE id IN (
     SELECT id FROM requests WHERE state = 'pending' AND host = $1

@@ -6,8 +6,9 @@ could start them closer than its delay. So right before an attempt at a host wit
 delay (`delay_per_host`, robots.txt Crawl-delay), the worker takes the host's next turn in
 one statement, `hosts.not_before` moved one delay past the later of itself and now, and
 waits for the turn it got (crawler.fetch.politeness `Hosts.pacer` calls it). Hosts without
-a fixed delay cost nothing here. The turns use one connection of their own (the writer's
-is busy with batches), which reconnects like the writer's.
+a fixed delay cost nothing here. Turns are `TURN_MARGIN` wider than the delay. The turns use
+one connection of their own (the writer's is busy with batches), which reconnects like the
+writer's.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ import asyncpg
 
 from crawler.store.pg_link import PgLink
 
-__all__ = ["PgPacer"]
+__all__ = ["TURN_MARGIN", "PgPacer"]
+
+TURN_MARGIN: Final = 0.05
+"""Seconds added to a delay between two workers' turns: from taking its turn to reaching
+the host, a request waits for its worker's event loop (busy parsing other pages) and its
+connection, by a few tens of milliseconds on a busy machine, and a later worker that waits
+less would otherwise reach the host sooner than the delay after an earlier one."""
 
 _TAKE_TURN: Final = (
     "UPDATE hosts SET not_before = greatest(coalesce(not_before, 0), $2) + $3 "
@@ -43,7 +50,7 @@ class PgPacer:
                 self._link = PgLink(self._url, None)
 
             async def take(conn: asyncpg.Connection) -> float | None:
-                turn = await conn.fetchval(_TAKE_TURN, host, time.time(), delay)
+                turn = await conn.fetchval(_TAKE_TURN, host, time.time(), delay + TURN_MARGIN)
                 return None if turn is None else float(turn)
 
             turn = await self._link.transaction(take)

@@ -29,6 +29,8 @@ __all__ = [
 ]
 
 _TABLES: Final = (
+    "fetches",
+    "item_history",
     "links",
     "items",
     "item_keys",

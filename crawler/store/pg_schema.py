@@ -82,7 +82,8 @@ PG_MIGRATIONS: Final[tuple[str, ...]] = (
         parent_id     bigint,
         crawl_id      bigint NOT NULL,
         discovered_at text NOT NULL,
-        finished_at   text
+        finished_at   text,
+        lastmod       text
     );
     CREATE INDEX requests_frontier ON requests (host, priority DESC, id)
         WHERE state = 'pending';
@@ -103,7 +104,10 @@ PG_MIGRATIONS: Final[tuple[str, ...]] = (
         depth         bigint NOT NULL,
         elapsed_ms    double precision NOT NULL,
         fetched_at    text NOT NULL,
-        body          bytea
+        body          bytea,
+        etag          text,
+        last_modified text,
+        body_hash     bigint
     );
     CREATE TABLE links (
         page_id       bigint NOT NULL REFERENCES pages (id),
@@ -161,8 +165,44 @@ PG_MIGRATIONS: Final[tuple[str, ...]] = (
         key           jsonb NOT NULL,
         crawl_id      bigint NOT NULL,
         created_at    text NOT NULL,
+        request_id    bigint,
         UNIQUE (type, key_hash)
     );
+    CREATE INDEX item_keys_request ON item_keys (request_id) WHERE request_id IS NOT NULL;
+    CREATE TABLE fetches (
+        id            bigserial PRIMARY KEY,
+        request_id    bigint NOT NULL,
+        crawl_id      bigint NOT NULL,
+        url           text NOT NULL,
+        status        bigint NOT NULL,
+        size_bytes    bigint NOT NULL,
+        body_hash     bigint,
+        changed       bigint NOT NULL,
+        conditional   bigint NOT NULL,
+        elapsed_ms    double precision NOT NULL,
+        fetched_at    text NOT NULL,
+        http_version  text,
+        reason        text,
+        headers       jsonb,
+        request_headers jsonb
+    );
+    CREATE INDEX fetches_request ON fetches (request_id, id);
+    CREATE TABLE item_history (
+        id            bigserial PRIMARY KEY,
+        item_id       bigint NOT NULL,
+        crawl_id      bigint NOT NULL,
+        request_id    bigint NOT NULL,
+        page_url      text NOT NULL,
+        type          text NOT NULL,
+        data          jsonb NOT NULL,
+        created_at    text NOT NULL,
+        replaced_at   text NOT NULL,
+        replaced_by   bigint,
+        reason        text NOT NULL
+    );
+    CREATE INDEX item_history_request ON item_history (request_id);
+    CREATE INDEX items_request ON items (request_id);
+    CREATE INDEX links_page ON links (page_id);
     CREATE TABLE item_tables (
         type          text NOT NULL,
         kind          text NOT NULL,
@@ -189,6 +229,14 @@ PG_MIGRATIONS: Final[tuple[str, ...]] = (
         last_status          bigint,
         updated_at           text
     );
+    CREATE VIEW item_versions AS
+        SELECT id AS item_id, crawl_id, request_id, page_url, type, data,
+               created_at AS valid_from, NULL::text AS valid_to
+        FROM items
+        UNION ALL
+        SELECT item_id, crawl_id, request_id, page_url, type, data,
+               created_at AS valid_from, replaced_at AS valid_to
+        FROM item_history;
     CREATE FUNCTION crawler_count_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         WITH delta AS (

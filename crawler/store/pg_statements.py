@@ -120,10 +120,18 @@ _SKIPPED_INSERT: Final = (
 )
 _PAGE: Final = (
     "request_id", "crawl_id", "url", "final_url", "status", "content_type", "encoding",
-    "size_bytes", "depth", "elapsed_ms", "fetched_at",
+    "size_bytes", "depth", "elapsed_ms", "fetched_at", "etag", "last_modified", "body_hash",
 )  # fmt: skip
 _PAGE_TYPES: Final = (
     "bigint", "bigint", "text", "text", "bigint", "text", "text", "bigint", "bigint", "float8",
+    "text", "text", "text", "bigint",
+)  # fmt: skip
+_FETCH: Final = (
+    "request_id", "crawl_id", "url", "status", "size_bytes", "body_hash", "changed",
+    "conditional", "elapsed_ms", "fetched_at",
+)  # fmt: skip
+_FETCH_TYPES: Final = (
+    "bigint", "bigint", "text", "bigint", "bigint", "bigint", "bigint", "bigint", "float8",
     "text",
 )  # fmt: skip
 _HOST: Final = (
@@ -176,10 +184,40 @@ _STATEMENTS: Final[dict[int, PgStatement]] = {
         _SKIPPED_TYPES,
         unique=1,
     ),
-    id(statements.INSERT_PAGE): _insert(
-        "pages",
+    id(statements.INSERT_PAGE): PgStatement(
+        f"INSERT INTO pages ({', '.join(_PAGE)}) SELECT {', '.join(_PAGE)} FROM {{rows}} "
+        "ON CONFLICT (request_id) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in _PAGE[1:])
+        + ", body = NULL",
         _PAGE,
         _PAGE_TYPES,
+        unique=0,
+    ),
+    id(statements.TOUCH_PAGE): PgStatement(
+        "UPDATE pages SET crawl_id = u.crawl_id, fetched_at = u.fetched_at, "
+        "elapsed_ms = u.elapsed_ms, etag = coalesce(u.etag, pages.etag), "
+        "last_modified = coalesce(u.last_modified, pages.last_modified) "
+        "FROM {rows} WHERE pages.request_id = u.request_id",
+        ("request_id", "crawl_id", "fetched_at", "elapsed_ms", "etag", "last_modified"),
+        ("bigint", "bigint", "text", "float8", "text", "text"),
+        unique=0,
+    ),
+    id(statements.INSERT_FETCH): _insert("fetches", _FETCH, _FETCH_TYPES),
+    id(statements.INSERT_FETCH_EXCHANGE): _insert(
+        "fetches",
+        (*_FETCH, "http_version", "reason", "headers", "request_headers"),
+        (*_FETCH_TYPES, "text", "text", "jsonb", "jsonb"),
+    ),
+    id(statements.SET_LASTMOD): PgStatement(
+        "UPDATE requests SET lastmod = u.lastmod, "
+        "attempts = CASE WHEN state IN ('done', 'failed') AND u.lastmod > finished_at "
+        "THEN 0 ELSE attempts END, "
+        "state = CASE WHEN state IN ('done', 'failed') AND u.lastmod > finished_at "
+        "THEN 'pending' ELSE state END "
+        "FROM {rows} WHERE requests.fingerprint = u.fingerprint",
+        ("fingerprint", "lastmod"),
+        ("bigint", "text"),
+        unique=0,
     ),
     id(statements.INSERT_ITEM): _insert(
         "items",
@@ -191,8 +229,8 @@ _STATEMENTS: Final[dict[int, PgStatement]] = {
     ),
     id(statements.INSERT_ITEM_KEY): _insert(
         "item_keys",
-        ("type", "key_hash", "key", "crawl_id", "created_at"),
-        ("text", "bigint", "jsonb", "bigint", "text"),
+        ("type", "key_hash", "key", "crawl_id", "created_at", "request_id"),
+        ("text", "bigint", "jsonb", "bigint", "text", "bigint"),
     ),
     id(statements.INSERT_ITEM_ERROR): _insert(
         "item_errors",

@@ -29,7 +29,8 @@ from crawler.store.bulk import Script
 from crawler.store.pg_claims import PgClaims
 from crawler.store.pg_items import PgItemTables
 from crawler.store.pg_link import PgLink
-from crawler.store.rows import Seeds, add_result_rows, add_skipped_rows
+from crawler.store.pg_refresh import pg_has_pages, pg_retire_items
+from crawler.store.rows import Seeds, add_result_rows, add_skipped_rows, replaced_pages
 from crawler.store.statements import error_row
 from crawler.store.writer import BatchWriter
 
@@ -120,14 +121,16 @@ class PgStorage(BatchWriter):
         on_committed: Callable[[int], None],
         on_hosts_saved: Callable[[list[str]], None] | None = None,
     ) -> None:
+        claims = PgClaims(link, run_id=run_id, settings=settings)
         super().__init__(
             run_id=run_id,
             settings=settings,
             stats=stats,
             on_committed=on_committed,
-            claims=PgClaims(link, run_id=run_id, settings=settings),
+            claims=claims,
             on_hosts_saved=on_hosts_saved,
         )
+        self._pg_claims = claims
         self._link = link
         self._budgets = _PgBudgets(run_id=run_id, settings=settings)
         self._item_tables = PgItemTables()
@@ -138,6 +141,7 @@ class PgStorage(BatchWriter):
         async def load(conn: asyncpg.Connection) -> int:
             self._budgets.bind(conn)
             await self._budgets.load()
+            self._pg_claims.refetches = await pg_has_pages(conn)
             return int(await conn.fetchval("SELECT count(*) FROM requests WHERE state = 'pending'"))
 
         self._stats.pending = await self._link.transaction(load)
@@ -171,6 +175,7 @@ class PgStorage(BatchWriter):
             candidates.extend(message.candidates)
             skipped.extend(message.skipped)
         seed_errors = [e for m in writes if isinstance(m, Seeds) for e in m.errors]
+        await pg_retire_items(conn, replaced_pages(results), run_id=self._run_id, now=now)
         self._budgets.bind(conn)
         new_rows, budget_skips = await self._budgets.admit(candidates, now, tally)
         script = Script()
@@ -188,6 +193,8 @@ class PgStorage(BatchWriter):
             await self._item_tables.write(conn, results)
         # Last: the insert locks the crawl's counters (its trigger) until the commit.
         admitted = await pg_statements.INSERT_REQUEST.run(conn, new_rows)
+        lastmods = [(c.fingerprint, c.lastmod) for c in candidates if c.lastmod]
+        await pg_statements.pg_statement(statements.SET_LASTMOD).run(conn, lastmods)
         already_known = len(new_rows) - admitted
         tally.admitted += admitted
         tally.pending += admitted

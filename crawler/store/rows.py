@@ -24,6 +24,7 @@ from crawler.records import (
     ErrorRecord,
     HostRecord,
     ItemKey,
+    PageChange,
     PageRecord,
     PageResult,
     RequestState,
@@ -35,7 +36,14 @@ from crawler.store import statements
 from crawler.store.bulk import Script, select_in
 from crawler.store.statements import error_row, skipped_row
 
-__all__ = ["KeyLookup", "Seeds", "add_result_rows", "add_skipped_rows", "stored_item_keys"]
+__all__ = [
+    "KeyLookup",
+    "Seeds",
+    "add_result_rows",
+    "add_skipped_rows",
+    "replaced_pages",
+    "stored_item_keys",
+]
 
 
 @final
@@ -65,6 +73,16 @@ KeyLookup: TypeAlias = Callable[[list[ItemKey]], Awaitable[set[tuple[str, int]]]
 """Which of these item keys the database already holds, as (type, key_hash)."""
 
 
+def replaced_pages(results: Sequence[PageResult]) -> list[tuple[int, str]]:
+    """The requests whose stored page a re-fetch replaces, with why (`changed`, or `gone`
+    for an error status): their items move to the history first (crawler.store.history)."""
+    return [
+        (result.request_id, "gone" if page.status >= 400 else "changed")
+        for result in results
+        if (page := result.page) is not None and page.change is PageChange.CHANGED
+    ]
+
+
 async def add_result_rows(
     stored_keys: KeyLookup,
     run_id: int,
@@ -79,20 +97,17 @@ async def add_result_rows(
     if not results:
         return
     await _add_item_checks(stored_keys, run_id, results, now, script, tally)
-    pages: list[tuple[object, ...]] = []
     links: list[tuple[object, ...]] = []
     items: list[tuple[object, ...]] = []
     errors: list[tuple[object, ...]] = []
     updates: list[tuple[object, ...]] = []
     stats = tally
+    fetches = _Fetches()
     for result in results:
         if (page := result.page) is not None:
-            pages.append(_page_row(run_id, result.request_id, page))
+            fetches.add(run_id, result.request_id, page, stats)
             if result.links:
                 links.append((result.request_id, page.final_url, result.links))
-            stats.pages += 1
-            stats.statuses[page.status] += 1
-            stats.bytes_received += page.size_bytes
         items.extend(
             (run_id, result.request_id, result.url, kind, data, now) for kind, data in result.items
         )
@@ -114,7 +129,7 @@ async def add_result_rows(
             )
         )
         _count_state(result, stats)
-    script.add(statements.INSERT_PAGE, pages)
+    fetches.add_to(script)
     script.add(statements.INSERT_LINK, links)
     script.add(statements.INSERT_ITEM, items)
     script.add(statements.INSERT_ERROR, errors)
@@ -163,6 +178,61 @@ class _HostRows:
         ]
 
 
+@dataclass(slots=True)
+class _Fetches:
+    """A batch's rows of `pages` and `fetches` (and of the pages re-fetches left unchanged)."""
+
+    pages: list[tuple[object, ...]] = field(default_factory=list)
+    rows: list[tuple[object, ...]] = field(default_factory=list)
+    exchanges: list[tuple[object, ...]] = field(default_factory=list)
+    touched: list[tuple[object, ...]] = field(default_factory=list)
+
+    def add(self, run_id: int, request_id: int, page: PageRecord, stats: Stats) -> None:
+        """Add the rows of one response, counted in `stats`: its fetch, and its page or the
+        touch of the stored one."""
+        stats.pages += 1
+        stats.statuses[page.status] += 1
+        stats.bytes_received += page.size_bytes
+        change = page.change
+        if change is not PageChange.NEW:
+            stats.refetched[change.value] += 1
+        if change is PageChange.NEW or change is PageChange.CHANGED:
+            self.pages.append(_page_row(run_id, request_id, page))
+        elif change is PageChange.UNCHANGED:
+            self.touched.append(
+                (
+                    request_id,
+                    run_id,
+                    page.fetched_at,
+                    page.elapsed_ms,
+                    page.etag,
+                    page.last_modified,
+                )
+            )
+        row = (
+            request_id,
+            run_id,
+            page.final_url,
+            page.status,
+            page.size_bytes,
+            page.body_hash,
+            int(change is PageChange.NEW or change is PageChange.CHANGED),
+            int(page.conditional),
+            page.elapsed_ms,
+            page.fetched_at,
+        )
+        if page.exchange is None:
+            self.rows.append(row)
+        else:
+            self.exchanges.append((*row, *page.exchange))
+
+    def add_to(self, script: Script) -> None:
+        script.add(statements.INSERT_PAGE, self.pages)
+        script.add(statements.TOUCH_PAGE, self.touched)
+        script.add(statements.INSERT_FETCH, self.rows)
+        script.add(statements.INSERT_FETCH_EXCHANGE, self.exchanges)
+
+
 def _page_row(run_id: int, request_id: int, page: PageRecord) -> tuple[object, ...]:
     """The `INSERT_PAGE` row of a fetched page (its body is set after the script)."""
     return (
@@ -177,6 +247,9 @@ def _page_row(run_id: int, request_id: int, page: PageRecord) -> tuple[object, .
         page.depth,
         page.elapsed_ms,
         page.fetched_at,
+        page.etag,
+        page.last_modified,
+        page.body_hash,
     )
 
 
@@ -239,7 +312,7 @@ async def _add_item_checks(
                         stats.items_dropped[DropReason.DUPLICATE.value] += 1
                         continue
                     seen.add((key.type, key.key_hash))
-                    key_rows.append((key.type, key.key_hash, key.key, run_id, now))
+                    key_rows.append((key.type, key.key_hash, key.key, run_id, now, request))
                 kept.append(item)
             result.items, result.item_keys = kept, {}
         stats.items_dropped.update(reason.value for reason in result.dropped)

@@ -23,6 +23,8 @@ from crawler.store.schema import rollback
 __all__ = ["finish_run", "pid_alive", "release_leases", "start_run"]
 
 _TABLES: Final = (
+    "fetches",
+    "item_history",
     "links",
     "items",
     "item_keys",

@@ -22,6 +22,10 @@ Tables (one SQLite file per crawl target, WAL mode):
              host starts: a 429/503 cool-down or the delay), `last_status`, `updated_at`
 - `item_tables` the typed item tables (`book`, one column per dataclass field) and the views
                 of dict item types (`quote_view`), made by crawler.store.item_tables
+- `fetches`  every HTTP response received, first fetches and re-fetches: status, body hash,
+             size, time, whether it changed the page (`pages` holds the current page)
+- `item_history` the items a re-parsed page replaced; `item_versions` (a view) every version
+             of every item, with `valid_from` / `valid_to` (crawler.store.history)
 
 The schema version is `PRAGMA user_version`, the number of scripts in
 crawler.store.migrations that have run; `PRAGMA application_id` marks crawl databases.

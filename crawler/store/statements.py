@@ -16,6 +16,8 @@ __all__ = [
     "CREATE_ADMITTED_COUNT",
     "FINISH_REQUEST",
     "INSERT_ERROR",
+    "INSERT_FETCH",
+    "INSERT_FETCH_EXCHANGE",
     "INSERT_ITEM",
     "INSERT_ITEM_ERROR",
     "INSERT_ITEM_KEY",
@@ -24,8 +26,10 @@ __all__ = [
     "INSERT_REQUEST",
     "INSERT_REQUEST_SKIPPED",
     "INSERT_SKIPPED",
+    "SET_LASTMOD",
     "SET_PAGE_BODY",
     "TAKE_ADMITTED_COUNT",
+    "TOUCH_PAGE",
     "UPSERT_HOST",
     "UPSERT_REDIRECT_TARGET",
     "UPSERT_ROBOTS",
@@ -115,13 +119,61 @@ UPSERT_REDIRECT_TARGET: Final = BulkStatement(
     9,
 )
 """Redirect targets a request was fetched through (`skipped_row`s, reason `redirect_target`)."""
-INSERT_PAGE: Final = BulkStatement(
-    "INSERT INTO pages (request_id, crawl_id, url, final_url, status, content_type, "
-    "encoding, size_bytes, depth, elapsed_ms, fetched_at) "
-    "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10} "
-    "FROM {rows} ORDER BY {order}",
-    11,
+_PAGE_COLUMNS: Final = (
+    "request_id, crawl_id, url, final_url, status, content_type, encoding, size_bytes, depth, "
+    "elapsed_ms, fetched_at, etag, last_modified, body_hash"
 )
+INSERT_PAGE: Final = BulkStatement(
+    f"INSERT INTO pages ({_PAGE_COLUMNS}) "
+    "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13} "
+    "FROM {rows} WHERE true ORDER BY {order} "
+    # A re-fetch whose content changed replaces the request's page (crawler.engine.recrawl).
+    "ON CONFLICT (request_id) DO UPDATE SET crawl_id = excluded.crawl_id, url = excluded.url, "
+    "final_url = excluded.final_url, status = excluded.status, "
+    "content_type = excluded.content_type, encoding = excluded.encoding, "
+    "size_bytes = excluded.size_bytes, depth = excluded.depth, "
+    "elapsed_ms = excluded.elapsed_ms, fetched_at = excluded.fetched_at, "
+    "etag = excluded.etag, last_modified = excluded.last_modified, "
+    "body_hash = excluded.body_hash, body = NULL",
+    14,
+)
+"""A request's page: new, or replacing the one a re-fetch found changed."""
+TOUCH_PAGE: Final = BulkStatement(
+    "UPDATE pages SET crawl_id = {1}, fetched_at = {2}, elapsed_ms = {3}, "
+    "etag = coalesce({4}, pages.etag), last_modified = coalesce({5}, pages.last_modified) "
+    "FROM {rows} WHERE pages.request_id = {0}",
+    6,
+)
+"""A re-fetch that found the page unchanged: only the time of the fetch (and validators a
+304 may renew) change."""
+_FETCH_COLUMNS: Final = (
+    "request_id, crawl_id, url, status, size_bytes, body_hash, changed, conditional, "
+    "elapsed_ms, fetched_at"
+)
+INSERT_FETCH: Final = BulkStatement(
+    f"INSERT INTO fetches ({_FETCH_COLUMNS}) "
+    "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9} FROM {rows} ORDER BY {order}",
+    10,
+)
+INSERT_FETCH_EXCHANGE: Final = BulkStatement(
+    f"INSERT INTO fetches ({_FETCH_COLUMNS}, http_version, reason, headers, request_headers) "
+    "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13} "
+    "FROM {rows} ORDER BY {order}",
+    14,
+)
+"""`INSERT_FETCH` with the status line and headers (crawls with `store_body`)."""
+SET_LASTMOD: Final = BulkStatement(
+    "UPDATE requests SET lastmod = {1}, "
+    # A sitemap dates the page after its last fetch: it is fetched again (attempts anew).
+    "attempts = CASE WHEN state IN ('done', 'failed') AND {1} > finished_at THEN 0 "
+    "ELSE attempts END, "
+    "state = CASE WHEN state IN ('done', 'failed') AND {1} > finished_at THEN 'pending' "
+    "ELSE state END "
+    "FROM {rows} WHERE requests.fingerprint = {0}",
+    2,
+)
+"""The sitemap `<lastmod>` of requests (after their insert): a fetched one that the sitemap
+dates later than its last fetch is pending again."""
 SET_PAGE_BODY: Final = "UPDATE pages SET body = ? WHERE request_id = ?"
 INSERT_LINK: Final = BulkStatement(
     "INSERT INTO links (page_id, from_url, to_url) SELECT page.id, {1}, link.value "
@@ -140,9 +192,9 @@ INSERT_ERROR: Final = BulkStatement(
     8,
 )
 INSERT_ITEM_KEY: Final = BulkStatement(
-    "INSERT INTO item_keys (type, key_hash, key, crawl_id, created_at) "
-    "SELECT {0}, {1}, {2}, {3}, {4} FROM {rows} ORDER BY {order}",
-    5,
+    "INSERT INTO item_keys (type, key_hash, key, crawl_id, created_at, request_id) "
+    "SELECT {0}, {1}, {2}, {3}, {4}, {5} FROM {rows} ORDER BY {order}",
+    6,
 )
 INSERT_ITEM_ERROR: Final = BulkStatement(
     "INSERT INTO item_errors (crawl_id, request_id, url, callback, item_type, field, message, "

@@ -19,7 +19,7 @@ import functools
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, final
+from typing import Any, final
 
 import aiosqlite
 
@@ -30,14 +30,22 @@ from crawler.stats import Stats
 from crawler.store import statements
 from crawler.store.budgets import Budgets
 from crawler.store.bulk import Script
-from crawler.store.claims import ClaimBatch, Claims
+from crawler.store.claims import ClaimBatch, Claims, ClaimSource
+from crawler.store.history import retire_items
 from crawler.store.item_tables import ItemTables
+from crawler.store.refresh import has_pages
 from crawler.store.refusals import commit_or_split
-from crawler.store.rows import Seeds, add_result_rows, add_skipped_rows, stored_item_keys
+from crawler.store.rows import (
+    Seeds,
+    add_result_rows,
+    add_skipped_rows,
+    replaced_pages,
+    stored_item_keys,
+)
 from crawler.store.schema import rollback
 from crawler.store.statements import error_row
 
-__all__ = ["BatchWriter", "ClaimSource", "Seeds", "Storage"]
+__all__ = ["BatchWriter", "Seeds", "Storage"]
 
 
 @dataclass(slots=True)
@@ -55,23 +63,6 @@ class _Flush:
 
 
 _Message = PageResult | Seeds | _ClaimOrder | _Flush
-
-
-class ClaimSource(Protocol):
-    """Where a writer's claims and lease renewals go (crawler.store.claims for SQLite)."""
-
-    async def claim(
-        self,
-        limit: int,
-        held: Mapping[str, int],
-        per_host: int,
-        known: Callable[[str], bool] | None = None,
-    ) -> ClaimBatch:
-        """Lease up to `limit` due pending requests to this run (with the stored state of
-        the claimed hosts not `known`)."""
-
-    async def renew_leases_if_due(self) -> None:
-        """Extend this run's leases and heartbeat when it is time."""
 
 
 class BatchWriter:
@@ -290,6 +281,7 @@ class Storage(BatchWriter):
         earlier runs skipped for theirs), the claim order's index, the pending count."""
         await self._budgets.load()
         await self._sqlite_claims.prepare()
+        self._sqlite_claims.refetches = await has_pages(self._conn)
         async with self._conn.execute(
             "SELECT count(*) FROM requests WHERE state = 'pending'"
         ) as cursor:
@@ -314,12 +306,18 @@ class Storage(BatchWriter):
             skipped.extend(message.skipped)
         results = [m for m in writes if isinstance(m, PageResult)]
         seed_errors = [e for m in writes if isinstance(m, Seeds) for e in m.errors]
-        item_inserts = self._one_call_item_inserts(results)
+        replaced = replaced_pages(results)
+        item_inserts = None if replaced else self._one_call_item_inserts(results)
         if item_inserts is None:
             await conn.execute("BEGIN IMMEDIATE")
         try:
+            await retire_items(conn, replaced, run_id=self._run_id, now=now)
             new_rows, budget_skips = await self._budgets.admit(candidates, now, tally)
             rest = Script()
+            rest.add(
+                statements.SET_LASTMOD,
+                [(c.fingerprint, c.lastmod) for c in candidates if c.lastmod],
+            )
             add_skipped_rows(self._run_id, skipped, now, rest)
             rest.add(statements.INSERT_REQUEST_SKIPPED, budget_skips)
             await add_result_rows(self._stored_keys, self._run_id, results, now, rest, tally)
