@@ -14,6 +14,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import sys
 from collections import Counter
 from pathlib import Path
@@ -187,10 +188,11 @@ async def test_delay_per_host_spaces_requests_across_workers(
         starts = sorted(hit.started for hit in hits if hit.host == host)
         gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
         # Each worker on its own would space only its own requests: three of them would
-        # send about three in each `delay`. A request reaches the server some ms after its
-        # turn (tens of ms on a loaded machine): so the floor of a single gap is loose, and
-        # the mean gap is held to the delay.
-        assert min(gaps) >= delay * 0.6, (host, gaps)
+        # send about three in each `delay`. A request reaches the server some time after its
+        # turn (up to ~0.15 s when a loaded machine stalls a worker's loop): so the floor of
+        # one gap is loose, and the median and mean gaps are held to the delay.
+        assert min(gaps) >= delay * 0.5, (host, gaps)
+        assert statistics.median(gaps) >= delay, (host, gaps)
         assert (starts[-1] - starts[0]) / len(gaps) >= delay * 0.95, (host, gaps)
         assert len({hit.agent for hit in hits if hit.host == host}) > 1
     assert_finished(postgres, urls)
