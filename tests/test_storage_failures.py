@@ -196,8 +196,10 @@ async def test_filesystem_turning_read_only_stops_cleanly_and_a_resume_completes
         async with asyncio.timeout(30):
             while await asyncio.to_thread(count_pages, db) < 10:  # noqa: ASYNC110 - another process's file
                 await asyncio.sleep(0.05)
-        await asyncio.to_thread(os.sync)  # what is committed so far is on the disk
+        # Counted before the sync: a batch committed between the sync and the count would
+        # be counted without being on the disk, and be lost, rightly, when the disk fails.
         synced = await asyncio.to_thread(count_pages, db)
+        await asyncio.to_thread(os.sync)  # what was committed when counted is on the disk
         ext4.trigger.write_text("hostile web test\n")  # ext4 remounts itself read-only
         failed = await crawl
         assert_failed_cleanly(failed, "error: database write failed: ")
