@@ -4,10 +4,8 @@ Layers, lowest first: built-in defaults < `config.toml` (`[crawler]` table) < th
 `settings` < command-line flags. Unknown or ill-typed settings raise `ConfigError` naming the
 key and the layer it came from.
 
-Per-site settings (`PER_HOST_SETTINGS`) may also be set per host pattern: config.toml's
-`[hosts."*.example.com"]` tables and a spider's `host_settings` (crawler.host_rules matches
-them). `Settings.for_host(host)` gives the settings that apply to one host: a pure function
-of the host, cached per `Settings` in a bounded cache, so it can be asked again at any time.
+Per-site settings (`PER_HOST_SETTINGS`) may also be set per host pattern (crawler.host_rules);
+`Settings.for_host(host)` gives one host's: a pure function of the host, in a bounded cache.
 """
 
 from __future__ import annotations
@@ -194,9 +192,8 @@ class Settings:
     their callbacks; unchanged pages (304, or the same body) are not parsed again."""
 
     database: str = ""
-    """Where `crawler crawl` stores the crawl when `-o` is not given: a file path, or a
-    PostgreSQL URL (`postgresql://user@host:port/db`) that workers on many machines share
-    ("" = `<spider>.db`). Stored in `crawls.settings` without its password."""
+    """Where `crawler crawl` stores the crawl without `-o`: a file path, or a PostgreSQL URL
+    that workers anywhere share ("" = `<spider>.db`; stored in `crawls` without password)."""
 
     host_rules: tuple[HostRule, ...] = ()
     """Per-site values, from config.toml `[hosts."pattern"]` tables and the spider's

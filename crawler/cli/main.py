@@ -17,8 +17,7 @@ from typing import Any, Final
 
 import click
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Column, Table
+from rich.table import Table
 
 from crawler.cli.bench import bench
 from crawler.cli.common import (
@@ -37,17 +36,15 @@ from crawler.cli.common import (
 )
 from crawler.cli.readonly import open_read_only, read_crawl_database
 from crawler.cli.results import export, parse, query, reparse, stats
+from crawler.cli.settings_view import settings_table, show_settings
 from crawler.cli.spiders import new, record, serve_demo
 from crawler.engine.crawl import Crawl
 from crawler.engine.processes import run_processes
 from crawler.engine.recrawl import requeue
 from crawler.engine.summary import combined_summary, last_run_id
-from crawler.errors import ConfigError
-from crawler.host_rules import host_pattern, matching_values
-from crawler.links import host_of
 from crawler.results.formats import write_rows
 from crawler.results.status import crawl_status
-from crawler.settings import LoadedSettings, Settings, describe_settings
+from crawler.settings import Settings
 from crawler.spider.base import Spider
 from crawler.spider.discovery import find_spider, spider_catalogue, spider_reference
 from crawler.stats import render_summary
@@ -148,7 +145,7 @@ def crawl(
             overrides["concurrency"] = str(concurrency)
         loaded = load_crawl_settings(spider_class, config, overrides)
         if explain:
-            Console().print(_settings_table(loaded))
+            Console().print(settings_table(loaded))
             return
         check_starts_somewhere(spider_class)
         db = output or DATABASE.convert(
@@ -283,54 +280,6 @@ def status(database: Path | str, fmt: str) -> None:
     Console().print(table)
 
 
-@cli.command(name="settings")
-@click.argument("spider", required=False)
-@click.option("-s", "--set", "assignments", multiple=True, metavar="KEY=VALUE")
-@click.option("--config", type=click.Path(path_type=Path))
-@click.option("--host", help="Show the settings that apply to this host (per-site settings).")
-def show_settings(
-    spider: str | None, assignments: tuple[str, ...], config: Path | None, host: str | None
-) -> None:
-    """Show the effective settings (for SPIDER, for one --host) and where each came from."""
-    with user_errors():
-        spider_class = find_spider(spider) if spider else None
-        overrides: dict[str, object] = dict(parse_assignments(assignments))
-        loaded = load_crawl_settings(spider_class, config, overrides)
-        if host is not None:
-            loaded = _for_host(loaded, host)
-    console = Console()
-    console.print(_settings_table(loaded))
-    if host is None and loaded.settings.host_rules:
-        rules = Table("host pattern", "values", "from", title="per-site settings")
-        for rule in loaded.settings.host_rules:
-            rule_values = ", ".join(f"{k} = {v!r}" for k, v in rule.values.items())
-            rules.add_row(rule.pattern, escape(rule_values), rule.source)
-        console.print(rules)
-
-
-def _for_host(loaded: LoadedSettings, host: str) -> LoadedSettings:
-    """The settings of one host, each per-host value's source naming its host pattern."""
-    if "://" in host:
-        host = host_of(host)
-    elif host_pattern(host, "--host").startswith("*"):
-        raise ConfigError(f"--host takes a host, not a pattern: {host!r}")
-    else:
-        host = host_pattern(host, "--host")
-    chosen = matching_values(loaded.settings.host_rules, host)
-    sources = {**loaded.sources, **{name: label for name, (_, label) in chosen.items()}}
-    return LoadedSettings(loaded.settings.for_host(host), sources)  # type: ignore[arg-type]
-
-
-def _settings_table(loaded: LoadedSettings) -> Table:
-    """Every setting's effective value, the layer it came from, and what it means."""
-    docs = describe_settings()
-    table = Table("setting", "value", Column("from", no_wrap=True), "meaning")
-    for name, source in loaded.sources.items():
-        value = escape(repr(getattr(loaded.settings, name)))
-        table.add_row(name, value, escape(source), escape(docs.get(name, "")))
-    return table
-
-
 DEMO_QUERY: Final = """
 SELECT category, count(*) AS books, round(avg(price), 2) AS avg_price, max(rating) AS best_rating
 FROM book
@@ -425,3 +374,4 @@ cli.add_command(export)
 cli.add_command(stats)
 cli.add_command(reparse)
 cli.add_command(parse)
+cli.add_command(show_settings)

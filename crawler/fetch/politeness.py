@@ -6,18 +6,14 @@ requests to a worker and only hands out requests of hosts that are ready (fewer 
 than the host's limit, its delay passed, no cool-down): that is what keeps a slow host from
 occupying the workers. The fetcher takes a *slot* around each attempt: the slot waits for the
 host's next start time (so delays hold even when workers race), measures the response time
-and feeds status and latency to the host's `Throttle`. A retry's backoff sleep happens
-between attempts, outside any slot.
+and feeds status and latency to the host's `Throttle` (the arithmetic alone, without clocks
+or I/O). A retry's backoff sleep happens between attempts, outside any slot.
 
-`Throttle` is the arithmetic alone, without clocks or I/O (see its docstring).
-
-Memory holds at most `RECENT_HOSTS` hosts, the most recently used, and more only while they
-have work (requests held by the feeder, handed out, or results being written): `Hosts.trim`
-forgets the least recently used idle hosts beyond that. What a host has learned is written
-to the `hosts` table with each of its results (`Hosts.snapshot`; a host is forgotten only
-once those are committed, `Hosts.saved`) and read back when a claim brings it work again
-(`Hosts.restore`), so a broad crawl's memory does not grow with the number of hosts and
-nothing a host taught is lost.
+Memory holds the `RECENT_HOSTS` most recently used hosts, more only while they have work
+(held, handed out, results being written); `Hosts.trim` forgets idle ones beyond that. What
+a host learned goes to the `hosts` table with its results (`Hosts.snapshot`; forgotten only
+once committed, `Hosts.saved`) and comes back with a claim that brings it work
+(`Hosts.restore`): memory does not grow with the number of hosts, and nothing is lost.
 """
 
 from __future__ import annotations
@@ -237,8 +233,7 @@ class Slot:
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-Pacer = Callable[[str, float], Awaitable[None]]
-"""Waits for a host's crawl-wide turn, given the least delay between two of its requests."""
+Pacer = Callable[[str, float], Awaitable[None]]  # (host, least delay): its crawl-wide turn
 
 
 @final
@@ -273,8 +268,7 @@ class Hosts:
         """Least recently handed out first (see `trim`)."""
         self._busy: set[str] = set()
         self.pacer: Pacer | None = None
-        """Waits for a delayed host's crawl-wide turn before each attempt at it, when workers
-        elsewhere share the crawl (crawler.store.pg_pacing)."""
+        """Waits for a delayed host's crawl-wide turn (workers elsewhere: store.pg_pacing)."""
 
     @property
     def clock(self) -> Clock:
