@@ -279,6 +279,7 @@ print(json.dumps({"before": before, "after": peak_kib(), "stats": stats}))
 """
 
 
+@pytest.mark.timeout(200)
 async def test_a_callback_yielding_300k_requests_runs_in_bounded_memory(
     follow_site: BaseTestServer, database: Target
 ) -> None:
@@ -292,7 +293,8 @@ async def test_a_callback_yielding_300k_requests_runs_in_bounded_memory(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    async with asyncio.timeout(60):
+    # Memory is what this checks, not speed: ~50 s on a loaded 2-core machine, either backend
+    async with asyncio.timeout(180):
         stdout, stderr = await process.communicate()
     assert process.returncode == 0, stderr.decode()
     report = json.loads(stdout)
