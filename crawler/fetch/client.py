@@ -74,7 +74,9 @@ logger = logging.getLogger(__name__)
 
 _MAX_TIMEOUT_LATENESS: Final = 0.25
 """Seconds a request timeout may fire late (crawler.fetch.deadlines); less for short timeouts."""
-_APPROVED_ORIGINS_LIMIT: Final = 100_000
+_APPROVED_ORIGINS_LIMIT: Final = 10_000
+"""Origins remembered as allowed, then forgotten all at once: a broad crawl meets a new origin
+with almost every host, and checking a forgotten one again costs a DNS cache lookup."""
 
 
 class _RetryableStatus(Exception):
