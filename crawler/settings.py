@@ -145,6 +145,8 @@ class Settings:
 
     progress_interval: float = 10.0
     """Seconds between progress log lines when not writing to a terminal."""
+    stats_interval: float = 2.0
+    """Seconds between two samples of `stats_ts` and `host_stats` (`crawler dashboard`); 0: none."""
 
     obey_robots: bool = True
     """Fetch each host's robots.txt once, skip the URLs it disallows for `user_agent` (reason

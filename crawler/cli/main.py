@@ -34,6 +34,7 @@ from crawler.cli.common import (
     user_errors,
     with_start_urls,
 )
+from crawler.cli.dashboard import dashboard, dashboard_beside, dashboard_options
 from crawler.cli.readonly import open_read_only, read_crawl_database
 from crawler.cli.results import export, parse, query, reparse, stats
 from crawler.cli.spiders import new, record, serve_demo
@@ -108,6 +109,7 @@ def cli() -> None:
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
+@dashboard_options
 def crawl(
     spider: str,
     output: Path | None,
@@ -121,6 +123,8 @@ def crawl(
     explain: bool,
     processes: int,
     log_level: str,
+    with_dashboard: bool,
+    dashboard_port: int,
 ) -> None:
     """Crawl with SPIDER (a name, module:Class or file.py) into a SQLite file.
 
@@ -143,6 +147,7 @@ def crawl(
             return
         check_starts_somewhere(spider_class)
         db = output or Path(f"{spider_class.name}.db")
+        during = dashboard_beside(db, dashboard_port, processes) if with_dashboard else None
         if processes > 1:
             _crawl_in_processes(processes, db, fresh, spider_class, loaded.settings, recrawl)
             return
@@ -155,7 +160,7 @@ def crawl(
             console=console,
             recrawl=recrawl,
         )
-        summary = run_with_signals(run)
+        summary = run_with_signals(run, during)
         failure = failed_start(db, after, summary["pages"]) if run.status == "finished" else None
     Console().print(render_summary(run.spider.name, "failed" if failure else run.status, summary))
     click.echo(f"results: {db}", err=True)
@@ -395,6 +400,7 @@ def main() -> None:
 
 
 cli.add_command(bench)
+cli.add_command(dashboard)
 cli.add_command(new)
 cli.add_command(record)
 cli.add_command(serve_demo)

@@ -8,7 +8,9 @@ aiosqlite's thread (see `crawler.store.bulk`; the statements are in
 `crawler.store.statements`, their rows are built in `crawler.store.rows`); a batch the
 database refuses is split to find the refused row (`crawler.store.refusals`). Claims of
 pending requests (`crawler.store.claims`) also go through the writer, between batches, and
-so do the page budgets (`crawler.store.budgets`), counted inside each transaction.
+so do the page budgets (`crawler.store.budgets`), counted inside each transaction, and the
+time series of the crawl (`crawler.store.samples`): a sample that falls due rides in the
+next batch, or is written alone when the writer is idle for a whole `stats_interval`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, final
 import aiosqlite
 
 from crawler.errors import SkipReason, StorageError
+from crawler.fetch.politeness import Hosts
 from crawler.records import Candidate, PageResult, Skipped, utc_now
 from crawler.settings import Settings
 from crawler.stats import Stats
@@ -35,6 +38,7 @@ from crawler.store.item_tables import ItemTables
 from crawler.store.refresh import has_pages
 from crawler.store.refusals import commit_or_split
 from crawler.store.rows import Seeds, add_result_rows, add_skipped_rows, replaced_pages
+from crawler.store.samples import Sampler
 from crawler.store.schema import rollback
 from crawler.store.statements import error_row
 
@@ -75,22 +79,26 @@ class Storage:
         settings: Settings,
         stats: Stats,
         on_committed: Callable[[int], None],
-        on_hosts_saved: Callable[[list[str]], None] | None = None,
+        hosts: Hosts | None = None,
     ) -> None:
-        """`on_committed` is told how many results each commit wrote, `on_hosts_saved` the
-        host of each host snapshot it wrote (crawler.fetch.politeness: `Hosts.saved`)."""
+        """`on_committed` is told how many results each commit wrote. `hosts`, the crawl's
+        politeness state (crawler.fetch.politeness), is told the host of each host snapshot
+        written (`Hosts.saved`) and read by the `host_stats` snapshot."""
         self._conn = conn
         self._run_id = run_id
         self._settings = settings
         self._stats = stats
         self._on_committed = on_committed
-        self._on_hosts_saved = on_hosts_saved
+        self._hosts = hosts
         self._inbox: asyncio.Queue[_Message | None] = asyncio.Queue(
             maxsize=settings.write_batch_size * 4
         )
         self._budgets = Budgets(conn, run_id=run_id, settings=settings)
         self._claims = Claims(conn, run_id=run_id, settings=settings)
         self._item_tables = ItemTables()
+        self._sampler = Sampler(
+            run_id=run_id, stats=stats, interval=settings.stats_interval, hosts=hosts
+        )
 
     async def load_counts(self) -> None:
         """Read what a resumed crawl continues from: the budgets' counts (reopening what
@@ -166,12 +174,39 @@ class Storage:
         """
         stopping = False
         while not stopping:
-            first = await self._inbox.get()
+            first = await self._next_message()
             if first is None:
                 break
             messages: list[_Message] = [first]
             stopping = await self._gather(messages)
             await self._process(messages)
+        await self._write_sample(force=True)  # the run's last counts
+
+    async def _next_message(self) -> _Message | None:
+        """The next message; while none comes, a sample that falls due is written alone."""
+        while True:
+            wait = self._sampler.wait()
+            if wait is None or not self._inbox.empty():
+                return await self._inbox.get()
+            if wait > 0:
+                try:
+                    async with asyncio.timeout(wait):
+                        return await self._inbox.get()
+                except TimeoutError:
+                    pass
+            await self._write_sample()
+
+    async def _write_sample(self, *, force: bool = False) -> None:
+        """Write a due sample (any time with `force`) in a transaction of its own."""
+        sample = self._sampler.take(force=force)
+        if sample is None:
+            return
+        try:
+            await sample.script.run_as_transaction(self._conn)
+        except sqlite3.Error as exc:
+            await rollback(self._conn)
+            raise StorageError(f"database write failed: {exc}") from exc
+        self._sampler.written(sample)
 
     async def _gather(self, messages: list[_Message]) -> bool:
         """Add queued messages to the batch; return True when the stop sentinel came."""
@@ -222,11 +257,11 @@ class Storage:
             if not waiter.done():
                 waiter.set_result(None)
         if writes:
-            self._on_committed(sum(1 for m in writes if isinstance(m, PageResult)))
-            if self._on_hosts_saved is not None:
-                self._on_hosts_saved(
-                    [m.host.host for m in writes if isinstance(m, PageResult) and m.host]
-                )
+            results = [m for m in writes if isinstance(m, PageResult)]
+            self._sampler.observe(results)
+            self._on_committed(len(results))
+            if self._hosts is not None:
+                self._hosts.saved([m.host.host for m in results if m.host])
 
     async def _commit_restoring(self, writes: Sequence[PageResult | Seeds]) -> None:
         """`_commit`, leaving the writer's state as it was if the transaction fails."""
@@ -272,6 +307,10 @@ class Storage:
             rest.add(
                 statements.INSERT_ERROR, [error_row(self._run_id, None, e) for e in seed_errors]
             )
+            for error in seed_errors:
+                tally.errors[error.kind] += 1
+            if (sample := self._sampler.take(tally)) is not None:
+                rest.extend(sample.script)
             already_known = await self._run_batch(new_rows, rest, item_inserts, results)
         except BaseException:
             await rollback(conn)
@@ -283,9 +322,9 @@ class Storage:
             tally.skipped[skip.reason.value] += 1
         for row in budget_skips:
             tally.skipped[str(row[12])] += 1  # its reason
-        for error in seed_errors:
-            tally.errors[error.kind] += 1
         self._stats.absorb(tally)
+        if sample is not None:
+            self._sampler.written(sample)
 
     async def _run_batch(
         self,
