@@ -1,10 +1,8 @@
 """Every crawl setting, documented once, and the layered loading that validates them.
 
 Layers, lowest first: built-in defaults < `config.toml` (`[crawler]` table) < the spider's
-`settings` < command-line flags. Unknown or ill-typed settings raise `ConfigError` naming the
-key and the layer it came from.
-
-Per-site settings (`PER_HOST_SETTINGS`) may also be set per host pattern (crawler.host_rules);
+`settings` < command-line flags; bad settings raise `ConfigError` naming key and layer.
+Per-site settings (`PER_HOST_SETTINGS`) may be set per host pattern (crawler.host_rules);
 `Settings.for_host(host)` gives one host's: a pure function of the host, in a bounded cache.
 """
 
@@ -143,6 +141,8 @@ class Settings:
 
     progress_interval: float = 10.0
     """Seconds between progress log lines when not writing to a terminal."""
+    stats_interval: float = 2.0
+    """Seconds between two samples of `stats_ts` and `host_stats` (`crawler dashboard`); 0: none."""
 
     obey_robots: bool = True
     """Fetch each host's robots.txt once, skip the URLs it disallows for `user_agent` (reason

@@ -120,16 +120,23 @@ async def test_disk_full_stops_cleanly_and_a_resume_completes_after_growing_it(
         full = await run_crawler(*crawl_args(site, db))
         assert_failed_cleanly(full, "error: database write failed: database or disk is full")
         assert scalar(db, "PRAGMA integrity_check") == "ok"
-        assert scalar(db, "SELECT status FROM crawls") == "failed"  # the run says how it ended
+        # The run says how it ended when the full disk has room left for that: whether it
+        # has depends on how many bytes the last batch left free (the same code fails this
+        # on a 1004 KiB tmpfs and passes on 1 MiB). Else the run stays `running`, its leases
+        # held, and the resume finds it dead and says so, as after a kill.
+        ended = scalar(db, "SELECT status FROM crawls")
+        assert ended in ("failed", "running")
         done_before = scalar(db, "SELECT count(*) FROM requests WHERE state = 'done'")
         assert 0 < done_before < PAGES
-        assert scalar(db, "SELECT count(*) FROM requests WHERE lease_owner IS NOT NULL") == 0
+        if ended == "failed":
+            assert scalar(db, "SELECT count(*) FROM requests WHERE lease_owner IS NOT NULL") == 0
 
         await command("mount", "-o", "remount,size=32m", str(tmpfs))
         resumed = await run_crawler(*crawl_args(site, db))
         assert resumed.code == 0, resumed.stderr
     assert_resumed_to_the_end(db)
-    assert rows(db, "SELECT status FROM crawls ORDER BY id") == [("failed",), ("finished",)]
+    first = "failed" if ended == "failed" else "crashed"
+    assert rows(db, "SELECT status FROM crawls ORDER BY id") == [(first,), ("finished",)]
 
 
 @dataclass(frozen=True)

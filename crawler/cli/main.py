@@ -34,6 +34,7 @@ from crawler.cli.common import (
     user_errors,
     with_start_urls,
 )
+from crawler.cli.dashboard import dashboard, dashboard_beside, dashboard_options
 from crawler.cli.readonly import open_read_only, read_crawl_database
 from crawler.cli.results import export, parse, query, reparse, stats
 from crawler.cli.settings_view import settings_table, show_settings
@@ -114,6 +115,7 @@ def cli() -> None:
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
+@dashboard_options
 def crawl(
     spider: str,
     output: Path | str | None,
@@ -127,6 +129,8 @@ def crawl(
     explain: bool,
     processes: int,
     log_level: str,
+    with_dashboard: bool,
+    dashboard_port: int,
 ) -> None:
     """Crawl with SPIDER (a name, module:Class or file.py) into a SQLite file.
 
@@ -151,6 +155,7 @@ def crawl(
         db = output or DATABASE.convert(
             loaded.settings.database or f"{spider_class.name}.db", None, None
         )
+        during = dashboard_beside(db, dashboard_port, processes) if with_dashboard else None
         if processes > 1:
             _crawl_in_processes(processes, db, fresh, spider_class, loaded.settings, recrawl)
             return
@@ -163,7 +168,7 @@ def crawl(
             console=console,
             recrawl=recrawl,
         )
-        summary = run_with_signals(run)
+        summary = run_with_signals(run, during)
         failure = failed_start(db, after, summary["pages"]) if run.status == "finished" else None
     Console().print(render_summary(run.spider.name, "failed" if failure else run.status, summary))
     click.echo(f"results: {db}", err=True)
@@ -366,6 +371,7 @@ def main() -> None:
 
 
 cli.add_command(bench)
+cli.add_command(dashboard)
 cli.add_command(new)
 cli.add_command(record)
 cli.add_command(serve_demo)

@@ -129,7 +129,7 @@ class Crawl:
                 settings=self.settings,
                 stats=self.stats,
                 on_committed=feeder.release,
-                on_hosts_saved=self._hosts.saved,
+                hosts=self._hosts,
             )
             self.stats.requeued = await requeue(store, self.settings, recrawl=self._recrawl)
             await storage.load_counts()

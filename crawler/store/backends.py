@@ -19,7 +19,7 @@ import aiosqlite
 import asyncpg
 
 from crawler.errors import StorageError
-from crawler.fetch.politeness import Pacer
+from crawler.fetch.politeness import Hosts, Pacer
 from crawler.settings import Settings
 from crawler.spider.base import Spider
 from crawler.stats import Stats
@@ -62,9 +62,10 @@ class CrawlStore(Protocol):
         settings: Settings,
         stats: Stats,
         on_committed: Callable[[int], None],
-        on_hosts_saved: Callable[[list[str]], None] | None = None,
+        hosts: Hosts | None = None,
     ) -> BatchWriter:
-        """The writer of this run's batches."""
+        """The writer of this run's batches; `hosts`, the crawl's politeness state, is told
+        the hosts whose snapshots were committed (`Hosts.saved`)."""
 
     async def declare_item_tables(self, spider: Spider) -> None:
         """Create the tables of the spider's `item_types`."""
@@ -126,7 +127,7 @@ class SqliteStore:
         settings: Settings,
         stats: Stats,
         on_committed: Callable[[int], None],
-        on_hosts_saved: Callable[[list[str]], None] | None = None,
+        hosts: Hosts | None = None,
     ) -> BatchWriter:
         return Storage(
             self.conn,
@@ -134,7 +135,8 @@ class SqliteStore:
             settings=settings,
             stats=stats,
             on_committed=on_committed,
-            on_hosts_saved=on_hosts_saved,
+            on_hosts_saved=None if hosts is None else hosts.saved,
+            hosts=hosts,
         )
 
     async def declare_item_tables(self, spider: Spider) -> None:
@@ -181,7 +183,7 @@ class PgStore:
         settings: Settings,
         stats: Stats,
         on_committed: Callable[[int], None],
-        on_hosts_saved: Callable[[list[str]], None] | None = None,
+        hosts: Hosts | None = None,
     ) -> BatchWriter:
         return PgStorage(
             self.link,
@@ -189,7 +191,7 @@ class PgStore:
             settings=settings,
             stats=stats,
             on_committed=on_committed,
-            on_hosts_saved=on_hosts_saved,
+            on_hosts_saved=None if hosts is None else hosts.saved,
         )
 
     async def declare_item_tables(self, spider: Spider) -> None:

@@ -255,4 +255,47 @@ MIGRATIONS: Final[tuple[str, ...]] = (
                created_at AS valid_from, replaced_at AS valid_to
         FROM item_history;
     """,
+    # 6: the time series a crawl writes while it runs (crawler.store.samples), read by
+    # `crawler dashboard`; its columns are described in crawler.store.schema. (No comments in
+    # the SQL: SQLite keeps the text of each CREATE in the file.)
+    """
+    CREATE TABLE stats_ts (
+        id            INTEGER PRIMARY KEY,
+        crawl_id      INTEGER NOT NULL,
+        at            TEXT NOT NULL,
+        elapsed_s     REAL NOT NULL,
+        pages         INTEGER NOT NULL,
+        items         INTEGER NOT NULL,
+        errors        INTEGER NOT NULL,
+        failed        INTEGER NOT NULL,
+        skipped       INTEGER NOT NULL,
+        bytes         INTEGER NOT NULL,
+        in_flight     INTEGER NOT NULL,
+        queued        INTEGER NOT NULL,
+        pages_per_s   REAL NOT NULL,
+        items_per_s   REAL NOT NULL,
+        errors_per_s  REAL NOT NULL,
+        bytes_per_s   REAL NOT NULL,
+        errors_by_kind    TEXT NOT NULL,
+        skipped_by_reason TEXT NOT NULL,
+        statuses      TEXT NOT NULL
+    );
+    CREATE INDEX stats_ts_run ON stats_ts (crawl_id, id);
+    CREATE TABLE host_stats (
+        crawl_id      INTEGER NOT NULL,
+        host          TEXT NOT NULL,
+        updated_at    TEXT NOT NULL,
+        in_flight     INTEGER NOT NULL,
+        delay_s       REAL,
+        concurrency   INTEGER,
+        paused_s      REAL NOT NULL,
+        pages         INTEGER NOT NULL,
+        errors        INTEGER NOT NULL,
+        failed        INTEGER NOT NULL,
+        throttled     INTEGER NOT NULL,
+        avg_ms        REAL,
+        last_status   INTEGER,
+        PRIMARY KEY (crawl_id, host)
+    );
+    """,
 )

@@ -265,6 +265,49 @@ PG_MIGRATIONS: Final[tuple[str, ...]] = (
         FOR EACH ROW WHEN ((OLD.state = 'skipped') != (NEW.state = 'skipped'))
         EXECUTE FUNCTION crawler_count_state();
     """,
+    # 2: the time series of a crawl (SQLite's migration 6). Only the SQLite writer samples
+    # it so far: on PostgreSQL these tables exist, so that the same queries run, and stay
+    # empty.
+    """
+    CREATE TABLE stats_ts (
+        id            bigserial PRIMARY KEY,
+        crawl_id      bigint NOT NULL,
+        at            text NOT NULL,
+        elapsed_s     double precision NOT NULL,
+        pages         bigint NOT NULL,
+        items         bigint NOT NULL,
+        errors        bigint NOT NULL,
+        failed        bigint NOT NULL,
+        skipped       bigint NOT NULL,
+        bytes         bigint NOT NULL,
+        in_flight     bigint NOT NULL,
+        queued        bigint NOT NULL,
+        pages_per_s   double precision NOT NULL,
+        items_per_s   double precision NOT NULL,
+        errors_per_s  double precision NOT NULL,
+        bytes_per_s   double precision NOT NULL,
+        errors_by_kind    jsonb NOT NULL,
+        skipped_by_reason jsonb NOT NULL,
+        statuses      jsonb NOT NULL
+    );
+    CREATE INDEX stats_ts_run ON stats_ts (crawl_id, id);
+    CREATE TABLE host_stats (
+        crawl_id      bigint NOT NULL,
+        host          text NOT NULL,
+        updated_at    text NOT NULL,
+        in_flight     bigint NOT NULL,
+        delay_s       double precision,
+        concurrency   bigint,
+        paused_s      double precision NOT NULL,
+        pages         bigint NOT NULL,
+        errors        bigint NOT NULL,
+        failed        bigint NOT NULL,
+        throttled     bigint NOT NULL,
+        avg_ms        double precision,
+        last_status   bigint,
+        PRIMARY KEY (crawl_id, host)
+    );
+    """,
 )
 """The PostgreSQL schema, one script per version (the first is SQLite's three, at once)."""
 PG_SCHEMA_VERSION: Final = len(PG_MIGRATIONS)

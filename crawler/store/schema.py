@@ -26,6 +26,13 @@ Tables (one SQLite file per crawl target, WAL mode):
              size, time, whether it changed the page (`pages` holds the current page)
 - `item_history` the items a re-parsed page replaced; `item_versions` (a view) every version
              of every item, with `valid_from` / `valid_to` (crawler.store.history)
+- `stats_ts`   one row every `stats_interval` seconds of a running crawl: its counts (pages,
+               items, errors, failed, skipped, bytes), in flight, queued, the rates since the
+               previous row, errors by kind, skips by reason, statuses (JSON); written by
+               crawler.store.samples inside the writer's batches, read by `crawler dashboard`
+- `host_stats` per run and host, the latest snapshot of a host the run was busy with: in
+               flight, delay, concurrency, cool-down left, pages, errors, failed, 429/503
+               answers, mean response time, last status
 
 The schema version is `PRAGMA user_version`, the number of scripts in
 crawler.store.migrations that have run; `PRAGMA application_id` marks crawl databases.

@@ -8,33 +8,33 @@ aiosqlite's thread (see `crawler.store.bulk`; the statements are in
 `crawler.store.statements`, their rows are built in `crawler.store.rows`); a batch the
 database refuses is split to find the refused row (`crawler.store.refusals`). Claims of
 pending requests (`crawler.store.claims`) also go through the writer, between batches, and
-so do the page budgets (`crawler.store.budgets`), counted inside each transaction.
+so do the page budgets (`crawler.store.budgets`), counted inside each transaction, and the
+time series of the crawl (`crawler.store.samples`): a sample that falls due rides in the
+next batch, or is written alone when the writer is idle for a whole `stats_interval`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, final
+from collections.abc import Callable, Sequence
+from typing import final
 
 import aiosqlite
 
 from crawler.errors import SkipReason, StorageError
+from crawler.fetch.politeness import Hosts
 from crawler.records import Candidate, PageResult, Skipped, utc_now
 from crawler.settings import Settings
 from crawler.stats import Stats
 from crawler.store import statements
+from crawler.store.batches import BatchWriter
 from crawler.store.budgets import Budgets
 from crawler.store.bulk import Script
-from crawler.store.claims import ClaimBatch, Claims, ClaimSource
+from crawler.store.claims import Claims
 from crawler.store.history import retire_items
 from crawler.store.item_tables import ItemTables
 from crawler.store.refresh import has_pages
-from crawler.store.refusals import commit_or_split
 from crawler.store.rows import (
     Seeds,
     add_result_rows,
@@ -42,204 +42,11 @@ from crawler.store.rows import (
     replaced_pages,
     stored_item_keys,
 )
+from crawler.store.samples import Sample, Sampler
 from crawler.store.schema import rollback
 from crawler.store.statements import error_row
 
-__all__ = ["BatchWriter", "Seeds", "Storage"]
-
-
-@dataclass(slots=True)
-class _ClaimOrder:
-    limit: int
-    reply: asyncio.Future[ClaimBatch]
-    held: Mapping[str, int]
-    per_host: int
-    known: Callable[[str], bool] | None
-
-
-@dataclass(slots=True)
-class _Flush:
-    """Commit the batch being gathered now (the feeder has nothing left to hand out)."""
-
-
-_Message = PageResult | Seeds | _ClaimOrder | _Flush
-
-
-class BatchWriter:
-    """The writer task of one crawl run, whatever the database: an inbox of results, claim
-    orders and flushes, gathered into batches that a subclass commits in one transaction
-    each (`_commit`: `Storage` for SQLite, crawler.store.pg_writer for PostgreSQL).
-
-    Call `load_counts()`, run `run_writer()` as a task and end it with `stop_writer()`.
-    """
-
-    def __init__(
-        self,
-        *,
-        run_id: int,
-        settings: Settings,
-        stats: Stats,
-        on_committed: Callable[[int], None],
-        claims: ClaimSource,
-        on_hosts_saved: Callable[[list[str]], None] | None = None,
-    ) -> None:
-        """`on_committed` is told how many results each commit wrote, `on_hosts_saved` the
-        host of each host snapshot it wrote (crawler.fetch.politeness: `Hosts.saved`)."""
-        self._run_id = run_id
-        self._settings = settings
-        self._stats = stats
-        self._on_committed = on_committed
-        self._on_hosts_saved = on_hosts_saved
-        self._inbox: asyncio.Queue[_Message | None] = asyncio.Queue(
-            maxsize=settings.write_batch_size * 4
-        )
-        self._claims = claims
-
-    async def load_counts(self) -> None:
-        """Read what a resumed crawl continues from (budgets, the pending count)."""
-        raise NotImplementedError
-
-    async def _commit(self, writes: Sequence[PageResult | Seeds]) -> None:
-        """Write a batch in one transaction."""
-        raise NotImplementedError
-
-    def _forget_item_tables(self) -> None:
-        """Drop what the writer knows of item tables (after a rollback that may undo some)."""
-
-    async def submit(self, message: PageResult | Seeds) -> None:
-        """Queue a result for the next transaction (waits when the writer is far behind)."""
-        await self._inbox.put(message)
-
-    async def submit_and_wait(self, seeds: Seeds) -> None:
-        """Queue discovered requests and wait until they are committed.
-
-        Used for large volumes (start requests, a callback yielding very many requests) so
-        that at most one batch of them is held in memory at a time.
-        """
-        await (await self.submit_for_commit(seeds))
-
-    async def submit_for_commit(self, seeds: Seeds) -> asyncio.Future[None]:
-        """Queue discovered requests; return a future resolved once they are committed.
-
-        Lets a producer prepare its next batch while the writer commits this one (SQLite
-        releases the GIL while it writes), keeping at most two batches in memory.
-        """
-        seeds.committed = asyncio.get_running_loop().create_future()
-        await self._inbox.put(seeds)
-        return seeds.committed
-
-    def hurry(self) -> None:
-        """Commit what the writer is gathering without waiting for `write_interval`: workers
-        are idle until the requests it holds become claimable."""
-        with contextlib.suppress(asyncio.QueueFull):
-            self._inbox.put_nowait(_Flush())
-
-    async def claim(
-        self,
-        limit: int,
-        *,
-        held: Mapping[str, int] | None = None,
-        per_host: int = 0,
-        known: Callable[[str], bool] | None = None,
-    ) -> ClaimBatch:
-        """Lease up to `limit` due pending requests to this run.
-
-        Hosts take turns (round-robin over the hosts with pending requests, continuing after
-        the host the previous claim ended with), each host's requests highest priority
-        first. With `per_host`, a host that already has `held[host]` requests in memory gets
-        at most `per_host - held[host]` more, so one host cannot fill the feeder's window.
-        With `known`, the batch also carries the stored state and robots.txt answers of the
-        claimed hosts not `known` (in memory).
-        """
-        reply: asyncio.Future[ClaimBatch] = asyncio.get_running_loop().create_future()
-        await self._inbox.put(_ClaimOrder(limit, reply, held or {}, per_host, known))
-        return await reply
-
-    async def stop_writer(self) -> None:
-        """Ask the writer task to commit what it holds and return."""
-        await self._inbox.put(None)
-
-    async def run_writer(self) -> None:
-        """Commit queued results in batches until `stop_writer()` is called.
-
-        A batch is closed when it holds `write_batch_size` messages, when `write_interval`
-        has passed since its first message, or at once when someone waits for it (a claim,
-        or requests handed over with `submit_and_wait`): few, large transactions.
-        """
-        stopping = False
-        while not stopping:
-            first = await self._inbox.get()
-            if first is None:
-                break
-            messages: list[_Message] = [first]
-            stopping = await self._gather(messages)
-            await self._process(messages)
-
-    async def _gather(self, messages: list[_Message]) -> bool:
-        """Add queued messages to the batch; return True when the stop sentinel came."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settings.write_interval
-        while len(messages) < self._settings.write_batch_size and not _is_awaited(messages[-1]):
-            if self._inbox.empty():
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        message = await self._inbox.get()
-                except TimeoutError:
-                    break
-            else:
-                message = self._inbox.get_nowait()
-            if message is None:
-                return True
-            messages.append(message)
-        return False
-
-    async def _process(self, messages: list[_Message]) -> None:
-        writes = [m for m in messages if isinstance(m, PageResult | Seeds)]
-        orders = [m for m in messages if isinstance(m, _ClaimOrder)]
-        try:
-            if writes:
-                await commit_or_split(writes, self._commit_restoring)
-            for order in orders:
-                if not order.reply.done():
-                    batch = await self._claims.claim(
-                        order.limit, order.held, order.per_host, order.known
-                    )
-                    order.reply.set_result(batch)
-            await self._claims.renew_leases_if_due()
-        except (sqlite3.Error, StorageError) as exc:
-            failure = (
-                exc
-                if isinstance(exc, StorageError)
-                else StorageError(f"database write failed: {exc}")
-            )
-            waiters: list[asyncio.Future[Any]] = [o.reply for o in orders]
-            for waiter in waiters + _commit_waiters(writes):
-                if not waiter.done():
-                    waiter.set_exception(failure)
-            raise failure from exc
-        for waiter in _commit_waiters(writes):
-            if not waiter.done():
-                waiter.set_result(None)
-        if writes:
-            self._on_committed(sum(1 for m in writes if isinstance(m, PageResult)))
-            if self._on_hosts_saved is not None:
-                self._on_hosts_saved(
-                    [m.host.host for m in writes if isinstance(m, PageResult) and m.host]
-                )
-
-    async def _commit_restoring(self, writes: Sequence[PageResult | Seeds]) -> None:
-        """`_commit`, leaving the writer's state as it was if the transaction fails."""
-        results = [(m, m.items, m.item_keys) for m in writes if isinstance(m, PageResult)]
-        try:
-            await self._commit(writes)
-        except BaseException:
-            for result, items, keys in results:
-                result.items, result.item_keys = items, keys
-            self._forget_item_tables()
-            raise
+__all__ = ["BatchWriter", "Seeds", "Storage"]  # BatchWriter: crawler.store.batches
 
 
 @final
@@ -260,7 +67,9 @@ class Storage(BatchWriter):
         stats: Stats,
         on_committed: Callable[[int], None],
         on_hosts_saved: Callable[[list[str]], None] | None = None,
+        hosts: Hosts | None = None,
     ) -> None:
+        """`hosts`, the crawl's politeness state, is read by the `host_stats` snapshot."""
         claims = Claims(conn, run_id=run_id, settings=settings)
         super().__init__(
             run_id=run_id,
@@ -275,6 +84,17 @@ class Storage(BatchWriter):
         self._budgets = Budgets(conn, run_id=run_id, settings=settings)
         self._item_tables = ItemTables()
         self._stored_keys = functools.partial(stored_item_keys, conn)
+        self._samples = Sampler(
+            run_id=run_id, stats=stats, interval=settings.stats_interval, hosts=hosts
+        )
+        self._sampler = self._samples
+
+    async def _write_alone(self, sample: Sample) -> None:
+        try:
+            await sample.script.run_as_transaction(self._conn)
+        except sqlite3.Error as exc:
+            await rollback(self._conn)
+            raise StorageError(f"database write failed: {exc}") from exc
 
     async def load_counts(self) -> None:
         """Read what a resumed crawl continues from: the budgets' counts (reopening what
@@ -324,6 +144,10 @@ class Storage(BatchWriter):
             rest.add(
                 statements.INSERT_ERROR, [error_row(self._run_id, None, e) for e in seed_errors]
             )
+            for error in seed_errors:
+                tally.errors[error.kind] += 1
+            if (sample := self._samples.take(tally)) is not None:
+                rest.extend(sample.script)
             already_known = await self._run_batch(new_rows, rest, item_inserts, results)
         except BaseException:
             await rollback(conn)
@@ -335,9 +159,9 @@ class Storage(BatchWriter):
             tally.skipped[skip.reason.value] += 1
         for row in budget_skips:
             tally.skipped[str(row[12])] += 1  # its reason
-        for error in seed_errors:
-            tally.errors[error.kind] += 1
         self._stats.absorb(tally)
+        if sample is not None:
+            self._samples.written(sample)
 
     async def _run_batch(
         self,
@@ -398,14 +222,3 @@ class Storage(BatchWriter):
             await self._conn.executemany(statements.SET_PAGE_BODY, bodies)
         if results:
             await self._item_tables.write(self._conn, results)
-
-
-def _is_awaited(message: _Message) -> bool:
-    """Whether a coroutine waits for this message to be processed."""
-    return isinstance(message, _ClaimOrder | _Flush) or (
-        isinstance(message, Seeds) and message.committed is not None
-    )
-
-
-def _commit_waiters(writes: Sequence[PageResult | Seeds]) -> list[asyncio.Future[None]]:
-    return [m.committed for m in writes if isinstance(m, Seeds) and m.committed is not None]
