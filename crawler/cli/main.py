@@ -160,13 +160,9 @@ def crawl(
             _crawl_in_processes(processes, db, fresh, spider_class, loaded.settings, recrawl)
             return
         after = 0 if fresh else last_run_id(db)
+        settings = loaded.settings
         run = Crawl(
-            spider_class(),
-            db=db,
-            settings=loaded.settings,
-            fresh=fresh,
-            console=console,
-            recrawl=recrawl,
+            spider_class(), db=db, settings=settings, fresh=fresh, console=console, recrawl=recrawl
         )
         summary = run_with_signals(run, during)
         failure = failed_start(db, after, summary["pages"]) if run.status == "finished" else None
