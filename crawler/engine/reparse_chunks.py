@@ -8,8 +8,10 @@ the one state the parser carries across pages, the frontier's cache of URLs just
 decides whether a request is counted as new or as a repeat (both are counted the same), and
 a request refused as an error (unknown callback, meta or headers that cannot be stored) is
 refused again each time, the cache never holding it (tests/test_reparse_chunks.py checks
-this on generated pages). What does cross pages is the spider instance itself and its
-`process_item`: a spider that keeps state between pages gets one state per process.
+this on generated pages). So the cache is emptied before each chunk: a reparse's memory then
+does not grow with the links of the pages it has parsed (up to the cache's bound, some 40 MB).
+What does cross pages is the spider instance itself and its `process_item`: a spider that
+keeps state between pages gets one state per process.
 
 A `ParsedChunk` is what travels back to the parent: the pages' `PageResult`s without the
 requests they yielded (counted, never crawled) and the counts of the chunk.
@@ -75,6 +77,7 @@ class ChunkParser:
         chunk = ParsedChunk(stopped=self._stopped)
         if chunk.stopped is not None:
             return chunk
+        self._frontier.forget_recent()  # bounded by a chunk's links, not the file's
         duplicates = self._stats.skipped["duplicate"]
         for page in pages:
             chunk.read += 1

@@ -218,6 +218,13 @@ class Frontier:
             lastmod=request.lastmod,
         )
 
+    def forget_recent(self) -> None:
+        """Empty the cache of URLs seen recently (what the database decides is untouched):
+        a reparse does so before each chunk of pages, so that its memory does not grow with
+        the links of the pages it has parsed."""
+        for seen in (self._recent_fingerprints, self._recent_urls, self._too_deep):
+            seen.clear()
+
     def admit_batch(
         self,
         batch: RequestBatch,
@@ -328,6 +335,10 @@ class _RecentSet(Generic[_Key]):
     def discard(self, key: _Key) -> None:
         self.recent.discard(key)
         self.older.discard(key)
+
+    def clear(self) -> None:
+        self.recent = set()
+        self.older = set()
 
 
 def _to_json(value: Mapping[str, object], what: str, where: str) -> str | None:
