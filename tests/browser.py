@@ -15,6 +15,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -103,7 +104,10 @@ class Browser:
 @contextlib.asynccontextmanager
 async def open_browser() -> AsyncIterator[Browser]:
     """Start headless Chromium with a fresh profile; yield its first page; stop it."""
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+    # Chromium's helper processes (crashpad, zygote) may still write to the profile for a
+    # moment after the browser exits: they are killed with its process group, and a file
+    # they write after that does not fail the test.
+    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
         process = await asyncio.create_subprocess_exec(
             CHROMIUM,
             *FLAGS,
@@ -112,6 +116,7 @@ async def open_browser() -> AsyncIterator[Browser]:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             port = await _devtools_port(Path(profile), lambda: process.wait())
@@ -132,6 +137,8 @@ async def open_browser() -> AsyncIterator[Browser]:
                 except TimeoutError:
                     process.kill()
                     await process.wait()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
 
 
 async def _devtools_port(profile: Path, exited: Callable[[], Awaitable[int]]) -> int:
