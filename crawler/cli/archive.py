@@ -13,8 +13,7 @@ import asyncpg
 import click
 
 from crawler.cli.common import UserError
-from crawler.cli.readonly import open_crawl_database
-from crawler.errors import QueryError, StorageFailure
+from crawler.cli.readonly import open_crawl_database, read_error
 from crawler.results.warc import write_warc
 from crawler.store.archive import has_stored_bodies
 from crawler.store.pg_read import ReadConnection
@@ -37,11 +36,7 @@ def export_warc(database: Path | str, output: str) -> None:
             else:
                 count = _to_file(conn, Path(output))
         except (sqlite3.Error, asyncpg.PostgresError) as exc:
-            if isinstance(exc, sqlite3.Error) and isinstance(database, Path):
-                error = storage_error(database, exc, "read")
-                if isinstance(error, StorageFailure):
-                    raise error from None
-            raise QueryError(f"cannot export pages as WARC: {exc}") from None
+            raise read_error(database, exc, "cannot export pages as WARC") from None
     finally:
         conn.close()
     click.echo(f"exported {count:,} pages as WARC records to {output}", err=True)

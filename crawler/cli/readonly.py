@@ -13,14 +13,14 @@ from typing import Final, TypeVar
 
 import asyncpg
 
-from crawler.errors import StorageError
+from crawler.errors import QueryError, StorageError, StorageFailure
 from crawler.store.pg_read import PgReader, ReadConnection
 from crawler.store.pg_schema import PG_SCHEMA_VERSION, pg_error, redact
 from crawler.store.schema import check_crawl_database, storage_error
 
 T = TypeVar("T")
 
-__all__ = ["ReadOnlyGuard", "open_crawl_database", "open_read_only"]
+__all__ = ["ReadOnlyGuard", "open_crawl_database", "open_read_only", "read_error"]
 
 
 def open_read_only(
@@ -236,3 +236,13 @@ def _refusal(action: int, arg1: str | None, arg2: str | None) -> str | None:
             what = f"{_WRITES[action]} {target}" if shown else _WRITES[action]
         return f"{what}: attempt to write a readonly database"
     return f"SQLite action {action} is not a read"
+
+
+def read_error(database: Path | str, exc: Exception, doing: str) -> StorageError | QueryError:
+    """The one line for a read of `database` that failed: a StorageFailure when the storage
+    under a SQLite file failed, else a QueryError saying what was being done."""
+    if isinstance(exc, sqlite3.Error) and isinstance(database, Path):
+        error = storage_error(database, exc, "read")
+        if isinstance(error, StorageFailure):
+            return error
+    return QueryError(f"{doing}: {exc}")

@@ -43,6 +43,7 @@ from crawler.cli.readonly import (
     open_crawl_database,
     open_read_only,
     read_crawl_database,
+    read_error,
 )
 from crawler.engine.parse_page import ParsedPage, parse_page
 from crawler.engine.pg_reparse import reparse_postgres
@@ -198,11 +199,7 @@ def export(
                     return
                 count = _export_to_file(Path(output), rows.columns, rows.rows, chosen)
             except (sqlite3.Error, asyncpg.PostgresError) as exc:
-                if isinstance(exc, sqlite3.Error) and isinstance(database, Path):
-                    error = storage_error(database, exc, "read")
-                    if isinstance(error, StorageFailure):
-                        raise error from None
-                raise QueryError(f"cannot export {type_name!r}: {exc}") from None
+                raise read_error(database, exc, f"cannot export {type_name!r}") from None
         finally:
             conn.close()
     click.echo(f"exported {count:,} {type_name} rows to {output}", err=True)
