@@ -6,8 +6,9 @@ SQLite: the schema and its migrations (`schema`, `migrations`), the single write
 (`writer`; `rows`, the rows a batch adds; `refusals`, for rows the database will not take),
 every statement a write batch runs (`statements`, `bulk`), the writer's side of admission
 (`budgets`) and of the frontier's claims and leases (`claims`), typed item tables
-(`item_tables`, `columns`), crawl runs (`runs`), stored pages (`pages`) and the time series
-a running crawl writes for its dashboard (`samples`).
+(`item_tables`, `columns`; what both backends share of them: `item_registry`), crawl runs
+(`runs`), stored pages (`pages`) and the time series a running crawl writes for its
+dashboard (`samples`).
 
 PostgreSQL, the same tables and the same batches (`rows` builds them for both): the schema
 (`pg_schema`), a connection that reconnects (`pg_link`), the writer (`pg_writer`) and its

@@ -17,31 +17,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Final, final
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final, final
 
 import asyncpg
 
-from crawler.errors import SpiderError
-from crawler.spider.base import Spider, dataclass_type_name
-from crawler.store.columns import (
-    ID_COLUMN,
-    META_COLUMNS,
-    ColumnKind,
-    item_fields,
-    quote_identifier,
-    sql_literal,
-    unique_column,
+from crawler.spider.base import Spider
+from crawler.store.columns import ColumnKind, sql_literal
+from crawler.store.item_registry import (
+    ItemRegistry,
+    Registered,
+    copy_sql,
+    declared_item_types,
+    select_sql,
 )
-from crawler.store.item_tables import MAX_VIEW_KEYS, RESERVED_NAMES
 
 if TYPE_CHECKING:
     from crawler.records import PageResult
 
 __all__ = ["PgItemTables", "declare_pg_item_tables", "drop_pg_item_tables"]
-
-logger = logging.getLogger(__name__)
 
 _TYPES: Final = {
     ColumnKind.INTEGER: "bigint",
@@ -49,132 +43,84 @@ _TYPES: Final = {
     ColumnKind.TEXT: "text",
     ColumnKind.JSON: "jsonb",
 }
-_META: Final = ("text NOT NULL", "bigint NOT NULL", "bigint NOT NULL", "text NOT NULL")
 
 
 @dataclasses.dataclass(slots=True)
-class _Object:
-    type_name: str
-    name: str
-    kinds: dict[str, ColumnKind] = dataclasses.field(default_factory=dict)
-    columns: dict[str, str] = dataclasses.field(default_factory=dict)
-    json_columns: list[str] = dataclasses.field(default_factory=list)
+class _Object(Registered):
     view_types: dict[str, str] = dataclasses.field(default_factory=dict)
     """Views: column -> its type, from the JSON type of the key's first value."""
-    skipped_keys: set[str] = dataclasses.field(default_factory=set)
 
 
 @final
-class PgItemTables:
-    """The typed tables and views of one PostgreSQL crawl database, as one writer sees them."""
+class PgItemTables(ItemRegistry[asyncpg.Connection, _Object]):
+    """The typed tables and views of one PostgreSQL crawl database, as one writer sees them
+    (crawler.store.item_registry): a view takes its new keys from the batch's items."""
 
-    def __init__(self) -> None:
-        self._tables: dict[str, _Object] = {}
-        self._views: dict[str, _Object] = {}
-        self._checked: set[type] = set()
-        self._loaded = False
+    ID_TYPE = "bigint PRIMARY KEY"
+    META_TYPES = ("text NOT NULL", "bigint NOT NULL", "bigint NOT NULL", "text NOT NULL")
 
-    async def write(self, conn: asyncpg.Connection, results: Sequence[PageResult]) -> None:
-        """Copy the batch's new items into their tables; refresh the views of dict types."""
-        classes: dict[type, str] = {}
-        type_names: set[str] = set()
-        for result in results:
-            classes.update(result.item_classes)
-            type_names.update(type_name for type_name, _ in result.items)
-        if not type_names:
-            return
-        await self._load(conn)
-        for cls, type_name in classes.items():
-            if cls not in self._checked:
-                await self.ensure_table(conn, type_name, item_fields(cls))
-                self._checked.add(cls)
-        for type_name in sorted(type_names):
-            if (table := self._tables.get(type_name)) is not None:
-                await conn.execute(_insert_sql(table))
-            else:
-                await self._refresh_view(conn, type_name, _keys_seen(results, type_name))
+    def _entry(self, type_name: str, name: str) -> _Object:
+        return _Object(type_name, name)
 
-    async def ensure_table(
-        self, conn: asyncpg.Connection, type_name: str, fields: Iterable[tuple[str, ColumnKind]]
-    ) -> None:
-        """Create the table of `type_name`, or add the columns it lacks for `fields`."""
-        await self._load(conn)
-        table = self._tables.get(type_name)
-        created = table is None
-        if table is None:
-            table = _Object(type_name, await _free_name(conn, type_name, ""))
-        new = [(name, kind) for name, kind in fields if name not in table.columns]
-        if not new and not created:
-            return
-        taken = {c.lower() for c in (ID_COLUMN, *META_COLUMNS, *table.columns.values())}
-        quoted = quote_identifier(table.name)
-        definitions: list[str] = []
-        for field_name, kind in new:
-            column = unique_column(field_name, taken)
-            table.columns[field_name] = column
-            table.kinds[column] = kind
-            if kind is ColumnKind.JSON:
-                table.json_columns.append(column)
-            definitions.append(f"{quote_identifier(column)} {_TYPES[kind]}")
-        if created:
-            head = [f"{quote_identifier(ID_COLUMN)} bigint PRIMARY KEY"]
-            tail = [f"{quote_identifier(c)} {t}" for c, t in zip(META_COLUMNS, _META, strict=True)]
-            body = ",\n  ".join(head + definitions + tail)
-            await conn.execute(f"CREATE TABLE {quoted} (\n  {body}\n)")
-        else:
-            for definition in definitions:
-                await conn.execute(f"ALTER TABLE {quoted} ADD COLUMN {definition}")
-        self._tables[type_name] = table
-        await _register(conn, table, "table")
+    def _column_type(self, kind: ColumnKind) -> str:
+        return _TYPES[kind]
+
+    async def _execute(self, conn: asyncpg.Connection, sql: str) -> None:
+        await conn.execute(sql)
+
+    async def _fetch(self, conn: asyncpg.Connection, sql: str) -> list[tuple[Any, ...]]:
+        return [tuple(row) for row in await conn.fetch(sql)]
+
+    async def _copy(self, conn: asyncpg.Connection, table: _Object) -> None:
+        await conn.execute(_insert_sql(table))
 
     async def _refresh_view(
-        self, conn: asyncpg.Connection, type_name: str, seen: dict[str, str]
+        self, conn: asyncpg.Connection, type_name: str, results: Sequence[PageResult]
     ) -> None:
-        """Add the keys `seen` in this batch's items (key -> column type, in the order first
+        """Add the keys seen in this batch's items (key -> column type, in the order first
         seen: jsonb keeps no key order) to the type's view."""
+        seen = _keys_seen(results, type_name)
         view = self._views.get(type_name)
-        if view is not None and (view.columns.keys() | view.skipped_keys).issuperset(seen):
+        if view is not None and view.knows(seen):
             return
-        await self._load(conn, force=True)  # another worker may have changed it
-        view = self._views.get(type_name)
-        if view is None:
-            view = _Object(type_name, await _free_name(conn, type_name, "_view"))
-            self._views[type_name] = view
-        taken = {c.lower() for c in (ID_COLUMN, *META_COLUMNS, *view.columns.values())}
-        for key, value_type in seen.items():
-            if key in view.columns or key in view.skipped_keys:
-                continue
-            unsafe = any(ch in key for ch in '"\\') or any(ord(ch) < 32 for ch in key)
-            if unsafe or len(view.columns) >= MAX_VIEW_KEYS:
-                logger.warning("%s items: key %r is not a column of %s", type_name, key, view.name)
-                view.skipped_keys.add(key)
-                continue
-            view.columns[key] = unique_column(key, taken)
-            view.view_types[view.columns[key]] = value_type
-        quoted = quote_identifier(view.name)
-        await conn.execute(f"DROP VIEW IF EXISTS {quoted}")
-        await conn.execute(f"CREATE VIEW {quoted} AS {_view_select(view)}")
-        await _register(conn, view, "view")
+        view, added = await self._add_view_keys(conn, type_name, seen)
+        for key in added:
+            view.view_types[view.columns[key]] = seen[key]
+        await self._replace_view(conn, view)
 
-    async def _load(self, conn: asyncpg.Connection, *, force: bool = False) -> None:
-        if self._loaded and not force:
-            return
-        self._loaded = True
-        for row in await conn.fetch(_REGISTERED):
-            type_name, kind, name, columns, json_columns = row
-            entry = _Object(str(type_name), str(name))
-            entry.columns = {str(k): str(v) for k, v in json.loads(columns).items()}
-            entry.json_columns = [str(c) for c in json.loads(json_columns)]
-            cached = (self._tables if kind == "table" else self._views).get(entry.type_name)
-            if cached is not None:
-                entry.skipped_keys = cached.skipped_keys
+    def _view_select(self, view: _Object) -> str:
+        return select_sql(
+            view, lambda key, column: _view_value(key, view.view_types.get(column, "text"))
+        )
+
+    async def _registered(self, conn: asyncpg.Connection) -> list[tuple[str, _Object]]:
+        registered: list[tuple[str, _Object]] = []
+        for type_name, kind, name, columns, json_columns in await self._fetch(conn, _REGISTERED):
+            entry = _Object.decode(type_name, name, columns, json_columns)
             declared_types = await _column_types(conn, entry.name)
             entry.view_types = {column: declared for column, declared in declared_types}
             entry.kinds = {
                 column: ColumnKind.JSON if column in entry.json_columns else _kind_of(declared)
                 for column, declared in declared_types
             }
-            (self._tables if kind == "table" else self._views)[entry.type_name] = entry
+            registered.append((str(kind), entry))
+        return registered
+
+    async def _taken(self, conn: asyncpg.Connection, lowered: str) -> bool:
+        if lowered in {"frontier_counts", "hosts"} or lowered.startswith(("pg_", "crawler_")):
+            return True
+        return bool(await conn.fetchval(_NAME_TAKEN, lowered))
+
+    async def _register(
+        self, conn: asyncpg.Connection, entry: _Object, values: Sequence[str]
+    ) -> None:
+        await conn.execute(
+            "INSERT INTO item_tables (type, kind, name, columns, json_columns, last_item_id) "
+            "VALUES ($1, $2, $3, $4::json, $5::json, 0) ON CONFLICT (type, kind) DO UPDATE "
+            "SET name = excluded.name, columns = excluded.columns, "
+            "json_columns = excluded.json_columns",
+            *values,
+        )
 
 
 async def declare_pg_item_tables(conn: asyncpg.Connection, spider: Spider) -> None:
@@ -183,21 +129,12 @@ async def declare_pg_item_tables(conn: asyncpg.Connection, spider: Spider) -> No
     Raises:
         SpiderError: an entry of `item_types` is not a dataclass.
     """
-    tables = PgItemTables()
-    for cls in list[object](type(spider).item_types):
-        if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-            raise SpiderError(
-                f"{type(spider).__name__}.item_types must list dataclasses, got {cls!r}"
-            )
-        await tables.ensure_table(conn, dataclass_type_name(cls), item_fields(cls))
+    await PgItemTables().declare(conn, declared_item_types(spider))
 
 
 async def drop_pg_item_tables(conn: asyncpg.Connection) -> None:
     """Drop every registered item table and view (for `--fresh`), in the caller's transaction."""
-    for kind, name in await conn.fetch("SELECT kind, name FROM item_tables ORDER BY kind DESC"):
-        what = "VIEW" if kind == "view" else "TABLE"
-        await conn.execute(f"DROP {what} IF EXISTS {quote_identifier(str(name))}")
-    await conn.execute("DELETE FROM item_tables")
+    await PgItemTables().drop_all(conn)
 
 
 def _kind_of(declared: str) -> ColumnKind:
@@ -215,34 +152,11 @@ async def _column_types(conn: asyncpg.Connection, name: str) -> list[tuple[str, 
     return [(str(r[0]), str(r[1])) for r in rows]
 
 
-async def _free_name(conn: asyncpg.Connection, type_name: str, suffix: str) -> str:
-    candidates = [f"{type_name}{suffix}", f"{type_name}_items{suffix}"]
-    number = 2
-    while True:
-        for name in candidates:
-            lowered = name.lower()
-            if lowered in RESERVED_NAMES or lowered in {"frontier_counts", "hosts"}:
-                continue
-            if lowered.startswith(("pg_", "crawler_")):
-                continue
-            taken = await conn.fetchval(_NAME_TAKEN, lowered)
-            if not taken:
-                return name
-        candidates = [f"{type_name}_items_{number}{suffix}"]
-        number += 1
+def _insert_sql(table: _Object) -> str:
+    def read(key: str, column: str) -> str:
+        return _value(key, table.kinds.get(column, ColumnKind.TEXT))
 
-
-async def _register(conn: asyncpg.Connection, entry: _Object, kind: str) -> None:
-    await conn.execute(
-        "INSERT INTO item_tables (type, kind, name, columns, json_columns, last_item_id) "
-        "VALUES ($1, $2, $3, $4::json, $5::json, 0) ON CONFLICT (type, kind) DO UPDATE SET "
-        "name = excluded.name, columns = excluded.columns, json_columns = excluded.json_columns",
-        entry.type_name,
-        kind,
-        entry.name,
-        json.dumps(entry.columns, ensure_ascii=False),
-        json.dumps(entry.json_columns, ensure_ascii=False),
-    )
+    return copy_sql(table, read, sql_literal(table.type_name)) + " ORDER BY id"
 
 
 def _value(key: str, kind: ColumnKind) -> str:
@@ -257,21 +171,6 @@ def _value(key: str, kind: ColumnKind) -> str:
     if kind is ColumnKind.INTEGER:
         return f"({number})::bigint"
     return f"({number})::double precision"
-
-
-def _insert_sql(table: _Object) -> str:
-    quoted = quote_identifier(table.name)
-    targets = [ID_COLUMN, *table.columns.values(), *META_COLUMNS]
-    values = ["id"]
-    for key, column in table.columns.items():
-        values.append(_value(key, table.kinds.get(column, ColumnKind.TEXT)))
-    values += list(META_COLUMNS)
-    return (
-        f"INSERT INTO {quoted} ({', '.join(quote_identifier(c) for c in targets)}) "
-        f"SELECT {', '.join(values)} FROM items WHERE type = {sql_literal(table.type_name)} "
-        f"AND id > (SELECT coalesce(max({quote_identifier(ID_COLUMN)}), 0) FROM {quoted}) "
-        "ORDER BY id"
-    )
 
 
 def _keys_seen(results: Sequence[PageResult], type_name: str) -> dict[str, str]:
@@ -312,16 +211,6 @@ def _view_value(key: str, column_type: str) -> str:
     return (
         f"CASE WHEN jsonb_typeof({value}) = '{json_type}' THEN ({value})::text::{column_type} END"
     )
-
-
-def _view_select(view: _Object) -> str:
-    columns = [f"id AS {quote_identifier(ID_COLUMN)}"]
-    columns += [
-        f"{_view_value(key, view.view_types.get(column, 'text'))} AS {quote_identifier(column)}"
-        for key, column in view.columns.items()
-    ]
-    columns += list(META_COLUMNS)
-    return f"SELECT {', '.join(columns)} FROM items WHERE type = {sql_literal(view.type_name)}"
 
 
 _REGISTERED: Final = (
