@@ -9,17 +9,14 @@ their leases at once; runs of other machines keep theirs until they expire.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import time
-from typing import Any, Final
+from typing import Any
 
 import asyncpg
 
-from crawler.errors import StorageError
 from crawler.records import utc_now
 from crawler.store.pg_items import drop_pg_item_tables
-from crawler.store.runs import pid_alive
+from crawler.store.runs import CRAWL_TABLES, check_spider, dead_runs, new_run
 
 __all__ = [
     "empty_pg_database",
@@ -27,21 +24,6 @@ __all__ = [
     "release_pg_leases",
     "start_pg_run",
 ]
-
-_TABLES: Final = (
-    "fetches",
-    "item_history",
-    "links",
-    "items",
-    "item_keys",
-    "item_errors",
-    "errors",
-    "robots",
-    "pages",
-    "requests",
-    "hosts",
-    "crawls",
-)
 
 
 async def start_pg_run(
@@ -58,24 +40,14 @@ async def start_pg_run(
         # worker that started a moment ago already wrote.
         await conn.execute("LOCK TABLE crawls IN SHARE ROW EXCLUSIVE MODE")
         spiders = {row[0] for row in await conn.fetch("SELECT DISTINCT spider FROM crawls")}
+        check_spider(spiders, spider, fresh=fresh, target="database")
         if fresh:
             await _empty(conn)
-        elif spiders - {spider}:
-            others = ", ".join(sorted(spiders - {spider}))
-            raise StorageError(
-                f"the database holds a crawl of spider {others!r}, not {spider!r}; "
-                "use --fresh to start over or choose another database with -o"
-            )
         await _recover_dead_runs(conn, hostname)
         run_id = await conn.fetchval(
             "INSERT INTO crawls (spider, started_at, status, settings, pid, hostname, "
             "heartbeat_at) VALUES ($1, $2, 'running', $3::jsonb, $4, $5, $6) RETURNING id",
-            spider,
-            utc_now(),
-            json.dumps(settings, default=str),
-            os.getpid(),
-            hostname,
-            time.time(),
+            *new_run(spider, settings, hostname),
         )
     return int(run_id)
 
@@ -89,7 +61,7 @@ async def empty_pg_database(conn: asyncpg.Connection) -> None:
 
 async def _empty(conn: asyncpg.Connection) -> None:
     await drop_pg_item_tables(conn)
-    await conn.execute(f"TRUNCATE {', '.join(_TABLES)} RESTART IDENTITY")
+    await conn.execute(f"TRUNCATE {', '.join(CRAWL_TABLES)} RESTART IDENTITY")
     await conn.execute("UPDATE frontier_counts SET admitted = 0")
 
 
@@ -97,7 +69,7 @@ async def _recover_dead_runs(conn: asyncpg.Connection, hostname: str) -> None:
     rows = await conn.fetch(
         "SELECT id, pid FROM crawls WHERE status = 'running' AND hostname = $1", hostname
     )
-    dead = [int(run_id) for run_id, pid in rows if pid is None or not pid_alive(int(pid))]
+    dead = dead_runs(rows)
     if not dead:
         return
     await conn.execute(

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterable
 from typing import Any, Final
 
 import aiosqlite
@@ -20,9 +21,18 @@ from crawler.records import utc_now
 from crawler.store.item_tables import drop_item_tables
 from crawler.store.schema import rollback
 
-__all__ = ["finish_run", "pid_alive", "release_leases", "start_run"]
+__all__ = [
+    "CRAWL_TABLES",
+    "check_spider",
+    "dead_runs",
+    "finish_run",
+    "new_run",
+    "pid_alive",
+    "release_leases",
+    "start_run",
+]
 
-_TABLES: Final = (
+CRAWL_TABLES: Final = (
     "fetches",
     "item_history",
     "links",
@@ -36,6 +46,7 @@ _TABLES: Final = (
     "hosts",
     "crawls",
 )
+"""The tables `--fresh` empties (besides the item tables), those that point at others first."""
 
 
 def pid_alive(pid: int) -> bool:
@@ -47,6 +58,40 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return not _zombie(pid)
+
+
+def check_spider(spiders: set[str], spider: str, *, fresh: bool, target: str) -> None:
+    """Refuse to run `spider` into a database whose crawls (of `spiders`) are another
+    spider's, unless `fresh` (then it is emptied first); `target` names it: "file",
+    "database".
+
+    Raises:
+        StorageError: the database holds another spider's crawl and `fresh` is false.
+    """
+    if spiders - {spider} and not fresh:
+        others = ", ".join(sorted(spiders - {spider}))
+        raise StorageError(
+            f"the database holds a crawl of spider {others!r}, not {spider!r}; "
+            f"use --fresh to start over or choose another {target} with -o"
+        )
+
+
+def new_run(spider: str, settings: dict[str, Any], hostname: str) -> tuple[object, ...]:
+    """A new run's `crawls` values: spider, started_at, settings (JSON), pid, hostname and
+    heartbeat_at; its status is `running`."""
+    return (
+        spider,
+        utc_now(),
+        json.dumps(settings, default=str),
+        os.getpid(),
+        hostname,
+        time.time(),
+    )
+
+
+def dead_runs(rows: Iterable[Iterable[Any]]) -> list[int]:
+    """The ids of the running runs of this machine whose process is gone, of (id, pid) rows."""
+    return [int(run_id) for run_id, pid in rows if pid is None or not pid_alive(int(pid))]
 
 
 def _zombie(pid: int) -> bool:
@@ -74,31 +119,18 @@ async def start_run(
     hostname = socket.gethostname()
     await conn.execute("BEGIN IMMEDIATE")
     try:
-        async with conn.execute("SELECT DISTINCT spider FROM crawls") as cursor:
-            spiders = {row[0] for row in await cursor.fetchall()}
+        spiders = await conn.execute_fetchall("SELECT DISTINCT spider FROM crawls")
+        check_spider({row[0] for row in spiders}, spider, fresh=fresh, target="file")
         if fresh:
             await drop_item_tables(conn)
-            for table in _TABLES:
+            for table in CRAWL_TABLES:
                 await conn.execute(f"DELETE FROM {table}")
             await conn.execute("UPDATE frontier_counts SET admitted = 0")
-        elif spiders - {spider}:
-            others = ", ".join(sorted(spiders - {spider}))
-            raise StorageError(
-                f"the database holds a crawl of spider {others!r}, not {spider!r}; "
-                "use --fresh to start over or choose another file with -o"
-            )
         await _recover_dead_runs(conn, hostname)
         cursor = await conn.execute(
             "INSERT INTO crawls (spider, started_at, status, settings, pid, hostname, heartbeat_at)"
             " VALUES (?, ?, 'running', ?, ?, ?, ?)",
-            (
-                spider,
-                utc_now(),
-                json.dumps(settings, default=str),
-                os.getpid(),
-                hostname,
-                time.time(),
-            ),
+            new_run(spider, settings, hostname),
         )
         run_id = cursor.lastrowid
         await conn.execute("COMMIT")
@@ -114,16 +146,10 @@ async def _recover_dead_runs(conn: aiosqlite.Connection, hostname: str) -> None:
 
     Runs on other machines keep their leases until these expire (see claims.LEASE_SECONDS).
     """
-    async with conn.execute(
-        "SELECT id, pid, hostname FROM crawls WHERE status = 'running'"
-    ) as cursor:
-        rows = await cursor.fetchall()
-    dead = [
-        run_id
-        for run_id, pid, host in rows
-        if host == hostname and (pid is None or not pid_alive(int(pid)))
-    ]
-    for run_id in dead:
+    rows = await conn.execute_fetchall(
+        "SELECT id, pid FROM crawls WHERE status = 'running' AND hostname = ?", (hostname,)
+    )
+    for run_id in dead_runs(rows):
         await conn.execute(
             "UPDATE crawls SET status = 'crashed', finished_at = coalesce(finished_at, ?) "
             "WHERE id = ?",
