@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, final
 
@@ -27,8 +27,11 @@ from crawler.store.refresh import attach_previous
 __all__ = [
     "LEASE_SECONDS",
     "ClaimBatch",
+    "ClaimOrder",
     "ClaimSource",
     "Claims",
+    "LeaseRenewal",
+    "claimed_from_row",
     "host_from_row",
     "robots_from_row",
 ]
@@ -82,22 +85,64 @@ class ClaimSource(Protocol):
 
 
 @final
+class ClaimOrder:
+    """The order claims take requests in, on either database: hosts take turns (a claim
+    starts after the host the last one ended with, and wraps around to the first), and a
+    host's requests go by priority, then oldest first (newest first with `order = "dfs"`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.depth_first = settings.order == "dfs"
+        self.sql = "priority DESC, id DESC" if self.depth_first else "priority DESC, id"
+        """The ORDER BY of a host's pending requests."""
+        self.last_host = ""
+        """The host the last claim ended with: the next one starts after it."""
+
+    async def hosts(self, hosts_after: Callable[[str, int], Awaitable[list[str]]]) -> list[str]:
+        """Up to `_HOSTS_PER_CLAIM` hosts with pending requests, in turn: those after the
+        host the last claim ended with, then from the first host on (`hosts_after(host, n)`
+        reads the first `n` after `host`)."""
+        hosts = await hosts_after(self.last_host, _HOSTS_PER_CLAIM)
+        if len(hosts) < _HOSTS_PER_CLAIM and self.last_host:
+            wrapped = await hosts_after("", _HOSTS_PER_CLAIM - len(hosts))
+            hosts.extend(host for host in wrapped if host <= self.last_host)
+        return hosts
+
+    def sort(self, claimed: list[Claimed]) -> None:
+        """Put the requests of one claim, taken host by host, in the crawl's order."""
+        descending = self.depth_first
+        claimed.sort(key=lambda c: (-c.request.priority, -c.id if descending else c.id))
+
+
+@final
+class LeaseRenewal:
+    """When a run's leases and heartbeat are to be extended: every `LEASE_SECONDS / 4`."""
+
+    def __init__(self) -> None:
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        """Whether it is time; if so, the next period starts now."""
+        if time.monotonic() - self._last <= LEASE_SECONDS / 4:
+            return False
+        self._last = time.monotonic()
+        return True
+
+
+@final
 class Claims:
     """The claims of one run, on the writer's connection."""
 
     def __init__(self, conn: aiosqlite.Connection, *, run_id: int, settings: Settings) -> None:
         self._conn = conn
         self._run_id = run_id
-        self._depth_first = settings.order == "dfs"
-        self._host_cursor = ""
-        """The host the last claim ended with: the next one starts after it."""
-        self._last_renewal = time.monotonic()
+        self._order = ClaimOrder(settings)
+        self._renewal = LeaseRenewal()
         self.refetches = False
         """Whether claimed requests may have a stored page (re-fetches, which need it)."""
 
     async def prepare(self) -> None:
         """Create what this run's claim order needs (depth-first: an index of its own)."""
-        if self._depth_first:
+        if self._order.depth_first:
             await self._conn.execute(
                 "CREATE INDEX IF NOT EXISTS requests_frontier_dfs "
                 "ON requests (host, priority DESC, id DESC) WHERE state = 'pending'"
@@ -113,13 +158,12 @@ class Claims:
         """Lease up to `limit` due pending requests (see `Storage.claim`); with `known`, also
         read the stored state of the claimed hosts it says are not in memory."""
         now = time.time()
-        descending = self._depth_first
-        sql = _CLAIM.format(order="priority DESC, id DESC" if descending else "priority DESC, id")
+        sql = _CLAIM.format(order=self._order.sql)
         per_host = per_host or limit
         claimed: list[Claimed] = []
         fresh_hosts: list[str] = []
         capped = more = False
-        for host in await self._pending_hosts():
+        for host in await self._order.hosts(self._hosts_after):
             if len(claimed) >= limit:
                 more = True
                 break
@@ -131,12 +175,12 @@ class Claims:
             params = (self._run_id, now + LEASE_SECONDS, host, now, now, room)
             async with self._conn.execute(sql, params) as cursor:
                 rows = list(await cursor.fetchall())
-            claimed.extend(_claimed_from_row(row) for row in rows)
+            claimed.extend(claimed_from_row(row) for row in rows)
             if rows and known is not None and not known(host):
                 fresh_hosts.append(host)
             more = more or len(rows) == room
-            self._host_cursor = host
-        claimed.sort(key=lambda c: (-c.request.priority, -c.id if descending else c.id))
+            self._order.last_host = host
+        self._order.sort(claimed)
         if self.refetches and claimed:
             await attach_previous(self._conn, claimed)
         if claimed or capped:
@@ -156,9 +200,8 @@ class Claims:
 
     async def renew_leases_if_due(self) -> None:
         """Extend this run's leases and heartbeat, every `LEASE_SECONDS / 4`."""
-        if time.monotonic() - self._last_renewal <= LEASE_SECONDS / 4:
+        if not self._renewal.due():
             return
-        self._last_renewal = time.monotonic()
         await self._conn.execute(
             "UPDATE requests SET lease_expires = ? WHERE lease_owner = ? AND state = 'pending'",
             (time.time() + LEASE_SECONDS, self._run_id),
@@ -176,22 +219,13 @@ class Claims:
             [robots_from_row(row) for row in robots_rows],
         )
 
-    async def _pending_hosts(self) -> list[str]:
-        """Up to `_HOSTS_PER_CLAIM` hosts with pending requests, in turn: those after the
-        host the last claim ended with, then from the first host on."""
-        hosts = await self._hosts_after(self._host_cursor, _HOSTS_PER_CLAIM)
-        if len(hosts) < _HOSTS_PER_CLAIM and self._host_cursor:
-            wrapped = await self._hosts_after("", _HOSTS_PER_CLAIM - len(hosts))
-            hosts.extend(host for host in wrapped if host <= self._host_cursor)
-        return hosts
-
     async def _hosts_after(self, after: str, count: int) -> list[str]:
         async with self._conn.execute(_PENDING_HOSTS, (after, count)) as cursor:
             return [str(row[0]) for row in await cursor.fetchall()]
 
 
-def _claimed_from_row(row: Sequence[object]) -> Claimed:
-    """Rebuild a claimed request from the columns `_CLAIM` returns."""
+def claimed_from_row(row: Sequence[object]) -> Claimed:
+    """Rebuild a claimed request from the columns a claim returns (also PostgreSQL's)."""
     row_id, url, method, callback, headers, meta, depth, priority, attempts = row
     request = Request(
         str(url),

@@ -18,10 +18,10 @@ Leases end after `LEASE_SECONDS` unless renewed with the heartbeat (crawler.stor
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Final, final
 
 import asyncpg
@@ -29,14 +29,20 @@ import asyncpg
 from crawler.links import host_of
 from crawler.records import Claimed
 from crawler.settings import Settings
-from crawler.spider.http import Request
-from crawler.store.claims import LEASE_SECONDS, ClaimBatch, host_from_row, robots_from_row
+from crawler.store.claims import (
+    LEASE_SECONDS,
+    ClaimBatch,
+    ClaimOrder,
+    LeaseRenewal,
+    claimed_from_row,
+    host_from_row,
+    robots_from_row,
+)
 from crawler.store.pg_link import PgLink
 from crawler.store.pg_refresh import pg_attach_previous
 
 __all__ = ["PgClaims"]
 
-_HOSTS_PER_CLAIM: Final = 256
 _DELAY_HORIZON: Final = 0.25
 """Seconds of a delayed host's turns one claim may take, and at least two turns: a slow host
 is shared out a few requests at a time, so that every worker gets its share of it."""
@@ -50,10 +56,9 @@ class PgClaims:
         self._link = link
         self._run_id = run_id
         self._settings = settings
-        order = "priority DESC, id DESC" if settings.order == "dfs" else "priority DESC, id"
-        self._claim_sql = _CLAIM.format(order=order)
-        self._host_cursor = ""
-        self._last_renewal = time.monotonic()
+        self._order = ClaimOrder(settings)
+        self._claim_sql = _CLAIM.format(order=self._order.sql)
+        self._renewal = LeaseRenewal()
         self.refetches = False
         """Whether claimed requests may have a stored page (re-fetches, which need it)."""
 
@@ -91,7 +96,7 @@ class PgClaims:
         now = time.time()
         wanted: list[str] = []
         capped = False
-        for host in await self._pending_hosts(conn):
+        for host in await self._order.hosts(partial(_hosts_after, conn)):
             if per_host - held.get(host, 0) < max(1, per_host // 4):
                 capped = True  # refill a host in chunks, not one request per finished page
             else:
@@ -120,14 +125,13 @@ class PgClaims:
             got = await conn.fetch(
                 self._claim_sql, host, now, room, self._run_id, now + LEASE_SECONDS
             )
-            claimed.extend(_claimed_from_row(tuple(row)) for row in got)
+            claimed.extend(claimed_from_row(tuple(row)) for row in got)
             more = more or len(got) == room
-            self._host_cursor = host
+            self._order.last_host = host
             if len(claimed) >= limit:
                 more = True
                 break
-        descending = self._settings.order == "dfs"
-        claimed.sort(key=lambda c: (-c.request.priority, -c.id if descending else c.id))
+        self._order.sort(claimed)
         if claimed:
             return ClaimBatch(claimed=claimed, more=more)
         if capped and not rows:
@@ -155,10 +159,8 @@ class PgClaims:
 
     async def renew_leases_if_due(self) -> None:
         """Extend this run's leases and heartbeat, every `LEASE_SECONDS / 4`."""
-        if time.monotonic() - self._last_renewal <= LEASE_SECONDS / 4:
-            return
-        self._last_renewal = time.monotonic()
-        await self._link.transaction(self._renew)
+        if self._renewal.due():
+            await self._link.transaction(self._renew)
 
     async def _renew(self, conn: asyncpg.Connection) -> None:
         now = time.time()
@@ -169,29 +171,9 @@ class PgClaims:
         )
         await conn.execute("UPDATE crawls SET heartbeat_at = $1 WHERE id = $2", now, self._run_id)
 
-    async def _pending_hosts(self, conn: asyncpg.Connection) -> list[str]:
-        """Up to `_HOSTS_PER_CLAIM` hosts with pending requests, in turn after the last."""
-        hosts = [
-            r[0] for r in await conn.fetch(_PENDING_HOSTS, self._host_cursor, _HOSTS_PER_CLAIM)
-        ]
-        if len(hosts) < _HOSTS_PER_CLAIM and self._host_cursor:
-            wrapped = await conn.fetch(_PENDING_HOSTS, "", _HOSTS_PER_CLAIM - len(hosts))
-            hosts.extend(r[0] for r in wrapped if r[0] <= self._host_cursor)
-        return hosts
 
-
-def _claimed_from_row(row: Sequence[object]) -> Claimed:
-    row_id, url, method, callback, headers, meta, depth, priority, attempts = row
-    request = Request(
-        str(url),
-        callback=str(callback or "parse"),
-        method=str(method),
-        headers=json.loads(str(headers)) if headers else None,
-        meta=json.loads(str(meta)) if meta else None,
-        priority=int(priority),  # type: ignore[call-overload]
-        depth=int(depth),  # type: ignore[call-overload]
-    )
-    return Claimed(id=int(row_id), request=request, attempts=int(attempts))  # type: ignore[call-overload]
+async def _hosts_after(conn: asyncpg.Connection, after: str, count: int) -> list[str]:
+    return [r[0] for r in await conn.fetch(_PENDING_HOSTS, after, count)]
 
 
 _STORED_HOSTS: Final = (
