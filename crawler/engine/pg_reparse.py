@@ -11,20 +11,17 @@ raises `StopCrawl`, a Ctrl-C or any failure rolls it all back.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
 from typing import Final, final
 
 import asyncpg
 
 from crawler.engine.reparse import CALLBACK_ERROR_KINDS, REPARSE_BATCH, ReparseSummary
-from crawler.engine.reparse_chunks import ChunkParser, ItemFields
+from crawler.engine.reparse_chunks import ChunkParser
 from crawler.engine.reparse_rows import ReparseRows, RowWriter, Tally
 from crawler.errors import StorageError
-from crawler.records import PageResult, utc_now
 from crawler.settings import Settings
 from crawler.spider.base import Spider
 from crawler.store.claims import LEASE_SECONDS
-from crawler.store.columns import quote_identifier
 from crawler.store.pages import pg_pages_with_bodies
 from crawler.store.pg_items import PgItemTables, declare_pg_item_tables
 from crawler.store.pg_schema import open_pg, pg_error, redact
@@ -116,50 +113,21 @@ async def _clear(conn: asyncpg.Connection) -> None:
     )
     await conn.execute(f"DELETE FROM item_errors WHERE request_id IN ({_REPARSED})")
     await conn.execute("DELETE FROM item_keys")
-    for type_name, kind, name in await conn.fetch("SELECT type, kind, name FROM item_tables"):
-        quoted = quote_identifier(str(name))
-        if kind == "table":
-            await conn.execute(f"DELETE FROM {quoted} WHERE request_id IN ({_REPARSED})")
-            left = await conn.fetchval(f"SELECT count(*) FROM (SELECT 1 FROM {quoted} LIMIT 1) t")
-            drop = f"DROP TABLE IF EXISTS {quoted}"
-        else:
-            left = await conn.fetchval(
-                "SELECT count(*) FROM (SELECT 1 FROM items WHERE type = $1 LIMIT 1) t", type_name
-            )
-            drop = f"DROP VIEW IF EXISTS {quoted}"
-        if not left:  # made again from the current dataclass / keys as items arrive
-            await conn.execute(drop)
-            await conn.execute("DELETE FROM item_tables WHERE name = $1", name)
+    await PgItemTables().drop_emptied(conn, _REPARSED)
 
 
 @final
-class _PgRowWriter(RowWriter):
+class _PgRowWriter(RowWriter[asyncpg.Connection]):
     """RowWriter's rows (de-duplicated items, keys, errors), written with PostgreSQL's
     multi-row statements."""
 
     def __init__(self, conn: asyncpg.Connection, tally: Tally) -> None:
-        self._pg = conn
-        self._tally = tally
-        self._pg_tables = PgItemTables()
-        self._seen_keys: set[tuple[str, int]] = set()
-        self._declared: set[tuple[str, ItemFields]] = set()
+        super().__init__(conn, PgItemTables(), tally)
 
-    async def write(
-        self, batch: Sequence[tuple[int, PageResult]], tables: Iterable[tuple[str, ItemFields]]
-    ) -> None:
-        now = utc_now()
-        rows = ReparseRows()
-        for crawl_id, result in batch:
-            self._add_items(rows, crawl_id, result, now)
-            self._add_errors(rows, crawl_id, result, now)
+    async def _insert(self, rows: ReparseRows) -> None:
         for statement, values in zip(_INSERTS, (rows.items, rows.keys, rows.errors), strict=True):
-            await statement.run(self._pg, values)
-        await _ITEM_ERRORS.run(self._pg, rows.item_errors)
-        for table in tables:
-            if table not in self._declared:
-                await self._pg_tables.ensure_table(self._pg, *table)
-                self._declared.add(table)
-        await self._pg_tables.write(self._pg, [result for _, result in batch])
+            await statement.run(self._conn, values)
+        await _ITEM_ERRORS.run(self._conn, rows.item_errors)
 
 
 _REPARSED: Final = "SELECT request_id FROM pages WHERE body IS NOT NULL"

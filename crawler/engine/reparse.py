@@ -35,7 +35,7 @@ from rich.console import Console
 
 from crawler.engine.reparse_chunks import ChunkParser, ParsedChunk
 from crawler.engine.reparse_progress import ReparseProgress, show_reparse_progress
-from crawler.engine.reparse_rows import RowWriter, Tally
+from crawler.engine.reparse_rows import SqliteRowWriter, Tally
 from crawler.engine.reparse_workers import (
     CHUNKS_PER_WORKER,
     ChunkPool,
@@ -47,9 +47,8 @@ from crawler.records import utc_now
 from crawler.settings import Settings
 from crawler.spider.base import Spider
 from crawler.store.claims import LEASE_SECONDS
-from crawler.store.columns import quote_identifier
 from crawler.store.history import archive_reparsed_items
-from crawler.store.item_tables import declare_item_tables
+from crawler.store.item_tables import ItemTables, declare_item_tables
 from crawler.store.pages import pages_with_bodies
 from crawler.store.schema import open_database, rollback
 
@@ -281,7 +280,7 @@ async def _store_all(
 ) -> None:
     """Store each chunk's results as it comes, in page order; stop after the chunk in which
     a callback stopped the reparse."""
-    writer = RowWriter(conn, summary.tally)
+    writer = SqliteRowWriter(conn, summary.tally)
     async with contextlib.aclosing(chunks):
         async for chunk in chunks:
             summary.add(chunk)
@@ -317,21 +316,7 @@ async def _clear(conn: aiosqlite.Connection) -> None:
     await conn.execute(f"DELETE FROM item_errors WHERE request_id IN ({_REPARSED})")
     # Keys cannot be told apart by page: they are rebuilt from the items stored from here on.
     await conn.execute("DELETE FROM item_keys")
-    registered = await conn.execute_fetchall("SELECT type, kind, name FROM item_tables")
-    for type_name, kind, name in registered:
-        quoted = quote_identifier(str(name))
-        if kind == "table":
-            await conn.execute(f"DELETE FROM {quoted} WHERE request_id IN ({_REPARSED})")
-            left = await conn.execute_fetchall(f"SELECT 1 FROM {quoted} LIMIT 1")
-            drop = f"DROP TABLE IF EXISTS {quoted}"
-        else:
-            left = await conn.execute_fetchall(
-                "SELECT 1 FROM items WHERE type = ? LIMIT 1", (type_name,)
-            )
-            drop = f"DROP VIEW IF EXISTS {quoted}"
-        if not left:  # made again from the current dataclass / keys as items arrive
-            await conn.execute(drop)
-            await conn.execute("DELETE FROM item_tables WHERE name = ?", (name,))
+    await ItemTables().drop_emptied(conn, _REPARSED)
 
 
 async def _update_run_stats(conn: aiosqlite.Connection) -> None:

@@ -8,18 +8,22 @@ order a single-process reparse gives them.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import final
+from typing import Any, Generic, TypeVar, final
 
 import aiosqlite
 
 from crawler.engine.reparse_chunks import ItemFields
 from crawler.records import DropReason, PageResult, utc_now
+from crawler.store.item_registry import ItemRegistry
 from crawler.store.item_tables import ItemTables
 
-__all__ = ["ReparseRows", "RowWriter", "Tally"]
+__all__ = ["ReparseRows", "RowWriter", "SqliteRowWriter", "Tally"]
+
+Conn = TypeVar("Conn")
 
 
 @final
@@ -42,13 +46,14 @@ class ReparseRows:
     item_errors: list[tuple[object, ...]] = field(default_factory=list)
 
 
-class RowWriter:
-    """Writes batches of reparsed pages; remembers the item keys stored so far."""
+class RowWriter(ABC, Generic[Conn]):
+    """Writes batches of reparsed pages; remembers the item keys stored so far. The rows
+    are the same on either database; `_insert` writes them with its driver."""
 
-    def __init__(self, conn: aiosqlite.Connection, tally: Tally) -> None:
+    def __init__(self, conn: Conn, tables: ItemRegistry[Conn, Any], tally: Tally) -> None:
         self._conn = conn
         self._tally = tally
-        self._tables = ItemTables()
+        self._tables = tables
         self._seen_keys: set[tuple[str, int]] = set()
         self._declared: set[tuple[str, ItemFields]] = set()
 
@@ -62,32 +67,17 @@ class RowWriter:
         for crawl_id, result in batch:
             self._add_items(rows, crawl_id, result, now)
             self._add_errors(rows, crawl_id, result, now)
-        conn = self._conn
-        await conn.executemany(
-            "INSERT INTO items (crawl_id, request_id, page_url, type, data, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            rows.items,
-        )
-        await conn.executemany(
-            "INSERT OR IGNORE INTO item_keys (type, key_hash, key, crawl_id, created_at, "
-            "request_id) VALUES (?, ?, ?, ?, ?, ?)",
-            rows.keys,
-        )
-        await conn.executemany(
-            "INSERT INTO errors (crawl_id, request_id, url, kind, message, attempt, callback, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            rows.errors,
-        )
-        await conn.executemany(
-            "INSERT INTO item_errors (crawl_id, request_id, url, callback, item_type, field, "
-            "message, data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            rows.item_errors,
-        )
+        await self._insert(rows)
         for table in tables:
             if table not in self._declared:
-                await self._tables.ensure_table(conn, *table)
+                await self._tables.ensure_table(self._conn, *table)
                 self._declared.add(table)
-        await self._tables.write(conn, [result for _, result in batch])
+        await self._tables.write(self._conn, [result for _, result in batch])
+
+    @abstractmethod
+    async def _insert(self, rows: ReparseRows) -> None:
+        """Insert one batch's rows: items (in order: their ids are the reparse's), item keys,
+        errors and item errors."""
 
     def _add_items(self, rows: ReparseRows, crawl_id: int, result: PageResult, now: str) -> None:
         """Keep the page's items whose key no earlier item had; `result.items` keeps only those
@@ -123,4 +113,35 @@ class RowWriter:
         rows.item_errors.extend(
             (crawl_id, request_id, e.url, e.callback, e.item_type, e.field, e.message, e.data, now)
             for e in result.item_errors
+        )
+
+
+@final
+class SqliteRowWriter(RowWriter[aiosqlite.Connection]):
+    """A `RowWriter` for an SQLite file."""
+
+    def __init__(self, conn: aiosqlite.Connection, tally: Tally) -> None:
+        super().__init__(conn, ItemTables(), tally)
+
+    async def _insert(self, rows: ReparseRows) -> None:
+        conn = self._conn
+        await conn.executemany(
+            "INSERT INTO items (crawl_id, request_id, page_url, type, data, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            rows.items,
+        )
+        await conn.executemany(
+            "INSERT OR IGNORE INTO item_keys (type, key_hash, key, crawl_id, created_at, "
+            "request_id) VALUES (?, ?, ?, ?, ?, ?)",
+            rows.keys,
+        )
+        await conn.executemany(
+            "INSERT INTO errors (crawl_id, request_id, url, kind, message, attempt, callback, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows.errors,
+        )
+        await conn.executemany(
+            "INSERT INTO item_errors (crawl_id, request_id, url, callback, item_type, field, "
+            "message, data, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows.item_errors,
         )

@@ -57,6 +57,7 @@ _UNSAFE_KEY: Final = re.compile(r'["\\\x00-\x1f]')
 
 _REGISTERED_VIEWS_FIRST: Final = "SELECT kind, name FROM item_tables ORDER BY kind DESC"
 """Every registered object, views before the tables (the order to drop them in)."""
+_REGISTERED_OBJECTS: Final = "SELECT type, kind, name FROM item_tables"
 
 
 @dataclass(slots=True)
@@ -213,6 +214,24 @@ class ItemRegistry(ABC, Generic[Conn, Entry]):
         for kind, name in await self._fetch(conn, _REGISTERED_VIEWS_FIRST):
             await self._execute(conn, drop_sql(kind, name))
         await self._execute(conn, "DELETE FROM item_tables")
+
+    async def drop_emptied(self, conn: Conn, request_ids: str) -> None:
+        """Delete the typed rows of the requests the query `request_ids` selects (a reparse
+        writes them again), then drop and unregister each table or view left with no rows:
+        it is made again from the current dataclass or keys as items arrive."""
+        for type_name, kind, name in await self._fetch(conn, _REGISTERED_OBJECTS):
+            quoted = quote_identifier(str(name))
+            if kind == "table":
+                delete = f"DELETE FROM {quoted} WHERE request_id IN ({request_ids})"
+                await self._execute(conn, delete)
+                rows = f"SELECT 1 FROM {quoted} LIMIT 1"
+            else:
+                rows = f"SELECT 1 FROM items WHERE type = {sql_literal(str(type_name))} LIMIT 1"
+            if not await self._fetch(conn, rows):
+                await self._execute(conn, drop_sql(kind, name))
+                await self._execute(
+                    conn, f"DELETE FROM item_tables WHERE name = {sql_literal(str(name))}"
+                )
 
     async def _add_view_keys(
         self, conn: Conn, type_name: str, keys: Iterable[str]
