@@ -271,24 +271,14 @@ class Fetcher:
         is_last: bool,
         known: RedirectGate | None,
     ) -> Fetched:
-        """One attempt; a failure without a response is added to `failures` and raised."""
+        """One attempt. A failure without a response is added to `failures` and raised; an
+        error status is added too, and a retryable one raised so that tenacity retries it,
+        or deferred to the frontier when its Retry-After is long."""
         try:
-            return await self._fetch_checked(request, attempt, failures, is_last, known)
-        except FetchError as error:
-            failures.append(failure_record(request.url, error, attempt))
+            response = await self._fetch_once(request, known)
+        except FetchError as failure:
+            failures.append(failure_record(request.url, failure, attempt))
             raise
-
-    async def _fetch_checked(
-        self,
-        request: Request,
-        attempt: int,
-        failures: list[ErrorRecord],
-        is_last: bool,
-        known: RedirectGate | None,
-    ) -> Fetched:
-        """One attempt. Error statuses are added to `failures`; a retryable one is raised so
-        that tenacity retries it, or deferred to the frontier when its Retry-After is long."""
-        response = await self._fetch_once(request, known)
         response.attempts = attempt
         response.failures = failures
         if response.status < 400:
