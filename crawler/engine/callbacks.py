@@ -174,10 +174,10 @@ class CallbackRunner:
         name: str,
         spill: Callable[[list[Candidate], list[Skipped]], Awaitable[None]],
     ) -> Coroutine[object, None, None] | None:
-        """Route one output of a callback: a plain Request is admitted here (most outputs, and
-        no coroutine for them); anything else returns the coroutine that routes it. `depth`
-        and `name` are those of the page's request."""
-        if type(output) is Request:
+        """Route one output of a callback: a Request is admitted here (most outputs, and no
+        coroutine for them); anything else returns the coroutine that routes it. `depth` and
+        `name` are those of the page's request."""
+        if isinstance(output, Request):
             if output.depth <= depth:  # a plain Request(url): one below its page
                 output = output.replace(depth=depth + 1)
             self.admit(
@@ -235,18 +235,6 @@ class CallbackRunner:
 
     async def _route(self, output: object, response: Response, result: PageResult) -> None:
         request = response.request
-        if isinstance(output, Request):
-            if output.depth <= request.depth:  # a plain Request(url): one below its page
-                output = output.replace(depth=request.depth + 1)
-            self.admit(
-                output,
-                parent_id=result.request_id,
-                candidates=result.candidates,
-                skipped=result.skipped,
-                errors=result.errors,
-                callback=request.callback,
-            )
-            return
         if isinstance(output, Refused):  # a link the spider chose not to follow (rules.py)
             reason = self._frontier.refuse(
                 output.url,
