@@ -30,6 +30,13 @@ class FollowAllSpider(Spider):
             yield response.follow(url)
 
 
+class KeyedFollowAllSpider(FollowAllSpider):
+    """FollowAllSpider that de-duplicates its items by page number (it keeps item keys)."""
+
+    name = "follow_all"  # the same crawl: it may reparse FollowAllSpider's
+    dedupe_items_by = ("number",)
+
+
 class RaisingSpider(Spider):
     """Follows links, yields an item, then raises on every page whose number is a multiple of 5."""
 

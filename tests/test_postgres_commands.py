@@ -207,6 +207,17 @@ async def test_reparse_replaces_the_items_of_a_url(crawled: str, run_cli: RunCli
     assert other.code == 2 and "holds a crawl of spider" in other.stderr
 
 
+async def test_reparse_on_a_url_rebuilds_deduplication_keys(crawled: str, run_cli: RunCli) -> None:
+    keyed = "tests/spiders.py:KeyedFollowAllSpider"
+    for _ in range(2):  # keys of replaced items must not make their new versions duplicates
+        done = await run_cli("reparse", keyed, crawled, "-f", "json")
+        assert done.code == 0, done.stderr
+        assert json.loads(done.stdout)["items"] == 60
+        assert scalar(crawled, "SELECT count(*) FROM item_keys") == 60
+        # Each key names its page, as on SQLite, so that a re-crawl of that page can retire it.
+        assert scalar(crawled, "SELECT count(*) FROM item_keys WHERE request_id IS NULL") == 0
+
+
 async def test_a_recrawl_on_a_url_refetches_conditionally(
     crawled: str, follow_site: BaseTestServer
 ) -> None:

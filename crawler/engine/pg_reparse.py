@@ -139,10 +139,10 @@ _INSERTS: Final = (
         ("bigint", "bigint", "text", "text", "jsonb", "text"),
     ),
     PgStatement(
-        "INSERT INTO item_keys (type, key_hash, key, crawl_id, created_at) "
+        "INSERT INTO item_keys (type, key_hash, key, crawl_id, created_at, request_id) "
         "SELECT * FROM {rows} ON CONFLICT DO NOTHING",
-        ("type", "key_hash", "key", "crawl_id", "created_at"),
-        ("text", "bigint", "jsonb", "bigint", "text"),
+        ("type", "key_hash", "key", "crawl_id", "created_at", "request_id"),
+        ("text", "bigint", "jsonb", "bigint", "text", "bigint"),
     ),
     PgStatement(
         "INSERT INTO errors (crawl_id, request_id, url, kind, message, attempt, callback, "
