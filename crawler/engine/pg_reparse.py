@@ -15,10 +15,15 @@ from typing import Final, final
 
 import asyncpg
 
-from crawler.engine.reparse import CALLBACK_ERROR_KINDS, REPARSE_BATCH, ReparseSummary
+from crawler.engine.reparse import (
+    CALLBACK_ERROR_KINDS,
+    REPARSE_BATCH,
+    ReparseSummary,
+    refuse_other_spiders,
+    refuse_unready,
+)
 from crawler.engine.reparse_chunks import ChunkParser
 from crawler.engine.reparse_rows import ReparseRows, RowWriter, Tally
-from crawler.errors import StorageError
 from crawler.settings import Settings
 from crawler.spider.base import Spider
 from crawler.store.claims import LEASE_SECONDS
@@ -83,25 +88,18 @@ async def _check(
 ) -> None:
     where = redact(url)
     spiders = {str(row[0]) for row in await conn.fetch("SELECT DISTINCT spider FROM crawls")}
-    if spiders - {spider.name}:
-        others = ", ".join(sorted(spiders - {spider.name}))
-        raise StorageError(f"{where} holds a crawl of spider {others!r}, not {spider.name!r}")
+    refuse_other_spiders(where, spiders, spider)
     running = await conn.fetchval(
         "SELECT count(*) FROM crawls WHERE status = 'running' AND heartbeat_at > $1",
         time.time() - LEASE_SECONDS,
     )
-    if running:
-        raise StorageError(f"a crawl is running on {where}; reparse it when the crawl has ended")
     row = await conn.fetchrow(
         "SELECT count(body) FILTER (WHERE status < 300), "
         "count(*) FILTER (WHERE status < 300 AND body IS NULL) FROM pages"
     )
     with_body, without = (int(v) for v in tuple(row or (0, 0)))
     summary.without_body = without
-    if not with_body:
-        raise StorageError(
-            f"{where} has no stored page bodies to reparse; crawl with -s store_body=true"
-        )
+    refuse_unready(where, running=bool(running), with_body=with_body)
 
 
 async def _clear(conn: asyncpg.Connection) -> None:

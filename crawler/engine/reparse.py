@@ -52,7 +52,13 @@ from crawler.store.item_tables import ItemTables, declare_item_tables
 from crawler.store.pages import pages_with_bodies
 from crawler.store.schema import open_database, rollback
 
-__all__ = ["REPARSE_BATCH", "ReparseSummary", "reparse"]
+__all__ = [
+    "REPARSE_BATCH",
+    "ReparseSummary",
+    "refuse_other_spiders",
+    "refuse_unready",
+    "reparse",
+]
 
 REPARSE_BATCH: Final = 100
 """Pages per chunk parsed in this process: read, parsed and written together."""
@@ -220,25 +226,44 @@ async def _check(
 ) -> int:
     """Refuse what cannot be reparsed; return the number of pages with a stored body."""
     spiders = {str(row[0]) for row in await conn.execute_fetchall("SELECT spider FROM crawls")}
-    if spiders - {spider.name}:
-        others = ", ".join(sorted(spiders - {spider.name}))
-        raise StorageError(f"{db} holds a crawl of spider {others!r}, not {spider.name!r}")
+    refuse_other_spiders(db, spiders, spider)
     running = await conn.execute_fetchall(
         "SELECT id FROM crawls WHERE status = 'running' AND heartbeat_at > ?",
         (time.time() - LEASE_SECONDS,),
     )
-    if running:
-        raise StorageError(f"a crawl is running on {db}; reparse it when the crawl has ended")
     rows = await conn.execute_fetchall(
         "SELECT count(body) FILTER (WHERE status < 300), "
         "count(*) FILTER (WHERE status < 300 AND body IS NULL), count(body) FROM pages"
     )
     with_body, summary.without_body, total = (int(v) for v in next(iter(rows)))
+    refuse_unready(db, running=bool(running), with_body=with_body)
+    return total
+
+
+def refuse_other_spiders(where: object, spiders: set[str], spider: Spider) -> None:
+    """Refuse to reparse a database (named `where`) holding crawls of other spiders.
+
+    Raises:
+        StorageError: `spiders`, those of its crawls, are not all `spider`.
+    """
+    if spiders - {spider.name}:
+        others = ", ".join(sorted(spiders - {spider.name}))
+        raise StorageError(f"{where} holds a crawl of spider {others!r}, not {spider.name!r}")
+
+
+def refuse_unready(where: object, *, running: bool, with_body: int) -> None:
+    """Refuse to reparse a database (named `where`) a crawl is `running` on, or one without
+    successful pages' bodies (`with_body` of them).
+
+    Raises:
+        StorageError: it is either.
+    """
+    if running:
+        raise StorageError(f"a crawl is running on {where}; reparse it when the crawl has ended")
     if not with_body:
         raise StorageError(
-            f"{db} has no stored page bodies to reparse; crawl with -s store_body=true"
+            f"{where} has no stored page bodies to reparse; crawl with -s store_body=true"
         )
-    return total
 
 
 class _Stopped(Exception):
