@@ -38,10 +38,8 @@ __all__ = [
     "RESERVED_NAMES",
     "ItemRegistry",
     "Registered",
-    "copy_sql",
     "declared_item_types",
     "drop_sql",
-    "select_sql",
 ]
 
 logger = logging.getLogger(__name__)
@@ -124,6 +122,29 @@ class Registered:
             self.columns[key] = unique_column(key, taken)
             added.append(key)
         return added
+
+    def copy_sql(self, read: Callable[[str, str], str], type_value: str) -> str:
+        """INSERT … SELECT copying the items of type `type_value` (SQL) newer than the
+        table's newest row; `read(key, column)` is the SQL reading a field of `items.data`."""
+        quoted = quote_identifier(self.name)
+        targets = [ID_COLUMN, *self.columns.values(), *META_COLUMNS]
+        values = ["id", *(read(key, column) for key, column in self.columns.items())]
+        values += META_COLUMNS
+        return (
+            f"INSERT INTO {quoted} ({', '.join(quote_identifier(c) for c in targets)}) "
+            f"SELECT {', '.join(values)} FROM items WHERE type = {type_value} "
+            f"AND id > (SELECT coalesce(max({quote_identifier(ID_COLUMN)}), 0) FROM {quoted})"
+        )
+
+    def select_sql(self, read: Callable[[str, str], str]) -> str:
+        """The SELECT of a view: `read(key, column)` is the SQL reading a key of `items.data`."""
+        columns = [f"id AS {quote_identifier(ID_COLUMN)}"]
+        columns += [
+            f"{read(key, column)} AS {quote_identifier(column)}"
+            for key, column in self.columns.items()
+        ]
+        columns += META_COLUMNS
+        return f"SELECT {', '.join(columns)} FROM items WHERE type = {sql_literal(self.type_name)}"
 
     def _taken_columns(self) -> set[str]:
         return {c.lower() for c in (ID_COLUMN, *META_COLUMNS, *self.columns.values())}
@@ -316,7 +337,7 @@ class ItemRegistry(ABC, Generic[Conn, Entry]):
 
     @abstractmethod
     def _view_select(self, view: Entry) -> str:
-        """The SELECT of the view (see `select_sql`)."""
+        """The SELECT of the view (see `Registered.select_sql`)."""
 
 
 def declared_item_types(spider: Spider) -> list[type]:
@@ -350,29 +371,6 @@ def _registration(entry: Registered, kind: str) -> tuple[str, str, str, str, str
         json.dumps(entry.columns, ensure_ascii=False),
         json.dumps(entry.json_columns, ensure_ascii=False),
     )
-
-
-def copy_sql(table: Registered, read: Callable[[str, str], str], type_value: str) -> str:
-    """INSERT … SELECT copying the items of type `type_value` (SQL) newer than the table's
-    newest row; `read(key, column)` is the SQL reading a field out of `items.data`."""
-    quoted = quote_identifier(table.name)
-    targets = [ID_COLUMN, *table.columns.values(), *META_COLUMNS]
-    values = ["id", *(read(key, column) for key, column in table.columns.items()), *META_COLUMNS]
-    return (
-        f"INSERT INTO {quoted} ({', '.join(quote_identifier(c) for c in targets)}) "
-        f"SELECT {', '.join(values)} FROM items WHERE type = {type_value} "
-        f"AND id > (SELECT coalesce(max({quote_identifier(ID_COLUMN)}), 0) FROM {quoted})"
-    )
-
-
-def select_sql(view: Registered, read: Callable[[str, str], str]) -> str:
-    """The SELECT of a view: `read(key, column)` is the SQL reading a key of `items.data`."""
-    columns = [f"id AS {quote_identifier(ID_COLUMN)}"]
-    columns += [
-        f"{read(key, column)} AS {quote_identifier(column)}" for key, column in view.columns.items()
-    ]
-    columns += list(META_COLUMNS)
-    return f"SELECT {', '.join(columns)} FROM items WHERE type = {sql_literal(view.type_name)}"
 
 
 def _candidate_names(type_name: str, suffix: str) -> Iterator[str]:

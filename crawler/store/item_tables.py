@@ -45,9 +45,7 @@ from crawler.store.columns import (
 from crawler.store.item_registry import (
     ItemRegistry,
     Registered,
-    copy_sql,
     declared_item_types,
-    select_sql,
 )
 from crawler.store.schema import rollback
 
@@ -134,7 +132,7 @@ class ItemTables(ItemRegistry[aiosqlite.Connection, _Object]):
             view.last_item_id = last_item_id
 
     def _view_select(self, view: _Object) -> str:
-        return select_sql(view, lambda key, _: f"json_extract(data, {json_path(key)})")
+        return view.select_sql(lambda key, _: f"json_extract(data, {json_path(key)})")
 
     async def _registered(self, conn: aiosqlite.Connection) -> list[tuple[str, _Object]]:
         registered: list[tuple[str, _Object]] = []
@@ -201,7 +199,7 @@ def _insert_sql(table: _Object, type_value: str = "?") -> str:
         return f"nullif(json_quote({extract}), 'null')" if column in json_columns else extract
 
     json_columns = set(table.json_columns)
-    return copy_sql(table, read, type_value)
+    return table.copy_sql(read, type_value)
 
 
 _REGISTERED: Final = (

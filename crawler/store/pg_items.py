@@ -27,9 +27,7 @@ from crawler.store.columns import ColumnKind, sql_literal
 from crawler.store.item_registry import (
     ItemRegistry,
     Registered,
-    copy_sql,
     declared_item_types,
-    select_sql,
 )
 
 if TYPE_CHECKING:
@@ -89,8 +87,8 @@ class PgItemTables(ItemRegistry[asyncpg.Connection, _Object]):
         await self._replace_view(conn, view)
 
     def _view_select(self, view: _Object) -> str:
-        return select_sql(
-            view, lambda key, column: _view_value(key, view.view_types.get(column, "text"))
+        return view.select_sql(
+            lambda key, column: _view_value(key, view.view_types.get(column, "text"))
         )
 
     async def _registered(self, conn: asyncpg.Connection) -> list[tuple[str, _Object]]:
@@ -156,7 +154,7 @@ def _insert_sql(table: _Object) -> str:
     def read(key: str, column: str) -> str:
         return _value(key, table.kinds.get(column, ColumnKind.TEXT))
 
-    return copy_sql(table, read, sql_literal(table.type_name)) + " ORDER BY id"
+    return table.copy_sql(read, sql_literal(table.type_name)) + " ORDER BY id"
 
 
 def _value(key: str, kind: ColumnKind) -> str:

@@ -29,7 +29,7 @@ __all__ = [
 async def start_pg_run(
     conn: asyncpg.Connection, *, spider: str, settings: dict[str, Any], fresh: bool
 ) -> int:
-    """Record a new run and return its id, after recovering the leases of dead runs.
+    """crawler.store.runs.start_run on PostgreSQL: one run starts at a time.
 
     Raises:
         StorageError: the database holds another spider's crawl and `fresh` is false.
