@@ -16,8 +16,15 @@ benchmarks/broad_spider.py:BroadSpider`, run in its own process (with `--process
 workers too) with the resolver put in front of its fetcher; this process samples every
 crawler process's RSS and descriptors in /proc four times a second.
 
+``--database`` says where the crawl is stored: ``sqlite`` (a file, the default),
+``postgresql`` (a throwaway PostgreSQL server of its own, started with tests/pgserver.py as
+the `postgres` user when run as root, with PostgreSQL's durable defaults, one fresh database
+per count), or a ``postgresql://`` URL of a server you run (emptied with ``--fresh`` before
+each count). Only the crawler's processes are sampled, not the database server's.
+
 Run it under the bench lock (the machine is shared):
-``flock /tmp/team/bench.lock .venv/bin/python -m benchmarks.broad --hosts 10000,100000``.
+``flock /tmp/team/bench.lock .venv/bin/python -m benchmarks.broad --hosts 10000,100000``
+(``--database postgresql --processes 2`` for PostgreSQL with two workers).
 Modes used internally: ``serve`` (the site) and ``crawl`` (the crawler with the resolver).
 """
 
@@ -33,17 +40,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+import asyncpg
 from aiohttp.abc import AbstractResolver, ResolveResult
+
+from tests.pgserver import PostgresServer, find_bin_dir
 
 DOMAIN: Final = "broad.test"
 ADDRESSES: Final = 16
 """Loopback addresses the hosts are spread over (127.0.0.1 …)."""
 ROBOTS: Final = b"User-agent: *\nDisallow: /private\n"
+SERVER_SETTINGS: Final = ("max_connections=200", "shared_buffers=256MB")
+"""The throwaway PostgreSQL server's settings beyond PostgreSQL's (durable) defaults."""
 _MB: Final = 1024 * 1024
 _MODULE: Final = (sys.executable, "-m", "benchmarks.broad")
 
@@ -229,7 +242,7 @@ class Result:
     processes: int
 
 
-def measure(hosts: int, args: argparse.Namespace) -> Result:
+def measure(hosts: int, args: argparse.Namespace, database: Database) -> Result:
     """Serve a site of `hosts` hosts, crawl it, and return what was measured."""
     here = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory(prefix="broad-") as tmp:
@@ -241,26 +254,26 @@ def measure(hosts: int, args: argparse.Namespace) -> Result:
         try:
             assert server.stdout is not None
             port = int(server.stdout.readline())
-            db = Path(tmp) / "broad.db"
-            settings = [f"concurrency={args.concurrency}", f"obey_robots={args.robots}"]
-            settings += ["progress_interval=3600", *args.set]
-            command = [*_MODULE, "crawl", "--", *_crawl_args()]
-            command += ["-o", str(db), f"--processes={args.processes}"]
-            command += [arg for s in settings for arg in ("-s", s)]
-            env = {**os.environ, "BROAD_START_URL": f"http://h0.{DOMAIN}:{port}/"}
-            peaks = Peaks()
-            with open(Path(tmp) / "crawl.log", "wb") as log:
-                started = time.monotonic()
-                crawler = subprocess.Popen(command, cwd=here, env=env, stdout=log, stderr=log)
-                while crawler.poll() is None:
-                    peaks.sample(crawler.pid)
-                    time.sleep(0.25)
-                seconds = time.monotonic() - started
-            if crawler.returncode != 0:
-                tail = (Path(tmp) / "crawl.log").read_text(errors="replace")[-2000:]
-                raise SystemExit(f"the crawl of {hosts} hosts failed:\n{tail}")
-            with closing(sqlite3.connect(db)) as conn:
-                pages = int(conn.execute("SELECT count(*) FROM pages").fetchone()[0])
+            with database.target(Path(tmp)) as target:
+                settings = [f"concurrency={args.concurrency}", f"obey_robots={args.robots}"]
+                settings += ["progress_interval=3600", *args.set]
+                command = [*_MODULE, "crawl", "--", *_crawl_args()]
+                command += ["-o", target, f"--processes={args.processes}"]
+                command += ["--fresh"] if database.url else []
+                command += [arg for s in settings for arg in ("-s", s)]
+                env = {**os.environ, "BROAD_START_URL": f"http://h0.{DOMAIN}:{port}/"}
+                peaks = Peaks()
+                with open(Path(tmp) / "crawl.log", "wb") as log:
+                    started = time.monotonic()
+                    crawler = subprocess.Popen(command, cwd=here, env=env, stdout=log, stderr=log)
+                    while crawler.poll() is None:
+                        peaks.sample(crawler.pid)
+                        time.sleep(0.25)
+                    seconds = time.monotonic() - started
+                if crawler.returncode != 0:
+                    tail = (Path(tmp) / "crawl.log").read_text(errors="replace")[-2000:]
+                    raise SystemExit(f"the crawl of {hosts} hosts failed:\n{tail}")
+                pages = count_pages(target)
         finally:
             server.terminate()
             server.wait()
@@ -272,6 +285,63 @@ def measure(hosts: int, args: argparse.Namespace) -> Result:
         peak_fds=max(peaks.fds.values(), default=0),
         processes=args.processes,
     )
+
+
+def count_pages(target: str) -> int:
+    """The pages a crawl stored, in a SQLite file or a PostgreSQL database."""
+    if target.startswith(("postgresql://", "postgres://")):
+
+        async def count() -> int:
+            conn = await asyncpg.connect(target)
+            try:
+                return int(await conn.fetchval("SELECT count(*) FROM pages"))
+            finally:
+                await conn.close()
+
+        return asyncio.run(count())
+    with closing(sqlite3.connect(target)) as conn:
+        return int(conn.execute("SELECT count(*) FROM pages").fetchone()[0])
+
+
+class Database:
+    """Where the crawls go: `sqlite`, `postgresql` (a server of our own) or a
+    `postgresql://` URL of a server to use as it is (crawled with `--fresh`)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.url = kind if kind.startswith(("postgresql://", "postgres://")) else ""
+        if not self.url and kind not in ("sqlite", "postgresql"):
+            raise SystemExit(f"--database: sqlite, postgresql or a postgresql:// URL, not {kind}")
+        self._server: PostgresServer | None = None
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """Start the throwaway server (`postgresql`) for the benchmark's duration."""
+        if self.kind != "postgresql":
+            yield
+            return
+        bin_dir = find_bin_dir()
+        if bin_dir is None:
+            raise SystemExit("PostgreSQL is not installed (apt-get install postgresql)")
+        self._server = PostgresServer(bin_dir, settings=SERVER_SETTINGS)
+        self._server.start()
+        try:
+            yield
+        finally:
+            self._server.stop()
+            self._server = None
+
+    @contextmanager
+    def target(self, tmp: Path) -> Iterator[str]:
+        """The `-o` of one crawl: a new file, a new database, or the URL given."""
+        if self._server is not None:
+            url = self._server.create_database()
+            try:
+                yield url
+            finally:
+                self._server.drop_database(url)
+        else:
+            yield self.url or str(tmp / "broad.db")
 
 
 def _crawl_args() -> list[str]:
@@ -312,17 +382,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("-s", "--set", action="append", default=[], help="more crawl settings")
+    parser.add_argument(
+        "--database", default="sqlite", help="sqlite, postgresql or a postgresql:// URL"
+    )
     args = parser.parse_args(argv)
     counts = [int(n.replace("_", "")) for n in args.hosts.split(",")]
     if args.mode == "serve":
         asyncio.run(serve(counts[0], args.leaves))
         return
+    database = Database(args.database)
     results: list[Result] = []
-    for count in counts:
-        results.append(measure(count, args))
-        print(table(results[-1:]).splitlines()[-1], flush=True)
+    with database.running():
+        for count in counts:
+            results.append(measure(count, args, database))
+            print(table(results[-1:]).splitlines()[-1], flush=True)
     shape = f"{args.leaves} leaves per host, robots.txt {'on' if args.robots == 'true' else 'off'}"
-    print(f"\n{shape}, concurrency {args.concurrency}, {args.processes} process(es)\n")
+    where = "PostgreSQL" if database.kind != "sqlite" else "SQLite"
+    print(f"\n{shape}, concurrency {args.concurrency}, {args.processes} process(es), {where}\n")
     print(table(results))
 
 
