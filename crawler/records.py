@@ -242,6 +242,8 @@ class HostRecord:
     """No request of the host starts before this (a cool-down after 429/503, or the delay)."""
     last_status: int | None
     """The status of the host's last response."""
+    cookies: str | None = None
+    """The cookies the host is sent, as JSON (crawler.fetch.cookies); None: unchanged."""
 
 
 @final

@@ -4,6 +4,7 @@ and running the CLI as a subprocess."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 import tempfile
@@ -16,6 +17,12 @@ from aiohttp.test_utils import BaseTestServer, TestServer
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
 
+from crawler.engine import crawl as crawl_module
+from crawler.fetch import politeness
+from crawler.fetch.client import Fetcher
+from crawler.fetch.politeness import Hosts
+from crawler.records import HostRecord
+from tests.broad_crawl import LoopbackResolver
 from tests.databases import Target, rows, scalar
 from tests.pgserver import PostgresServer, find_bin_dir
 from tests.sites import follow_app
@@ -95,6 +102,29 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]
     url = server.create_database()
     yield url
     server.drop_database(url)
+
+
+@pytest.fixture
+def named_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Crawls of this test resolve every name to 127.0.0.1."""
+    resolver = LoopbackResolver()
+    monkeypatch.setattr(crawl_module, "Fetcher", functools.partial(Fetcher, resolver=resolver))
+
+
+@pytest.fixture
+def restored(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """No idle host is kept in memory; the hosts brought back from the table are listed."""
+    monkeypatch.setattr(politeness, "RECENT_HOSTS", 0)
+    names: list[str] = []
+    original = Hosts.restore
+
+    def restore(self: Hosts, record: HostRecord) -> None:
+        if record.host not in self:
+            names.append(record.host)
+        original(self, record)
+
+    monkeypatch.setattr(Hosts, "restore", restore)
+    return names
 
 
 @pytest.fixture

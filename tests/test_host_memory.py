@@ -10,16 +10,12 @@ robots.txt answers, idle connections and open descriptors under fixed bounds.
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import os
-import socket
-from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 
 from crawler import Crawl, crawl
@@ -31,7 +27,7 @@ from crawler.fetch.politeness import Hosts
 from crawler.fetch.robots import RobotsCache
 from crawler.records import HostRecord
 from crawler.settings import Settings
-from tests.conftest import rows, scalar
+from tests.conftest import Target, rows, scalar
 from tests.polite_sites import VISITS, Visits
 from tests.sites import html_page
 from tests.spiders import FollowAllSpider
@@ -185,53 +181,9 @@ def back_off_app(retry_after: float) -> web.Application:
     return app
 
 
-class LoopbackResolver(AbstractResolver):
-    """Every name is 127.0.0.1 (the test server answers for all of them by Host)."""
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        return [
-            {
-                "hostname": host,
-                "host": "127.0.0.1",
-                "port": port,
-                "family": socket.AF_INET,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST,
-            }
-        ]
-
-    async def close(self) -> None:
-        return None
-
-
-@pytest.fixture
-def named_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Crawls of this test resolve every name to 127.0.0.1."""
-    resolver = LoopbackResolver()
-    monkeypatch.setattr(crawl_module, "Fetcher", functools.partial(Fetcher, resolver=resolver))
-
-
-@pytest.fixture
-def restored(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """No idle host is kept in memory; the hosts brought back from the table are listed."""
-    monkeypatch.setattr(politeness, "RECENT_HOSTS", 0)
-    names: list[str] = []
-    original = Hosts.restore
-
-    def restore(self: Hosts, record: HostRecord) -> None:
-        if record.host not in self:
-            names.append(record.host)
-        original(self, record)
-
-    monkeypatch.setattr(Hosts, "restore", restore)
-    return names
-
-
 @pytest.mark.usefixtures("named_hosts")
 async def test_a_host_evicted_in_back_off_is_not_fetched_early_after_reload(
-    db_path: Path, restored: list[str]
+    database: Target, restored: list[str]
 ) -> None:
     app = back_off_app(retry_after=2.0)
     async with TestServer(app, host="127.0.0.1") as server:
@@ -239,7 +191,7 @@ async def test_a_host_evicted_in_back_off_is_not_fetched_early_after_reload(
         spider = with_start_urls(
             FollowAllSpider, [f"http://a.test:{port}/", f"http://b.test:{port}/"]
         )
-        stats = await crawl(spider, db=db_path, settings={**FAST, "retry_after_inline": 0.5})
+        stats = await crawl(spider, db=database, settings={**FAST, "retry_after_inline": 0.5})
     visits = app[VISITS]
     assert stats["pages"] == 5  # a: /, /x (after its deferral), /y; b: /, /slow
     assert "a.test" in restored  # it did leave memory, and came back from the table
@@ -249,27 +201,27 @@ async def test_a_host_evicted_in_back_off_is_not_fetched_early_after_reload(
         assert started >= backed_off_at + 2.0 - 0.05, path
     # robots.txt answers came back with the host: asked once per host, still obeyed
     assert sum(1 for _, path in visits.arrivals if path.endswith("/robots.txt")) == 2
-    assert scalar(db_path, "SELECT reason FROM requests WHERE url LIKE '%/private'") == "robots"
-    stored = rows(db_path, "SELECT host, fetched, errors, last_status FROM hosts ORDER BY host")
+    assert scalar(database, "SELECT reason FROM requests WHERE url LIKE '%/private'") == "robots"
+    stored = rows(database, "SELECT host, fetched, errors, last_status FROM hosts ORDER BY host")
     assert stored == [("a.test", 3, 1, 200), ("b.test", 2, 0, 200)]
 
 
 @pytest.mark.usefixtures("named_hosts")
-async def test_a_back_off_and_robots_txt_survive_a_resume(db_path: Path) -> None:
+async def test_a_back_off_and_robots_txt_survive_a_resume(database: Target) -> None:
     app = back_off_app(retry_after=3.0)
     settings = {**FAST, "retry_after_inline": 0.5}
     visits = app[VISITS]
     async with TestServer(app, host="127.0.0.1") as server:
         home = f"http://a.test:{server.port}/"
-        first = Crawl(with_start_urls(FollowAllSpider, [home]), db=db_path, settings=settings)
+        first = Crawl(with_start_urls(FollowAllSpider, [home]), db=database, settings=settings)
         running = asyncio.create_task(first.run())
         await app[BACKED_OFF].wait()  # stopped while /x waits out its Retry-After
         first.stop()
         first_stats = await running
-        not_before = scalar(db_path, "SELECT not_before FROM hosts WHERE host = 'a.test'")
+        not_before = scalar(database, "SELECT not_before FROM hosts WHERE host = 'a.test'")
         # the next run brings a new request of the host, due at once
         spider = with_start_urls(FollowAllSpider, [home, f"{home}y"])
-        second = await crawl(spider, db=db_path, settings=settings)
+        second = await crawl(spider, db=database, settings=settings)
     assert first_stats["pages"] == 1 and second["pages"] == 2  # /, then /x and /y
     backed_off_at = next(at for at, _, status in visits.answers if status == 429)
     started = next(at for at, seen in visits.arrivals if seen == "a.test/y")
@@ -278,15 +230,23 @@ async def test_a_back_off_and_robots_txt_survive_a_resume(db_path: Path) -> None
     assert sum(1 for _, path in visits.arrivals if path.endswith("/robots.txt")) == 1
 
 
+WITHOUT_COOKIE = web.AppKey("without_cookie", list[str])
+
+
 def broad_app(hosts: int) -> web.Application:
     """`h0.test` … `h{hosts-1}.test` on one server: host i's home page links to the home
-    pages of hosts 2i+1 and 2i+2 and to one page of its own; each has a robots.txt."""
+    pages of hosts 2i+1 and 2i+2 and to one page of its own; each has a robots.txt. Each
+    home page sets a session cookie; the other pages list the hosts that did not send it
+    back (`WITHOUT_COOKIE`)."""
     app = web.Application()
     app[VISITS] = Visits()
+    app[WITHOUT_COOKIE] = []
 
     async def handle(request: web.Request) -> web.Response:
         name, path = host_of_request(request), request.path
         app[VISITS].arrivals.append((0.0, f"{name}{path}"))
+        if path == "/leaf" and request.cookies.get("session") != name:
+            app[WITHOUT_COOKIE].append(name)
         if path == "/robots.txt":
             return web.Response(text="User-agent: *\nDisallow: /private\nCrawl-delay: 0.01\n")
         index = int(name[1:].split(".")[0])
@@ -296,9 +256,11 @@ def broad_app(hosts: int) -> web.Application:
             for child in (2 * index + 1, 2 * index + 2)
             if child < hosts and path == "/"
         )
+        response = web.Response(text=html_page(links), content_type="text/html")
         if path == "/":
-            links += '<a href="/leaf">leaf</a><a href="/private">private</a>'
-        return web.Response(text=html_page(links), content_type="text/html")
+            response.text = html_page(links + '<a href="/leaf">leaf</a><a href="/private">p</a>')
+            response.set_cookie("session", name, path="/")
+        return response
 
     app.router.add_get("/{tail:.*}", handle)
     return app
@@ -310,11 +272,11 @@ def open_descriptors() -> int:
 
 @pytest.mark.usefixtures("named_hosts")
 async def test_a_crawl_of_many_hosts_keeps_host_state_under_its_bound(
-    db_path: Path, monkeypatch: pytest.MonkeyPatch
+    database: Target, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recent, hosts_count, concurrency = 64, 1200, 16
     monkeypatch.setattr(politeness, "RECENT_HOSTS", recent)
-    seen: dict[str, int] = {"hosts": 0, "robots": 0, "idle": 0, "fds": 0}
+    seen: dict[str, int] = {"hosts": 0, "robots": 0, "idle": 0, "fds": 0, "cookies": 0}
     instances: dict[str, Any] = {}
     original_hosts_init = Hosts.__init__
     original_robots_init = RobotsCache.__init__
@@ -334,6 +296,7 @@ async def test_a_crawl_of_many_hosts_keeps_host_state_under_its_bound(
     def fetcher(*args: Any, **kwargs: Any) -> Fetcher:
         made: Fetcher = original_fetcher(*args, **kwargs)
         instances["pool"] = made._connector
+        instances["cookies"] = made.cookies
         return made
 
     monkeypatch.setattr(crawl_module, "Fetcher", fetcher)
@@ -346,6 +309,7 @@ async def test_a_crawl_of_many_hosts_keeps_host_state_under_its_bound(
                 seen["hosts"] = max(seen["hosts"], len(instances["hosts"]))
                 seen["robots"] = max(seen["robots"], len(instances["robots"]))
                 seen["idle"] = max(seen["idle"], instances["pool"].idle_connections())
+                seen["cookies"] = max(seen["cookies"], len(instances["cookies"]))
                 seen["fds"] = max(seen["fds"], open_descriptors() - baseline)
 
     app = broad_app(hosts_count)
@@ -364,20 +328,23 @@ async def test_a_crawl_of_many_hosts_keeps_host_state_under_its_bound(
         )
         watcher = asyncio.create_task(watch())
         try:
-            stats = await crawl(spider, db=db_path, settings=settings)
+            stats = await crawl(spider, db=database, settings=settings)
         finally:
             watcher.cancel()
     assert stats["pages"] == 2 * hosts_count
-    assert scalar(db_path, "SELECT count(*) FROM hosts WHERE fetched = 2") == hosts_count
-    assert scalar(db_path, "SELECT count(*) FROM robots") == hosts_count
-    assert scalar(db_path, "SELECT count(*) FROM hosts WHERE crawl_delay = 0.01") == hosts_count
+    assert scalar(database, "SELECT count(*) FROM hosts WHERE fetched = 2") == hosts_count
+    assert scalar(database, "SELECT count(*) FROM robots") == hosts_count
+    assert scalar(database, "SELECT count(*) FROM hosts WHERE crawl_delay = 0.01") == hosts_count
     # the recent ones, the hosts of the window's requests and of those handed out, and
     # those whose results the writer has not committed yet (about a batch's worth)
     bound = recent + settings["queue_window"] + 2 * concurrency + Settings().write_batch_size
     assert bound < hosts_count
     assert 0 < seen["hosts"] <= bound
     assert 0 < seen["robots"] <= bound
+    assert 0 < seen["cookies"] <= bound  # one per host, of hosts in memory only
+    assert app[WITHOUT_COOKIE] == []  # every leaf sent its host's cookie, loaded back or not
     assert seen["idle"] <= concurrency * 2  # idle connections of at most `concurrency` hosts
     # both ends of each connection (the server is in this process), in use and idle, then
-    # the database, its WAL and shared memory, the watcher's own listing
+    # the database (SQLite: the file, its WAL and shared memory; PostgreSQL: the writer's
+    # and the turns' connections), the watcher's own listing
     assert seen["fds"] <= 2 * (concurrency + concurrency * 2) + 16

@@ -138,7 +138,7 @@ class Crawl:
             self.started = True
             refusal = self._frontier.redirect_refusal
             async with Fetcher(self.settings, refusal, hosts=self._hosts) as fetcher:
-                feeder.on_forget = fetcher.close_idle
+                feeder.on_forget, feeder.on_restore = fetcher.forget, fetcher.cookies.restore_hosts
                 await self.spider.opened()
                 await self._run_tasks(storage, feeder, fetcher, queue)
             if self.status == "running":
@@ -270,7 +270,8 @@ class Crawl:
                 self.stats.in_flight -= 1
                 feeder.done(claimed)  # its host may take another request
             # what the host learned goes with the result (it stays in memory until written)
-            result.host = self._hosts.snapshot(host_of(claimed.request.url))
+            learned = self._hosts.snapshot(host_of(claimed.request.url))
+            result.host = fetcher.cookies.with_cookies(learned)
             await storage.submit(result)
 
     def _internal_failure(self, claimed: Claimed, exc: Exception) -> PageResult:

@@ -39,6 +39,7 @@ from crawler.errors import (
     RedirectError,
 )
 from crawler.fetch.addresses import AddressPolicy, AddressRefused, GuardedConnector, start_urls_of
+from crawler.fetch.cookies import HostCookies
 from crawler.fetch.deadlines import Deadlines
 from crawler.fetch.hop_settings import HopSettings
 from crawler.fetch.outcomes import (
@@ -125,6 +126,8 @@ class Fetcher:
             self._policy.add_start_urls(start_urls)
         self._approved_origins: set[str] = set()
         """Origins whose host `address_refusal` found allowed (the connection checks again)."""
+        self.cookies = HostCookies()
+        """The session's cookies, of the hosts in memory only (crawler.fetch.cookies)."""
         self._connector = connector = connector_class(
             policy=self._policy,
             resolver=resolver,
@@ -141,7 +144,7 @@ class Fetcher:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout),
             auto_decompress=False,
             headers={"User-Agent": settings.user_agent, "Accept-Encoding": SUPPORTED_ENCODINGS},
-            cookie_jar=aiohttp.CookieJar(unsafe=True),
+            cookie_jar=self.cookies,
             max_line_size=16 * 1024,
             max_field_size=16 * 1024,
         )
@@ -161,9 +164,11 @@ class Fetcher:
         finally:
             await self._deadlines.__aexit__(exc_type, exc, tb)
 
-    def close_idle(self, hosts: list[str]) -> None:
-        """Close the pool's idle connections to `hosts` (the crawl has no work for them)."""
+    def forget(self, hosts: list[str]) -> None:
+        """`hosts` left memory (the crawl has no work for them): close the pool's idle
+        connections to them and drop their cookies (kept in their `hosts` rows)."""
         self._connector.close_idle(hosts)
+        self.cookies.forget(hosts)
 
     @property
     def start_urls_known(self) -> bool:

@@ -12,7 +12,8 @@ skipped here, without a worker.
 Each claim also brings back the hosts it gives work to that are not in memory (their stored
 politeness state and robots.txt answers), before their requests are held; after it, hosts
 beyond the bounded cache of recent ones are forgotten (crawler.fetch.politeness), and so are
-their robots.txt answers and idle connections (`on_forget`).
+their robots.txt answers, idle connections and cookies (`on_forget`; `on_restore` brings
+the cookies back).
 
 The feeder also decides when the crawl is over: nothing claimed is unfinished and the
 frontier holds no pending request. Then, or when asked to stop, it puts one `None` per worker
@@ -32,7 +33,7 @@ from crawler.fetch.robots import RobotsCache
 from crawler.frontier.queues import HostQueues
 from crawler.host_rules import largest
 from crawler.links import host_of
-from crawler.records import Claimed
+from crawler.records import Claimed, HostRecord
 from crawler.settings import Settings
 from crawler.store.claims import ClaimBatch
 from crawler.store.writer import BatchWriter
@@ -77,7 +78,10 @@ class Feeder:
         self._hosts = hosts
         self._robots = robots
         self.on_forget: Callable[[list[str]], None] | None = None
-        """Told the hosts forgotten after a claim (the fetcher closes their idle connections)."""
+        """Told the hosts forgotten after a claim (the fetcher closes their idle connections
+        and drops their cookies)."""
+        self.on_restore: Callable[[list[HostRecord]], None] | None = None
+        """Told the stored state of the hosts a claim brings back (the fetcher's cookies)."""
         self._held = HostQueues(hosts, robots)
         self._handed_out = 0
         self._outstanding = 0
@@ -189,6 +193,8 @@ class Feeder:
         are idle and beyond the cache of recent ones."""
         for host in batch.hosts:
             self._hosts.restore(host)
+        if batch.hosts and self.on_restore is not None:
+            self.on_restore(batch.hosts)
         for robots in batch.robots:
             self._robots.restore(robots)
         self._outstanding += len(batch.claimed)

@@ -241,7 +241,7 @@ def claimed_from_row(row: Sequence[object]) -> Claimed:
 
 def host_from_row(row: Sequence[object]) -> HostRecord:
     """A host's stored state from the columns of `STORED_HOSTS` (also PostgreSQL's)."""
-    host, crawl_delay, delay, concurrency, not_before, last_status = row
+    host, crawl_delay, delay, concurrency, not_before, last_status, cookies = row
     return HostRecord(
         host=str(host),
         crawl_delay=crawl_delay,  # type: ignore[arg-type]
@@ -249,6 +249,7 @@ def host_from_row(row: Sequence[object]) -> HostRecord:
         throttle_concurrency=concurrency,  # type: ignore[arg-type]
         not_before=not_before,  # type: ignore[arg-type]
         last_status=last_status,  # type: ignore[arg-type]
+        cookies=cookies,  # type: ignore[arg-type]
     )
 
 
@@ -268,7 +269,8 @@ def robots_from_row(row: Sequence[object]) -> RobotsRecord:
 
 
 _STORED_HOSTS: Final = (
-    "SELECT host, crawl_delay, throttle_delay, throttle_concurrency, not_before, last_status "
+    "SELECT host, crawl_delay, throttle_delay, throttle_concurrency, not_before, last_status, "
+    "cookies "
     "FROM hosts WHERE host IN ({marks}) AND updated_at IS NOT NULL"
 )
 _STORED_ROBOTS: Final = (

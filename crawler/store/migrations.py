@@ -298,4 +298,6 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (crawl_id, host)
     );
     """,
+    # 7: the cookies each host is sent, JSON (crawler.fetch.cookies); NULL: none yet.
+    "ALTER TABLE hosts ADD COLUMN cookies TEXT;",
 )

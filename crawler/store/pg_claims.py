@@ -177,7 +177,8 @@ async def _hosts_after(conn: asyncpg.Connection, after: str, count: int) -> list
 
 
 _STORED_HOSTS: Final = (
-    "SELECT host, crawl_delay, throttle_delay, throttle_concurrency, not_before, last_status "
+    "SELECT host, crawl_delay, throttle_delay, throttle_concurrency, not_before, last_status, "
+    "cookies "
     "FROM hosts WHERE host = ANY($1::text[]) AND updated_at IS NOT NULL"
 )
 _STORED_ROBOTS: Final = (

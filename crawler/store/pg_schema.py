@@ -308,6 +308,7 @@ PG_MIGRATIONS: Final[tuple[str, ...]] = (
         PRIMARY KEY (crawl_id, host)
     );
     """,
+    "ALTER TABLE hosts ADD COLUMN cookies text;",  # each host's cookies (crawler.fetch.cookies)
 )
 """The PostgreSQL schema, one script per version (the first is SQLite's three, at once)."""
 PG_SCHEMA_VERSION: Final = len(PG_MIGRATIONS)
@@ -358,8 +359,6 @@ def pg_error(url: str, exc: BaseException, doing: str = "use") -> StorageError:
         return StorageFailure(f"cannot {doing} {where}: {str(exc) or type(exc).__name__}")
     if isinstance(exc, asyncpg.exceptions.InvalidCatalogNameError):
         return StorageError(f"no such database: {where} ({exc})")
-    if isinstance(exc, asyncpg.exceptions.InvalidAuthorizationSpecificationError):
-        return StorageError(f"cannot {doing} {where}: {exc}")
     return StorageError(f"cannot {doing} {where}: {exc}")
 
 

@@ -136,10 +136,10 @@ _FETCH_TYPES: Final = (
 )  # fmt: skip
 _HOST: Final = (
     "host", "fetched", "errors", "crawl_delay", "throttle_delay", "throttle_concurrency",
-    "not_before", "last_status", "updated_at",
+    "not_before", "last_status", "updated_at", "cookies",
 )  # fmt: skip
 _HOST_TYPES: Final = (
-    "text", "bigint", "bigint", "float8", "float8", "bigint", "float8", "bigint", "text",
+    "text", "bigint", "bigint", "float8", "float8", "bigint", "float8", "bigint", "text", "text",
 )  # fmt: skip
 _ITEM_ERROR: Final = (
     "crawl_id", "request_id", "url", "callback", "item_type", "field", "message", "data",
@@ -247,16 +247,16 @@ _STATEMENTS: Final[dict[int, PgStatement]] = {
     ),
     id(statements.UPSERT_HOST): PgStatement(
         "INSERT INTO hosts AS h (host, admitted, fetched, errors, crawl_delay, throttle_delay, "
-        "throttle_concurrency, not_before, last_status, updated_at) "
+        "throttle_concurrency, not_before, last_status, updated_at, cookies) "
         "SELECT host, 0, fetched, errors, crawl_delay, throttle_delay, throttle_concurrency, "
-        "not_before, last_status, updated_at FROM {rows} ORDER BY host "
+        "not_before, last_status, updated_at, cookies FROM {rows} ORDER BY host "
         "ON CONFLICT (host) DO UPDATE SET fetched = h.fetched + excluded.fetched, "
         "errors = h.errors + excluded.errors, crawl_delay = excluded.crawl_delay, "
         "throttle_delay = excluded.throttle_delay, "
         "throttle_concurrency = excluded.throttle_concurrency, "
         "not_before = greatest(h.not_before, excluded.not_before), "
         "last_status = coalesce(excluded.last_status, h.last_status), "
-        "updated_at = excluded.updated_at",
+        "updated_at = excluded.updated_at, cookies = coalesce(excluded.cookies, h.cookies)",
         _HOST,
         _HOST_TYPES,
         unique=0,

@@ -148,11 +148,12 @@ class _HostRows:
     """A batch's `UPSERT_HOST` rows: one per host (PostgreSQL refuses to update a row twice
     in one statement), adding up the pages and errors and keeping the latest state."""
 
-    __slots__ = ("_counts", "_latest")
+    __slots__ = ("_cookies", "_counts", "_latest")
 
     def __init__(self, results: list[PageResult]) -> None:
         self._latest: dict[str, HostRecord] = {}
         self._counts: dict[str, tuple[int, int]] = {}
+        self._cookies: dict[str, str] = {}  # the latest that changed (None: unchanged)
         for result in results:
             if (host := result.host) is None:
                 continue
@@ -161,6 +162,8 @@ class _HostRows:
             errors += sum(1 for e in result.errors if e.kind in _HOST_ERROR_KINDS)
             self._counts[host.host] = (fetched, errors)
             self._latest[host.host] = host
+            if host.cookies is not None:
+                self._cookies[host.host] = host.cookies
 
     def rows(self, now: str) -> list[tuple[object, ...]]:
         return [
@@ -173,6 +176,7 @@ class _HostRows:
                 host.not_before,
                 host.last_status,
                 now,
+                self._cookies.get(name),
             )
             for name, host in self._latest.items()
         ]

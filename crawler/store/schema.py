@@ -19,7 +19,8 @@ Tables (one SQLite file per crawl target, WAL mode):
              `fetched` pages, `errors` (failed attempts: timeout, connection, protocol, error
              status), robots.txt `crawl_delay`, the throttle's `throttle_delay` and
              `throttle_concurrency`, `not_before` (unix time before which no request of the
-             host starts: a 429/503 cool-down or the delay), `last_status`, `updated_at`
+             host starts: a 429/503 cool-down or the delay), `last_status`, `updated_at`,
+             `cookies` (JSON: the cookies the host is sent, crawler.fetch.cookies)
 - `item_tables` the typed item tables (`book`, one column per dataclass field) and the views
                 of dict item types (`quote_view`), made by crawler.store.item_tables
 - `fetches`  every HTTP response received, first fetches and re-fetches: status, body hash,

@@ -216,8 +216,9 @@ UPSERT_ROBOTS: Final = BulkStatement(
 )
 UPSERT_HOST: Final = BulkStatement(
     "INSERT INTO hosts (host, admitted, fetched, errors, crawl_delay, throttle_delay, "
-    "throttle_concurrency, not_before, last_status, updated_at) "
-    "SELECT {0}, 0, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8} FROM {rows} WHERE true ORDER BY {order} "
+    "throttle_concurrency, not_before, last_status, updated_at, cookies) "
+    "SELECT {0}, 0, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9} FROM {rows} WHERE true "
+    "ORDER BY {order} "
     "ON CONFLICT (host) DO UPDATE SET fetched = hosts.fetched + excluded.fetched, "
     "errors = hosts.errors + excluded.errors, crawl_delay = excluded.crawl_delay, "
     "throttle_delay = excluded.throttle_delay, "
@@ -226,8 +227,9 @@ UPSERT_HOST: Final = BulkStatement(
     "not_before = CASE WHEN hosts.not_before IS NULL OR excluded.not_before > hosts.not_before "
     "THEN excluded.not_before ELSE hosts.not_before END, "
     "last_status = coalesce(excluded.last_status, hosts.last_status), "
-    "updated_at = excluded.updated_at",
-    9,
+    "updated_at = excluded.updated_at, cookies = coalesce(excluded.cookies, hosts.cookies)",
+    10,
 )
 """One row per host of a batch (crawler.store.rows): pages fetched and errors are added to
-the stored counts, the throttle's state replaces the stored one."""
+the stored counts, the throttle's state replaces the stored one, and so do the cookies when
+they changed (crawler.fetch.cookies)."""
