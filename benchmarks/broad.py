@@ -2,8 +2,9 @@
 
 ``python -m benchmarks.broad --hosts 10000,100000,1000000`` crawls, for each count, a site of
 that many hosts (``h0.broad.test`` … ``h{N-1}.broad.test``) and prints one table row per
-count: pages, seconds, pages/s, the crawler's peak RSS, the RSS each further 1,000 hosts
-cost (against the smallest count), and the most file descriptors it had open.
+count: pages, seconds, pages/s, the peak RSS of the largest crawler process, the RSS each
+further 1,000 hosts cost it (against the smallest count), the most file descriptors one
+process had open, and (for `--processes`) every crawler process's peak RSS added up.
 
 Nothing leaves the machine: the crawler's resolver maps every generated name onto one of
 16 loopback addresses (127.0.0.1 … 127.0.0.16, by host number), where one server process
@@ -238,6 +239,9 @@ class Result:
     seconds: float
     peak_rss: int
     """The largest peak RSS of one crawler process (bytes)."""
+    total_rss: int
+    """The peak RSS of every crawler process, added up (the command's own with --processes,
+    which forks the workers and waits for them: an upper bound, as peaks need not coincide)."""
     peak_fds: int
     processes: int
 
@@ -282,6 +286,7 @@ def measure(hosts: int, args: argparse.Namespace, database: Database) -> Result:
         pages=pages,
         seconds=seconds,
         peak_rss=max(peaks.rss.values(), default=0),
+        total_rss=sum(peaks.rss.values()),
         peak_fds=max(peaks.fds.values(), default=0),
         processes=args.processes,
     )
@@ -351,8 +356,9 @@ def _crawl_args() -> list[str]:
 def table(results: list[Result]) -> str:
     """The results as a Markdown table."""
     lines = [
-        "| hosts | pages | seconds | pages/s | peak RSS | RSS per 1,000 more hosts | open fds |",
-        "|---|---|---|---|---|---|---|",
+        "| hosts | pages | seconds | pages/s | peak RSS | RSS per 1,000 more hosts | open fds "
+        "| all processes' RSS |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     first = results[0]
     for r in results:
@@ -363,7 +369,8 @@ def table(results: list[Result]) -> str:
             marginal = f"{per / 1024:.1f} KB"
         lines.append(
             f"| {r.hosts:,} | {r.pages:,} | {r.seconds:.0f} | {r.pages / r.seconds:,.0f} "
-            f"| {r.peak_rss / _MB:.0f} MB | {marginal} | {r.peak_fds:,} |"
+            f"| {r.peak_rss / _MB:.0f} MB | {marginal} | {r.peak_fds:,} "
+            f"| {r.total_rss / _MB:.0f} MB |"
         )
     return "\n".join(lines)
 
