@@ -18,7 +18,7 @@ from yarl import URL
 
 from crawler import crawl
 from crawler.cli.common import with_start_urls
-from crawler.fetch.cookies import HostCookies, domains_of
+from crawler.fetch.cookies import HostCookies, domains_of, requesting
 from tests.conftest import Target, scalar
 from tests.polite_sites import VISITS, Visits
 from tests.sites import html_page
@@ -108,12 +108,27 @@ async def test_a_restore_leaves_a_newer_value_of_a_domain_cookie() -> None:
     assert sent(jar, "http://api.a.test/") == {"site": "new"}
 
 
+async def test_cookies_a_redirect_target_sets_belong_to_the_requested_host() -> None:
+    jar = HostCookies()
+    requesting("a.test")  # a.test/ redirected to www.a.test/, which set a cookie
+    set_by(jar, "http://www.a.test/", "sid=1; Path=/")
+    stored = jar.snapshot("a.test")
+    assert stored is not None and json.loads(stored)[0][:3] == ["www.a.test", "/", "sid"]
+    jar.forget(["a.test"])
+    assert len(jar) == 0  # it left with the host it came for
+    jar.restore("a.test", stored)
+    assert sent(jar, "http://www.a.test/") == {"sid": "1"}
+    jar.forget(["a.test"])
+    assert len(jar) == 0
+
+
 CHECKED = web.AppKey("checked", list[str])
 
 
-def cookie_app() -> web.Application:
+def cookie_app(www: bool = False) -> web.Application:
     """A sets a session cookie on `/`, which links to B's `/slow`; B answers after 0.5 s
-    with a link to A's `/check`, which records the Cookie header it gets (`CHECKED`)."""
+    with a link to A's `/check`, which records the Cookie header it gets (`CHECKED`). With
+    `www`, A's pages redirect to the same pages on `www.a.test`, which answers for A."""
     app = web.Application()
     app[VISITS] = Visits()
     app[CHECKED] = []
@@ -121,6 +136,9 @@ def cookie_app() -> web.Application:
     async def handle(request: web.Request) -> web.Response:
         host, path, port = host_of_request(request), request.path, request.url.port
         body = html_page("")
+        if www and host == "a.test":
+            raise web.HTTPFound(f"http://www.a.test:{port}{path}")
+        host = "a.test" if host == "www.a.test" else host
         if host == "a.test" and path == "/":
             body = html_page(f'<a href="http://b.test:{port}/slow">b</a>')
             response = web.Response(text=body, content_type="text/html")
@@ -151,6 +169,18 @@ async def test_a_host_evicted_and_reloaded_still_sends_its_cookie(
     stored = scalar(database, "SELECT cookies FROM hosts WHERE host = 'a.test'")
     assert "s3cret" in stored
     assert scalar(database, "SELECT cookies FROM hosts WHERE host = 'b.test'") is None
+
+
+async def test_a_redirect_targets_cookie_comes_back_with_the_requested_host(
+    database: Target, restored: list[str]
+) -> None:
+    app = cookie_app(www=True)
+    async with TestServer(app, host="127.0.0.1") as server:
+        spider = with_start_urls(FollowAllSpider, [f"http://a.test:{server.port}/"])
+        spider.allowed_domains = []
+        await crawl(spider, db=database, settings=FAST)
+    assert "a.test" in restored
+    assert app[CHECKED] == ["sid=s3cret"]  # a.test/check, redirected to www.a.test/check
 
 
 async def test_a_session_cookie_survives_a_resume(database: Target) -> None:

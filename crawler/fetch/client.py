@@ -39,7 +39,7 @@ from crawler.errors import (
     RedirectError,
 )
 from crawler.fetch.addresses import AddressPolicy, AddressRefused, GuardedConnector, start_urls_of
-from crawler.fetch.cookies import HostCookies
+from crawler.fetch.cookies import HostCookies, requesting
 from crawler.fetch.deadlines import Deadlines
 from crawler.fetch.hop_settings import HopSettings
 from crawler.fetch.outcomes import (
@@ -62,6 +62,7 @@ from crawler.fetch.redirects import (
 )
 from crawler.fetch.responses import read_body, translate_errors
 from crawler.host_rules import largest
+from crawler.links import host_of
 from crawler.records import ErrorRecord
 from crawler.settings import Settings
 from crawler.spider.http import Request
@@ -227,6 +228,7 @@ class Fetcher:
         """
         if self._trust_direct:
             self._policy.add_start_urls((request.url,))
+        requesting(host_of(request.url))  # the cookies its redirects' targets set are its own
         failures: list[ErrorRecord] = []
         budget = max(1, self._settings.max_retries + 1 - attempts_before)
         attempts = attempts_before + 1

@@ -9,8 +9,11 @@ it: its own and those of the domains above it — go to the `hosts` table with i
 the host was forgotten, and in a resumed crawl.
 
 Cookies of a parent domain (`Domain=example.com`, set by `www.example.com`) stay while any
-host under it is in memory. Each crawler process has its own jar; another one (`--processes`,
-workers on other machines) gets a host's cookies from its row when it loads the host.
+host under it is in memory. Cookies set by the target of a redirect to another host
+(`example.com` → `www.example.com`) belong to the host that was requested (`requesting`):
+they are written to its row and leave the jar with it. Each crawler process has its own jar;
+another one (`--processes`, workers on other machines) gets a host's cookies from its row
+when it loads the host.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import dataclasses
 import email.utils
 import json
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from contextvars import ContextVar
 from http.cookies import Morsel
 from typing import Final, final
 
@@ -29,12 +33,21 @@ from yarl import URL
 
 from crawler.records import HostRecord
 
-__all__ = ["HostCookies", "domains_of"]
+__all__ = ["HostCookies", "domains_of", "requesting"]
 
 _NO_URL: Final = URL()
 _CHANGED_LIMIT: Final = 100_000
 """Domains whose last change is remembered; beyond that the record starts again, and every
 host in memory writes its cookies once more."""
+_LINKED_LIMIT: Final = 16
+"""Other hosts (redirect targets) whose cookies one host's row holds, at most."""
+_requested: ContextVar[str | None] = ContextVar("requested", default=None)
+
+
+def requesting(host: str) -> None:
+    """The current task fetches a request of `host` now: cookies that responses set until
+    the next call belong to it (the fetcher calls this as each request starts)."""
+    _requested.set(host)
 
 
 def domains_of(host: str) -> Iterator[str]:
@@ -67,6 +80,8 @@ class HostCookies(aiohttp.CookieJar):
         """Host in memory → generation its cookies were last written (or read back) at."""
         self._stored: set[str] = set()
         """Hosts in memory whose `hosts` row may hold cookies (so that "none" is written)."""
+        self._linked: dict[str, set[str]] = {}
+        """Host in memory → the other hosts whose cookies are its own (redirect targets)."""
 
     def update_cookies(self, cookies: LooseCookies, response_url: URL = _NO_URL) -> None:
         super().update_cookies(cookies, response_url)
@@ -87,6 +102,12 @@ class HostCookies(aiohttp.CookieJar):
             self._floor = self._generation
         for domain in domains_of(host):
             self._changed[domain] = self._generation
+        owner = _requested.get()
+        if owner is not None and owner != host:
+            linked = self._linked.setdefault(owner, set())
+            if len(linked) < _LINKED_LIMIT:
+                linked.add(host)
+            self._changed[owner] = self._generation
 
     def snapshot(self, host: str) -> str | None:
         """The cookies sent to `host`, as JSON for its `hosts` row, when they changed since
@@ -95,7 +116,7 @@ class HostCookies(aiohttp.CookieJar):
         if changed <= self._written.get(host, self._floor):
             return None
         self._written[host] = self._generation
-        rows = list(self._rows(host))
+        rows = list(self._rows(self._domains(host)))
         if not rows:
             if host not in self._stored:
                 return None
@@ -104,9 +125,16 @@ class HostCookies(aiohttp.CookieJar):
         self._stored.add(host)
         return json.dumps(rows, separators=(",", ":"))
 
-    def _rows(self, host: str) -> Iterator[list[object]]:
-        """The jar's cookies for `host` (any path), one list each (see `restore`)."""
+    def _domains(self, host: str) -> set[str]:
+        """The domains of the cookies that belong to `host`: its own, those above it, and
+        those of the hosts its requests were redirected to."""
         domains = set(domains_of(host))
+        for other in self._linked.get(host, ()):
+            domains.update(domains_of(other))
+        return domains
+
+    def _rows(self, domains: set[str]) -> Iterator[list[object]]:
+        """The jar's cookies of `domains` (any path), one list each (see `restore`)."""
         now = time.time()
         for (domain, path), cookies in self.cookies.items():
             if domain not in domains:
@@ -148,9 +176,13 @@ class HostCookies(aiohttp.CookieJar):
         rows = json.loads(stored) if stored else []
         if rows:
             self._stored.add(host)
+        own = set(domains_of(host))
         now = time.time()
         for row in rows:
             domain, path, name, value, coded, host_only, expires, secure, httponly, samesite = row
+            linked = self._linked.setdefault(host, set())
+            if domain not in own and len(linked) < _LINKED_LIMIT:
+                linked.add(domain)  # a redirect target's: it leaves the jar with this host
             present = self.cookies.get((domain, path.rstrip("/")))
             if present is not None and name in present:
                 continue  # a newer value, from another host under the same domain
@@ -169,16 +201,18 @@ class HostCookies(aiohttp.CookieJar):
     def forget(self, hosts: Iterable[str]) -> None:
         """`hosts` left memory (their cookies are in their rows): drop their cookies, and those
         of the domains above them that no host still in memory is under."""
-        gone = [host for host in hosts if self._written.pop(host, None) is not None]
-        if not gone or not self.cookies:
-            self._stored.difference_update(gone)
+        domains: set[str] = set()
+        for host in hosts:
+            if self._written.pop(host, None) is not None:
+                domains |= self._domains(host)
+                self._linked.pop(host, None)
+                self._stored.discard(host)
+        if not domains or not self.cookies:
             return
-        self._stored.difference_update(gone)
-        domains = {d for host in gone for d in domains_of(host)}
         held = {domain for domain, _ in self.cookies if domain in domains}
         if not held:
             return
-        kept = _domains_in_use(self._written, held)
+        kept = {d for host in self._written for d in self._domains(host) if d in held}
         doomed = held - kept
         if doomed:
             self.clear(lambda morsel: morsel["domain"] in doomed)
@@ -187,8 +221,3 @@ class HostCookies(aiohttp.CookieJar):
     def hosts(self) -> Collection[str]:
         """The hosts whose cookies the jar holds or has written (all in memory)."""
         return self._written.keys()
-
-
-def _domains_in_use(hosts: Mapping[str, int], domains: set[str]) -> set[str]:
-    """Those of `domains` that one of `hosts` is, or is under."""
-    return {d for host in hosts for d in domains_of(host) if d in domains}
