@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import time
@@ -9,10 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import BaseTestServer
 
+from crawler import crawl
+from crawler.cli.common import with_start_urls
 from crawler.demo import expected_books
-from tests.conftest import RunCli, rows, scalar
+from tests.conftest import RunCli, Target, rows, scalar
 from tests.results_site import BOOKS, copy_database, crawl_books_once
+from tests.spiders import FollowAllSpider
 
 UPPER_SPIDER = '''
 from __future__ import annotations
@@ -108,6 +113,64 @@ async def test_reparse_replaces_items_with_what_the_changed_callback_yields(
     title = "json_extract(data, '$.title')"
     crawled = f"SELECT count(*) FROM item_history WHERE {title} != upper({title})"
     assert scalar(books_db, crawled) == BOOKS
+
+
+STOPPING_SPIDER = '''
+from crawler import StopCrawl
+from tests.spiders import FollowAllSpider
+
+
+class HalfwaySpider(FollowAllSpider):
+    """FollowAllSpider that stops a reparse at page 30."""
+
+    name = "follow_all"  # the same crawl
+
+    async def parse(self, response):
+        if response.url.endswith("/p/30"):
+            raise StopCrawl("half-way")
+        async for output in super().parse(response):
+            yield output
+'''
+_ITEM = "item_id, crawl_id, request_id, page_url, type, data, created_at"
+
+
+async def test_reparse_keeps_replaced_items_in_history_on_either_backend(
+    follow_site: BaseTestServer, database: Target, tmp_path: Path, run_cli: RunCli
+) -> None:
+    spider = with_start_urls(FollowAllSpider, [str(follow_site.make_url("/p/0"))])
+    settings = {"allow_private_addresses": True, "store_body": True, "progress_interval": 60.0}
+    await crawl(spider, db=database, settings=settings)
+    current = f"SELECT id AS {_ITEM} FROM items ORDER BY id"
+    crawled = rows(database, current)
+    assert len(crawled) == 60
+    for _ in range(2):
+        done = await run_cli("reparse", "tests/spiders.py:FollowAllSpider", str(database))
+        assert done.code == 0, done.stderr
+    # The crawl's items, then the first reparse's, each as it was, replaced by no run.
+    archived = rows(database, f"SELECT {_ITEM} FROM item_history ORDER BY id")
+    assert archived[:60] == crawled and len(archived) == 120
+    history = "SELECT reason, count(*), count(replaced_by) FROM item_history GROUP BY reason"
+    assert rows(database, history) == [("reparse", 120, 0)]
+    # item_versions: each page's versions follow one another, the current one open-ended.
+    versions = sorted(
+        rows(database, "SELECT request_id, valid_from, valid_to FROM item_versions"),
+        key=lambda v: (v[0], v[1], v[2] is None, v[2] or ""),
+    )
+    assert len(versions) == 180
+    for (request, start, end), (following, later, _) in itertools.pairwise(versions):
+        if request == following:
+            assert end is not None and start <= end <= later
+    assert scalar(database, "SELECT count(*) FROM item_versions WHERE valid_to IS NULL") == 60
+    # A reparse a callback stops changes nothing, its history included: one transaction.
+    before = rows(database, current), archived
+    (tmp_path / "halfway.py").write_text(STOPPING_SPIDER)
+    stopped = await run_cli("reparse", str(tmp_path / "halfway.py"), str(database))
+    assert stopped.code == 0, stopped.stderr
+    assert "nothing was changed" in stopped.stdout + stopped.stderr
+    assert (
+        rows(database, current),
+        rows(database, f"SELECT {_ITEM} FROM item_history ORDER BY id"),
+    ) == before
 
 
 async def test_reparse_rebuilds_deduplication_keys(

@@ -4,8 +4,10 @@ processes of `--processes` read the SQLite file themselves).
 
 Everything the callbacks produced for the pages with a stored body — items, typed-table
 rows and views, item errors, errors of kind `spider` and `item`, and the item keys — is
-deleted and written again from what the callbacks yield now, chunk by chunk; a callback that
-raises `StopCrawl`, a Ctrl-C or any failure rolls it all back.
+deleted and written again from what the callbacks yield now, chunk by chunk; the items it
+replaces are kept in `item_history` (reason `reparse`) by the statement SQLite's reparse runs
+(crawler.store.history). A callback that raises `StopCrawl`, a Ctrl-C or any failure rolls it
+all back, the history with it.
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from crawler.engine.reparse import (
 )
 from crawler.engine.reparse_chunks import ChunkParser
 from crawler.engine.reparse_rows import ReparseRows, RowWriter, Tally
+from crawler.records import utc_now
 from crawler.settings import Settings
 from crawler.spider.base import Spider
 from crawler.store.claims import LEASE_SECONDS
+from crawler.store.history import ARCHIVE_REPARSED
 from crawler.store.pages import pg_pages_with_bodies
 from crawler.store.pg_items import PgItemTables, declare_pg_item_tables
 from crawler.store.pg_schema import open_pg, pg_error, redact
@@ -103,7 +107,9 @@ async def _check(
 
 
 async def _clear(conn: asyncpg.Connection) -> None:
-    """Delete what the callbacks produced for every page with a body; drop emptied tables."""
+    """Delete what the callbacks produced for every page with a body (its items kept in
+    `item_history`, reason `reparse`, as on SQLite); drop emptied tables."""
+    await conn.execute(ARCHIVE_REPARSED.format(now="$1"), utc_now())
     await conn.execute(f"DELETE FROM items WHERE request_id IN ({_REPARSED})")
     await conn.execute(
         f"DELETE FROM errors WHERE kind = ANY($1::text[]) AND request_id IN ({_REPARSED})",

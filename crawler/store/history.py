@@ -7,7 +7,7 @@ version.
 
 Runs inside the caller's transaction, before the page's new rows are inserted. A reparse,
 which replaces the items of every page with a stored body and leaves links alone, archives
-them all with one statement (`archive_reparsed_items`) and deletes them itself.
+them all with one statement (`ARCHIVE_REPARSED`, on either backend) and deletes them itself.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import aiosqlite
 from crawler.store.bulk import BulkStatement
 from crawler.store.columns import quote_identifier
 
-__all__ = ["archive_reparsed_items", "retire_items"]
+__all__ = ["ARCHIVE_REPARSED", "archive_reparsed_items", "retire_items"]
 
 _RETIRED: Final = "SELECT value FROM json_each(?)"
 """The request ids `retire_items` is given (a JSON array, as one parameter)."""
@@ -76,16 +76,19 @@ async def retire_items(
     )
 
 
-_ARCHIVE_REPARSED: Final = (
+ARCHIVE_REPARSED: Final = (
     "INSERT INTO item_history (item_id, crawl_id, request_id, page_url, type, data, "
     "created_at, replaced_at, replaced_by, reason) "
-    "SELECT id, crawl_id, request_id, page_url, type, data, created_at, ?, NULL, 'reparse' "
+    "SELECT id, crawl_id, request_id, page_url, type, data, created_at, {now}, NULL, 'reparse' "
     "FROM items WHERE request_id IN (SELECT request_id FROM pages WHERE body IS NOT NULL) "
     "ORDER BY id"
 )
+"""Copies the items of every page with a stored body to `item_history` (reason `reparse`,
+by no run), replaced at the one parameter `{now}`: its driver's placeholder (`?`, `$1`). The
+statement of both backends (PostgreSQL's reparse runs it too), so that their histories agree."""
 
 
 async def archive_reparsed_items(conn: aiosqlite.Connection, *, now: str) -> None:
     """Copy the items of every page with a stored body to `item_history` (reason `reparse`,
     replaced at `now`, by no run): a reparse is about to delete and replace them."""
-    await conn.execute(_ARCHIVE_REPARSED, (now,))
+    await conn.execute(ARCHIVE_REPARSED.format(now="?"), (now,))
