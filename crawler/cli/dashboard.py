@@ -19,7 +19,6 @@ import socket
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
@@ -155,7 +154,9 @@ def _json(data: dict[str, Any], status: int = 200) -> web.Response:
 
 
 def _resource(name: str) -> str:
-    return (resources.files("crawler.cli") / "static" / name).read_text(encoding="utf-8")
+    # a path beside this module, not importlib.resources: that import is start-up time of
+    # every command, and the package is always installed as files
+    return (Path(__file__).parent / "static" / name).read_text(encoding="utf-8")
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -20,14 +20,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import asyncpg
 import click
 from rich.console import Console
 from rich.table import Table
 
-from crawler.cli.archive import export_warc
 from crawler.cli.common import (
     DATABASE,
     EXIT_INTERRUPTED,
@@ -46,16 +45,15 @@ from crawler.cli.readonly import (
     read_error,
 )
 from crawler.engine.parse_page import ParsedPage, parse_page
-from crawler.engine.pg_reparse import reparse_postgres
-from crawler.engine.reparse import ReparseSummary
-from crawler.engine.reparse import reparse as reparse_database
-from crawler.engine.reparse_workers import ReparseWorkerDied
 from crawler.errors import CrawlerError, QueryError, StorageFailure
 from crawler.results.export import item_rows, known_item_types
 from crawler.results.formats import OutputFormat, write_rows
 from crawler.results.report import crawl_report, render_report
 from crawler.spider.discovery import find_spider
 from crawler.store.schema import storage_error
+
+if TYPE_CHECKING:
+    from crawler.engine.reparse import ReparseSummary
 
 __all__ = ["export", "parse", "query", "reparse", "stats"]
 
@@ -183,6 +181,8 @@ def export(
         if chosen == "warc":
             if type_name is not None:
                 raise UserError("-f warc exports the stored pages, not items: leave out -t")
+            from crawler.cli.archive import export_warc  # (imported when used, as reparse's)
+
             export_warc(database, output)
             return
         if type_name is None:
@@ -271,6 +271,11 @@ def reparse(
     done (or stopped by the spider, nothing changed), 1 a worker process died or the storage
     failed, 2 bad input, 130 interrupted (nothing changed).
     """
+    # Imported when used: each command (a crawl too) loads this module; start-up time.
+    from crawler.engine.pg_reparse import reparse_postgres
+    from crawler.engine.reparse import reparse as reparse_database
+    from crawler.engine.reparse_workers import ReparseWorkerDied
+
     console = Console(stderr=True)
     setup_logging("WARNING", console)
     with user_errors():
