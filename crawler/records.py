@@ -156,7 +156,7 @@ class PageRecord:
     etag: str | None = None
     last_modified: str | None = None
     body_hash: int | None = None
-    """CRC-32 and length of the decoded body (crawler.engine.recrawl.body_hash)."""
+    """XXH3-64 of the decoded body (crawler.engine.recrawl.body_hash)."""
     change: PageChange = PageChange.NEW
     conditional: bool = False
     """Whether the request carried validators (If-None-Match / If-Modified-Since)."""

@@ -5,7 +5,9 @@ kept in `item_history`, and every fetch recorded in `fetches`."""
 
 from __future__ import annotations
 
+import gzip
 import sqlite3
+import zlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,6 +147,26 @@ async def test_a_server_that_ignores_validators_is_compared_by_body_hash(
     assert scalar(db_path, "SELECT count(*) FROM fetches WHERE changed = 0") == 2 * PRODUCTS
     assert price_history(db_path, "SKU-1") == [11.0, 11.5]
     assert prices(db_path)["SKU-2"] == 12.5
+
+
+async def test_pages_stored_with_the_former_crc_hash_are_still_recognised_unchanged(
+    shop: tuple[Shop, type[ShopSpider]], db_path: Path
+) -> None:
+    """Pages hashed before body_hash became XXH3 (CRC-32 and length) are compared by that."""
+    state, spider = shop
+    state.honour_validators = False
+    await run(spider, db_path, settings={"store_body": True})
+    with sqlite3.connect(db_path) as conn:
+        for request_id, body in conn.execute("SELECT request_id, body FROM pages").fetchall():
+            content = gzip.decompress(body)
+            crc = (len(content) << 32) | zlib.crc32(content)
+            crc = crc - (1 << 64) if crc >= 1 << 63 else crc
+            conn.execute("UPDATE pages SET body_hash = ? WHERE request_id = ?", (crc, request_id))
+    assert scalar(db_path, "SELECT count(*) FROM pages WHERE body_hash > 1 << 32") > 0
+    state.change(1)
+    summary = await run(spider, db_path, settings={"store_body": True}, recrawl=True)
+    assert summary["refetched"] == {"changed": 1, "unchanged": PRODUCTS}
+    assert price_history(db_path, "SKU-1") == [11.0, 11.5]
 
 
 async def test_refresh_after_re_queues_only_pages_fetched_longer_ago(

@@ -18,6 +18,8 @@ import time
 import zlib
 from collections.abc import Iterable
 
+import xxhash
+
 from crawler.fetch.outcomes import Fetched
 from crawler.records import PageChange, PageRecord, Previous, utc_now
 from crawler.settings import Settings
@@ -87,12 +89,18 @@ def _cutoff(now: float, refresh_after: float) -> str | None:
 
 
 def body_hash(body: bytes) -> int:
-    """A signed 64-bit hash of a decoded body: its CRC-32 and its length.
+    """A signed 64-bit hash of a decoded body: its XXH3-64 (xxHash).
 
-    CRC-32 runs at memory speed (~5 µs for 20 KB, a quarter of a cryptographic hash) and
-    only tells a changed page from an unchanged one; a change it misses would have to keep
-    the length and hit one of 2^32 values.
+    It only tells a changed page from an unchanged one, once per fetched page, so it is
+    the fastest good 64-bit hash: ~0.4 µs for 20 KB, where CRC-32 (the hash of pages
+    stored before, see `_crc_hash`) took ~10 µs, 3% of a page's time in a crawl.
     """
+    value = xxhash.xxh3_64_intdigest(body)
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _crc_hash(body: bytes) -> int:
+    """The hash pages were stored with before `body_hash` was XXH3: CRC-32 and length."""
     value = (len(body) << 32) | zlib.crc32(body)
     return value - (1 << 64) if value >= 1 << 63 else value
 
@@ -109,15 +117,22 @@ def conditional(request: Request, previous: Previous | None) -> Request:
     return request.replace(headers=headers)
 
 
-def page_change(previous: Previous | None, status: int, digest: int) -> PageChange:
-    """What a response does to the stored page."""
+def page_change(previous: Previous | None, status: int, body: bytes, digest: int) -> PageChange:
+    """What a response (its decoded `body`, hashed as `digest`) does to the stored page."""
     if previous is None:
         return PageChange.NEW
-    if status == 304 or (status < 300 and digest == previous.body_hash):
+    if status == 304 or (status < 300 and _same_content(previous, body, digest)):
         return PageChange.UNCHANGED
     if status >= 500 or status in _KEEP_STORED_PAGE:
         return PageChange.ERROR
     return PageChange.CHANGED
+
+
+def _same_content(previous: Previous, body: bytes, digest: int) -> bool:
+    """Whether `body` is the stored page's content: by its hash, or by CRC-32 for a page
+    stored before the hash was XXH3 (computed only when the hashes differ)."""
+    stored = previous.body_hash
+    return stored == digest or (stored is not None and stored == _crc_hash(body))
 
 
 def page_record(
@@ -130,7 +145,7 @@ def page_record(
     """The record of a received response (`previous`: the stored page of a re-fetch; its
     body kept with `store_body`), and what it does to the stored page."""
     digest = body_hash(outcome.body)
-    change = page_change(previous, outcome.status, digest)
+    change = page_change(previous, outcome.status, outcome.body, digest)
     keep = change is PageChange.UNCHANGED or change is PageChange.ERROR
     store = store_body and not keep
     headers = outcome.headers
