@@ -225,11 +225,15 @@ class RobotsRecord:
 
 
 @final
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class HostRecord:
     """What the crawl has learned about one host, as stored in `hosts` (see
     crawler.fetch.politeness): written with every result of the host, read back when the
-    host gets work again after leaving memory, or in a later run. Times are unix times."""
+    host gets work again after leaving memory, or in a later run. Times are unix times.
+
+    Not frozen, though nothing changes one once made: one is made for every page, and a
+    frozen dataclass's `__init__` takes 2.5 times as long (`object.__setattr__` per field).
+    """
 
     host: str
     crawl_delay: float | None

@@ -116,26 +116,36 @@ class Sampler:
 
     def observe(self, results: Iterable[PageResult]) -> None:
         """Count committed results in their hosts' counters."""
+        # Per batch, not per result: each host of the batch becomes the most recently seen
+        # (and changed) once, after its results are counted.
+        seen: dict[str, _HostCounts] = {}
         for result in results:
-            host = host_of(result.url)
-            counts = self._counts.pop(host, None) or _HostCounts()
-            self._counts[host] = counts  # now the most recently seen
-            if len(self._counts) > MAX_HOSTS:
-                forgotten = next(iter(self._counts))
-                del self._counts[forgotten]
-                self._changed.pop(forgotten, None)
+            # the host of its snapshot when it has one: the same, without parsing the URL
+            host = result.host.host if result.host is not None else host_of(result.url)
+            counts = seen.get(host)
+            if counts is None:
+                stored = self._counts.pop(host, None)
+                counts = seen[host] = _HostCounts() if stored is None else stored
             if (page := result.page) is not None:
                 counts.pages += 1
                 counts.total_ms += page.elapsed_ms
                 counts.last_status = page.status
                 counts.throttled += page.status in THROTTLE_STATUSES
-            counts.errors += len(result.errors)
-            for error in result.errors:
-                if (status := _THROTTLED_MESSAGE.match(error.message)) is not None:
-                    counts.throttled += int(status.group(1)) in THROTTLE_STATUSES
+            if result.errors:
+                counts.errors += len(result.errors)
+                for error in result.errors:
+                    if (status := _THROTTLED_MESSAGE.match(error.message)) is not None:
+                        counts.throttled += int(status.group(1)) in THROTTLE_STATUSES
             counts.failed += result.state is RequestState.FAILED
-            self._changed.pop(host, None)
-            self._changed[host] = None
+        changed = self._changed
+        for host, counts in seen.items():
+            self._counts[host] = counts
+            changed.pop(host, None)
+            changed[host] = None
+        while len(self._counts) > MAX_HOSTS:
+            forgotten = next(iter(self._counts))
+            del self._counts[forgotten]
+            changed.pop(forgotten, None)
 
     def take(self, tally: Stats | None = None, *, force: bool = False) -> Sample | None:
         """The sample to write now (with the counts of `tally`, the batch it is written
