@@ -29,6 +29,7 @@ from crawler import Request, Response, Spider
 from crawler.frontier.gate import Frontier
 from crawler.settings import load_settings
 from crawler.stats import Stats
+from crawler.store.fingerprints import MERGE
 from crawler.store.runs import start_run
 from crawler.store.schema import open_database
 from crawler.store.writer import Seeds, Storage
@@ -96,7 +97,8 @@ async def measure_admission(urls: int, db: Path) -> tuple[float, float]:
 
 
 def prefill(db: Path, rows: int) -> None:
-    """Give a database `rows` finished requests of another host (as a long crawl leaves it)."""
+    """Give a database `rows` finished requests of another host (as a long crawl leaves it,
+    its fingerprint set merged: the writer merges as the file grows)."""
     rng = random.Random(1)
     with sqlite3.connect(db) as conn:
         conn.executemany(
@@ -104,6 +106,8 @@ def prefill(db: Path, rows: int) -> None:
             "VALUES (?, ?, 'filler.test', 1, 'done', 1, '2026-01-01T00:00:00+00:00')",
             ((f"http://filler.test/{i}", rng.getrandbits(63)) for i in range(rows)),
         )
+        for sql in MERGE:
+            conn.execute(sql)
 
 
 def crawl_command(spider: str, db: Path, start: str, extra: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any, Final
 
 import asyncpg
 
-__all__ = ["Target", "assert_intact", "is_postgres", "rows", "scalar"]
+__all__ = ["Target", "assert_fingerprint_set", "assert_intact", "is_postgres", "rows", "scalar"]
 
 Target = Path | str
 """A SQLite file (a Path) or a `postgresql://` URL (a str)."""
@@ -78,9 +78,34 @@ def scalar(target: Target, sql: str, params: tuple[object, ...] = ()) -> Any:
 
 
 def assert_intact(target: Target) -> None:
-    """A SQLite file passes `integrity_check`; a PostgreSQL database answers (the server
-    keeps its own pages intact, and a crash of a client cannot damage them)."""
+    """A SQLite file passes `integrity_check` and holds its fingerprint set whole
+    (`assert_fingerprint_set`); a PostgreSQL database answers (the server keeps its own
+    pages intact, and a crash of a client cannot damage them)."""
     if is_postgres(target):
         assert scalar(target, "SELECT 1") == 1
     else:
         assert scalar(target, "PRAGMA integrity_check") == "ok"
+        has_set = "SELECT count(*) FROM sqlite_master WHERE name = 'fingerprint_levels'"
+        if scalar(target, has_set):  # not in a file killed before its schema was made
+            assert_fingerprint_set(target)
+
+
+_FINGERPRINT_SET: Final = (
+    "SELECT * FROM (SELECT fingerprint, request_id FROM fingerprints_recent "
+    "UNION ALL SELECT fingerprint, request_id FROM fingerprints)"
+)
+
+
+def assert_fingerprint_set(db: Target) -> None:
+    """In a SQLite file (crawler.store.fingerprints): one request per fingerprint, each in
+    exactly one level of the set with its request's id, nothing else in the set, and the
+    main level's size as `fingerprint_levels` keeps it."""
+    assert rows(db, "SELECT fingerprint FROM requests GROUP BY 1 HAVING count(*) > 1") == []
+    both = "SELECT count(*) FROM fingerprints_recent JOIN fingerprints USING (fingerprint)"
+    assert scalar(db, both) == 0
+    by_request = "SELECT fingerprint, id FROM requests"
+    assert rows(db, f"{by_request} EXCEPT {_FINGERPRINT_SET}") == []
+    assert rows(db, f"{_FINGERPRINT_SET} EXCEPT {by_request}") == []
+    assert scalar(db, "SELECT count(*) FROM fingerprints") == scalar(
+        db, "SELECT merged FROM fingerprint_levels"
+    )

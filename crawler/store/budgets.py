@@ -9,9 +9,9 @@ every process sharing the file, and costs the same at any size of the frontier. 
 over budget is stored whole as `skipped` with that reason (callback, meta, headers,
 priority), so that a later run can fetch it exactly as first asked.
 
-Without budgets nothing is looked up: the `requests` table's unique index refuses what it
-already holds during the insert (except a URL refused for depth, which a shallower path
-reopens: `statements.INSERT_REQUEST`).
+Without budgets nothing is looked up here: the insert drops what the file already holds
+(a trigger looks each fingerprint up in the set, crawler.store.fingerprints), except a URL
+refused for depth, which a shallower path reopens (`statements.REOPEN_DEPTH_SKIPS`).
 
 A resumed crawl reopens the rows an earlier run skipped only because its budget was spent,
 as far as this run's budgets allow: the limit belonged to that run, not to the URLs.
@@ -19,6 +19,7 @@ as far as this run's budgets allow: the limit belonged to that run, not to the U
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Final
 
@@ -29,6 +30,7 @@ from crawler.records import Candidate
 from crawler.settings import Settings
 from crawler.stats import Stats
 from crawler.store.bulk import select_in
+from crawler.store.fingerprints import request_id_of
 
 __all__ = ["Budgets"]
 
@@ -50,6 +52,9 @@ class Budgets:
             "max_pages_per_host"
         )
         """Whether some host has a page budget (per-site settings may give one to a few)."""
+        self.reopenable: set[int] | None = None
+        """Of the last batch's candidates, those the file holds as refused for depth (which
+        `statements.REOPEN_DEPTH_SKIPS` reopens); None when `admit` did not look them up."""
 
     @property
     def active(self) -> bool:
@@ -64,10 +69,11 @@ class Budgets:
     async def admit(
         self, candidates: list[Candidate], now: str, tally: Stats
     ) -> tuple[list[Row], list[Row]]:
-        """Return the `INSERT_REQUEST` rows for `candidates` (the unique index still drops
-        what the table holds) and the `INSERT_REQUEST_SKIPPED` rows of those over budget;
+        """Return the `INSERT_REQUEST` rows for `candidates` (the insert still drops what
+        the table holds) and the `INSERT_REQUEST_SKIPPED` rows of those over budget;
         duplicates within the batch are counted in `tally`. Call it inside the write
         transaction."""
+        self.reopenable = None
         unique: dict[int, Candidate] = {}
         for candidate in candidates:
             if candidate.fingerprint in unique:
@@ -77,7 +83,7 @@ class Budgets:
         if not self.active:
             return [self._row(c, now) for c in unique.values()], []
         # Budgets need to know which candidates are new before inserting; otherwise the
-        # unique index sorts them out during the insert (one index lookup instead of two).
+        # insert's trigger sorts them out (one lookup in the set instead of two).
         existing = await self._existing(list(unique))
         tally.skipped[SkipReason.DUPLICATE.value] += len(existing)
         new = [c for fp, c in unique.items() if fp not in existing]
@@ -143,12 +149,12 @@ class Budgets:
         return self._settings.for_host(host).max_pages_per_host
 
     async def _existing(self, fingerprints: list[int]) -> set[int]:
-        """The fingerprints the table holds, but for URLs refused for depth (reopenable)."""
-        sql = (
-            "SELECT fingerprint FROM requests WHERE fingerprint IN ({marks}) "
-            "AND NOT (state = 'skipped' AND reason = 'depth')"
-        )
-        return {int(row[0]) for row in await select_in(self._conn, sql, fingerprints)}
+        """The fingerprints the table holds, but for URLs refused for depth (reopenable:
+        those are kept in `reopenable`)."""
+        async with self._conn.execute(_EXISTING, (json.dumps(fingerprints),)) as cursor:
+            found = await cursor.fetchall()
+        self.reopenable = {int(fingerprint) for fingerprint, depth in found if depth}
+        return {int(fingerprint) for fingerprint, depth in found if not depth}
 
     async def _admitted(self) -> int:
         async with self._conn.execute("SELECT admitted FROM frontier_counts") as cursor:
@@ -161,6 +167,13 @@ class Budgets:
         return Counter({str(host): int(n) for host, n in found})
 
 
+_EXISTING: Final = (
+    "SELECT requests.fingerprint, requests.state = 'skipped' AND requests.reason = 'depth' "
+    f"FROM json_each(?) AS candidate JOIN requests ON requests.id = "
+    f"{request_id_of('candidate.value')}"
+)
+"""Which of a JSON array of fingerprints the table holds, each with whether it was refused
+for depth."""
 _BUDGET_SKIPPED: Final = "state = 'skipped' AND reason IN ('max_pages', 'max_pages_per_host')"
 """Rows skipped for a reason that belongs to a run's budget, not to the URL: a resume reopens
 them. Written out, not bound, so that the partial index `requests_budget_skips` applies (the

@@ -67,14 +67,18 @@ class BulkStatement:
         ```
     """
 
-    def __init__(self, template: str, fields: int) -> None:
+    def __init__(self, template: str, fields: int, *, update_first: str = "") -> None:
+        """`update_first`, written the same way, runs before `template` with the same rows:
+        an upsert's update of the rows the table holds, where no unique index is there for
+        `ON CONFLICT` (crawler.store.fingerprints)."""
         values = [_field(i) for i in range(fields)]
         self.fields = fields
-        self.sql = template.format(
-            *values, rows=f"json_each(?) AS {_ROW}", order=f"{_ROW}.key", row=f"{_ROW}.value"
-        )
+        source = {"rows": f"json_each(?) AS {_ROW}", "order": f"{_ROW}.key", "row": f"{_ROW}.value"}
+        self.sql = template.format(*values, **source)
+        self.update_sql = update_first.format(*values, **source) if update_first else None
         simple = template.removesuffix(_ROWS_IN_ORDER)
-        self.row_sql = simple.format(*["?"] * fields) if simple != template else None
+        one_row = simple != template and self.update_sql is None
+        self.row_sql = simple.format(*["?"] * fields) if one_row else None
         """The same statement for one row of parameters (`INSERT … SELECT ?, ?`), when the
         template ends in `FROM {rows} ORDER BY {order}`: for `executemany`."""
 
@@ -95,9 +99,13 @@ class BulkStatement:
             if len(rows[0]) != self.fields:
                 raise ValueError(f"rows of {len(rows[0])} fields for a statement of {self.fields}")
             cursor = await conn.executemany(self.row_sql, rows)
-        else:
-            cursor = await conn.execute(self.sql, (self._json(rows),))
-        return max(0, cursor.rowcount)
+            return max(0, cursor.rowcount)
+        param = (self._json(rows),)
+        changed = 0
+        if self.update_sql is not None:
+            changed = max(0, (await conn.execute(self.update_sql, param)).rowcount)
+        cursor = await conn.execute(self.sql, param)
+        return changed + max(0, cursor.rowcount)
 
     def inline(self, rows: Sequence[Sequence[object]]) -> str:
         """The statement for `rows` with their JSON as a quoted SQL literal (for a `Script`).
@@ -105,7 +113,11 @@ class BulkStatement:
         Raises:
             as `run`.
         """
-        return self.sql.replace("json_each(?)", f"json_each({_literal(self._json(rows))})", 1)
+        source = f"json_each({_literal(self._json(rows))})"
+        sql = self.sql.replace("json_each(?)", source, 1)
+        if self.update_sql is None:
+            return sql
+        return self.update_sql.replace("json_each(?)", source, 1) + ";\n" + sql
 
     def _json(self, rows: Sequence[Sequence[object]]) -> str:
         if len(rows[0]) != self.fields:

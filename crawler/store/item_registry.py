@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 RESERVED_NAMES: Final = frozenset({
     "crawls", "requests", "pages", "links", "items", "errors", "robots",
     "item_errors", "item_keys", "item_tables", "fetches", "item_history", "item_versions",
+    "fingerprints", "fingerprints_recent", "fingerprint_levels",
 })  # fmt: skip
 """The crawler's own tables: an item type of one of these names gets a suffixed table."""
 

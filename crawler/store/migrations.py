@@ -300,4 +300,89 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     """,
     # 7: the cookies each host is sent, JSON (crawler.fetch.cookies); NULL: none yet.
     "ALTER TABLE hosts ADD COLUMN cookies TEXT;",
+    # 8: the fingerprints leave the unique index of `requests` for a set in two levels,
+    # kept by triggers (crawler.store.fingerprints): new ones go to a small table, merged
+    # into the large one in order, so that a batch costs the same at any size of the file.
+    # The index is part of the table's definition, so the table is copied without it (the
+    # drop takes its indexes and triggers along: they are made again as they were).
+    """
+    CREATE TABLE requests_new (
+        id            INTEGER PRIMARY KEY,
+        url           TEXT NOT NULL,
+        fingerprint   INTEGER NOT NULL,
+        host          TEXT NOT NULL,
+        method        TEXT NOT NULL DEFAULT 'GET',
+        callback      TEXT,
+        headers       TEXT,
+        meta          TEXT,
+        depth         INTEGER NOT NULL,
+        priority      INTEGER NOT NULL DEFAULT 0,
+        state         TEXT NOT NULL,
+        reason        TEXT,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        not_before    REAL,
+        lease_owner   INTEGER,
+        lease_expires REAL,
+        parent_id     INTEGER,
+        crawl_id      INTEGER NOT NULL,
+        discovered_at TEXT NOT NULL,
+        finished_at   TEXT,
+        lastmod       TEXT
+    );
+    INSERT INTO requests_new SELECT id, url, fingerprint, host, method, callback, headers, meta,
+        depth, priority, state, reason, attempts, not_before, lease_owner, lease_expires,
+        parent_id, crawl_id, discovered_at, finished_at, lastmod FROM requests ORDER BY id;
+    DROP TABLE requests;
+    ALTER TABLE requests_new RENAME TO requests;
+    CREATE INDEX requests_frontier ON requests (host, priority DESC, id)
+        WHERE state = 'pending';
+    CREATE INDEX requests_budget_skips ON requests (host, id)
+        WHERE state = 'skipped' AND reason IN ('max_pages', 'max_pages_per_host');
+    CREATE TRIGGER requests_count_insert AFTER INSERT ON requests
+        WHEN NEW.state != 'skipped'
+    BEGIN
+        UPDATE frontier_counts SET admitted = admitted + 1;
+        INSERT INTO hosts (host, admitted) VALUES (NEW.host, 1)
+            ON CONFLICT (host) DO UPDATE SET admitted = admitted + 1;
+    END;
+    CREATE TRIGGER requests_count_skip AFTER UPDATE OF state ON requests
+        WHEN OLD.state != 'skipped' AND NEW.state = 'skipped'
+    BEGIN
+        UPDATE frontier_counts SET admitted = admitted - 1;
+        UPDATE hosts SET admitted = admitted - 1 WHERE host = OLD.host;
+    END;
+    CREATE TRIGGER requests_count_reopen AFTER UPDATE OF state ON requests
+        WHEN OLD.state = 'skipped' AND NEW.state != 'skipped'
+    BEGIN
+        UPDATE frontier_counts SET admitted = admitted + 1;
+        INSERT INTO hosts (host, admitted) VALUES (NEW.host, 1)
+            ON CONFLICT (host) DO UPDATE SET admitted = admitted + 1;
+    END;
+    CREATE TABLE fingerprints (
+        fingerprint   INTEGER PRIMARY KEY,
+        request_id    INTEGER NOT NULL
+    );
+    CREATE TABLE fingerprints_recent (
+        fingerprint   INTEGER PRIMARY KEY,
+        request_id    INTEGER NOT NULL
+    );
+    CREATE TABLE fingerprint_levels (
+        id            INTEGER PRIMARY KEY CHECK (id = 1),
+        merged        INTEGER NOT NULL
+    );
+    INSERT INTO fingerprints (fingerprint, request_id)
+        SELECT fingerprint, id FROM requests ORDER BY fingerprint;
+    INSERT INTO fingerprint_levels (id, merged) SELECT 1, count(*) FROM fingerprints;
+    CREATE TRIGGER requests_fingerprint_known BEFORE INSERT ON requests
+        WHEN EXISTS (SELECT 1 FROM fingerprints_recent WHERE fingerprint = NEW.fingerprint)
+            OR EXISTS (SELECT 1 FROM fingerprints WHERE fingerprint = NEW.fingerprint)
+    BEGIN
+        SELECT RAISE(IGNORE);
+    END;
+    CREATE TRIGGER requests_fingerprint_add AFTER INSERT ON requests
+    BEGIN
+        INSERT INTO fingerprints_recent (fingerprint, request_id)
+            VALUES (NEW.fingerprint, NEW.id);
+    END;
+    """,
 )

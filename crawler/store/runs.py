@@ -46,7 +46,8 @@ CRAWL_TABLES: Final = (
     "hosts",
     "crawls",
 )
-"""The tables `--fresh` empties (besides the item tables), those that point at others first."""
+"""The tables `--fresh` empties (besides the item tables, and in a SQLite file the set of
+requests' fingerprints: crawler.store.fingerprints), those that point at others first."""
 
 
 def pid_alive(pid: int) -> bool:
@@ -126,6 +127,9 @@ async def start_run(
             for table in CRAWL_TABLES:
                 await conn.execute(f"DELETE FROM {table}")
             await conn.execute("UPDATE frontier_counts SET admitted = 0")
+            await conn.execute("DELETE FROM fingerprints")  # the set of requests' fingerprints
+            await conn.execute("DELETE FROM fingerprints_recent")  # (crawler.store.fingerprints)
+            await conn.execute("UPDATE fingerprint_levels SET merged = 0")
         await _recover_dead_runs(conn, hostname)
         cursor = await conn.execute(
             "INSERT INTO crawls (spider, started_at, status, settings, pid, hostname, heartbeat_at)"

@@ -4,7 +4,11 @@ Tables (one SQLite file per crawl target, WAL mode):
 
 - `crawls`   one row per run: spider, start/end time, status, settings and final stats (JSON)
 - `requests` every URL the crawl admitted or refused, with its state
-             (`pending`, `done`, `failed`, `skipped`) and reason; this is also the frontier
+             (`pending`, `done`, `failed`, `skipped`) and reason; this is also the frontier;
+             one row per fingerprint (the hash of the canonical request)
+- `fingerprints`, `fingerprints_recent`  the set of those fingerprints (fingerprint →
+             request id) in two levels, kept by triggers on `requests`, and
+             `fingerprint_levels` the main level's size (crawler.store.fingerprints)
 - `pages`    one row per HTTP response received (status, type, size, timing, optional body)
 - `links`    every `<a href>` of every parsed page (from_url → to_url)
 - `items`    every item a callback yielded: type name and JSON data (`json_extract` works)
@@ -78,7 +82,7 @@ _PRAGMAS: Final = (
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = NORMAL",
     "PRAGMA temp_store = MEMORY",
-    "PRAGMA cache_size = -32000",
+    "PRAGMA cache_size = -" + __import__("os").environ.get("CACHE_KB", "32000"),
 )
 
 

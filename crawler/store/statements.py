@@ -1,6 +1,11 @@
 """The statements a write batch runs (crawler.store.writer), and the rows some of them take.
 
 Each `BulkStatement` writes a whole table's share of a batch in one statement (crawler.store.bulk).
+
+`requests` holds one row per fingerprint: triggers drop a row whose fingerprint the file
+already holds, and look fingerprints up in their set (crawler.store.fingerprints), so the
+inserts here are plain `INSERT`s, and what was an update on conflict is an update of the
+rows `request_id_of` finds, before the insert.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from typing import Final
 from crawler.failures import storable
 from crawler.records import ErrorRecord, Skipped
 from crawler.store.bulk import BulkStatement
+from crawler.store.fingerprints import request_id_of
 
 __all__ = [
     "COUNT_ADMITTED",
@@ -26,6 +32,7 @@ __all__ = [
     "INSERT_REQUEST",
     "INSERT_REQUEST_SKIPPED",
     "INSERT_SKIPPED",
+    "REOPEN_DEPTH_SKIPS",
     "SET_LASTMOD",
     "SET_PAGE_BODY",
     "TAKE_ADMITTED_COUNT",
@@ -75,20 +82,29 @@ _REQUEST_COLUMNS: Final = (
 INSERT_REQUEST: Final = BulkStatement(
     f"INSERT INTO requests ({_REQUEST_COLUMNS}, state) "
     "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, 'pending' "
-    "FROM {rows} WHERE true ORDER BY {order} "
-    # A URL refused for depth is crawled after all when a shallower path reaches it (depth
-    # is the least at which it was found); any other row already there stays as it is.
-    "ON CONFLICT (fingerprint) DO UPDATE SET state = 'pending', reason = NULL, "
-    "finished_at = NULL, method = excluded.method, callback = excluded.callback, "
-    "headers = excluded.headers, meta = excluded.meta, depth = excluded.depth, "
-    "priority = excluded.priority, parent_id = excluded.parent_id "
-    "WHERE requests.state = 'skipped' AND requests.reason = 'depth'",
+    # `WHERE true`: no one-row form (executemany), one JSON parameter is cheaper here
+    "FROM {rows} WHERE true ORDER BY {order}",
     12,
 )
-"""New requests (rows as `Budgets.admit` returns them); a row the table holds is kept, unless
-it was refused for depth."""
+"""New requests (rows as `Budgets.admit` returns them); a row the table holds is kept (the
+trigger drops the new one), unless it was refused for depth: `REOPEN_DEPTH_SKIPS` first."""
+REOPEN_DEPTH_SKIPS: Final = BulkStatement(
+    # A URL refused for depth is crawled after all when a shallower path reaches it (depth
+    # is the least at which it was found); any other row already there stays as it is.
+    # The fields are read from the rows found only: most rows are new.
+    "UPDATE requests SET state = 'pending', reason = NULL, finished_at = NULL, "
+    "method = json_extract(found.row, '$[3]'), callback = json_extract(found.row, '$[4]'), "
+    "headers = json_extract(found.row, '$[5]'), meta = json_extract(found.row, '$[6]'), "
+    "depth = json_extract(found.row, '$[7]'), priority = json_extract(found.row, '$[8]'), "
+    "parent_id = json_extract(found.row, '$[9]') "
+    f"FROM (SELECT {request_id_of('{1}')} AS id, {{row}} AS row FROM {{rows}}) AS found "
+    "WHERE requests.id = found.id AND requests.state = 'skipped' AND requests.reason = 'depth'",
+    12,
+)
+"""`INSERT_REQUEST`'s rows that the table holds as refused for depth: pending again, as
+found this time (run it first: what it changed counts as admitted)."""
 INSERT_REQUEST_SKIPPED: Final = BulkStatement(
-    f"INSERT OR IGNORE INTO requests ({_REQUEST_COLUMNS}, state, reason, finished_at) "
+    f"INSERT INTO requests ({_REQUEST_COLUMNS}, state, reason, finished_at) "
     "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, 'skipped', {12}, {13} "
     "FROM {rows} ORDER BY {order}",
     14,
@@ -99,10 +115,11 @@ CREATE_ADMITTED_COUNT: Final = (
     "CREATE TEMP TABLE IF NOT EXISTS batch_admitted (admitted INTEGER NOT NULL)"
 )
 COUNT_ADMITTED: Final = "INSERT INTO temp.batch_admitted (admitted) SELECT changes()"
-"""Right after the requests insert of a one-call batch: how many rows that insert added."""
+"""Right after each statement adding requests in a one-call batch (`REOPEN_DEPTH_SKIPS`,
+`INSERT_REQUEST`): how many rows it added."""
 TAKE_ADMITTED_COUNT: Final = "DELETE FROM temp.batch_admitted RETURNING admitted"
 INSERT_SKIPPED: Final = BulkStatement(
-    "INSERT OR IGNORE INTO requests (url, fingerprint, host, depth, state, reason, parent_id, "
+    "INSERT INTO requests (url, fingerprint, host, depth, state, reason, parent_id, "
     "crawl_id, discovered_at, finished_at) "
     "SELECT {0}, {1}, {2}, {3}, 'skipped', {4}, {5}, {6}, {7}, {8} FROM {rows} ORDER BY {order}",
     9,
@@ -110,13 +127,14 @@ INSERT_SKIPPED: Final = BulkStatement(
 UPSERT_REDIRECT_TARGET: Final = BulkStatement(
     "INSERT INTO requests (url, fingerprint, host, depth, state, reason, parent_id, "
     "crawl_id, discovered_at, finished_at) "
-    "SELECT {0}, {1}, {2}, {3}, 'skipped', {4}, {5}, {6}, {7}, {8} FROM {rows} "
-    "WHERE true ORDER BY {order} "
-    # Pending and not claimed: its response is in hand, so it is not fetched again.
-    "ON CONFLICT (fingerprint) DO UPDATE SET state = 'skipped', reason = excluded.reason, "
-    "finished_at = excluded.finished_at "
-    "WHERE requests.state = 'pending' AND requests.lease_owner IS NULL",
+    "SELECT {0}, {1}, {2}, {3}, 'skipped', {4}, {5}, {6}, {7}, {8} FROM {rows} ORDER BY {order}",
     9,
+    # Pending and not claimed: its response is in hand, so it is not fetched again.
+    update_first="UPDATE requests SET state = 'skipped', "
+    "reason = json_extract(found.row, '$[4]'), finished_at = json_extract(found.row, '$[8]') "
+    f"FROM (SELECT {request_id_of('{1}')} AS id, {{row}} AS row FROM {{rows}}) AS found "
+    "WHERE requests.id = found.id AND requests.state = 'pending' "
+    "AND requests.lease_owner IS NULL",
 )
 """Redirect targets a request was fetched through (`skipped_row`s, reason `redirect_target`)."""
 _PAGE_COLUMNS: Final = (
@@ -163,13 +181,14 @@ INSERT_FETCH_EXCHANGE: Final = BulkStatement(
 )
 """`INSERT_FETCH` with the status line and headers (crawls with `store_body`)."""
 SET_LASTMOD: Final = BulkStatement(
-    "UPDATE requests SET lastmod = {1}, "
+    "UPDATE requests SET lastmod = found.lastmod, "
     # A sitemap dates the page after its last fetch: it is fetched again (attempts anew).
-    "attempts = CASE WHEN state IN ('done', 'failed') AND {1} > finished_at THEN 0 "
+    "attempts = CASE WHEN state IN ('done', 'failed') AND found.lastmod > finished_at THEN 0 "
     "ELSE attempts END, "
-    "state = CASE WHEN state IN ('done', 'failed') AND {1} > finished_at THEN 'pending' "
-    "ELSE state END "
-    "FROM {rows} WHERE requests.fingerprint = {0}",
+    "state = CASE WHEN state IN ('done', 'failed') AND found.lastmod > finished_at "
+    "THEN 'pending' ELSE state END "
+    f"FROM (SELECT {request_id_of('{0}')} AS id, {{1}} AS lastmod FROM {{rows}}) AS found "
+    "WHERE requests.id = found.id",
     2,
 )
 """The sitemap `<lastmod>` of requests (after their insert): a fetched one that the sitemap

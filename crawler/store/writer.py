@@ -8,9 +8,11 @@ aiosqlite's thread (see `crawler.store.bulk`; the statements are in
 `crawler.store.statements`, their rows are built in `crawler.store.rows`); a batch the
 database refuses is split to find the refused row (`crawler.store.refusals`). Claims of
 pending requests (`crawler.store.claims`) also go through the writer, between batches, and
-so do the page budgets (`crawler.store.budgets`), counted inside each transaction, and the
+so do the page budgets (`crawler.store.budgets`), counted inside each transaction, the
 time series of the crawl (`crawler.store.samples`): a sample that falls due rides in the
-next batch, or is written alone when the writer is idle for a whole `stats_interval`.
+next batch, or is written alone when the writer is idle for a whole `stats_interval`, and
+the merges of the fingerprint set (`crawler.store.fingerprints`), at the end of the batch
+after the one that found them due.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from crawler.store.batches import BatchWriter
 from crawler.store.budgets import Budgets
 from crawler.store.bulk import Script
 from crawler.store.claims import Claims
+from crawler.store.fingerprints import MERGE, merge_due
 from crawler.store.history import retire_items
 from crawler.store.item_tables import ItemTables
 from crawler.store.refresh import has_pages
@@ -88,6 +91,8 @@ class Storage(BatchWriter):
             run_id=run_id, stats=stats, interval=settings.stats_interval, hosts=hosts
         )
         self._sampler = self._samples
+        self._merge_next = False
+        """Whether the next batch merges the fingerprint set's levels (checked after each)."""
 
     async def _write_alone(self, sample: Sample) -> None:
         try:
@@ -102,11 +107,20 @@ class Storage(BatchWriter):
         await self._budgets.load()
         await self._sqlite_claims.prepare()
         self._sqlite_claims.refetches = await has_pages(self._conn)
+        self._merge_next = await merge_due(self._conn)
         async with self._conn.execute(
             "SELECT count(*) FROM requests WHERE state = 'pending'"
         ) as cursor:
             row = await cursor.fetchone()
         self._stats.pending = int(row[0]) if row else 0
+
+    async def _merge_due(self) -> bool:
+        """`merge_due`, after a batch committed: a read that fails must not fail the batch
+        (the writer would write it again); the next write will meet the same trouble."""
+        try:
+            return await merge_due(self._conn)
+        except sqlite3.Error:
+            return False
 
     def _forget_item_tables(self) -> None:
         self._item_tables = ItemTables()  # it may know of tables the rollback removed
@@ -162,6 +176,7 @@ class Storage(BatchWriter):
         self._stats.absorb(tally)
         if sample is not None:
             self._samples.written(sample)
+        self._merge_next = await self._merge_due()
 
     async def _run_batch(
         self,
@@ -175,22 +190,33 @@ class Storage(BatchWriter):
         `_commit` began. Return how many of the new requests the table already had."""
         conn = self._conn
         # The insert drops what the table already has (with no budget to apply,
-        # Budgets.admit did not look; another process may also have added it just now)
+        # Budgets.admit did not look; another process may also have added it just now),
+        # but for a URL refused for depth, made pending again first
         if item_inserts is not None:
             script = Script()
             if new_rows:
                 script.add_sql(statements.CREATE_ADMITTED_COUNT)
+                script.add(statements.REOPEN_DEPTH_SKIPS, new_rows)
+                script.add_sql(statements.COUNT_ADMITTED)
                 script.add(statements.INSERT_REQUEST, new_rows)
                 script.add_sql(statements.COUNT_ADMITTED)
             script.extend(rest)
             for sql in item_inserts:
                 script.add_sql(sql)
+            for sql in MERGE if self._merge_next else ():
+                script.add_sql(sql)
             await script.run_as_transaction(conn)
             admitted = await self._admitted_in_last_batch() if new_rows else 0
         else:
-            admitted = await statements.INSERT_REQUEST.run(conn, new_rows)
+            reopen = new_rows
+            if (depth_skipped := self._budgets.reopenable) is not None:
+                reopen = [row for row in new_rows if row[1] in depth_skipped]  # looked up
+            admitted = await statements.REOPEN_DEPTH_SKIPS.run(conn, reopen)
+            admitted += await statements.INSERT_REQUEST.run(conn, new_rows)
             await rest.run_each(conn)
             await self._write_after_script(results)
+            for sql in MERGE if self._merge_next else ():
+                await conn.execute(sql)
             await conn.execute("COMMIT")
         return len(new_rows) - admitted
 
