@@ -1,35 +1,48 @@
 """The writer's per-batch time with page budgets on, in a file already holding 1,000,000
 requests against an empty one: `max_pages` and `max_pages_per_host` read counters kept by
-triggers (`frontier_counts`, `hosts`), so a batch should cost the same at any size.
+triggers (`frontier_counts`, `hosts`), and new fingerprints go to the small level of the
+fingerprint set (crawler.store.fingerprints), so a batch should cost the same at any size.
 
     python -m benchmarks.writer_batch [--rows 1000000] [--batches 40] [--batch 250] [--rounds 3]
 
 The full file is filled once (one `INSERT … SELECT` from a recursive CTE, in one transaction,
-through the real schema and its triggers): `--hosts` hosts, mostly `done`, some `failed` and
-`skipped`, the last rows `pending` (the frontier of a breadth-first crawl is its newest rows).
-Each round then runs the real writer (`crawler.store.writer.Storage`, its writer task fed with
-`PageResult`s) over `--batches` batches of `--batch` results, on a new empty file and on the
-full file, alternately. A result is a fetched page of a pending request, 3 dataclass items,
-26 links and 10 discovered requests: 8 new (7 on the page's host, 1 on another) and 2 that
-an earlier batch admitted. Budgets are on (`max_pages`, `max_pages_per_host`, neither
-reached), so every batch looks up which candidates exist and reads both counters inside its
-transaction. Only `Storage._commit` (one transaction) is timed; the first batch of each run
-(it creates the item table) is left out. For comparison, the count the budgets ran before
-the counters (`SELECT count(*) FROM requests WHERE state != 'skipped'`, once per batch) is
-timed on both files. `--markdown FILE` writes the table for the README.
+through the real schema and its triggers, then its fingerprint set merged once): `--hosts`
+hosts, mostly `done`, some `failed` and `skipped`, the last rows `pending` (the frontier of a
+breadth-first crawl is its newest rows). Each round then commits `--batches` batches of
+`--batch` results through the real writer's transaction (`crawler.store.writer.Storage`) on
+a new empty file and on the full file, the two taking turns batch by batch, so that both
+meet the same load of a shared machine. A result is a fetched page of a pending request, 3
+dataclass items, 26 links and 10 discovered requests: 8 new (7 on the page's host, 1 on
+another) and 2 that an earlier batch admitted. Budgets are on (`max_pages`,
+`max_pages_per_host`, neither reached), so every batch looks up which candidates exist
+and reads both counters inside its transaction. Only `Storage._commit` (one transaction,
+with the set's merge when one is due: the full file keeps its set from round to round, so
+merges come at their own pace) is timed; the first batch of each run (it creates the item
+table) is left out. The figures pool every timed
+batch of a file over all rounds: mean, median and 90th percentile.
+
+Between rounds, the requests a round added to the full file that are still pending (80,000
+by default) are marked done, untimed: the full file's frontier starts every round at the
+size it had after the fill, as the empty file's starts anew. Its per-host index costs a batch
+more the more requests are pending, whatever the file's size; `--keep-pending` lets them
+pile up instead. For comparison, the
+count the budgets ran before the counters (`SELECT count(*) FROM requests WHERE state !=
+'skipped'`, once per batch) is timed on both files. `--markdown FILE` writes the table
+for the README.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -41,8 +54,9 @@ from crawler.frontier.gate import Frontier
 from crawler.records import Candidate, PageRecord, PageResult, RequestState, utc_now
 from crawler.settings import load_settings
 from crawler.stats import Stats
+from crawler.store.fingerprints import MERGE
 from crawler.store.schema import open_database
-from crawler.store.writer import Seeds, Storage
+from crawler.store.writer import Storage
 
 NEW_PER_PAGE: Final = 8
 KNOWN_PER_PAGE: Final = 2
@@ -110,6 +124,8 @@ async def create(db: Path, *, rows: int, hosts: int, pending: int) -> list[int]:
         if rows:
             await conn.execute("BEGIN IMMEDIATE")
             await conn.execute(_FILL, {"rows": rows, "hosts": hosts, "pending": pending})
+            for sql in MERGE:  # as the writer's merges would have left it, at some point
+                await conn.execute(sql)
             await conn.execute("COMMIT")
         await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         async with conn.execute(
@@ -170,53 +186,55 @@ def make_results(
     return results
 
 
-async def time_writer(
-    db: Path, results: list[PageResult], batch: int
-) -> tuple[list[float], list[float]]:
-    """Commit `results` through the real writer in batches of `batch`; return each batch's
-    commit time in seconds, wall and CPU (of both the event loop's and SQLite's threads),
-    the first batch left out."""
+@dataclass
+class Timings:
+    """One file's commits in a round: wall and CPU seconds of each, and merges among them."""
+
+    wall: list[float] = dataclasses.field(default_factory=list)
+    cpu: list[float] = dataclasses.field(default_factory=list)
+    merges: int = 0
+
+
+async def time_writers(
+    files: dict[str, Path], results: dict[str, list[PageResult]], batch: int
+) -> dict[str, Timings]:
+    """Commit each file's `results` through the real writer's transaction
+    (`Storage._commit`), `batch` results at a time, the files taking turns batch by batch
+    (so that both meet the same load of a shared machine); return each file's timings, in
+    seconds, wall and CPU (of both the event loop's and SQLite's threads), the first batch
+    left out (it creates the item table)."""
     settings = load_settings(
-        overrides={
-            "max_pages": MAX_PAGES,
-            "max_pages_per_host": MAX_PAGES_PER_HOST,
-            "write_batch_size": batch,
-            "write_interval": 60.0,
-        }
+        overrides={"max_pages": MAX_PAGES, "max_pages_per_host": MAX_PAGES_PER_HOST}
     ).settings
-    conn = await open_database(db)
-    try:
-        stats = Stats()
-        storage = Storage(
-            conn, run_id=1, settings=settings, stats=stats, on_committed=lambda n: None
-        )
-        await storage.load_counts()
-        times: list[float] = []
-        cpu_times: list[float] = []
-        sizes: list[int] = []
-        commit: Callable[[Sequence[PageResult | Seeds]], Awaitable[None]] = storage._commit
-
-        async def timed_commit(writes: Sequence[PageResult | Seeds]) -> None:
-            started, cpu_started = time.perf_counter(), time.process_time()
-            await commit(writes)
-            times.append(time.perf_counter() - started)
-            cpu_times.append(time.process_time() - cpu_started)
-            sizes.append(len(writes))
-
-        storage._commit = timed_commit  # type: ignore[method-assign]
-        writer = asyncio.create_task(storage.run_writer())
-        for result in results:
-            await storage.submit(result)
-        await storage.stop_writer()
-        await writer
-        if sizes != [batch] * (len(results) // batch):
-            raise AssertionError(f"batches of {sizes}, expected {batch} each")
-        if stats.done != len(results) or stats.admitted != len(results) * NEW_PER_PAGE:
-            raise AssertionError(f"done {stats.done}, admitted {stats.admitted}")
-        await check_counters(conn)
-    finally:
-        await conn.close()
-    return times[1:], cpu_times[1:]
+    timings = {name: Timings() for name in files}
+    async with contextlib.AsyncExitStack() as stack:
+        storages: dict[str, Storage] = {}
+        for name, db in files.items():
+            conn = await open_database(db)
+            stack.push_async_callback(conn.close)
+            storages[name] = Storage(
+                conn, run_id=1, settings=settings, stats=Stats(), on_committed=lambda n: None
+            )
+            await storages[name].load_counts()
+        count = len(next(iter(results.values()))) // batch
+        for index in range(count):
+            turn = list(files) if index % 2 else list(reversed(files))
+            for name in turn:
+                storage, timed = storages[name], timings[name]
+                writes = results[name][index * batch : (index + 1) * batch]
+                merging = storage._merge_next
+                started, cpu_started = time.perf_counter(), time.process_time()
+                await storage._commit(writes)
+                if index:
+                    timed.wall.append(time.perf_counter() - started)
+                    timed.cpu.append(time.process_time() - cpu_started)
+                    timed.merges += merging
+        for name, storage in storages.items():
+            stats, done = storage._stats, count * batch
+            if stats.done != done or stats.admitted != done * NEW_PER_PAGE:
+                raise AssertionError(f"{name}: done {stats.done}, admitted {stats.admitted}")
+            await check_counters(storage._conn)
+    return timings
 
 
 _COUNTED_BY_HOST: Final = (
@@ -256,9 +274,15 @@ def p90(values: Sequence[float]) -> float:
     return statistics.quantiles(values, n=10)[-1]
 
 
-def change(figures: dict[str, float]) -> float:
-    """How much more the full file's figure is than the empty one's, in percent."""
-    return (figures["full"] / figures["empty"] - 1) * 100
+def retire_new_pending(db: Path, *, after: int) -> None:
+    """Mark done the pending requests of `db` with an id above `after` (those the rounds
+    added), as if a crawl had fetched them."""
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "UPDATE requests SET state = 'done', attempts = 1, finished_at = discovered_at "
+            "WHERE state = 'pending' AND id > ?",
+            (after,),
+        )
 
 
 def rows_in(db: Path) -> int:
@@ -274,6 +298,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=250, help="results per batch")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--markdown", type=Path)
+    parser.add_argument(
+        "--keep-pending",
+        action="store_true",
+        help="keep the requests each round adds to the full file pending",
+    )
     args = parser.parse_args()
     per_run = args.batches * args.batch
     settings = load_settings().settings
@@ -289,8 +318,9 @@ def main() -> None:
             f"{time.perf_counter() - started:.1f} s ({full.stat().st_size / 2**20:.0f} MB)",
             flush=True,
         )
-        wall: dict[str, list[list[float]]] = {"empty": [], "full": []}
-        cpu: dict[str, list[list[float]]] = {"empty": [], "full": []}
+        wall: dict[str, list[float]] = {"empty": [], "full": []}
+        cpu: dict[str, list[float]] = {"empty": [], "full": []}
+        merges: dict[str, int] = {"empty": 0, "full": 0}
         sizes: dict[str, list[int]] = {"empty": [], "full": []}
         for round_number in range(args.rounds):
             ids = pending_ids[round_number * per_run : (round_number + 1) * per_run]
@@ -308,53 +338,60 @@ def main() -> None:
                         for h in (host((i - 1) % args.hosts),)
                     ),
                 )
-            for name, db in (("empty", empty), ("full", full)):
-                frontier = Frontier(settings, WriterBatchSpider(), [])
-                results = make_results(
+            if round_number and not args.keep_pending:
+                retire_new_pending(full, after=pending_ids[-1])
+            files = {"empty": empty, "full": full}
+            results = {
+                name: make_results(
                     ids,
                     hosts=args.hosts,
                     batch=args.batch,
                     round_number=round_number,
-                    frontier=frontier,
+                    frontier=Frontier(settings, WriterBatchSpider(), []),
                 )
+                for name in files
+            }
+            for name, db in files.items():
                 sizes[name].append(rows_in(db))
-                times, cpu_times = asyncio.run(time_writer(db, results, args.batch))
-                wall[name].append(times)
-                cpu[name].append(cpu_times)
+            for name, timed in asyncio.run(time_writers(files, results, args.batch)).items():
+                wall[name] += timed.wall
+                cpu[name] += timed.cpu
+                merges[name] += timed.merges
                 print(
                     f"round {round_number + 1} {name:5} ({sizes[name][-1]:>9,} requests): "
-                    f"wall median {statistics.median(times) * 1000:.1f} ms, "
-                    f"p90 {p90(times) * 1000:.1f} ms; "
-                    f"CPU median {statistics.median(cpu_times) * 1000:.1f} ms, "
-                    f"p90 {p90(cpu_times) * 1000:.1f} ms per batch",
+                    f"wall mean {statistics.mean(timed.wall) * 1000:.1f} ms, "
+                    f"median {statistics.median(timed.wall) * 1000:.1f} ms, "
+                    f"p90 {p90(timed.wall) * 1000:.1f} ms; "
+                    f"CPU mean {statistics.mean(timed.cpu) * 1000:.1f} ms, "
+                    f"median {statistics.median(timed.cpu) * 1000:.1f} ms per batch; "
+                    f"{timed.merges} merges",
                     flush=True,
                 )
         count_empty = time_count(tmp / f"empty{args.rounds - 1}.db")
         count_full = time_count(full)
-    figures = {
-        name: [
-            statistics.median(statistics.median(t) for t in wall[name]),
-            statistics.median(p90(t) for t in wall[name]),
-            statistics.median(statistics.median(t) for t in cpu[name]),
-            statistics.median(p90(t) for t in cpu[name]),
-        ]
-        for name in ("empty", "full")
-    }
+    figures = {name: [summary(wall[name]), summary(cpu[name])] for name in ("empty", "full")}
+    timed_batches = len(wall["full"])
+
+    def cells(values: list[list[float]]) -> str:
+        return " | ".join(f"{v * 1000:.1f} ms" for kind in values for v in kind)
+
+    ratios = " | ".join(
+        f"{f / e:.2f}"
+        for e_kind, f_kind in zip(figures["empty"], figures["full"], strict=True)
+        for e, f in zip(e_kind, f_kind, strict=True)
+    )
     table = [
-        "| file | wall median | wall p90 | CPU median | CPU p90 |",
-        "|---|---|---|---|---|",
-        "| empty | " + " | ".join(f"{v * 1000:.1f} ms" for v in figures["empty"]) + " |",
-        f"| {args.rows:,} requests | "
-        + " | ".join(f"{v * 1000:.1f} ms" for v in figures["full"])
-        + " |",
-        "| full / empty | "
-        + " | ".join(f"{f / e:.3f}" for e, f in zip(figures["empty"], figures["full"], strict=True))
-        + " |",
+        "| file | merges | wall mean | wall median | wall p90 | CPU mean | CPU median | CPU p90 |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| empty | {merges['empty']} | {cells(figures['empty'])} |",
+        f"| {args.rows:,} requests | {merges['full']} | {cells(figures['full'])} |",
+        f"| full / empty | | {ratios} |",
     ]
     print(
         f"\nper batch of {args.batch} pages ({args.batch * ITEMS_PER_PAGE} items, "
-        f"{args.batch * (NEW_PER_PAGE + KNOWN_PER_PAGE)} discovered requests), medians over "
-        f"{args.rounds} alternating rounds of {args.batches - 1} timed batches:"
+        f"{args.batch * (NEW_PER_PAGE + KNOWN_PER_PAGE)} discovered requests), "
+        f"{timed_batches} timed batches of each file over {args.rounds} alternating rounds "
+        f"(merges: how many of them merged the fingerprint set):"
     )
     print(*table, sep="\n")
     old = (
@@ -366,6 +403,11 @@ def main() -> None:
     print(old, flush=True)
     if args.markdown:
         args.markdown.write_text("\n".join([*table, "", old]) + "\n")
+
+
+def summary(values: Sequence[float]) -> list[float]:
+    """Mean, median and 90th percentile."""
+    return [statistics.mean(values), statistics.median(values), p90(values)]
 
 
 if __name__ == "__main__":
