@@ -216,7 +216,7 @@ async def _storage_on(db: Path) -> tuple[Storage, Stats, Any]:
     return storage, stats, conn
 
 
-def _result(n: int, *, status: int = 200, item: str = '{"n":1}') -> PageResult:
+def _result(n: int, *, item: str = '{"n":1}') -> PageResult:
     url = f"http://h/{n}"
     return PageResult(
         request_id=n + 1,
@@ -226,7 +226,7 @@ def _result(n: int, *, status: int = 200, item: str = '{"n":1}') -> PageResult:
         page=PageRecord(
             url=url,
             final_url=url,
-            status=status,
+            status=200,
             content_type="text/html",
             encoding="utf-8",
             size_bytes=10,
@@ -246,14 +246,17 @@ async def test_the_writer_finds_the_refused_result_in_a_batch_and_stores_the_res
     storage, stats, conn = await _storage_on(db_path)
     try:
         results = [_result(n) for n in range(40)]
-        results[bad] = _result(bad, status=2**64)  # SQLite has no integer this large
+        results[bad] = _result(bad)
+        page = results[bad].page
+        assert page is not None
+        page.encoding = b"utf-8"  # type: ignore[assignment]  # no JSON (the rows' carrier) for it
         results[(bad + 7) % 40].items = [("thing", '{"s":"\ud800"}')]  # not even text
         await write_all(storage, results)
     finally:
         await conn.close()
     failed = dict(rows(db_path, "SELECT id - 1, reason FROM requests WHERE state = 'failed'"))
     assert sorted(failed) == sorted({bad, (bad + 7) % 40})
-    assert failed[bad].startswith("internal: OverflowError")
+    assert failed[bad].startswith("internal: TypeError")
     assert failed[(bad + 7) % 40].startswith("internal: UnicodeEncodeError")
     assert scalar(db_path, "SELECT count(*) FROM pages") == 38
     assert scalar(db_path, "SELECT count(*) FROM items") == 38

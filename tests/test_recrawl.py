@@ -123,6 +123,13 @@ async def test_three_runs_fetch_everything_conditionally_and_parse_only_what_cha
     assert scalar(db_path, "SELECT count(*) FROM fetches WHERE conditional = 1") == (
         PRODUCTS + 1
     ) + (PRODUCTS + 2)
+    # A page's latest fetch with new content is the page as stored (copied from its row).
+    differing = (
+        "SELECT count(*) FROM pages AS p JOIN fetches AS f ON f.id = (SELECT max(id) FROM "
+        "fetches WHERE request_id = p.request_id AND changed = 1) WHERE f.url != p.final_url "
+        "OR f.status != p.status OR f.size_bytes != p.size_bytes OR f.body_hash != p.body_hash"
+    )
+    assert scalar(db_path, differing) == 0
     # The pages table holds the current page of each request, last fetched now.
     assert scalar(db_path, "SELECT count(*) FROM pages") == PRODUCTS + 2
     last_run = scalar(db_path, "SELECT max(id) FROM crawls")

@@ -203,6 +203,13 @@ _STATEMENTS: Final[dict[int, PgStatement]] = {
         unique=0,
     ),
     id(statements.INSERT_FETCH): _insert("fetches", _FETCH, _FETCH_TYPES),
+    id(statements.INSERT_FETCH_OF_PAGE): PgStatement(
+        f"INSERT INTO fetches ({', '.join(_FETCH)}) SELECT p.request_id, p.crawl_id, "
+        "p.final_url, p.status, p.size_bytes, p.body_hash, 1, u.conditional, p.elapsed_ms, "
+        "p.fetched_at FROM {rows} JOIN pages AS p ON p.request_id = u.request_id",
+        ("request_id", "conditional"),
+        ("bigint", "bigint"),
+    ),
     id(statements.INSERT_FETCH_EXCHANGE): _insert(
         "fetches",
         (*_FETCH, "http_version", "reason", "headers", "request_headers"),

@@ -159,7 +159,8 @@ class _HostRows:
                 continue
             fetched, errors = self._counts.get(host.host, (0, 0))
             fetched += result.page is not None
-            errors += sum(1 for e in result.errors if e.kind in _HOST_ERROR_KINDS)
+            if result.errors:  # rare: no generator for the rest
+                errors += sum(1 for e in result.errors if e.kind in _HOST_ERROR_KINDS)
             self._counts[host.host] = (fetched, errors)
             self._latest[host.host] = host
             if host.cookies is not None:
@@ -187,6 +188,7 @@ class _Fetches:
     """A batch's rows of `pages` and `fetches` (and of the pages re-fetches left unchanged)."""
 
     pages: list[tuple[object, ...]] = field(default_factory=list)
+    of_pages: list[tuple[object, ...]] = field(default_factory=list)
     rows: list[tuple[object, ...]] = field(default_factory=list)
     exchanges: list[tuple[object, ...]] = field(default_factory=list)
     touched: list[tuple[object, ...]] = field(default_factory=list)
@@ -200,8 +202,14 @@ class _Fetches:
         change = page.change
         if change is not PageChange.NEW:
             stats.refetched[change.value] += 1
-        if change is PageChange.NEW or change is PageChange.CHANGED:
+        content = change is PageChange.NEW or change is PageChange.CHANGED
+        if content:
             self.pages.append(_page_row(run_id, request_id, page))
+            if page.exchange is None:
+                # The common case, every page of a first crawl: its fetch is copied from
+                # the page's row in SQL (`INSERT_FETCH_OF_PAGE`), not sent a second time.
+                self.of_pages.append((request_id, int(page.conditional)))
+                return
         elif change is PageChange.UNCHANGED:
             self.touched.append(
                 (
@@ -220,7 +228,7 @@ class _Fetches:
             page.status,
             page.size_bytes,
             page.body_hash,
-            int(change is PageChange.NEW or change is PageChange.CHANGED),
+            int(content),
             int(page.conditional),
             page.elapsed_ms,
             page.fetched_at,
@@ -233,6 +241,7 @@ class _Fetches:
     def add_to(self, script: Script) -> None:
         script.add(statements.INSERT_PAGE, self.pages)
         script.add(statements.TOUCH_PAGE, self.touched)
+        script.add(statements.INSERT_FETCH_OF_PAGE, self.of_pages)  # after INSERT_PAGE
         script.add(statements.INSERT_FETCH, self.rows)
         script.add(statements.INSERT_FETCH_EXCHANGE, self.exchanges)
 

@@ -24,6 +24,7 @@ __all__ = [
     "INSERT_ERROR",
     "INSERT_FETCH",
     "INSERT_FETCH_EXCHANGE",
+    "INSERT_FETCH_OF_PAGE",
     "INSERT_ITEM",
     "INSERT_ITEM_ERROR",
     "INSERT_ITEM_KEY",
@@ -173,6 +174,15 @@ INSERT_FETCH: Final = BulkStatement(
     "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9} FROM {rows} ORDER BY {order}",
     10,
 )
+INSERT_FETCH_OF_PAGE: Final = BulkStatement(
+    f"INSERT INTO fetches ({_FETCH_COLUMNS}) "
+    "SELECT page.request_id, page.crawl_id, page.final_url, page.status, page.size_bytes, "
+    "page.body_hash, 1, {1}, page.elapsed_ms, page.fetched_at "
+    "FROM {rows} JOIN pages AS page ON page.request_id = {0} ORDER BY {order}",
+    2,
+)
+"""The fetch of a page `INSERT_PAGE` just wrote (new or changed content, without the status
+line and headers): (request_id, conditional) rows, the rest copied from the page's row."""
 INSERT_FETCH_EXCHANGE: Final = BulkStatement(
     f"INSERT INTO fetches ({_FETCH_COLUMNS}, http_version, reason, headers, request_headers) "
     "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13} "
