@@ -11,12 +11,13 @@ import functools
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import final
+from typing import Final, final
 
 from crawler.errors import SkipReason
 from crawler.spider.http import Request
 
 __all__ = [
+    "MAX_ELAPSED_MS",
     "Candidate",
     "Claimed",
     "DropReason",
@@ -33,6 +34,10 @@ __all__ = [
     "Skipped",
     "utc_now",
 ]
+
+
+MAX_ELAPSED_MS: Final = 1e12
+"""The longest timing a `PageRecord` holds (31 years): sums of many stay finite."""
 
 
 def utc_now() -> str:
@@ -163,6 +168,14 @@ class PageRecord:
     exchange: tuple[str, str, str, str] | None = None
     """With `store_body`, for `fetches`: HTTP version, reason phrase, and the response's and
     the request's headers as JSON arrays of [name, value] pairs."""
+
+    def __post_init__(self) -> None:
+        # A timing is stored in `pages`/`fetches` and summed by the dashboard's samples
+        # (crawler.store.samples): NaN or an infinity there has no JSON or SQL number, and
+        # one such row fails every later sample. So every record holds a duration in range.
+        elapsed = self.elapsed_ms
+        if not 0.0 <= elapsed <= MAX_ELAPSED_MS:  # also NaN
+            self.elapsed_ms = MAX_ELAPSED_MS if elapsed > MAX_ELAPSED_MS else 0.0
 
 
 @final

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -18,17 +21,30 @@ from hypothesis import strategies as st
 from crawler import crawl
 from crawler.cli.common import with_start_urls
 from crawler.cli.dashboard import read_state
+from crawler.engine import crawl as crawl_module
+from crawler.engine import recrawl
+from crawler.fetch.outcomes import Fetched
 from crawler.fetch.politeness import Hosts
-from crawler.records import ErrorRecord, PageRecord, PageResult, RequestState, utc_now
-from crawler.settings import Settings
+from crawler.records import (
+    MAX_ELAPSED_MS,
+    ErrorRecord,
+    PageRecord,
+    PageResult,
+    RequestState,
+    utc_now,
+)
+from crawler.settings import Settings, load_settings
 from crawler.stats import Stats
 from crawler.store import samples
 from crawler.store.runs import start_run
 from crawler.store.samples import HOSTS_PER_SAMPLE, Sampler
 from crawler.store.schema import open_database
+from crawler.store.writer import Storage
 from tests.conftest import rows, scalar
+from tests.databases import Target, is_postgres
 from tests.sites import html_page, tree_app
 from tests.spiders import FollowAllSpider, RaisingSpider
+from tests.test_error_boundary import write_all
 
 FAST = {"backoff_base": 0.01, "backoff_max": 0.05, "progress_interval": 60.0}
 SAMPLE_COLUMNS = "pages, items, errors, failed, bytes, in_flight, elapsed_s, pages_per_s"
@@ -207,3 +223,186 @@ def test_host_counters_are_bounded_and_exact(results: list[tuple[str, int | None
             assert row[7] == sum(s is not None for s in mine)  # pages
             assert row[10] == sum(s in (429, 503) for s in mine)  # throttled
             assert row[9] == sum(s is None or s >= 400 for s in mine)  # failed
+
+
+async def _sampling_writer(db: Path, **overrides: object) -> tuple[Storage, Stats, Any]:
+    """The real writer on a real file, a sample in every batch (`stats_interval` tiny)."""
+    conn = await open_database(db)
+    run = await start_run(conn, spider="s", settings={}, fresh=False)
+    await conn.executemany(
+        "INSERT INTO requests (url, fingerprint, host, depth, state, crawl_id, discovered_at)"
+        " VALUES (?, ?, ?, 0, 'pending', ?, '')",
+        [(f"http://h{n % 3}.test/{n}", n, f"h{n % 3}.test", run) for n in range(60)],
+    )
+    await conn.commit()
+    stats = Stats()
+    settings = load_settings(overrides={"stats_interval": 1e-6, **overrides}).settings
+    storage = Storage(conn, run_id=run, settings=settings, stats=stats, on_committed=lambda n: None)
+    await storage.load_counts()
+    return storage, stats, conn
+
+
+def _page_result(n: int, *, ms: float, status: int = 200, size: int = 10) -> PageResult:
+    url = f"http://h{n % 3}.test/{n}"
+    page = PageRecord(
+        url=url,
+        final_url=url,
+        status=status,
+        content_type="text/html",
+        encoding="utf-8",
+        size_bytes=size,
+        depth=0,
+        elapsed_ms=ms,
+        fetched_at=utc_now(),
+        body=None,
+    )
+    return PageResult(request_id=n + 1, url=url, state=RequestState.DONE, attempts=1, page=page)
+
+
+def assert_samples_match_the_tables(db: Path, stats: Stats) -> None:
+    """The last `stats_ts` row and the `host_stats` rows count exactly what is stored, and
+    agree with the run's counters (what `crawls.stats` keeps)."""
+    last = rows(db, f"SELECT {SAMPLE_COLUMNS} FROM stats_ts ORDER BY id DESC LIMIT 1")[0]
+    counted = rows(
+        db,
+        "SELECT (SELECT count(*) FROM pages), (SELECT count(*) FROM items), "
+        "(SELECT count(*) FROM errors), "
+        "(SELECT count(*) FROM requests WHERE state = 'failed'), "
+        "(SELECT coalesce(sum(size_bytes), 0) FROM pages)",
+    )[0]
+    assert last[:5] == counted
+    assert counted[:4] == (stats.pages, stats.items, sum(stats.errors.values()), stats.failed)
+    by_host = {
+        host: (pages, errors, failed, avg)
+        for host, pages, errors, failed, avg in rows(
+            db, "SELECT host, pages, errors, failed, avg_ms FROM host_stats"
+        )
+    }
+    stored = rows(
+        db,
+        "SELECT r.host, (SELECT count(*) FROM pages p WHERE p.request_id = r.id), "
+        "(SELECT count(*) FROM errors e WHERE e.request_id = r.id), r.state = 'failed', "
+        "(SELECT elapsed_ms FROM pages p WHERE p.request_id = r.id) "
+        "FROM requests r WHERE r.state != 'pending'",
+    )
+    for host in {row[0] for row in stored}:
+        mine = [row for row in stored if row[0] == host]
+        timings = [row[4] for row in mine if row[4] is not None]
+        pages, errors, failed, avg = by_host[host]
+        assert (pages, errors, failed) == tuple(sum(row[i] for row in mine) for i in (1, 2, 3))
+        assert all(math.isfinite(ms) and ms >= 0 for ms in timings)
+        if timings:
+            assert avg == pytest.approx(sum(timings) / len(timings), rel=1e-6, abs=0.01)
+        else:
+            assert avg is None
+
+
+@pytest.mark.parametrize("ms", [math.nan, math.inf, -math.inf, -5.0, 1e308])
+async def test_a_timing_that_is_not_a_duration_breaks_neither_the_batch_nor_the_sample(
+    db_path: Path, ms: float
+) -> None:
+    storage, stats, conn = await _sampling_writer(db_path, write_batch_size=8)
+    try:
+        results = [_page_result(n, ms=12.5) for n in range(30)]
+        results[7] = _page_result(7, ms=ms)
+        results[8] = _page_result(8, ms=ms)
+        await write_all(storage, results)
+    finally:
+        await conn.close()
+    assert scalar(db_path, "SELECT count(*) FROM requests WHERE state = 'done'") == 30
+    assert_samples_match_the_tables(db_path, stats)
+
+
+async def test_samples_do_not_count_a_result_whose_rows_were_refused(db_path: Path) -> None:
+    storage, stats, conn = await _sampling_writer(db_path, write_batch_size=8)
+    try:
+        results = [_page_result(n, ms=3.0) for n in range(30)]
+        refused = results[4].page
+        assert refused is not None
+        refused.encoding = b"utf-8"  # type: ignore[assignment]  # JSON cannot carry it
+        await write_all(storage, results)
+    finally:
+        await conn.close()
+    assert rows(
+        db_path, "SELECT id - 1, reason LIKE 'internal: %' FROM requests WHERE state = 'failed'"
+    ) == [(4, 1)]
+    assert_samples_match_the_tables(db_path, stats)
+
+
+async def test_timings_out_of_range_are_stored_in_range_on_both_backends(
+    database: Target, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crawl whose clock gives timings that are not durations (NaN, infinities, negative,
+    absurdly long) stores every page with a timing in range, and its series goes on."""
+    timings = itertools.cycle([math.nan, math.inf, -math.inf, -3.0, 1e308, 7.0])
+    original = recrawl.page_record
+
+    def odd_timing(outcome: Fetched, *args: Any) -> PageRecord:
+        outcome.elapsed_ms = next(timings)
+        return original(outcome, *args)
+
+    monkeypatch.setattr(crawl_module, "page_record", odd_timing)
+    async with TestServer(tree_app(30), host="127.0.0.1") as site:
+        spider = with_start_urls(FollowAllSpider, [str(site.make_url("/p/0"))])
+        stats = await crawl(spider, db=database, settings={**FAST, "stats_interval": 0.01})
+    assert (stats["pages"], stats["requests_failed"], stats["errors"]) == (30, 0, {})
+    stored = [ms for (ms,) in rows(database, "SELECT elapsed_ms FROM pages")]
+    assert len(stored) == 30 and all(0.0 <= ms <= MAX_ELAPSED_MS for ms in stored)
+    assert sorted(set(stored) - {7.0}) == [0.0, MAX_ELAPSED_MS]
+    assert rows(database, "SELECT count(*) FROM requests WHERE state = 'done'") == [(30,)]
+    if not is_postgres(database):  # PostgreSQL keeps no series (README, dashboard)
+        last = rows(database, "SELECT pages, errors, failed FROM stats_ts ORDER BY id DESC")
+        assert last[0] == (30, 0, 0)
+        assert scalar(database, "SELECT avg_ms FROM host_stats") == pytest.approx(
+            scalar(database, "SELECT avg(elapsed_ms) FROM pages")
+        )
+
+
+_TIMINGS = st.floats() | st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e308, 5e-324])
+
+
+@given(
+    st.lists(
+        st.tuples(
+            _TIMINGS,
+            st.integers(100, 599) | st.none(),  # None: no response, the request failed
+            st.integers(0, 2**53),
+            st.booleans(),  # a row the database refuses
+        ),
+        min_size=1,
+        max_size=24,
+    ),
+    st.integers(1, 8),
+)
+def test_the_sampling_writer_never_raises_and_its_samples_are_the_tables(
+    values: list[tuple[float, int | None, int, bool]], batch: int
+) -> None:
+    results: list[PageResult] = []
+    for n, (ms, status, size, refused) in enumerate(values):
+        each = _page_result(n, ms=ms, status=status or 200, size=size)
+        if status is None:
+            error = result(f"h{n % 3}.test", None, errors=1)
+            each.page, each.state, each.errors = None, RequestState.FAILED, error.errors
+        elif refused and each.page is not None:
+            each.page.encoding = b"?"  # type: ignore[assignment]  # JSON cannot carry it
+        results.append(each)
+
+    async def write(db: Path) -> Stats:
+        storage, stats, conn = await _sampling_writer(db, write_batch_size=batch)
+        try:
+            await write_all(storage, results)
+        finally:
+            await conn.close()
+        return stats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "crawl.db"
+        stats = asyncio.run(write(db))
+        refusals = sum(s is not None and r for _, s, _, r in values)
+        assert scalar(db, "SELECT count(*) FROM requests WHERE reason LIKE 'internal:%'") == (
+            refusals
+        )
+        assert scalar(db, "SELECT count(*) FROM requests WHERE state = 'pending'") == 60 - len(
+            values
+        )
+        assert_samples_match_the_tables(db, stats)

@@ -232,14 +232,14 @@ class BatchWriter:
                 waiter.set_result(None)
         if writes:
             results = [m for m in writes if isinstance(m, PageResult)]
-            if self._sampler is not None:
-                self._sampler.observe(results)
             self._on_committed(len(results))
             if self._on_hosts_saved is not None:
                 self._on_hosts_saved([m.host.host for m in results if m.host])
 
     async def _commit_restoring(self, writes: Sequence[PageResult | Seeds]) -> None:
-        """`_commit`, leaving the writer's state as it was if the transaction fails."""
+        """`_commit`, leaving the writer's state as it was if the transaction fails; the
+        time series counts what it committed, as the crawl's counters do (a result whose
+        rows were refused counts as the failure recorded in its place, crawler.store.refusals)."""
         results = [(m, m.items, m.item_keys) for m in writes if isinstance(m, PageResult)]
         try:
             await self._commit(writes)
@@ -248,6 +248,8 @@ class BatchWriter:
                 result.items, result.item_keys = items, keys
             self._forget_item_tables()
             raise
+        if self._sampler is not None:
+            self._sampler.observe(result for result, _, _ in results)
 
 
 def _is_awaited(message: _Message) -> bool:
