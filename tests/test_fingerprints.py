@@ -229,7 +229,7 @@ def unmerged() -> Iterator[Path]:
         yield db
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.05, 0.15])
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.05])
 async def test_a_merge_killed_by_sigkill_leaves_the_set_as_it_was(
     unmerged: Path, tmp_path: Path, delay: float
 ) -> None:

@@ -168,6 +168,12 @@ def all_ended(pids: list[int], timeout: float) -> bool:
     return True
 
 
+def _as_from_a_terminal() -> None:
+    """Ctrl-C as a terminal's foreground job gets it: an ignored SIGINT is inherited across
+    exec, and the suite's worker may have come to ignore it (a full run did)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def started_reparse(
     spider: Path, db: Path, *args: str
 ) -> AsyncGenerator[asyncio.subprocess.Process, None]:
@@ -176,6 +182,7 @@ async def started_reparse(
         sys.executable, "-m", "crawler", "reparse", str(spider), str(db),
         "-s", "progress_interval=0.2", *args,
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_as_from_a_terminal,
     )  # fmt: skip
     assert process.stderr is not None
     try:
