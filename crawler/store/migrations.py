@@ -12,6 +12,31 @@ from typing import Final
 
 __all__ = ["MIGRATIONS"]
 
+_COUNT_TRIGGERS: Final = """
+    CREATE TRIGGER requests_count_insert AFTER INSERT ON requests
+        WHEN NEW.state != 'skipped'
+    BEGIN
+        UPDATE frontier_counts SET admitted = admitted + 1;
+        INSERT INTO hosts (host, admitted) VALUES (NEW.host, 1)
+            ON CONFLICT (host) DO UPDATE SET admitted = admitted + 1;
+    END;
+    CREATE TRIGGER requests_count_skip AFTER UPDATE OF state ON requests
+        WHEN OLD.state != 'skipped' AND NEW.state = 'skipped'
+    BEGIN
+        UPDATE frontier_counts SET admitted = admitted - 1;
+        UPDATE hosts SET admitted = admitted - 1 WHERE host = OLD.host;
+    END;
+    CREATE TRIGGER requests_count_reopen AFTER UPDATE OF state ON requests
+        WHEN OLD.state = 'skipped' AND NEW.state != 'skipped'
+    BEGIN
+        UPDATE frontier_counts SET admitted = admitted + 1;
+        INSERT INTO hosts (host, admitted) VALUES (NEW.host, 1)
+            ON CONFLICT (host) DO UPDATE SET admitted = admitted + 1;
+    END;
+"""
+"""The triggers that keep `frontier_counts` and `hosts.admitted` (script 2; script 8
+makes them again on the rebuilt `requests`)."""
+
 MIGRATIONS: Final[tuple[str, ...]] = (
     """
     CREATE TABLE crawls (
@@ -155,27 +180,8 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ) WITHOUT ROWID;
     INSERT INTO hosts (host, admitted)
         SELECT host, count(*) FROM requests WHERE state != 'skipped' GROUP BY host;
-    CREATE TRIGGER requests_count_insert AFTER INSERT ON requests
-        WHEN NEW.state != 'skipped'
-    BEGIN
-        UPDATE frontier_counts SET admitted = admitted + 1;
-        INSERT INTO hosts (host, admitted) VALUES (NEW.host, 1)
-            ON CONFLICT (host) DO UPDATE SET admitted = admitted + 1;
-    END;
-    CREATE TRIGGER requests_count_skip AFTER UPDATE OF state ON requests
-        WHEN OLD.state != 'skipped' AND NEW.state = 'skipped'
-    BEGIN
-        UPDATE frontier_counts SET admitted = admitted - 1;
-        UPDATE hosts SET admitted = admitted - 1 WHERE host = OLD.host;
-    END;
-    CREATE TRIGGER requests_count_reopen AFTER UPDATE OF state ON requests
-        WHEN OLD.state = 'skipped' AND NEW.state != 'skipped'
-    BEGIN
-        UPDATE frontier_counts SET admitted = admitted + 1;
-        INSERT INTO hosts (host, admitted) VALUES (NEW.host, 1)
-            ON CONFLICT (host) DO UPDATE SET admitted = admitted + 1;
-    END;
-    """,
+    """
+    + _COUNT_TRIGGERS,
     # 4: what each host has learned, so that a host can leave memory and come back (a
     # broad crawl keeps only the hosts with work in memory) and a resume continues from it;
     # written by the writer with each batch, read back when a claim brings a host work.
@@ -338,26 +344,9 @@ MIGRATIONS: Final[tuple[str, ...]] = (
         WHERE state = 'pending';
     CREATE INDEX requests_budget_skips ON requests (host, id)
         WHERE state = 'skipped' AND reason IN ('max_pages', 'max_pages_per_host');
-    CREATE TRIGGER requests_count_insert AFTER INSERT ON requests
-        WHEN NEW.state != 'skipped'
-    BEGIN
-        UPDATE frontier_counts SET admitted = admitted + 1;
-        INSERT INTO hosts (host, admitted) VALUES (NEW.host, 1)
-            ON CONFLICT (host) DO UPDATE SET admitted = admitted + 1;
-    END;
-    CREATE TRIGGER requests_count_skip AFTER UPDATE OF state ON requests
-        WHEN OLD.state != 'skipped' AND NEW.state = 'skipped'
-    BEGIN
-        UPDATE frontier_counts SET admitted = admitted - 1;
-        UPDATE hosts SET admitted = admitted - 1 WHERE host = OLD.host;
-    END;
-    CREATE TRIGGER requests_count_reopen AFTER UPDATE OF state ON requests
-        WHEN OLD.state = 'skipped' AND NEW.state != 'skipped'
-    BEGIN
-        UPDATE frontier_counts SET admitted = admitted + 1;
-        INSERT INTO hosts (host, admitted) VALUES (NEW.host, 1)
-            ON CONFLICT (host) DO UPDATE SET admitted = admitted + 1;
-    END;
+    """
+    + _COUNT_TRIGGERS
+    + """
     CREATE TABLE fingerprints (
         fingerprint   INTEGER PRIMARY KEY,
         request_id    INTEGER NOT NULL
