@@ -286,3 +286,23 @@ def test_parse_retry_after_future_http_date() -> None:
     seconds = parse_retry_after(formatdate(time.time() + 120, usegmt=True))
     assert seconds is not None
     assert 100 < seconds <= 121
+
+
+async def test_a_per_host_timeout_shorter_than_the_sessions_fires_on_time(
+    faults: TestServer,
+) -> None:
+    """The session's request_timeout is 30 s (its deadlines are looked at every 0.25 s);
+    127.0.0.1's is 0.05 s. Eight attempts at a page that answers after 2 s each time out
+    after 0.05 s, not at the next look (0.2 s late each, one after another: 2 s in all)."""
+    loaded = load_settings(
+        config={"hosts": {"127.0.0.1": {"request_timeout": 0.05}}},
+        overrides={**FAST, "max_retries": 0, "request_timeout": 30.0},
+    )
+    async with Fetcher(loaded.settings, lambda url: None) as fetcher:
+        started = time.monotonic()
+        for _ in range(8):
+            outcome = await fetcher.fetch(Request(str(faults.make_url("/slow"))))
+            assert isinstance(outcome, Failed)
+            assert outcome.error.kind == "timeout"
+        elapsed = time.monotonic() - started
+    assert elapsed < 8 * 0.05 + 0.6

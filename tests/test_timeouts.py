@@ -91,3 +91,39 @@ async def test_limit_outside_the_async_with_block_is_an_error() -> None:
     deadlines = Deadlines(resolution=RESOLUTION)
     with pytest.raises(RuntimeError, match="outside"), deadlines.limit(1.0):
         await asyncio.sleep(0)
+
+
+async def test_a_deadline_shorter_than_the_resolution_fires_on_time() -> None:
+    """The sweeper looks every 5 s; a 0.05 s deadline does not wait for it (it did: a
+    per-host timeout shorter than the session's fired up to the resolution late)."""
+    loop = asyncio.get_running_loop()
+    async with Deadlines(resolution=5.0) as deadlines:
+        started = loop.time()
+        with pytest.raises(TimeoutError), deadlines.limit(0.05):
+            await asyncio.sleep(10)
+        elapsed = loop.time() - started
+    assert 0.05 <= elapsed < 1.0
+
+
+async def test_a_deadline_between_two_looks_fires_on_time() -> None:
+    """A 1.2 s deadline with looks every 0.5 s fires at 1.2 s, not at the look at 1.5 s: the
+    look before it arms a timer for the deadline itself."""
+    loop = asyncio.get_running_loop()
+    async with Deadlines(resolution=0.5) as deadlines:
+        started = loop.time()
+        with pytest.raises(TimeoutError), deadlines.limit(1.2):
+            await asyncio.sleep(10)
+        elapsed = loop.time() - started
+    assert 1.2 <= elapsed < 1.45
+
+
+async def test_blocks_far_from_their_deadline_arm_no_timer() -> None:
+    """What keeps the sweeper cheaper than `asyncio.timeout`: a block that ends long before
+    its deadline never has a timer of its own; one near it does."""
+    async with Deadlines(resolution=0.05) as deadlines:
+        with deadlines.limit(60.0) as far:
+            await asyncio.sleep(0.2)  # several looks
+            assert not far.armed
+        with deadlines.limit(0.3) as near:
+            await asyncio.sleep(0.27)  # the last look was within two resolutions of it
+            assert near.armed

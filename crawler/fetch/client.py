@@ -74,8 +74,10 @@ __all__ = ["Fetcher"]
 
 logger = logging.getLogger(__name__)
 
-_MAX_TIMEOUT_LATENESS: Final = 0.25
-"""Seconds a request timeout may fire late (crawler.fetch.deadlines); less for short timeouts."""
+_DEADLINE_SWEEP: Final = 0.25
+"""Seconds between two looks at the deadlines of the attempts in flight (less for short
+timeouts): a deadline due before the look after next gets a timer of its own, so timeouts
+fire on time and the other attempts arm none (crawler.fetch.deadlines)."""
 _APPROVED_ORIGINS_LIMIT: Final = 10_000
 """Origins remembered as allowed, then forgotten all at once: a broad crawl meets a new origin
 with almost every host, and checking a forgotten one again costs a DNS cache lookup."""
@@ -115,9 +117,7 @@ class Fetcher:
         self._redirect_check = redirect_check
         self._hosts = hosts if hosts is not None else Hosts(settings)
         self._semaphore = asyncio.Semaphore(settings.concurrency)
-        self._deadlines = Deadlines(
-            resolution=min(_MAX_TIMEOUT_LATENESS, settings.request_timeout / 20)
-        )
+        self._deadlines = Deadlines(resolution=min(_DEADLINE_SWEEP, settings.request_timeout / 20))
         self._retry_statuses = frozenset(settings.retry_statuses)
         # whether some requests get other headers or timeouts than the session's
         self._hop = HopSettings(settings)
