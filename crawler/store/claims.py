@@ -25,6 +25,7 @@ from crawler.store.bulk import select_in
 from crawler.store.refresh import attach_previous
 
 __all__ = [
+    "HOSTS_PER_CLAIM",
     "LEASE_SECONDS",
     "ClaimBatch",
     "ClaimOrder",
@@ -37,7 +38,8 @@ __all__ = [
 ]
 
 LEASE_SECONDS: Final = 120.0
-_HOSTS_PER_CLAIM: Final = 256
+HOSTS_PER_CLAIM: Final = 256
+"""Hosts with pending requests one claim looks at, at most (see `ClaimOrder.hosts`)."""
 
 
 @final
@@ -50,7 +52,8 @@ class ClaimBatch:
     """Some host had more due requests than this claim took (or the claim stopped at its
     limit): another claim would find work even if nothing is committed in between."""
     pending: int = 0
-    """Pending rows left (leased elsewhere or not yet due); counted only when none was claimed."""
+    """Pending rows left (leased elsewhere or not yet due); counted only when none was claimed,
+    on SQLite; PostgreSQL says only whether there is any (1 or 0: a count is a scan)."""
     next_due: float | None = None
     """Earliest `not_before` among pending rows, when any is delayed."""
     leased_elsewhere: int = 0
@@ -98,12 +101,12 @@ class ClaimOrder:
         """The host the last claim ended with: the next one starts after it."""
 
     async def hosts(self, hosts_after: Callable[[str, int], Awaitable[list[str]]]) -> list[str]:
-        """Up to `_HOSTS_PER_CLAIM` hosts with pending requests, in turn: those after the
+        """Up to `HOSTS_PER_CLAIM` hosts with pending requests, in turn: those after the
         host the last claim ended with, then from the first host on (`hosts_after(host, n)`
         reads the first `n` after `host`)."""
-        hosts = await hosts_after(self.last_host, _HOSTS_PER_CLAIM)
-        if len(hosts) < _HOSTS_PER_CLAIM and self.last_host:
-            wrapped = await hosts_after("", _HOSTS_PER_CLAIM - len(hosts))
+        hosts = await hosts_after(self.last_host, HOSTS_PER_CLAIM)
+        if len(hosts) < HOSTS_PER_CLAIM and self.last_host:
+            wrapped = await hosts_after("", HOSTS_PER_CLAIM - len(hosts))
             hosts.extend(host for host in wrapped if host <= self.last_host)
         return hosts
 

@@ -13,6 +13,12 @@ can start; each start then takes its crawl-wide turn (crawler.store.pg_pacing), 
 `not_before` on, so the host waits for that worker. Every statement is about one host's
 rows, so the frontier could be sharded by host (Citus) with claims inside a shard.
 
+A claim that takes nothing (every host in back-off, every request leased or not yet due)
+tells the feeder when to ask again from indexes, in about as many reads as a claim that
+takes something, whatever the size of the frontier: whether a request is pending at all,
+the earliest end of the back-off of the hosts it looked at, when the next deferred request
+falls due (`requests_due`), and whether another run holds leases (`requests_leased`).
+
 Leases end after `LEASE_SECONDS` unless renewed with the heartbeat (crawler.store.claims).
 """
 
@@ -30,6 +36,7 @@ from crawler.links import host_of
 from crawler.records import Claimed
 from crawler.settings import Settings
 from crawler.store.claims import (
+    HOSTS_PER_CLAIM,
     LEASE_SECONDS,
     ClaimBatch,
     ClaimOrder,
@@ -96,7 +103,8 @@ class PgClaims:
         now = time.time()
         wanted: list[str] = []
         capped = False
-        for host in await self._order.hosts(partial(_hosts_after, conn)):
+        pending_hosts = await self._order.hosts(partial(_hosts_after, conn))
+        for host in pending_hosts:
             if per_host - held.get(host, 0) < max(1, per_host // 4):
                 capped = True  # refill a host in chunks, not one request per finished page
             else:
@@ -136,16 +144,38 @@ class PgClaims:
             return ClaimBatch(claimed=claimed, more=more)
         if capped and not rows:
             return ClaimBatch(claimed=[], capped=True)
-        summary = await conn.fetchrow(_PENDING_SUMMARY, self._run_id, now)
-        pending, due, elsewhere = tuple(summary) if summary is not None else (0, None, 0)
-        if due is not None and next_due is not None:
-            due = min(due, next_due)
-        return ClaimBatch(
-            claimed=[],
-            pending=int(pending),
-            next_due=due if due is not None else next_due,
-            leased_elsewhere=int(elsewhere or 0) or (1 if pending and next_due is None else 0),
+        return await self._idle(
+            conn, now, pending_hosts, next_due, contended=len(rows) < len(wanted)
         )
+
+    async def _idle(
+        self,
+        conn: asyncpg.Connection,
+        now: float,
+        pending_hosts: list[str],
+        next_due: float | None,
+        *,
+        contended: bool,
+    ) -> ClaimBatch:
+        """What a claim that took nothing tells the feeder, from indexes: whether any request
+        is pending (`pending` is 1 or 0, not a count: counting is a scan of the frontier),
+        when the next one falls due, and whether other runs may add work at any moment.
+
+        The hosts this claim looked at (`pending_hosts`, at most `HOSTS_PER_CLAIM` of them)
+        gave the earliest end of a host's back-off or turn (`next_due`). When they are not
+        all the hosts with pending requests, the next claim looks at the next ones (it
+        starts after the last of them), and `next_due` says nothing of the others: then it
+        is left out, and the feeder asks again after its idle poll."""
+        if not pending_hosts:
+            return ClaimBatch(claimed=[])
+        if len(pending_hosts) >= HOSTS_PER_CLAIM:
+            self._order.last_host = pending_hosts[-1]
+            next_due = None
+        due = await conn.fetchval(_NEXT_DUE, now)
+        if due is not None:
+            next_due = float(due) if next_due is None else min(next_due, float(due))
+        elsewhere = contended or bool(await conn.fetchval(_LEASED_ELSEWHERE, self._run_id, now))
+        return ClaimBatch(claimed=[], pending=1, next_due=next_due, leased_elsewhere=int(elsewhere))
 
     def _cap(self, concurrency: int | None) -> int:
         cap = self._settings.concurrency_per_host
@@ -203,12 +233,16 @@ UPDATE requests SET lease_owner = $4, lease_expires = $5 WHERE id IN (
     ORDER BY {order} LIMIT $3 FOR UPDATE SKIP LOCKED)
 RETURNING id, url, method, callback, headers::text, meta::text, depth, priority, attempts
 """
-_PENDING_SUMMARY: Final = """
-SELECT count(*), min(not_before),
-       count(*) FILTER (WHERE lease_owner IS NOT NULL AND lease_owner != $1
-                        AND lease_expires >= $2)
-FROM requests WHERE state = 'pending'
+_NEXT_DUE: Final = """
+SELECT min(not_before) FROM requests WHERE state = 'pending' AND not_before > $1
 """
+"""When the next deferred request falls due (the first entry of `requests_due`)."""
+_LEASED_ELSEWHERE: Final = """
+SELECT EXISTS (SELECT 1 FROM requests WHERE state = 'pending' AND lease_owner IS NOT NULL
+               AND lease_owner != $1 AND lease_expires >= $2)
+"""
+"""Whether another run holds a pending request under a live lease (`requests_leased`: as
+many rows as the runs hold in memory, not the frontier)."""
 _PENDING_HOSTS: Final = """
 WITH RECURSIVE next_host (host, n) AS (
     SELECT (SELECT min(host) FROM requests WHERE state = 'pending' AND host > $1), 1

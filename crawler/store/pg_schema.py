@@ -11,9 +11,8 @@ functions of SQLite that the crawler's reports use are defined too (`julianday(t
 `instr(text, text)`, `round(double precision, integer)`), so the same queries run on both.
 
 The counters `frontier_counts` and `hosts.admitted` are kept by statement-level triggers
-(one update per statement, not per row), which is what the page budgets read.
-
-This is also where asyncpg's and the network's errors become ours (`pg_error`).
+(one update per statement, not per row), which is what the page budgets read. asyncpg's and
+the network's errors become ours here too (`pg_error`).
 """
 
 from __future__ import annotations
@@ -309,6 +308,8 @@ PG_MIGRATIONS: Final[tuple[str, ...]] = (
     );
     """,
     "ALTER TABLE hosts ADD COLUMN cookies text;",  # each host's cookies (crawler.fetch.cookies)
+    "CREATE INDEX requests_due ON requests (not_before) "  # when the next deferred request
+    "WHERE state = 'pending' AND not_before IS NOT NULL;",  # is due (crawler.store.pg_claims)
 )
 """The PostgreSQL schema, one script per version (the first is SQLite's three, at once)."""
 PG_SCHEMA_VERSION: Final = len(PG_MIGRATIONS)

@@ -1,0 +1,203 @@
+"""Claims on PostgreSQL while nothing is due: a crawl that waits (its hosts in back-off, its
+requests not yet due) asks the server a few cheap questions, not a count of the frontier
+every 50 ms, and still takes at once the work another process adds meanwhile."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer
+
+from crawler import crawl
+from crawler.cli.common import with_start_urls
+from crawler.settings import load_settings
+from crawler.store.claims import HOSTS_PER_CLAIM, ClaimBatch
+from crawler.store.pg_claims import PgClaims
+from crawler.store.pg_link import PgLink
+from crawler.store.pg_schema import open_pg
+from tests.conftest import Target
+from tests.databases import rows, scalar
+from tests.pgserver import TEST_SETTINGS, PostgresServer, find_bin_dir
+from tests.polite_sites import VISITS, Visits, pages_app
+from tests.spiders import FollowAllSpider
+
+BACK_OFF: Final = 4
+"""Seconds of the 429's Retry-After: the only host waits this long."""
+SETTINGS: Final = {
+    "backoff_base": 0.01,
+    "backoff_max": 0.05,
+    "progress_interval": 60.0,
+    "retry_after_inline": 0.5,  # a longer Retry-After sends the request back to the frontier
+    "write_interval": 0.05,
+    "obey_robots": False,
+}
+
+
+@dataclass
+class ClaimLog:
+    """Every claim of the crawls in this process: when it ran and what it returned."""
+
+    claims: list[tuple[float, ClaimBatch]] = field(default_factory=list)
+
+    def empty_between(self, start: float, end: float) -> int:
+        """Claims that found nothing between two `time.monotonic()` times."""
+        return sum(1 for at, batch in self.claims if start < at < end and not batch.claimed)
+
+
+@pytest.fixture
+def claim_log(monkeypatch: pytest.MonkeyPatch) -> ClaimLog:
+    """Record every `PgClaims.claim` (one transaction of claim queries each)."""
+    log = ClaimLog()
+    original = PgClaims.claim
+
+    async def claim(
+        self: PgClaims,
+        limit: int,
+        held: Mapping[str, int],
+        per_host: int,
+        known: Callable[[str], bool] | None = None,
+    ) -> ClaimBatch:
+        batch = await original(self, limit, held, per_host, known)
+        log.claims.append((time.monotonic(), batch))
+        return batch
+
+    monkeypatch.setattr(PgClaims, "claim", claim)
+    return log
+
+
+@pytest.fixture
+def postgres(postgres_server: PostgresServer) -> Target:
+    """A fresh database on the session's server."""
+    return postgres_server.create_database()
+
+
+def pause_of(visits: Visits) -> tuple[float, float]:
+    """When the 429 was answered and when the host was next asked (server-side times)."""
+    refused = next(at for at, _, status in visits.answers if status == 429)
+    resumed = min(at for at in visits.times() if at > refused)
+    return refused, resumed
+
+
+async def test_a_crawl_waiting_out_a_back_off_asks_a_handful_of_times(
+    postgres: Target, claim_log: ClaimLog
+) -> None:
+    """The only host answers 429 with Retry-After 4 s: the crawl waits, then finishes. While
+    it waits it claims about once a second at most (it claimed every 50 ms, each claim
+    counting every pending row)."""
+    app = pages_app(12, too_many={"/p/3": 1}, retry_after=str(BACK_OFF))
+    async with TestServer(app, host="127.0.0.2") as server:
+        spider = with_start_urls(FollowAllSpider, [str(server.make_url("/"))])
+        settings = {**SETTINGS, "concurrency_per_host": 1}
+        stats = await crawl(spider, db=postgres, settings=settings)
+    refused, resumed = pause_of(app[VISITS])
+    assert resumed - refused >= BACK_OFF - 0.1  # the back-off held
+    waiting = claim_log.empty_between(refused + 0.2, resumed - 0.2)
+    assert waiting <= BACK_OFF + 2, [round(at - refused, 2) for at, _ in claim_log.claims]
+    assert stats["pages"] == 13
+    assert rows(postgres, "SELECT state, count(*) FROM requests GROUP BY state") == [("done", 13)]
+    assert scalar(postgres, "SELECT count(*) FROM requests WHERE lease_owner IS NOT NULL") == 0
+
+
+@pytest.fixture(scope="module")
+def counting_server() -> Iterator[PostgresServer]:
+    """A server of this module's own that counts each statement's buffers (pg_stat_statements
+    must be loaded at start-up, which the session's server is not)."""
+    bin_dir = find_bin_dir()
+    assert bin_dir is not None, "PostgreSQL is not installed"
+    server = PostgresServer(
+        bin_dir, settings=(*TEST_SETTINGS, "shared_preload_libraries=pg_stat_statements")
+    )
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+async def fill_frontier(conn: asyncpg.Connection, requests: int, hosts: int) -> None:
+    """`requests` pending requests spread over `hosts` hosts (h000000.test, …), none leased."""
+    await conn.execute(
+        "INSERT INTO requests (url, fingerprint, host, depth, state, crawl_id, discovered_at) "
+        "SELECT 'http://' || h || '/' || g, g, h, 0, 'pending', 1, '2026-12-07T00:00:00' "
+        "FROM generate_series(1, $1) g, LATERAL (SELECT 'h' || lpad((g % $2)::text, 6, '0') "
+        "|| '.test' AS h) named",
+        requests,
+        hosts,
+    )
+    await conn.execute("ANALYZE requests")
+
+
+async def buffers_used(conn: asyncpg.Connection) -> int:
+    """Buffers the statements on this database touched since the last reset (read or hit)."""
+    return int(
+        await conn.fetchval(
+            "SELECT coalesce(sum(shared_blks_hit + shared_blks_read), 0) FROM pg_stat_statements "
+            "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND query NOT LIKE '%pg_stat_statements%'"
+        )
+    )
+
+
+def claims_on(conn: asyncpg.Connection, url: str) -> PgClaims:
+    return PgClaims(PgLink(url, conn), run_id=1, settings=load_settings().settings)
+
+
+async def test_a_claim_that_finds_nothing_due_reads_indexes_not_the_frontier(
+    counting_server: PostgresServer,
+) -> None:
+    """100,000 pending requests on 20 hosts, every host in back-off (30 s and more), a few
+    requests deferred by 20 s: the claim takes nothing and says when to ask again (the
+    deferred ones) in a few hundred buffers, where counting the pending rows read the
+    whole table (its ~1,800 pages, as many more with every 100,000 requests)."""
+    url = counting_server.create_database()
+    conn = await open_pg(url)
+    try:
+        await conn.execute("CREATE EXTENSION pg_stat_statements")
+        await fill_frontier(conn, 100_000, 20)
+        now = time.time()
+        await conn.execute("UPDATE hosts SET not_before = $1::float8 + 30 + length(host)", now)
+        await conn.execute(
+            "UPDATE requests SET not_before = $1::float8 + 20 WHERE id % 997 = 0", now
+        )
+        pages = int(await conn.fetchval("SELECT pg_relation_size('requests') / 8192"))
+        claims = claims_on(conn, url)
+        await conn.execute("SELECT pg_stat_statements_reset()")
+        batch = await claims.claim(100, {}, 20)
+        used = await buffers_used(conn)
+    finally:
+        await conn.close()
+    assert batch.claimed == []
+    assert batch.pending > 0  # the crawl is not over
+    assert batch.next_due is not None and abs(batch.next_due - (now + 20)) < 0.01
+    assert batch.leased_elsewhere == 0
+    assert used < pages / 5, (used, pages)
+
+
+async def test_claims_move_on_past_a_window_of_hosts_in_back_off(postgres: Target) -> None:
+    """More hosts than one claim looks at, the first `HOSTS_PER_CLAIM` in back-off: the next
+    claim looks at the hosts after them and takes the ready one's requests (it looked at the
+    same hosts again, and the ready one waited for a host of the first window to be ready)."""
+    hosts = HOSTS_PER_CLAIM + 10
+    conn = await open_pg(str(postgres))
+    try:
+        await fill_frontier(conn, 3 * hosts, hosts)
+        await conn.execute(
+            "UPDATE hosts SET not_before = $1 WHERE host <= $2",
+            time.time() + 60,
+            f"h{HOSTS_PER_CLAIM - 1:06d}.test",
+        )
+        claims = claims_on(conn, str(postgres))
+        first = await claims.claim(100, {}, 20)
+        second = await claims.claim(100, {}, 20)
+    finally:
+        await conn.close()
+    assert first.claimed == []
+    taken = sorted({c.request.url.split("/")[2] for c in second.claimed})
+    assert taken == [f"h{n:06d}.test" for n in range(HOSTS_PER_CLAIM, hosts)]
+    assert first.pending > 0
+    assert first.next_due is None  # the hosts it did not look at may be ready: ask again
