@@ -4,6 +4,8 @@ every 50 ms, and still takes at once the work another process adds meanwhile."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from crawler.store.claims import HOSTS_PER_CLAIM, ClaimBatch
 from crawler.store.pg_claims import PgClaims
 from crawler.store.pg_link import PgLink
 from crawler.store.pg_schema import open_pg
-from tests.conftest import Target
+from tests.conftest import ROOT, Target
 from tests.databases import rows, scalar
 from tests.pgserver import TEST_SETTINGS, PostgresServer, find_bin_dir
 from tests.polite_sites import VISITS, Visits, pages_app
@@ -100,6 +102,58 @@ async def test_a_crawl_waiting_out_a_back_off_asks_a_handful_of_times(
     assert waiting <= BACK_OFF + 2, [round(at - refused, 2) for at, _ in claim_log.claims]
     assert stats["pages"] == 13
     assert rows(postgres, "SELECT state, count(*) FROM requests GROUP BY state") == [("done", 13)]
+    assert scalar(postgres, "SELECT count(*) FROM requests WHERE lease_owner IS NOT NULL") == 0
+
+
+async def test_work_another_process_adds_is_taken_while_waiting_out_a_back_off(
+    postgres: Target,
+) -> None:
+    """This crawl's only host (127.0.0.2) answers 429 with Retry-After 6 s. While it waits, a
+    second crawler process starts on another host (127.0.0.3, 30 slow pages, one at a time):
+    this crawl takes some of that work long before its own host is ready again, and both
+    end with every request done and no lease left."""
+    own = pages_app(8, too_many={"/p/3": 1}, retry_after="6")
+    other = pages_app(30, latency=0.1)
+    async with (
+        TestServer(own, host="127.0.0.2") as first,
+        TestServer(other, host="127.0.0.3") as second,
+    ):
+        spider = with_start_urls(FollowAllSpider, [str(first.make_url("/"))])
+        waiting = asyncio.create_task(
+            crawl(spider, db=postgres, settings={**SETTINGS, "concurrency_per_host": 4})
+        )
+        for _ in range(1500):  # 30 s
+            if any(status == 429 for _, _, status in own[VISITS].answers):
+                break
+            await asyncio.sleep(0.02)
+        adding = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "crawler", "crawl", "tests.spiders:FollowAllSpider", "-o", str(postgres)),
+            *("--start-url", str(second.make_url("/"))),
+            *("-s", "concurrency=1", "-s", "queue_window=2", "-s", "concurrency_per_host=4"),
+            *("-s", "obey_robots=false", "-s", "write_interval=0.05"),
+            *("-s", "progress_interval=60"),
+            cwd=ROOT,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(90):
+            _, stderr = await adding.communicate()
+            stats = await waiting
+    assert adding.returncode == 0, stderr.decode(errors="replace")
+    first_run = scalar(postgres, "SELECT min(id) FROM crawls")
+    resumed_at = scalar(postgres, "SELECT fetched_at FROM pages WHERE url LIKE '%127.0.0.2%/p/3'")
+    taken_before = scalar(
+        postgres,
+        "SELECT count(*) FROM pages WHERE crawl_id = ? AND url LIKE '%127.0.0.3%' "
+        "AND fetched_at < ?",
+        (first_run, resumed_at),
+    )
+    assert taken_before > 0
+    own_pages = scalar(postgres, "SELECT count(*) FROM pages WHERE crawl_id = ?", (first_run,))
+    assert stats["pages"] == own_pages
+    assert rows(postgres, "SELECT state, count(*) FROM requests GROUP BY state") == [("done", 40)]
     assert scalar(postgres, "SELECT count(*) FROM requests WHERE lease_owner IS NOT NULL") == 0
 
 

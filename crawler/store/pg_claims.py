@@ -109,7 +109,7 @@ class PgClaims:
                 capped = True  # refill a host in chunks, not one request per finished page
             else:
                 wanted.append(host)
-        rows = await conn.fetch(_READY_HOSTS, wanted) if wanted else []
+        rows = await conn.fetch(_READY_HOSTS, wanted, now) if wanted else []
         # Counted after the lock, in a statement of its own: its snapshot then holds the
         # leases of the claim that held the lock before (one begun earlier would not).
         locked = [str(row[0]) for row in rows]
@@ -117,12 +117,8 @@ class PgClaims:
         leases = {str(row[0]): int(row[1]) for row in counted}
         claimed: list[Claimed] = []
         more = False
-        next_due: float | None = None
-        for host, crawl_delay, concurrency, not_before in rows:
+        for host, crawl_delay, concurrency in rows:
             leased = leases.get(host, 0)
-            if not_before is not None and not_before > now:
-                next_due = not_before if next_due is None else min(next_due, not_before)
-                continue
             room = min(limit - len(claimed), per_host - held.get(host, 0))
             room = min(room, self._cap(concurrency) - int(leased))
             delay = self._delay(crawl_delay)
@@ -142,11 +138,12 @@ class PgClaims:
         self._order.sort(claimed)
         if claimed:
             return ClaimBatch(claimed=claimed, more=more)
-        if capped and not rows:
+        waiting = await conn.fetchrow(_WAITING_HOSTS, wanted, now) if wanted else None
+        backing_off, next_due = (int(waiting[0]), waiting[1]) if waiting else (0, None)
+        if capped and not rows and not backing_off:
             return ClaimBatch(claimed=[], capped=True)
-        return await self._idle(
-            conn, now, pending_hosts, next_due, contended=len(rows) < len(wanted)
-        )
+        contended = len(rows) + backing_off < len(wanted)  # hosts another claim holds
+        return await self._idle(conn, now, pending_hosts, next_due, contended=contended)
 
     async def _idle(
         self,
@@ -216,10 +213,16 @@ _STORED_ROBOTS: Final = (
     "FROM robots WHERE host = ANY($1::text[])"
 )
 _READY_HOSTS: Final = """
-SELECT host, crawl_delay, throttle_concurrency, not_before FROM hosts
-WHERE host = ANY($1::text[]) ORDER BY host FOR UPDATE SKIP LOCKED
+SELECT host, crawl_delay, throttle_concurrency FROM hosts
+WHERE host = ANY($1::text[]) AND (not_before IS NULL OR not_before <= $2)
+ORDER BY host FOR UPDATE SKIP LOCKED
 """
-"""The hosts of a claim that no other worker is claiming (locked until the claim commits)."""
+"""The hosts of a claim that are ready (no back-off, their turn has come) and that no other
+worker is claiming (locked until the claim commits; a host in back-off is not locked)."""
+_WAITING_HOSTS: Final = """
+SELECT count(*), min(not_before) FROM hosts WHERE host = ANY($1::text[]) AND not_before > $2
+"""
+"""How many of a claim's hosts are in back-off or waiting for their turn, and until when."""
 _LEASED: Final = """
 SELECT host, count(*) FROM requests WHERE host = ANY($1::text[]) AND state = 'pending'
 AND lease_owner IS NOT NULL AND lease_expires >= $2 GROUP BY host
