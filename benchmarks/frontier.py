@@ -29,7 +29,7 @@ from crawler import Request, Response, Spider
 from crawler.frontier.gate import Frontier
 from crawler.settings import load_settings
 from crawler.stats import Stats
-from crawler.store.fingerprints import MERGE
+from crawler.store.fingerprints import FLUSH, MERGE
 from crawler.store.runs import start_run
 from crawler.store.schema import open_database
 from crawler.store.writer import Seeds, Storage
@@ -106,7 +106,7 @@ def prefill(db: Path, rows: int) -> None:
             "VALUES (?, ?, 'filler.test', 1, 'done', 1, '2026-01-01T00:00:00+00:00')",
             ((f"http://filler.test/{i}", rng.getrandbits(63)) for i in range(rows)),
         )
-        for sql in MERGE:
+        for sql in FLUSH + MERGE:
             conn.execute(sql)
 
 

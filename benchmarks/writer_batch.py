@@ -21,11 +21,13 @@ merges come at their own pace) is timed; the first batch of each run (it creates
 table) is left out. The figures pool every timed
 batch of a file over all rounds: mean, median and 90th percentile.
 
-Between rounds, the requests a round added to the full file that are still pending (80,000
-by default) are marked done, untimed: the full file's frontier starts every round at the
-size it had after the fill, as the empty file's starts anew. Its per-host index costs a batch
-more the more requests are pending, whatever the file's size; `--keep-pending` lets them
-pile up instead. For comparison, the
+Before each round, untimed, the full file's pending requests are exactly the round's own
+(10,000 by default), as in the empty file: what the rounds added, and the fill's pending
+rows reserved for later rounds, are marked done until their round. So both files start
+every round with the same frontier, and differ only in the rows they hold. The per-host
+index of pending requests costs a batch more the more requests are pending, whatever the
+file's size; `--keep-pending` lets the full file's frontier grow instead (the fill's 51,000
+pending rows by default, plus 80,000 a round). For comparison, the
 count the budgets ran before the counters (`SELECT count(*) FROM requests WHERE state !=
 'skipped'`, once per batch) is timed on both files. `--markdown FILE` writes the table
 for the README.
@@ -54,7 +56,7 @@ from crawler.frontier.gate import Frontier
 from crawler.records import Candidate, PageRecord, PageResult, RequestState, utc_now
 from crawler.settings import load_settings
 from crawler.stats import Stats
-from crawler.store.fingerprints import MERGE
+from crawler.store.fingerprints import FLUSH, MERGE
 from crawler.store.schema import open_database
 from crawler.store.writer import Storage
 
@@ -124,7 +126,7 @@ async def create(db: Path, *, rows: int, hosts: int, pending: int) -> list[int]:
         if rows:
             await conn.execute("BEGIN IMMEDIATE")
             await conn.execute(_FILL, {"rows": rows, "hosts": hosts, "pending": pending})
-            for sql in MERGE:  # as the writer's merges would have left it, at some point
+            for sql in FLUSH + MERGE:  # as the writer's merges would have left it, at some point
                 await conn.execute(sql)
             await conn.execute("COMMIT")
         await conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -222,7 +224,7 @@ async def time_writers(
             for name in turn:
                 storage, timed = storages[name], timings[name]
                 writes = results[name][index * batch : (index + 1) * batch]
-                merging = storage._merge_next
+                merging = MERGE[0] in storage._merges
                 started, cpu_started = time.perf_counter(), time.process_time()
                 await storage._commit(writes)
                 if index:
@@ -274,14 +276,21 @@ def p90(values: Sequence[float]) -> float:
     return statistics.quantiles(values, n=10)[-1]
 
 
-def retire_new_pending(db: Path, *, after: int) -> None:
-    """Mark done the pending requests of `db` with an id above `after` (those the rounds
-    added), as if a crawl had fetched them."""
+def pend_only(db: Path, ids: Sequence[int]) -> None:
+    """Leave pending exactly the requests `ids` (consecutive) of `db`: the others are marked
+    done, as if a crawl had fetched them, and those of `ids` that were done are pending
+    again."""
     with sqlite3.connect(db) as conn:
         conn.execute(
-            "UPDATE requests SET state = 'done', attempts = 1, finished_at = discovered_at "
-            "WHERE state = 'pending' AND id > ?",
-            (after,),
+            "UPDATE requests SET state = 'done', attempts = 1, "
+            "finished_at = '2026-01-01T00:00:01.000+00:00' "
+            "WHERE state = 'pending' AND id NOT BETWEEN ? AND ?",
+            (ids[0], ids[-1]),
+        )
+        conn.execute(
+            "UPDATE requests SET state = 'pending', attempts = 0, finished_at = NULL "
+            "WHERE id BETWEEN ? AND ? AND state = 'done'",
+            (ids[0], ids[-1]),
         )
 
 
@@ -301,7 +310,7 @@ def main() -> None:
     parser.add_argument(
         "--keep-pending",
         action="store_true",
-        help="keep the requests each round adds to the full file pending",
+        help="let the full file's frontier grow (the fill's pending rows, and each round's)",
     )
     args = parser.parse_args()
     per_run = args.batches * args.batch
@@ -338,8 +347,8 @@ def main() -> None:
                         for h in (host((i - 1) % args.hosts),)
                     ),
                 )
-            if round_number and not args.keep_pending:
-                retire_new_pending(full, after=pending_ids[-1])
+            if not args.keep_pending:
+                pend_only(full, ids)
             files = {"empty": empty, "full": full}
             results = {
                 name: make_results(

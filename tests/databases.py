@@ -90,22 +90,36 @@ def assert_intact(target: Target) -> None:
             assert_fingerprint_set(target)
 
 
+_LEVELS: Final = ("fingerprints_new", "fingerprints_recent", "fingerprints")
 _FINGERPRINT_SET: Final = (
-    "SELECT * FROM (SELECT fingerprint, request_id FROM fingerprints_recent "
-    "UNION ALL SELECT fingerprint, request_id FROM fingerprints)"
+    "SELECT * FROM ("
+    + " UNION ALL ".join(f"SELECT fingerprint, request_id FROM {level}" for level in _LEVELS)
+    + ")"
 )
+_COUNTED: Final = "SELECT host, count(*) FROM requests WHERE state != 'skipped' GROUP BY host"
+_KEPT: Final = "SELECT host, admitted FROM hosts WHERE admitted != 0"
 
 
 def assert_fingerprint_set(db: Target) -> None:
     """In a SQLite file (crawler.store.fingerprints): one request per fingerprint, each in
-    exactly one level of the set with its request's id, nothing else in the set, and the
-    main level's size as `fingerprint_levels` keeps it."""
+    exactly one level of the set with its request's id, nothing else in the set, the sizes
+    of the large levels as `fingerprint_levels` keeps them; and the counters of admitted
+    requests that triggers keep (`frontier_counts`, `hosts.admitted`) equal to the counts."""
     assert rows(db, "SELECT fingerprint FROM requests GROUP BY 1 HAVING count(*) > 1") == []
-    both = "SELECT count(*) FROM fingerprints_recent JOIN fingerprints USING (fingerprint)"
-    assert scalar(db, both) == 0
+    assert (
+        rows(db, f"SELECT fingerprint FROM ({_FINGERPRINT_SET}) GROUP BY 1 HAVING count(*) > 1")
+        == []
+    )
     by_request = "SELECT fingerprint, id FROM requests"
     assert rows(db, f"{by_request} EXCEPT {_FINGERPRINT_SET}") == []
     assert rows(db, f"{_FINGERPRINT_SET} EXCEPT {by_request}") == []
-    assert scalar(db, "SELECT count(*) FROM fingerprints") == scalar(
-        db, "SELECT merged FROM fingerprint_levels"
-    )
+    assert rows(db, "SELECT merged, recent FROM fingerprint_levels") == [
+        (
+            scalar(db, "SELECT count(*) FROM fingerprints"),
+            scalar(db, "SELECT count(*) FROM fingerprints_recent"),
+        )
+    ]
+    counted = "SELECT count(*) FROM requests WHERE state != 'skipped'"
+    assert scalar(db, "SELECT admitted FROM frontier_counts") == scalar(db, counted)
+    assert rows(db, f"{_COUNTED} EXCEPT {_KEPT}") == []
+    assert rows(db, f"{_KEPT} EXCEPT {_COUNTED}") == []

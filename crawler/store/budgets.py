@@ -9,9 +9,11 @@ every process sharing the file, and costs the same at any size of the frontier. 
 over budget is stored whole as `skipped` with that reason (callback, meta, headers,
 priority), so that a later run can fetch it exactly as first asked.
 
-Without budgets nothing is looked up here: the insert drops what the file already holds
-(a trigger looks each fingerprint up in the set, crawler.store.fingerprints), except a URL
-refused for depth, which a shallower path reopens (`statements.REOPEN_DEPTH_SKIPS`).
+Nothing is looked up here while no budget could be reached even if every candidate were new
+(always, without budgets): the insert drops what the file already holds (a trigger looks
+each fingerprint up in the set, crawler.store.fingerprints), except a URL refused for
+depth, which it reopens. Only a batch that could reach a budget looks its candidates up
+first, to spend the budget on new ones only.
 
 A resumed crawl reopens the rows an earlier run skipped only because its budget was spent,
 as far as this run's budgets allow: the limit belonged to that run, not to the URLs.
@@ -52,9 +54,6 @@ class Budgets:
             "max_pages_per_host"
         )
         """Whether some host has a page budget (per-site settings may give one to a few)."""
-        self.reopenable: set[int] | None = None
-        """Of the last batch's candidates, those the file holds as refused for depth (which
-        `statements.REOPEN_DEPTH_SKIPS` reopens); None when `admit` did not look them up."""
 
     @property
     def active(self) -> bool:
@@ -73,7 +72,6 @@ class Budgets:
         the table holds) and the `INSERT_REQUEST_SKIPPED` rows of those over budget;
         duplicates within the batch are counted in `tally`. Call it inside the write
         transaction."""
-        self.reopenable = None
         unique: dict[int, Candidate] = {}
         for candidate in candidates:
             if candidate.fingerprint in unique:
@@ -82,13 +80,19 @@ class Budgets:
                 unique[candidate.fingerprint] = candidate
         if not self.active:
             return [self._row(c, now) for c in unique.values()], []
-        # Budgets need to know which candidates are new before inserting; otherwise the
-        # insert's trigger sorts them out (one lookup in the set instead of two).
+        admitted = await self._admitted() if self._max_pages else 0
+        by_host = (
+            await self._admitted_by_host({c.host for c in unique.values()})
+            if self._per_host
+            else None
+        )
+        if self._room_for_all(list(unique.values()), admitted, by_host):
+            # The insert's trigger sorts out the known ones (one lookup in the set, not two).
+            return [self._row(c, now) for c in unique.values()], []
+        # A budget may be reached: spend it on the candidates the file does not hold.
         existing = await self._existing(list(unique))
         tally.skipped[SkipReason.DUPLICATE.value] += len(existing)
         new = [c for fp, c in unique.items() if fp not in existing]
-        admitted = await self._admitted() if self._max_pages and new else 0
-        by_host = await self._admitted_by_host({c.host for c in new}) if self._per_host else None
         rows: list[Row] = []
         over_budget: list[Row] = []
         for c in new:
@@ -105,6 +109,19 @@ class Budgets:
                 by_host[c.host] += 1
             rows.append(self._row(c, now))
         return rows, over_budget
+
+    def _room_for_all(
+        self, candidates: list[Candidate], admitted: int, by_host: Counter[str] | None
+    ) -> bool:
+        """Whether every budget has room for all of `candidates`, were they all new."""
+        if self._max_pages and admitted + len(candidates) > self._max_pages:
+            return False
+        if by_host is not None:
+            for host, count in Counter(c.host for c in candidates).items():
+                limit = self._host_limit(host)
+                if limit and by_host[host] + count > limit:
+                    return False
+        return True
 
     def _row(self, c: Candidate, now: str) -> Row:
         r = c.request
@@ -149,12 +166,11 @@ class Budgets:
         return self._settings.for_host(host).max_pages_per_host
 
     async def _existing(self, fingerprints: list[int]) -> set[int]:
-        """The fingerprints the table holds, but for URLs refused for depth (reopenable:
-        those are kept in `reopenable`)."""
+        """The fingerprints the table holds, but for URLs refused for depth (which the
+        insert reopens)."""
         async with self._conn.execute(_EXISTING, (json.dumps(fingerprints),)) as cursor:
             found = await cursor.fetchall()
-        self.reopenable = {int(fingerprint) for fingerprint, depth in found if depth}
-        return {int(fingerprint) for fingerprint, depth in found if not depth}
+        return {int(fingerprint) for (fingerprint,) in found}
 
     async def _admitted(self) -> int:
         async with self._conn.execute("SELECT admitted FROM frontier_counts") as cursor:
@@ -168,12 +184,11 @@ class Budgets:
 
 
 _EXISTING: Final = (
-    "SELECT requests.fingerprint, requests.state = 'skipped' AND requests.reason = 'depth' "
-    f"FROM json_each(?) AS candidate JOIN requests ON requests.id = "
-    f"{request_id_of('candidate.value')}"
+    "SELECT requests.fingerprint FROM json_each(?) AS candidate JOIN requests ON requests.id = "
+    f"{request_id_of('candidate.value')} "
+    "WHERE NOT (requests.state = 'skipped' AND requests.reason = 'depth')"
 )
-"""Which of a JSON array of fingerprints the table holds, each with whether it was refused
-for depth."""
+"""Which of a JSON array of fingerprints the table holds, but for URLs refused for depth."""
 _BUDGET_SKIPPED: Final = "state = 'skipped' AND reason IN ('max_pages', 'max_pages_per_host')"
 """Rows skipped for a reason that belongs to a run's budget, not to the URL: a resume reopens
 them. Written out, not bound, so that the partial index `requests_budget_skips` applies (the

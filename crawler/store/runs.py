@@ -18,6 +18,7 @@ import aiosqlite
 
 from crawler.errors import StorageError
 from crawler.records import utc_now
+from crawler.store import fingerprints
 from crawler.store.item_tables import drop_item_tables
 from crawler.store.schema import rollback
 
@@ -127,9 +128,8 @@ async def start_run(
             for table in CRAWL_TABLES:
                 await conn.execute(f"DELETE FROM {table}")
             await conn.execute("UPDATE frontier_counts SET admitted = 0")
-            await conn.execute("DELETE FROM fingerprints")  # the set of requests' fingerprints
-            await conn.execute("DELETE FROM fingerprints_recent")  # (crawler.store.fingerprints)
-            await conn.execute("UPDATE fingerprint_levels SET merged = 0")
+            for sql in fingerprints.EMPTY:  # the set of requests' fingerprints
+                await conn.execute(sql)
         await _recover_dead_runs(conn, hostname)
         cursor = await conn.execute(
             "INSERT INTO crawls (spider, started_at, status, settings, pid, hostname, heartbeat_at)"

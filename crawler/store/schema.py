@@ -6,9 +6,9 @@ Tables (one SQLite file per crawl target, WAL mode):
 - `requests` every URL the crawl admitted or refused, with its state
              (`pending`, `done`, `failed`, `skipped`) and reason; this is also the frontier;
              one row per fingerprint (the hash of the canonical request)
-- `fingerprints`, `fingerprints_recent`  the set of those fingerprints (fingerprint →
-             request id) in two levels, kept by triggers on `requests`, and
-             `fingerprint_levels` the main level's size (crawler.store.fingerprints)
+- `fingerprints_new`, `fingerprints_recent`, `fingerprints`  the set of those fingerprints
+             (fingerprint → request id) in three levels, kept by triggers on `requests`,
+             and `fingerprint_levels` the two large levels' sizes (crawler.store.fingerprints)
 - `pages`    one row per HTTP response received (status, type, size, timing, optional body)
 - `links`    every `<a href>` of every parsed page (from_url → to_url)
 - `items`    every item a callback yielded: type name and JSON data (`json_extract` works)
@@ -82,7 +82,7 @@ _PRAGMAS: Final = (
     "PRAGMA journal_mode = WAL",
     "PRAGMA synchronous = NORMAL",
     "PRAGMA temp_store = MEMORY",
-    "PRAGMA cache_size = -" + __import__("os").environ.get("CACHE_KB", "32000"),
+    "PRAGMA cache_size = -32000",
 )
 
 

@@ -3,9 +3,10 @@
 Each `BulkStatement` writes a whole table's share of a batch in one statement (crawler.store.bulk).
 
 `requests` holds one row per fingerprint: triggers drop a row whose fingerprint the file
-already holds, and look fingerprints up in their set (crawler.store.fingerprints), so the
-inserts here are plain `INSERT`s, and what was an update on conflict is an update of the
-rows `request_id_of` finds, before the insert.
+already holds (but for a URL refused for depth, which a pending request reopens), and look
+fingerprints up in their set (crawler.store.fingerprints), so the inserts here are plain
+`INSERT`s, and what was an update on conflict is an update of the rows `request_id_of`
+finds, before the insert.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from crawler.store.bulk import BulkStatement
 from crawler.store.fingerprints import request_id_of
 
 __all__ = [
-    "COUNT_ADMITTED",
+    "ADMITTED_COUNT",
+    "COUNT_ADMITTED_AFTER",
+    "COUNT_ADMITTED_BEFORE",
     "CREATE_ADMITTED_COUNT",
     "FINISH_REQUEST",
     "INSERT_ERROR",
@@ -33,7 +36,6 @@ __all__ = [
     "INSERT_REQUEST",
     "INSERT_REQUEST_SKIPPED",
     "INSERT_SKIPPED",
-    "REOPEN_DEPTH_SKIPS",
     "SET_LASTMOD",
     "SET_PAGE_BODY",
     "TAKE_ADMITTED_COUNT",
@@ -88,22 +90,9 @@ INSERT_REQUEST: Final = BulkStatement(
     12,
 )
 """New requests (rows as `Budgets.admit` returns them); a row the table holds is kept (the
-trigger drops the new one), unless it was refused for depth: `REOPEN_DEPTH_SKIPS` first."""
-REOPEN_DEPTH_SKIPS: Final = BulkStatement(
-    # A URL refused for depth is crawled after all when a shallower path reaches it (depth
-    # is the least at which it was found); any other row already there stays as it is.
-    # The fields are read from the rows found only: most rows are new.
-    "UPDATE requests SET state = 'pending', reason = NULL, finished_at = NULL, "
-    "method = json_extract(found.row, '$[3]'), callback = json_extract(found.row, '$[4]'), "
-    "headers = json_extract(found.row, '$[5]'), meta = json_extract(found.row, '$[6]'), "
-    "depth = json_extract(found.row, '$[7]'), priority = json_extract(found.row, '$[8]'), "
-    "parent_id = json_extract(found.row, '$[9]') "
-    f"FROM (SELECT {request_id_of('{1}')} AS id, {{row}} AS row FROM {{rows}}) AS found "
-    "WHERE requests.id = found.id AND requests.state = 'skipped' AND requests.reason = 'depth'",
-    12,
-)
-"""`INSERT_REQUEST`'s rows that the table holds as refused for depth: pending again, as
-found this time (run it first: what it changed counts as admitted)."""
+trigger drops the new one), unless it was refused for depth: the trigger makes it pending
+again, as found this time (crawler.store.fingerprints). What it admitted is what
+`frontier_counts` gained (`ADMITTED_COUNT`)."""
 INSERT_REQUEST_SKIPPED: Final = BulkStatement(
     f"INSERT INTO requests ({_REQUEST_COLUMNS}, state, reason, finished_at) "
     "SELECT {0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, 'skipped', {12}, {13} "
@@ -115,9 +104,16 @@ that a later run that reopens them fetches them exactly as first asked."""
 CREATE_ADMITTED_COUNT: Final = (
     "CREATE TEMP TABLE IF NOT EXISTS batch_admitted (admitted INTEGER NOT NULL)"
 )
-COUNT_ADMITTED: Final = "INSERT INTO temp.batch_admitted (admitted) SELECT changes()"
-"""Right after each statement adding requests in a one-call batch (`REOPEN_DEPTH_SKIPS`,
-`INSERT_REQUEST`): how many rows it added."""
+ADMITTED_COUNT: Final = "SELECT admitted FROM frontier_counts"
+"""Requests admitted (not skipped) in the file, as triggers keep the count."""
+COUNT_ADMITTED_BEFORE: Final = (
+    "INSERT INTO temp.batch_admitted (admitted) SELECT -admitted FROM frontier_counts"
+)
+COUNT_ADMITTED_AFTER: Final = (
+    "INSERT INTO temp.batch_admitted (admitted) SELECT admitted FROM frontier_counts"
+)
+"""Around `INSERT_REQUEST` in a one-call batch: the rows it admitted, new or reopened, are
+the sum of the two (`TAKE_ADMITTED_COUNT`)."""
 TAKE_ADMITTED_COUNT: Final = "DELETE FROM temp.batch_admitted RETURNING admitted"
 INSERT_SKIPPED: Final = BulkStatement(
     "INSERT INTO requests (url, fingerprint, host, depth, state, reason, parent_id, "

@@ -34,7 +34,7 @@ from crawler.store.batches import BatchWriter
 from crawler.store.budgets import Budgets
 from crawler.store.bulk import Script
 from crawler.store.claims import Claims
-from crawler.store.fingerprints import MERGE, merge_due
+from crawler.store.fingerprints import merges_due
 from crawler.store.history import retire_items
 from crawler.store.item_tables import ItemTables
 from crawler.store.refresh import has_pages
@@ -91,8 +91,9 @@ class Storage(BatchWriter):
             run_id=run_id, stats=stats, interval=settings.stats_interval, hosts=hosts
         )
         self._sampler = self._samples
-        self._merge_next = False
-        """Whether the next batch merges the fingerprint set's levels (checked after each)."""
+        self._merges: tuple[str, ...] = ()
+        """What the next batch runs last to merge levels of the fingerprint set (checked
+        after each batch: crawler.store.fingerprints)."""
 
     async def _write_alone(self, sample: Sample) -> None:
         try:
@@ -107,20 +108,20 @@ class Storage(BatchWriter):
         await self._budgets.load()
         await self._sqlite_claims.prepare()
         self._sqlite_claims.refetches = await has_pages(self._conn)
-        self._merge_next = await merge_due(self._conn)
+        self._merges = await merges_due(self._conn)
         async with self._conn.execute(
             "SELECT count(*) FROM requests WHERE state = 'pending'"
         ) as cursor:
             row = await cursor.fetchone()
         self._stats.pending = int(row[0]) if row else 0
 
-    async def _merge_due(self) -> bool:
-        """`merge_due`, after a batch committed: a read that fails must not fail the batch
+    async def _merges_due(self) -> tuple[str, ...]:
+        """`merges_due`, after a batch committed: a read that fails must not fail the batch
         (the writer would write it again); the next write will meet the same trouble."""
         try:
-            return await merge_due(self._conn)
+            return await merges_due(self._conn)
         except sqlite3.Error:
-            return False
+            return ()
 
     def _forget_item_tables(self) -> None:
         self._item_tables = ItemTables()  # it may know of tables the rollback removed
@@ -176,7 +177,7 @@ class Storage(BatchWriter):
         self._stats.absorb(tally)
         if sample is not None:
             self._samples.written(sample)
-        self._merge_next = await self._merge_due()
+        self._merges = await self._merges_due()
 
     async def _run_batch(
         self,
@@ -189,33 +190,33 @@ class Storage(BatchWriter):
         `item_inserts` (see `_one_call_item_inserts`) is not None, else in the transaction
         `_commit` began. Return how many of the new requests the table already had."""
         conn = self._conn
-        # The insert drops what the table already has (with no budget to apply,
-        # Budgets.admit did not look; another process may also have added it just now),
-        # but for a URL refused for depth, made pending again first
+        # The insert's trigger drops what the table already has (Budgets.admit may not have
+        # looked; another process may also have added it just now), but for a URL refused
+        # for depth, which it makes pending again: the rows admitted are what the counter
+        # of admitted requests gained.
         if item_inserts is not None:
             script = Script()
             if new_rows:
                 script.add_sql(statements.CREATE_ADMITTED_COUNT)
-                script.add(statements.REOPEN_DEPTH_SKIPS, new_rows)
-                script.add_sql(statements.COUNT_ADMITTED)
+                script.add_sql(statements.COUNT_ADMITTED_BEFORE)
                 script.add(statements.INSERT_REQUEST, new_rows)
-                script.add_sql(statements.COUNT_ADMITTED)
+                script.add_sql(statements.COUNT_ADMITTED_AFTER)
             script.extend(rest)
             for sql in item_inserts:
                 script.add_sql(sql)
-            for sql in MERGE if self._merge_next else ():
+            for sql in self._merges:
                 script.add_sql(sql)
             await script.run_as_transaction(conn)
             admitted = await self._admitted_in_last_batch() if new_rows else 0
         else:
-            reopen = new_rows
-            if (depth_skipped := self._budgets.reopenable) is not None:
-                reopen = [row for row in new_rows if row[1] in depth_skipped]  # looked up
-            admitted = await statements.REOPEN_DEPTH_SKIPS.run(conn, reopen)
-            admitted += await statements.INSERT_REQUEST.run(conn, new_rows)
+            admitted = 0
+            if new_rows:
+                before = await self._admitted_count()
+                await statements.INSERT_REQUEST.run(conn, new_rows)
+                admitted = await self._admitted_count() - before
             await rest.run_each(conn)
             await self._write_after_script(results)
-            for sql in MERGE if self._merge_next else ():
+            for sql in self._merges:
                 await conn.execute(sql)
             await conn.execute("COMMIT")
         return len(new_rows) - admitted
@@ -232,9 +233,16 @@ class Storage(BatchWriter):
         return self._item_tables.ready_inserts(results)
 
     async def _admitted_in_last_batch(self) -> int:
-        """How many requests the last one-call batch inserted (as `COUNT_ADMITTED` noted)."""
+        """How many requests the last one-call batch admitted (as `COUNT_ADMITTED_BEFORE`
+        and `COUNT_ADMITTED_AFTER` noted)."""
         async with self._conn.execute(statements.TAKE_ADMITTED_COUNT) as cursor:
             return sum(int(row[0]) for row in await cursor.fetchall())
+
+    async def _admitted_count(self) -> int:
+        """The file's count of admitted requests (`frontier_counts`, kept by triggers)."""
+        async with self._conn.execute(statements.ADMITTED_COUNT) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     async def _write_after_script(self, results: list[PageResult]) -> None:
         """What needs the script's rows in place: page bodies (BLOBs cannot travel in JSON)
