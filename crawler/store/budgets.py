@@ -144,22 +144,31 @@ class Budgets:
         """Put rows skipped for `max_pages` or `max_pages_per_host` back to pending, oldest
         first, as far as this run's budgets have room (each host's, with a per-host budget).
         The triggers count each reopened row."""
-        max_pages, per_host = self._max_pages, self._per_host
         admitted = await self._admitted()
-        room = max(0, max_pages - admitted) if max_pages else -1  # -1: no limit
+        room = max(0, self._max_pages - admitted) if self._max_pages else -1  # -1: no limit
         hosts: list[str | None] = [None]  # None: every host at once, without a per-host budget
-        if per_host:
-            async with self._conn.execute(_BUDGET_SKIPPED_HOSTS) as cursor:
-                hosts = [str(row[0]) for row in await cursor.fetchall()]
+        if self._per_host:
+            hosts = list(await self._budget_skipped_hosts())
         by_host = await self._admitted_by_host({h for h in hosts if h is not None})
         for host in hosts:
             limit = room
             if host is not None and self._host_limit(host):
                 host_room = max(0, self._host_limit(host) - by_host[host])
                 limit = host_room if room < 0 else min(room, host_room)
-            cursor = await self._conn.execute(_REOPEN_BUDGET_SKIPS, (host, limit))
+            reopened = await self._reopen(host, limit)
             if room >= 0:
-                room -= cursor.rowcount
+                room -= reopened
+
+    async def _budget_skipped_hosts(self) -> list[str]:
+        """The hosts with rows skipped for a budget."""
+        async with self._conn.execute(_BUDGET_SKIPPED_HOSTS) as cursor:
+            return [str(row[0]) for row in await cursor.fetchall()]
+
+    async def _reopen(self, host: str | None, limit: int) -> int:
+        """Reopen up to `limit` (-1: all) budget skips of `host` (None: of every host),
+        oldest first; return how many."""
+        cursor = await self._conn.execute(_REOPEN_BUDGET_SKIPS, (host, limit))
+        return cursor.rowcount
 
     def _host_limit(self, host: str) -> int:
         """`max_pages_per_host` for this host (0: none)."""

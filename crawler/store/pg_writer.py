@@ -84,22 +84,13 @@ class _PgBudgets(Budgets):
         )
         return Counter({str(host): int(n) for host, n in rows})
 
-    async def _reopen_budget_skips(self) -> None:
-        admitted = await self._admitted()
-        room = max(0, self._max_pages - admitted) if self._max_pages else -1
-        hosts: list[str | None] = [None]
-        if self._per_host:
-            rows = await self._db.fetch(f"SELECT DISTINCT host FROM requests WHERE {_SKIPPED}")
-            hosts = [str(row[0]) for row in rows]
-        by_host = await self._admitted_by_host({h for h in hosts if h is not None})
-        for host in hosts:
-            limit = room
-            if host is not None and self._host_limit(host):
-                host_room = max(0, self._host_limit(host) - by_host[host])
-                limit = host_room if room < 0 else min(room, host_room)
-            status = await self._db.execute(_REOPEN, host, None if limit < 0 else limit)
-            if room >= 0:
-                room -= int(status.rsplit(" ", 1)[-1])
+    async def _budget_skipped_hosts(self) -> list[str]:
+        rows = await self._db.fetch(f"SELECT DISTINCT host FROM requests WHERE {_SKIPPED}")
+        return [str(row[0]) for row in rows]
+
+    async def _reopen(self, host: str | None, limit: int) -> int:
+        status = await self._db.execute(_REOPEN, host, None if limit < 0 else limit)
+        return int(status.rsplit(" ", 1)[-1])
 
 
 _SKIPPED: Final = "state = 'skipped' AND reason IN ('max_pages', 'max_pages_per_host')"
