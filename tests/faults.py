@@ -516,6 +516,9 @@ class FaultServer:
         self._ports = {"http": 0, "raw": 0, "refused": 0}
 
     async def __aenter__(self) -> Self:
+        # The bombs' bodies take seconds to compress on a loaded machine: made before the
+        # first request, so that a crawler's request timeout never measures the server.
+        await asyncio.gather(*(asyncio.to_thread(make, GIB) for _, make in _BOMBS.values()))
         async with AsyncExitStack() as stack:
             http_sock, raw_sock, refused = (_bound_socket(self.host) for _ in range(3))
             for sock in (http_sock, raw_sock, refused):

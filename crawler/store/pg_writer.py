@@ -19,8 +19,7 @@ from typing import Final, final
 
 import asyncpg
 
-from crawler.errors import SkipReason
-from crawler.records import Candidate, ItemKey, PageResult, Skipped, utc_now
+from crawler.records import ItemKey, PageResult, utc_now
 from crawler.settings import Settings
 from crawler.stats import Stats
 from crawler.store import pg_statements, statements
@@ -30,8 +29,7 @@ from crawler.store.pg_claims import PgClaims
 from crawler.store.pg_items import PgItemTables
 from crawler.store.pg_link import PgLink
 from crawler.store.pg_refresh import pg_has_pages, pg_retire_items
-from crawler.store.rows import Seeds, add_result_rows, add_skipped_rows, replaced_pages
-from crawler.store.statements import error_row
+from crawler.store.rows import Batch, Seeds, add_result_rows, replaced_pages
 from crawler.store.writer import BatchWriter
 
 __all__ = ["PgStorage"]
@@ -163,42 +161,29 @@ class PgStorage(BatchWriter):
     ) -> Stats:
         now = utc_now()
         tally = Stats()
-        candidates: list[Candidate] = []
-        skipped: list[Skipped] = []
-        for message in writes:
-            candidates.extend(message.candidates)
-            skipped.extend(message.skipped)
-        seed_errors = [e for m in writes if isinstance(m, Seeds) for e in m.errors]
+        batch = Batch.of(writes)
         await pg_retire_items(conn, replaced_pages(results), run_id=self._run_id, now=now)
         self._budgets.bind(conn)
-        new_rows, budget_skips = await self._budgets.admit(candidates, now, tally)
+        new_rows, budget_skips = await self._budgets.admit(batch.candidates, now, tally)
         script = Script()
-        add_skipped_rows(self._run_id, skipped, now, script)
-        script.add(statements.INSERT_REQUEST_SKIPPED, budget_skips)
+        batch.add_refused(self._run_id, budget_skips, now, script)
 
         async def stored_keys(keys: list[ItemKey]) -> set[tuple[str, int]]:
             return await _stored_item_keys(conn, keys)
 
         await add_result_rows(stored_keys, self._run_id, results, now, script, tally)
-        script.add(statements.INSERT_ERROR, [error_row(self._run_id, None, e) for e in seed_errors])
+        batch.add_seed_errors(self._run_id, script, tally)
         await pg_statements.run_script(conn, script)
         await self._write_bodies(conn, results)
         if results:
             await self._item_tables.write(conn, results)
         # Last: the insert locks the crawl's counters (its trigger) until the commit.
         admitted = await pg_statements.INSERT_REQUEST.run(conn, new_rows)
-        lastmods = [(c.fingerprint, c.lastmod) for c in candidates if c.lastmod]
+        lastmods = [(c.fingerprint, c.lastmod) for c in batch.candidates if c.lastmod]
         await pg_statements.pg_statement(statements.SET_LASTMOD).run(conn, lastmods)
-        already_known = len(new_rows) - admitted
-        tally.admitted += admitted
-        tally.pending += admitted
-        tally.skipped[SkipReason.DUPLICATE.value] += already_known
-        for skip in skipped:
-            tally.skipped[skip.reason.value] += 1
-        for row in budget_skips:
-            tally.skipped[str(row[12])] += 1  # its reason
-        for error in seed_errors:
-            tally.errors[error.kind] += 1
+        batch.count_admission(
+            tally, inserted=len(new_rows), admitted=admitted, budget_skips=budget_skips
+        )
         return tally
 
     async def _write_bodies(self, conn: asyncpg.Connection, results: list[PageResult]) -> None:

@@ -37,6 +37,7 @@ from crawler.store.bulk import Script, select_in
 from crawler.store.statements import error_row, skipped_row
 
 __all__ = [
+    "Batch",
     "KeyLookup",
     "Seeds",
     "add_result_rows",
@@ -57,6 +58,59 @@ class Seeds:
     """Start requests that were wrong (unknown callback, bad meta)."""
     committed: asyncio.Future[None] | None = None
     """Resolved once these rows are committed (see `Storage.submit_and_wait`)."""
+
+
+@final
+@dataclass(slots=True)
+class Batch:
+    """A write batch's messages sorted out, and what every database writes and counts of
+    them but the requests admitted (crawler.store.writer, crawler.store.pg_writer)."""
+
+    results: list[PageResult]
+    candidates: list[Candidate]
+    """Requests found, for the page budgets and the insert."""
+    skipped: list[Skipped]
+    seed_errors: list[ErrorRecord]
+    """Start requests that were wrong."""
+
+    @classmethod
+    def of(cls, writes: Sequence[PageResult | Seeds]) -> Batch:
+        """The batch of these messages, in their order."""
+        batch = cls([], [], [], [])
+        for message in writes:
+            batch.candidates.extend(message.candidates)
+            batch.skipped.extend(message.skipped)
+            if isinstance(message, PageResult):
+                batch.results.append(message)
+            else:
+                batch.seed_errors.extend(message.errors)
+        return batch
+
+    def add_refused(
+        self, run_id: int, budget_skips: list[tuple[object, ...]], now: str, script: Script
+    ) -> None:
+        """Add the rows of the requests refused at admission and over a page budget."""
+        add_skipped_rows(run_id, self.skipped, now, script)
+        script.add(statements.INSERT_REQUEST_SKIPPED, budget_skips)
+
+    def add_seed_errors(self, run_id: int, script: Script, tally: Stats) -> None:
+        """Add the rows of the wrong start requests, counted in `tally`."""
+        script.add(statements.INSERT_ERROR, [error_row(run_id, None, e) for e in self.seed_errors])
+        for error in self.seed_errors:
+            tally.errors[error.kind] += 1
+
+    def count_admission(
+        self, tally: Stats, *, inserted: int, admitted: int, budget_skips: list[tuple[object, ...]]
+    ) -> None:
+        """Count in `tally` the requests admitted (new or reopened) of the `inserted` rows
+        the insert was given (the others were known), and those refused."""
+        tally.admitted += admitted
+        tally.pending += admitted
+        tally.skipped[SkipReason.DUPLICATE.value] += inserted - admitted
+        for skip in self.skipped:
+            tally.skipped[skip.reason.value] += 1
+        for row in budget_skips:
+            tally.skipped[str(row[12])] += 1  # its reason
 
 
 def add_skipped_rows(run_id: int, skipped: Sequence[Skipped], now: str, script: Script) -> None:

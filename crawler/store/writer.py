@@ -24,9 +24,9 @@ from typing import final
 
 import aiosqlite
 
-from crawler.errors import SkipReason, StorageError
+from crawler.errors import StorageError
 from crawler.fetch.politeness import Hosts
-from crawler.records import Candidate, PageResult, Skipped, utc_now
+from crawler.records import PageResult, utc_now
 from crawler.settings import Settings
 from crawler.stats import Stats
 from crawler.store import statements
@@ -39,15 +39,14 @@ from crawler.store.history import retire_items
 from crawler.store.item_tables import ItemTables
 from crawler.store.refresh import has_pages
 from crawler.store.rows import (
+    Batch,
     Seeds,
     add_result_rows,
-    add_skipped_rows,
     replaced_pages,
     stored_item_keys,
 )
 from crawler.store.samples import Sample, Sampler
 from crawler.store.schema import rollback
-from crawler.store.statements import error_row
 
 __all__ = ["BatchWriter", "Seeds", "Storage"]  # BatchWriter: crawler.store.batches
 
@@ -134,46 +133,32 @@ class Storage(BatchWriter):
         conn = self._conn
         now = utc_now()
         tally = Stats()
-        candidates: list[Candidate] = []
-        skipped: list[Skipped] = []
-        for message in writes:
-            candidates.extend(message.candidates)
-            skipped.extend(message.skipped)
-        results = [m for m in writes if isinstance(m, PageResult)]
-        seed_errors = [e for m in writes if isinstance(m, Seeds) for e in m.errors]
+        batch = Batch.of(writes)
+        results = batch.results
         replaced = replaced_pages(results)
         item_inserts = None if replaced else self._one_call_item_inserts(results)
         if item_inserts is None:
             await conn.execute("BEGIN IMMEDIATE")
         try:
             await retire_items(conn, replaced, run_id=self._run_id, now=now)
-            new_rows, budget_skips = await self._budgets.admit(candidates, now, tally)
+            new_rows, budget_skips = await self._budgets.admit(batch.candidates, now, tally)
             rest = Script()
             rest.add(
                 statements.SET_LASTMOD,
-                [(c.fingerprint, c.lastmod) for c in candidates if c.lastmod],
+                [(c.fingerprint, c.lastmod) for c in batch.candidates if c.lastmod],
             )
-            add_skipped_rows(self._run_id, skipped, now, rest)
-            rest.add(statements.INSERT_REQUEST_SKIPPED, budget_skips)
+            batch.add_refused(self._run_id, budget_skips, now, rest)
             await add_result_rows(self._stored_keys, self._run_id, results, now, rest, tally)
-            rest.add(
-                statements.INSERT_ERROR, [error_row(self._run_id, None, e) for e in seed_errors]
-            )
-            for error in seed_errors:
-                tally.errors[error.kind] += 1
+            batch.add_seed_errors(self._run_id, rest, tally)
             if (sample := self._samples.take(tally)) is not None:
                 rest.extend(sample.script)
-            already_known = await self._run_batch(new_rows, rest, item_inserts, results)
+            admitted = await self._run_batch(new_rows, rest, item_inserts, results)
         except BaseException:
             await rollback(conn)
             raise
-        tally.admitted += len(new_rows) - already_known
-        tally.pending += len(new_rows) - already_known
-        tally.skipped[SkipReason.DUPLICATE.value] += already_known
-        for skip in skipped:
-            tally.skipped[skip.reason.value] += 1
-        for row in budget_skips:
-            tally.skipped[str(row[12])] += 1  # its reason
+        batch.count_admission(
+            tally, inserted=len(new_rows), admitted=admitted, budget_skips=budget_skips
+        )
         self._stats.absorb(tally)
         if sample is not None:
             self._samples.written(sample)
@@ -188,7 +173,8 @@ class Storage(BatchWriter):
     ) -> int:
         """Insert the batch's new requests, then run `rest`, and commit: in one call when
         `item_inserts` (see `_one_call_item_inserts`) is not None, else in the transaction
-        `_commit` began. Return how many of the new requests the table already had."""
+        `_commit` began. Return how many of the new requests it admitted (new or reopened:
+        the others the table already had)."""
         conn = self._conn
         # The insert's trigger drops what the table already has (Budgets.admit may not have
         # looked; another process may also have added it just now), but for a URL refused
@@ -219,7 +205,7 @@ class Storage(BatchWriter):
             for sql in self._merges:
                 await conn.execute(sql)
             await conn.execute("COMMIT")
-        return len(new_rows) - admitted
+        return admitted
 
     def _one_call_item_inserts(self, results: list[PageResult]) -> list[str] | None:
         """The typed-table inserts of a batch that can be written in one call, else None."""
