@@ -34,7 +34,7 @@ CATEGORIES: Final = (
         ("_BaseRequestContextManager", "ClientResponse.read", "_read_ready", "ClientSession."),
     ),
     ("the fetcher around aiohttp", ("Fetcher.",)),
-    ("the writer's side of each batch", ("Storage.run_writer",)),
+    ("the writer's side of each batch", ("BatchWriter.run_writer",)),
     ("feeder", ("Feeder.",)),
     ("page record", ("utc_now", "PageRecord")),
 )
