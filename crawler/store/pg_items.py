@@ -105,7 +105,7 @@ class PgItemTables(ItemRegistry[asyncpg.Connection, _Object]):
         return registered
 
     async def _taken(self, conn: asyncpg.Connection, lowered: str) -> bool:
-        if lowered in {"frontier_counts", "hosts"} or lowered.startswith(("pg_", "crawler_")):
+        if lowered.startswith(("pg_", "crawler_")):
             return True
         return bool(await conn.fetchval(_NAME_TAKEN, lowered))
 
