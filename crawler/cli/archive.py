@@ -8,16 +8,19 @@ from __future__ import annotations
 import sqlite3
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import asyncpg
 import click
 
 from crawler.cli.common import UserError
 from crawler.cli.readonly import open_crawl_database, read_error
 from crawler.results.warc import write_warc
 from crawler.store.archive import has_stored_bodies
-from crawler.store.pg_read import ReadConnection
+from crawler.store.pg_url import with_pg_errors
 from crawler.store.schema import storage_error
+
+if TYPE_CHECKING:
+    from crawler.store.pg_read import ReadConnection
 
 __all__ = ["export_warc"]
 
@@ -35,7 +38,7 @@ def export_warc(database: Path | str, output: str) -> None:
                 count = write_warc(conn, sys.stdout.buffer, gzip=True, filename="")
             else:
                 count = _to_file(conn, Path(output))
-        except (sqlite3.Error, asyncpg.PostgresError) as exc:
+        except with_pg_errors(sqlite3.Error) as exc:
             raise read_error(database, exc, "cannot export pages as WARC") from None
     finally:
         conn.close()

@@ -20,9 +20,8 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-import asyncpg
 import click
 from rich.console import Console
 from rich.logging import RichHandler
@@ -33,9 +32,11 @@ from crawler.errors import ConfigError, CrawlerError, StorageError, StorageFailu
 from crawler.links import normalise_domain
 from crawler.settings import LoadedSettings, load_settings, read_config_file
 from crawler.spider.base import Spider
-from crawler.store.pg_read import PgReader
-from crawler.store.pg_schema import is_postgres_url, pg_error
+from crawler.store.pg_url import is_postgres_url, with_pg_driver_errors, with_pg_errors
 from crawler.store.schema import storage_error
+
+if TYPE_CHECKING:
+    from crawler.store.pg_read import PgReader
 
 __all__ = [
     "DATABASE",
@@ -159,10 +160,13 @@ def failed_start(db: Path | str, after_run: int, pages: int) -> str | None:
     if pages:
         return None
     if isinstance(db, str):
+        from crawler.store.pg_read import PgReader  # loads asyncpg (crawler.store.pg_url)
+        from crawler.store.pg_schema import pg_error
+
         reader = PgReader(db, write=True)
         try:
             message = _reset_failed_starts(reader, after_run)
-        except asyncpg.PostgresError as exc:
+        except with_pg_errors() as exc:
             raise pg_error(db, exc, "write") from None
         finally:
             reader.close()  # commits
@@ -283,7 +287,7 @@ def run_with_signals(
     except (KeyboardInterrupt, asyncio.CancelledError):
         click.echo("crawl cancelled; the database holds everything committed so far", err=True)
         sys.exit(EXIT_INTERRUPTED)
-    except (StorageError, sqlite3.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except with_pg_driver_errors(StorageError, sqlite3.Error) as exc:
         # open_database translates its own errors; the run's first writes (starting the
         # run, declaring item tables) come after it and may meet a full disk too.
         error = _storage_error(run.db, exc)
@@ -297,6 +301,8 @@ def _storage_error(db: Path | str, exc: Exception) -> StorageError:
     if isinstance(exc, StorageError):
         return exc
     if isinstance(db, str):
+        from crawler.store.pg_schema import pg_error
+
         return pg_error(db, exc, "write")
     assert isinstance(exc, sqlite3.Error)
     return storage_error(db, exc, "write")

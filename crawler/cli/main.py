@@ -50,8 +50,6 @@ from crawler.spider.base import Spider
 from crawler.spider.discovery import find_spider, spider_catalogue, spider_reference
 from crawler.stats import render_summary
 from crawler.store.backends import open_store
-from crawler.store.pg_runs import empty_pg_database
-from crawler.store.pg_schema import open_pg
 from crawler.store.schema import open_database
 from crawler.version import __version__
 
@@ -221,6 +219,9 @@ async def _create_database(db: Path | str, *, fresh: bool) -> None:
     if isinstance(db, Path):
         await (await open_database(db)).close()
         return
+    from crawler.store.pg_runs import empty_pg_database  # loads asyncpg (crawler.store.pg_url)
+    from crawler.store.pg_schema import open_pg
+
     conn = await open_pg(db)
     try:
         if fresh:

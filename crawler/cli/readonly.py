@@ -1,7 +1,9 @@
 """Read-only access to SQLite files for the read-side commands: opening a file so that no
 statement can write any file at all (`open_read_only`), refusing files that are not crawl
-databases or are of a newer schema (`open_crawl_database`), and the SQLite authorizer that
-allows reads only and says why it refused the rest (`ReadOnlyGuard`).
+databases or are of a newer schema (`open_crawl_database`), the SQLite authorizer that
+allows reads only and says why it refused the rest (`ReadOnlyGuard`), and the one line for a
+failed read or query (`read_error`, `query_error`). A PostgreSQL URL is read through
+crawler.store.pg_read, imported when one is opened.
 """
 
 from __future__ import annotations
@@ -9,18 +11,25 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
-import asyncpg
-
-from crawler.errors import QueryError, StorageError, StorageFailure
-from crawler.store.pg_read import PgReader, ReadConnection
-from crawler.store.pg_schema import PG_SCHEMA_VERSION, pg_error, redact
+from crawler.errors import CrawlerError, QueryError, StorageError, StorageFailure
+from crawler.store.pg_url import with_pg_errors
 from crawler.store.schema import check_crawl_database, storage_error
+
+if TYPE_CHECKING:
+    from crawler.store.pg_read import ReadConnection
 
 T = TypeVar("T")
 
-__all__ = ["ReadOnlyGuard", "open_crawl_database", "open_read_only", "read_error"]
+__all__ = [
+    "ReadOnlyGuard",
+    "open_crawl_database",
+    "open_read_only",
+    "query_error",
+    "read_crawl_database",
+    "read_error",
+]
 
 
 def open_read_only(
@@ -35,6 +44,8 @@ def open_read_only(
             it cannot be read).
     """
     if isinstance(path, str):  # PostgreSQL: a READ ONLY transaction, unless `write`
+        from crawler.store.pg_read import PgReader  # loads asyncpg (crawler.store.pg_url)
+
         return PgReader(path, write=write)
     if not path.is_file():
         raise StorageError(f"no such database file: {path}")
@@ -62,7 +73,9 @@ def read_crawl_database(path: Path | str, read: Callable[[ReadConnection], T]) -
         return read(conn)
     except sqlite3.Error as exc:
         raise storage_error(Path(path), exc, "read") from None
-    except asyncpg.PostgresError as exc:
+    except with_pg_errors() as exc:
+        from crawler.store.pg_schema import pg_error
+
         raise pg_error(str(path), exc, "read") from None
     finally:
         conn.close()
@@ -72,7 +85,9 @@ def open_crawl_database(path: Path | str) -> ReadConnection:
     """Open a crawl database read-only, refusing other SQLite files and newer schemas (and
     PostgreSQL databases that hold no crawl or one of a newer schema)."""
     if isinstance(path, str):
-        return _open_pg_crawl(path)
+        from crawler.store.pg_read import open_pg_crawl  # loads asyncpg (crawler.store.pg_url)
+
+        return open_pg_crawl(path)
     conn = open_read_only(path)
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -85,24 +100,6 @@ def open_crawl_database(path: Path | str) -> ReadConnection:
         conn.close()
         raise
     return conn
-
-
-def _open_pg_crawl(url: str) -> PgReader:
-    reader = PgReader(url)
-    try:
-        found = reader.execute("SELECT to_regclass('crawler_schema') IS NOT NULL").fetchone()
-        if not found[0]:
-            raise StorageError(f"{redact(url)} is not a crawl database")
-        version = int(reader.execute("SELECT version FROM crawler_schema").fetchone()[0])
-        if version > PG_SCHEMA_VERSION:
-            raise StorageError(
-                f"{redact(url)} has schema version {version}, newer than this crawler's "
-                f"{PG_SCHEMA_VERSION}: use a newer crawler"
-            )
-    except BaseException:
-        reader.close()
-        raise
-    return reader
 
 
 _READ_ACTIONS: Final = frozenset(
@@ -246,3 +243,23 @@ def read_error(database: Path | str, exc: Exception, doing: str) -> StorageError
         if isinstance(error, StorageFailure):
             return error
     return QueryError(f"{doing}: {exc}")
+
+
+def query_error(exc: Exception, database: Path | str, guard: ReadOnlyGuard | None) -> CrawlerError:
+    """What went wrong with a query: a statement refused without --write, the storage
+    failing (a read-only file or a full disk under --write), or the SQL."""
+    message = str(exc)
+    read_only = "the database is open read-only ({}); add --write to allow it"
+    if isinstance(database, str):
+        import asyncpg  # loaded: the statement ran on PostgreSQL
+
+        refused = isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError)
+        return QueryError(read_only.format(message) if refused else f"SQL error: {message}")
+    if guard is not None and (guard.refused is not None or "readonly" in message):
+        reason = guard.refused or message  # SQLite only says "not authorized"
+        return QueryError(read_only.format(reason))
+    if isinstance(exc, sqlite3.Error):
+        error = storage_error(Path(database), exc, "read" if guard is not None else "write")
+        if isinstance(error, StorageFailure):
+            return error
+    return QueryError(f"SQL error: {message}")

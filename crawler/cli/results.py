@@ -22,7 +22,6 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Final, Literal
 
-import asyncpg
 import click
 from rich.console import Console
 from rich.table import Table
@@ -41,15 +40,16 @@ from crawler.cli.readonly import (
     ReadOnlyGuard,
     open_crawl_database,
     open_read_only,
+    query_error,
     read_crawl_database,
     read_error,
 )
 from crawler.engine.parse_page import ParsedPage, parse_page
-from crawler.errors import CrawlerError, QueryError, StorageFailure
 from crawler.results.export import item_rows, known_item_types
 from crawler.results.formats import OutputFormat, write_rows
 from crawler.results.report import crawl_report, render_report
 from crawler.spider.discovery import find_spider
+from crawler.store.pg_url import with_pg_errors
 from crawler.store.schema import storage_error
 
 if TYPE_CHECKING:
@@ -71,24 +71,6 @@ def _stdout_pipe() -> Iterator[None]:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
         sys.exit(1)
-
-
-def _sql_error(exc: Exception, database: Path | str, guard: ReadOnlyGuard | None) -> CrawlerError:
-    """What went wrong with a query: a statement refused without --write, the storage
-    failing (a read-only file or a full disk under --write), or the SQL."""
-    message = str(exc)
-    if isinstance(exc, asyncpg.exceptions.ReadOnlySQLTransactionError):
-        return QueryError(f"the database is open read-only ({message}); add --write to allow it")
-    if isinstance(database, str):
-        return QueryError(f"SQL error: {message}")
-    if guard is not None and (guard.refused is not None or "readonly" in message):
-        reason = guard.refused or message  # SQLite only says "not authorized"
-        return QueryError(f"the database is open read-only ({reason}); add --write to allow it")
-    if isinstance(exc, sqlite3.Error):
-        error = storage_error(Path(database), exc, "read" if guard is not None else "write")
-        if isinstance(error, StorageFailure):
-            return error
-    return QueryError(f"SQL error: {message}")
 
 
 def _bound_params(params: tuple[str, ...]) -> dict[str, str]:
@@ -136,8 +118,8 @@ def query(
         try:
             try:
                 cursor = conn.execute(sql, bound)
-            except (sqlite3.Error, sqlite3.Warning, asyncpg.PostgresError) as exc:
-                raise _sql_error(exc, database, guard) from None
+            except with_pg_errors(sqlite3.Error, sqlite3.Warning) as exc:
+                raise query_error(exc, database, guard) from None
             if cursor.description is None:  # no result columns: a write or a pragma
                 click.echo(f"{max(cursor.rowcount, 0):,} rows changed", err=True)
                 return
@@ -146,8 +128,8 @@ def query(
             chosen: OutputFormat = fmt or ("table" if out.is_terminal else "csv")
             try:
                 write_rows(columns, cursor, fmt=chosen, out=sys.stdout, console=out)
-            except (sqlite3.Error, asyncpg.PostgresError) as exc:
-                raise _sql_error(exc, database, guard) from None
+            except with_pg_errors(sqlite3.Error) as exc:
+                raise query_error(exc, database, guard) from None
         finally:
             conn.close()
 
@@ -198,7 +180,7 @@ def export(
                     write_rows(rows.columns, rows.rows, fmt=chosen, out=sys.stdout)
                     return
                 count = _export_to_file(Path(output), rows.columns, rows.rows, chosen)
-            except (sqlite3.Error, asyncpg.PostgresError) as exc:
+            except with_pg_errors(sqlite3.Error) as exc:
                 raise read_error(database, exc, f"cannot export {type_name!r}") from None
         finally:
             conn.close()

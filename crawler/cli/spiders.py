@@ -11,8 +11,8 @@ import sqlite3
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import asyncpg
 import click
 from aiohttp import web
 from rich.console import Console
@@ -35,7 +35,10 @@ from crawler.spider.http import Request
 from crawler.spider.testing import PageFixture, save_fixture
 from crawler.store.backends import describe_target
 from crawler.store.pages import DamagedBody, latest_page
-from crawler.store.pg_read import ReadConnection
+from crawler.store.pg_url import with_pg_errors
+
+if TYPE_CHECKING:
+    from crawler.store.pg_read import ReadConnection
 
 __all__ = ["new", "record", "serve_demo"]
 
@@ -151,7 +154,7 @@ def _pages_from_database(database: Path | str, urls: Sequence[str]) -> list[Page
     conn = open_read_only(database)
     try:
         return [_page_from_database(conn, database, url) for url in urls]
-    except (sqlite3.Error, asyncpg.PostgresError) as exc:
+    except with_pg_errors(sqlite3.Error) as exc:
         raise UserError(f"cannot read pages from {database}: {exc}") from None
     finally:
         conn.close()

@@ -38,8 +38,8 @@ from crawler.settings import Settings, load_settings
 from crawler.spider.base import Spider
 from crawler.spider.http import Response
 from crawler.stats import Stats, show_progress
-from crawler.store.backends import STORE_ERRORS, CrawlStore, describe_target, open_store
-from crawler.store.pg_schema import is_postgres_url
+from crawler.store.backends import CrawlStore, describe_target, open_store, store_errors
+from crawler.store.pg_url import is_postgres_url
 from crawler.store.writer import BatchWriter, Seeds
 
 __all__ = ["Crawl", "crawl"]
@@ -161,14 +161,14 @@ class Crawl:
                 await store.end_run(
                     run_id, status=self.status, reason=self.reason, stats=self.stats.as_dict()
                 )
-        except STORE_ERRORS as exc:  # the next run marks it crashed
+        except store_errors() as exc:  # the next run marks it crashed
             # When the storage is what failed, the CLI's one line already says so.
             level = logging.DEBUG if self._storage_failed else logging.WARNING
             logger.log(level, "could not record the end of the run: %s", exc)
         finally:
             try:
                 await store.close()
-            except STORE_ERRORS as exc:
+            except store_errors() as exc:
                 logger.warning("could not close the database cleanly: %s", exc)
         try:
             await self.spider.closed(self.status)

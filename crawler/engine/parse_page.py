@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, final
 
-import asyncpg
 from yarl import URL
 
 from crawler.engine.callbacks import CallbackRunner
@@ -30,8 +29,7 @@ from crawler.spider.base import Spider, callback_of
 from crawler.spider.http import Request, Response
 from crawler.stats import Stats
 from crawler.store.pages import DamagedBody, StoredPage, latest_page, latest_page_async
-from crawler.store.pg_read import PgReader
-from crawler.store.pg_schema import redact
+from crawler.store.pg_url import redact, with_pg_errors
 from crawler.store.schema import connect
 
 __all__ = ["ParsedPage", "parse_page"]
@@ -196,10 +194,12 @@ async def _stored_response(database: Path | str, url: str, callback: str | None)
 
 
 def _latest_pg_page(url: str, page_url: str) -> StoredPage | None:
+    from crawler.store.pg_read import PgReader  # loads asyncpg (crawler.store.pg_url)
+
     reader = PgReader(url)
     try:
         return latest_page(reader, page_url)
-    except asyncpg.PostgresError as exc:
+    except with_pg_errors() as exc:
         raise StorageError(f"cannot read pages from {redact(url)}: {exc}") from None
     finally:
         reader.close()

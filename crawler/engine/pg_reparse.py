@@ -33,8 +33,9 @@ from crawler.store.claims import LEASE_SECONDS
 from crawler.store.history import ARCHIVE_REPARSED
 from crawler.store.pages import pg_pages_with_bodies
 from crawler.store.pg_items import PgItemTables, declare_pg_item_tables
-from crawler.store.pg_schema import open_pg, pg_error, redact
+from crawler.store.pg_schema import open_pg, pg_error
 from crawler.store.pg_statements import PgStatement
+from crawler.store.pg_url import redact
 
 __all__ = ["reparse_postgres"]
 

@@ -53,13 +53,14 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Final, final
-
-import asyncpg
+from typing import TYPE_CHECKING, Final, final
 
 from crawler.errors import StorageError
 from crawler.records import utc_now
-from crawler.store.pg_read import PgReader
+from crawler.store.pg_url import with_pg_errors
+
+if TYPE_CHECKING:
+    from crawler.store.pg_read import PgReader
 
 __all__ = ["database_handles", "run_processes"]
 
@@ -171,7 +172,7 @@ class _Workers:
         how = f"was killed by {_signal_name(-code)}" if code < 0 else f"exited with code {code}"
         try:
             freed = _free_claims(self.db, pid, how)
-        except (sqlite3.Error, StorageError, asyncpg.PostgresError) as exc:
+        except with_pg_errors(sqlite3.Error, StorageError) as exc:
             claims = f"its claims return to the frontier when their leases expire ({exc})"
         else:
             claims = f"{freed} requests it had claimed go back to the frontier" if freed else ""
@@ -189,6 +190,8 @@ def _free_claims(db: Path | str, pid: int, how: str) -> int:
     """Mark the running run of the dead worker `pid` as crashed and return its claims to the
     frontier, as the next run's start would (crawler.store.runs); return how many it had."""
     if isinstance(db, str):  # a PostgreSQL URL: one transaction, committed at close
+        from crawler.store.pg_read import PgReader  # loads asyncpg (crawler.store.pg_url)
+
         reader = PgReader(db, write=True)
         try:
             return _free_runs(reader, pid, how)

@@ -11,12 +11,13 @@ import json
 import sqlite3
 from collections import Counter
 from pathlib import Path
-from typing import Any
-
-import asyncpg
+from typing import TYPE_CHECKING, Any
 
 from crawler.errors import StorageError
-from crawler.store.pg_read import PgReader
+from crawler.store.pg_url import with_pg_errors
+
+if TYPE_CHECKING:
+    from crawler.store.pg_read import PgReader, ReadConnection
 
 __all__ = ["combined_summary", "last_run_id"]
 
@@ -24,13 +25,15 @@ __all__ = ["combined_summary", "last_run_id"]
 def last_run_id(db: Path | str) -> int:
     """Return the id of the newest run recorded in `db` (0 when there is none yet)."""
     if isinstance(db, str):
+        from crawler.store.pg_read import PgReader  # loads asyncpg (crawler.store.pg_url)
+
         try:
             reader = PgReader(db)
         except StorageError:
             return 0  # the crawl itself reports it
         try:
             return int(reader.execute("SELECT coalesce(max(id), 0) FROM crawls").fetchall()[0][0])
-        except asyncpg.PostgresError:
+        except with_pg_errors():
             return 0
         finally:
             reader.close()
@@ -50,10 +53,7 @@ def combined_summary(db: Path | str, after_run: int) -> tuple[str, dict[str, Any
 
     Returns the overall status (the worst of the runs) and the summed stats.
     """
-    opened = (
-        PgReader(db) if isinstance(db, str) else sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    )
-    with contextlib.closing(opened) as conn:
+    with contextlib.closing(_open(db)) as conn:
         found = conn.execute(
             "SELECT id, status, stats FROM crawls WHERE id > ? ORDER BY id", (after_run,)
         ).fetchall()
@@ -94,6 +94,14 @@ def combined_summary(db: Path | str, after_run: int) -> tuple[str, dict[str, Any
     order = ["failed", "crashed", "interrupted", "stopped", "running", "finished"]
     status = min(statuses, key=order.index) if statuses else "failed"
     return status, total
+
+
+def _open(db: Path | str) -> ReadConnection:
+    if isinstance(db, str):
+        from crawler.store.pg_read import PgReader  # loads asyncpg (crawler.store.pg_url)
+
+        return PgReader(db)
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True)
 
 
 def _stored_by(conn: sqlite3.Connection | PgReader, run_id: int) -> dict[str, Any]:

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Final, final
+from typing import TYPE_CHECKING, Final, final
 
 from crawler.store.columns import ID_COLUMN, META_COLUMNS, quote_identifier, unique_column
-from crawler.store.pg_read import PgReader, ReadConnection
+
+if TYPE_CHECKING:
+    from crawler.store.pg_read import ReadConnection
 
 __all__ = ["ItemRows", "csv_cell", "item_rows", "known_item_types"]
 
@@ -62,7 +65,7 @@ def item_rows(conn: ReadConnection, type_name: str, *, decode_json: bool) -> Ite
         decode_json: give each field its JSON value (for JSON output); when false, give
             CSV cells (see `csv_cell`).
     """
-    typed_table = _PG_TYPED_TABLE if isinstance(conn, PgReader) else _TYPED_TABLE
+    typed_table = _TYPED_TABLE if isinstance(conn, sqlite3.Connection) else _PG_TYPED_TABLE
     table = conn.execute(typed_table, (type_name,)).fetchone()
     if table is not None:
         name, columns, json_columns = str(table[0]), json.loads(table[1]), json.loads(table[2])
@@ -135,7 +138,7 @@ def _dict_rows(conn: ReadConnection, type_name: str, *, as_json: bool) -> ItemRo
     """Rows of dict items: one column per key seen in any item of the type, in first-seen
     order, named as in the type's view."""
     keys = [str(row[0]) for row in conn.execute(_keys_sql(conn), (type_name,))]
-    if isinstance(conn, PgReader):  # jsonb keeps no key order: the view's has it
+    if not isinstance(conn, sqlite3.Connection):  # jsonb keeps no key order: the view's has it
         view = conn.execute(_PG_VIEW_KEYS, (type_name,)).fetchone()
         ordered = list(json.loads(view[0])) if view is not None else []
         keys = ordered + [key for key in keys if key not in ordered]
@@ -173,7 +176,7 @@ keys as first seen, see crawler.store.pg_items)."""
 
 
 def _keys_sql(conn: ReadConnection) -> str:
-    return _PG_KEYS if isinstance(conn, PgReader) else _KEYS
+    return _KEYS if isinstance(conn, sqlite3.Connection) else _PG_KEYS
 
 
 _KEYS: Final = (

@@ -7,12 +7,14 @@ being written by a running crawl (read it over a read-only connection).
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from rich.console import Group
 from rich.table import Table
 
-from crawler.store.pg_read import ReadConnection
+if TYPE_CHECKING:
+    from crawler.store.pg_read import ReadConnection
+
 
 __all__ = ["crawl_report", "render_report"]
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crawler.store.pg_read import ReadConnection
+if TYPE_CHECKING:
+    from crawler.store.pg_read import ReadConnection
+
 
 __all__ = ["crawl_status"]
 

@@ -25,7 +25,7 @@ import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from io import BytesIO
-from typing import Any, BinaryIO, Final
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
@@ -33,8 +33,10 @@ from yarl import URL
 
 from crawler.store.archive import ARCHIVE_COLUMNS, archived_pages
 from crawler.store.pages import gunzip
-from crawler.store.pg_read import ReadConnection
 from crawler.version import __version__
+
+if TYPE_CHECKING:
+    from crawler.store.pg_read import ReadConnection
 
 __all__ = ["REWRITTEN_HEADERS", "write_warc"]
 

@@ -13,7 +13,9 @@ dashboard (`samples`).
 PostgreSQL, the same tables and the same batches (`rows` builds them for both): the schema
 (`pg_schema`), a connection that reconnects (`pg_link`), the writer (`pg_writer`) and its
 statements (`pg_statements`), claims with crawl-wide politeness (`pg_claims`, `pg_pacing`),
-typed item tables (`pg_items`), runs (`pg_runs`) and the read side's connection (`pg_read`).
+typed item tables (`pg_items`), runs (`pg_runs`), a run's database (`pg_store`) and the read
+side's connection (`pg_read`); imported, with asyncpg, when a PostgreSQL URL is opened
+(`pg_url`: what the rest knows of PostgreSQL without them).
 
 Enters: `PageResult`s and `Seeds` from the engine, claim orders from the feeder. Leaves:
 committed rows, claimed requests to the feeder (crawler.frontier.feeder). Every SQL that

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from crawler.store.pg_read import ReadConnection
+if TYPE_CHECKING:
+    from crawler.store.pg_read import ReadConnection
+
 
 __all__ = ["ARCHIVE_COLUMNS", "archived_pages", "has_stored_bodies"]
 

@@ -5,7 +5,8 @@ default) or a PostgreSQL database shared by workers on many machines.
 PostgreSQL database, anything else is a file path) and returns a `CrawlStore`: the few
 things a run does besides writing batches (start and end the run, declare item tables,
 space delayed hosts' requests across workers) and the writer of its batches
-(crawler.store.writer's `Storage`, crawler.store.pg_writer's `PgStorage`).
+(crawler.store.writer's `Storage`, crawler.store.pg_writer's `PgStorage`). A PostgreSQL
+database is `PgStore` (crawler.store.pg_store), imported when one is opened.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any, Protocol, final
 
 import aiosqlite
-import asyncpg
 
 from crawler.errors import StorageError
 from crawler.fetch.politeness import Hosts, Pacer
@@ -24,29 +24,18 @@ from crawler.settings import Settings
 from crawler.spider.base import Spider
 from crawler.stats import Stats
 from crawler.store.item_tables import declare_item_tables
-from crawler.store.pg_items import declare_pg_item_tables
-from crawler.store.pg_link import PgLink
-from crawler.store.pg_pacing import PgPacer
-from crawler.store.pg_refresh import pg_fetched_hosts, pg_requeue_due
-from crawler.store.pg_runs import finish_pg_run, release_pg_leases, start_pg_run
-from crawler.store.pg_schema import is_postgres_url, open_pg, redact
-from crawler.store.pg_writer import PgStorage
+from crawler.store.pg_url import is_postgres_url, redact, with_pg_driver_errors
 from crawler.store.refresh import fetched_hosts, requeue_due
 from crawler.store.runs import finish_run, release_leases, start_run
 from crawler.store.schema import free_reserve, hold_reserve, open_database, rollback
 from crawler.store.writer import BatchWriter, Storage
 
-__all__ = ["STORE_ERRORS", "CrawlStore", "PgStore", "SqliteStore", "describe_target", "open_store"]
+__all__ = ["CrawlStore", "SqliteStore", "describe_target", "open_store", "store_errors"]
 
 
-STORE_ERRORS: tuple[type[Exception], ...] = (
-    StorageError,
-    sqlite3.Error,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    OSError,
-)
-"""What a store's calls raise when the storage fails (beside our own StorageError)."""
+def store_errors() -> tuple[type[Exception], ...]:
+    """What a store's calls raise when the storage fails (beside our own StorageError)."""
+    return with_pg_driver_errors(StorageError, sqlite3.Error, OSError)
 
 
 class CrawlStore(Protocol):
@@ -102,7 +91,9 @@ async def open_store(target: str | Path) -> CrawlStore:
         StorageError: it cannot be opened (a StorageFailure when the storage fails).
     """
     if isinstance(target, str) and is_postgres_url(target):
-        return PgStore(PgLink(target, await open_pg(target)))
+        from crawler.store.pg_store import open_pg_store  # loads asyncpg (crawler.store.pg_url)
+
+        return await open_pg_store(target)
     path = Path(target)
     conn = await open_database(path)
     hold_reserve(path)  # given back to record how the run ends, even on a full disk
@@ -162,66 +153,3 @@ class SqliteStore:
     async def close(self) -> None:
         free_reserve(self.path)
         await self.conn.close()
-
-
-@final
-class PgStore:
-    """A run's PostgreSQL database, through a link that reconnects."""
-
-    def __init__(self, link: PgLink) -> None:
-        self.link = link
-        self._pacer = PgPacer(link.url)
-
-    async def start_run(self, *, spider: str, settings: dict[str, Any], fresh: bool) -> int:
-        conn = await self.link.connection()
-        return await start_pg_run(conn, spider=spider, settings=settings, fresh=fresh)
-
-    def writer(
-        self,
-        *,
-        run_id: int,
-        settings: Settings,
-        stats: Stats,
-        on_committed: Callable[[int], None],
-        hosts: Hosts | None = None,
-    ) -> BatchWriter:
-        return PgStorage(
-            self.link,
-            run_id=run_id,
-            settings=settings,
-            stats=stats,
-            on_committed=on_committed,
-            on_hosts_saved=None if hosts is None else hosts.saved,
-        )
-
-    async def declare_item_tables(self, spider: Spider) -> None:
-        async def declare(conn: asyncpg.Connection) -> None:
-            await declare_pg_item_tables(conn, spider)
-
-        await self.link.transaction(declare)
-
-    async def end_run(
-        self, run_id: int, *, status: str, reason: str, stats: dict[str, Any]
-    ) -> None:
-        # No waiting for a server that went away: its leases expire, the next run on this
-        # machine marks the run crashed.
-        conn = await self.link.require()
-        if conn.is_in_transaction():  # a cancelled writer's half-written batch
-            await conn.execute("ROLLBACK")
-        async with conn.transaction():
-            await release_pg_leases(conn, run_id)
-            await finish_pg_run(conn, run_id, status=status, reason=reason, stats=stats)
-
-    async def fetched_hosts(self) -> list[str]:
-        return await pg_fetched_hosts(await self.link.connection())
-
-    async def requeue_due(self, *, cutoff: str | None, host_cutoffs: Mapping[str, str]) -> int:
-        conn = await self.link.connection()
-        return await pg_requeue_due(conn, cutoff=cutoff, host_cutoffs=host_cutoffs)
-
-    def pacer(self) -> Pacer | None:
-        return self._pacer
-
-    async def close(self) -> None:
-        await self._pacer.close()
-        await self.link.close()

@@ -17,16 +17,19 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import aiosqlite
-import asyncpg
 
 from crawler.errors import StorageError
 from crawler.links import try_canonical_url
 from crawler.spider.http import Request, Response
-from crawler.store.pg_read import ReadConnection
 from crawler.store.schema import storage_error
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from crawler.store.pg_read import ReadConnection
 
 __all__ = [
     "DamagedBody",

@@ -21,7 +21,8 @@ from typing import Final, TypeVar, final
 import asyncpg
 
 from crawler.errors import StorageFailure
-from crawler.store.pg_schema import connect_pg, is_connection_loss, pg_error, redact
+from crawler.store.pg_schema import connect_pg, is_connection_loss, pg_error
+from crawler.store.pg_url import redact
 
 __all__ = ["RECONNECT_SECONDS", "PgLink"]
 

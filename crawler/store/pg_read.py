@@ -23,9 +23,10 @@ from typing import Any, Final, TypeAlias, final
 import asyncpg
 
 from crawler.errors import QueryError, StorageError
-from crawler.store.pg_schema import connect_pg, pg_error
+from crawler.store.pg_schema import PG_SCHEMA_VERSION, connect_pg, pg_error
+from crawler.store.pg_url import redact
 
-__all__ = ["PgReader", "ReadConnection", "sql_literal_of"]
+__all__ = ["PgReader", "ReadConnection", "open_pg_crawl", "sql_literal_of"]
 
 _CHUNK: Final = 1000
 _TOKENS: Final = re.compile(
@@ -202,3 +203,23 @@ class PgReader:
 
 ReadConnection: TypeAlias = sqlite3.Connection | PgReader
 """A connection the read side can run its SQL on: an SQLite file's or a PostgreSQL one."""
+
+
+def open_pg_crawl(url: str) -> PgReader:
+    """A reader of the crawl database at `url`, refusing a database that holds no crawl or
+    one of a newer schema (crawler.cli.readonly `open_crawl_database`)."""
+    reader = PgReader(url)
+    try:
+        found = reader.execute("SELECT to_regclass('crawler_schema') IS NOT NULL").fetchone()
+        if not found[0]:
+            raise StorageError(f"{redact(url)} is not a crawl database")
+        version = int(reader.execute("SELECT version FROM crawler_schema").fetchone()[0])
+        if version > PG_SCHEMA_VERSION:
+            raise StorageError(
+                f"{redact(url)} has schema version {version}, newer than this crawler's "
+                f"{PG_SCHEMA_VERSION}: use a newer crawler"
+            )
+    except BaseException:
+        reader.close()
+        raise
+    return reader

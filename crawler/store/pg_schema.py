@@ -18,25 +18,21 @@ the network's errors become ours here too (`pg_error`).
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from crawler.errors import StorageError, StorageFailure
+from crawler.store.pg_url import redact
 
 __all__ = [
     "PG_MIGRATIONS",
     "PG_SCHEMA_VERSION",
     "is_connection_loss",
-    "is_postgres_url",
     "open_pg",
     "pg_error",
-    "redact",
 ]
 
-_URL: Final = re.compile(r"^postgres(ql)?://", re.IGNORECASE)
 _LOCK_KEY: Final = 0x43524C31  # "CRL1", as SQLite's application_id
 _CONNECT_TIMEOUT: Final = 10.0
 
@@ -326,22 +322,6 @@ _CONNECTION_LOSS: Final = (
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.TooManyConnectionsError,
 )
-
-
-def is_postgres_url(target: object) -> bool:
-    """Whether a database target (a path or a string) names a PostgreSQL database."""
-    return isinstance(target, str) and bool(_URL.match(target))
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages and the `crawls` table."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    user = f"{parts.username}:***@" if parts.username else ""
-    port = f":{parts.port}" if parts.port else ""
-    return urlunsplit((parts.scheme, f"{user}{host}{port}", parts.path, parts.query, ""))
 
 
 def is_connection_loss(exc: BaseException) -> bool:
