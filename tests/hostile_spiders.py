@@ -43,6 +43,11 @@ class CallbackFaultsSpider(Spider):
     its (non-blocking) sleep, then holds the loop, so only `blocks` may be blamed.
     """
 
+    times: ClassVar[dict[str, float]] = {}
+    """On time.perf_counter (the crawler's blocking detector's clock): `opened`, when the
+    spider was opened, `held`, how long `blocks` held the loop, and `resumed`, when `blocks`
+    was resumed after its item (its blocking step had ended)."""
+
     name = "callback_faults"
     settings: ClassVar[Mapping[str, object]] = {
         "autothrottle": False,
@@ -57,6 +62,7 @@ class CallbackFaultsSpider(Spider):
 
     async def opened(self) -> None:
         self._waiting = asyncio.Event()
+        self.times["opened"] = time.perf_counter()
 
     async def start_requests(self) -> AsyncIterator[Request]:
         (start,) = self.start_urls
@@ -82,8 +88,11 @@ class CallbackFaultsSpider(Spider):
     async def blocks(self, response: Response) -> AsyncIterator[dict[str, Any]]:
         assert self._waiting is not None
         await asyncio.wait_for(self._waiting.wait(), timeout=10)
+        began = time.perf_counter()
         time.sleep(BLOCK_SECONDS)  # noqa: ASYNC251 - the fault under test
+        self.times["held"] = time.perf_counter() - began
         yield {"blocked": True}
+        self.times["resumed"] = time.perf_counter()
 
     async def waits(self, response: Response) -> AsyncIterator[dict[str, Any]]:
         assert self._waiting is not None

@@ -79,20 +79,41 @@ async def wait_for_pages(db: Path, count: int) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_status_while_running_and_after(
-    slow_tree: BaseTestServer, db_path: Path, run_cli: RunCli
-) -> None:
-    process = await start(slow_tree, db_path)
-    await wait_for_pages(db_path, 10)
-    running = await run_cli("status", str(db_path), "-f", "json")
+def held_after(answered: int, release: asyncio.Event) -> web.Application:
+    """`tree_app(pages=150)` answering `answered` requests, then holding each further one
+    until `release` is set: a crawl of it is running until then, however slow the machine."""
+    app = tree_app(pages=150)
+    count = 0
+
+    @web.middleware
+    async def hold(request: web.Request, handler: Handler) -> web.StreamResponse:
+        nonlocal count
+        count += 1
+        if count > answered:
+            await release.wait()
+        return await handler(request)
+
+    app.middlewares.append(hold)
+    return app
+
+
+async def test_status_while_running_and_after(db_path: Path, run_cli: RunCli) -> None:
+    release = asyncio.Event()
+    async with TestServer(held_after(20, release), host="127.0.0.1") as server:
+        process = await start(server, db_path)
+        try:
+            await wait_for_pages(db_path, 10)
+            running = await run_cli("status", str(db_path), "-f", "json")
+        finally:
+            release.set()
+        async with asyncio.timeout(60):
+            await process.communicate()
     assert running.code == 0, running.stderr
     state = json.loads(running.stdout)
     assert state["spider"] == "follow_all"
     assert state["latest_run"]["status"] == "running"
     assert state["requests"]["done"] >= 10
     assert state["requests"]["pending"] + state["in_flight"] >= 1
-    async with asyncio.timeout(60):
-        await process.communicate()
     assert process.returncode == 0
     finished = json.loads((await run_cli("status", str(db_path), "-f", "json")).stdout)
     assert finished["latest_run"]["status"] == "finished"
