@@ -14,13 +14,16 @@ import pytest
 
 from crawler import Request, Spider
 from crawler.errors import FetchTimeout
-from crawler.fetch.politeness import Hosts, Throttle, ThrottlePolicy
+from crawler.fetch.politeness import Hosts
+from crawler.fetch.throttle import Throttle, ThrottlePolicy
 from crawler.frontier.gate import Frontier
 from crawler.frontier.queues import HostQueues
 from crawler.links import host_of
-from crawler.records import Claimed
+from crawler.records import Claimed, HostRecord
 from crawler.settings import Settings, load_settings
 from crawler.stats import Stats
+from crawler.store import claims as claims_module
+from crawler.store.claims import Claims
 from crawler.store.runs import start_run
 from crawler.store.schema import open_database
 from crawler.store.writer import Seeds, Storage
@@ -379,3 +382,84 @@ async def test_a_claim_that_finds_only_other_runs_leases_says_so(
     again = await storage.claim(20)
     assert [item.request.url for item in again.claimed] == ["http://c.test/0", "http://c.test/1"]
     assert (await storage.claim(20)).leased_elsewhere == 53
+
+
+def stored(host: str, not_before: float, delay: float, limit: int) -> HostRecord:
+    return HostRecord(
+        host=host,
+        crawl_delay=None,
+        throttle_delay=delay,
+        throttle_concurrency=limit,
+        not_before=not_before,
+        last_status=503,
+    )
+
+
+def test_hosts_learn_a_later_stored_pause_with_the_slower_throttle() -> None:
+    hosts = Hosts(settings(), clock=lambda: 100.0, wall=lambda: 5000.0)
+    state = hosts["a.test"]
+    state.throttle.delay, state.throttle.limit = 0.2, 6
+    state.next_start = 100.5  # its own next start: 5000.5 on the wall clock
+    hosts.learn([stored("a.test", 5000.4, 1.0, 2)])  # no later than what it knows: its own
+    assert (state.start_at(), state.throttle.delay, state.throttle.limit) == (100.5, 0.2, 6)
+    hosts.learn([stored("a.test", 5003.0, 1.0, 2), stored("b.test", 5009.0, 1.0, 1)])
+    assert state.start_at() == pytest.approx(103.0)  # paused as the other process stored
+    assert (state.throttle.delay, state.throttle.limit) == (1.0, 2)
+    assert "b.test" not in hosts  # not in memory: a claim restores it with its row
+    hosts.learn([stored("a.test", 5004.0, 0.1, 8)])  # a later pause, a faster throttle
+    assert state.start_at() == pytest.approx(104.0)
+    assert (state.throttle.delay, state.throttle.limit) == (1.0, 2)  # the slower stays
+
+
+async def test_a_claim_skips_a_host_paused_in_the_table_unless_it_holds_its_requests(
+    storage: Storage, tmp_path: Path
+) -> None:
+    now = time.time()
+    with contextlib.closing(sqlite3.connect(tmp_path / "crawl.db")) as other, other:
+        # another process sharing the file paused b.test; c.test's pause is over
+        other.execute("UPDATE hosts SET not_before = ? WHERE host = 'b.test'", (now + 30,))
+        other.execute("UPDATE hosts SET not_before = ? WHERE host = 'c.test'", (now - 1,))
+    batch = await storage.claim(60)
+    assert {host_of(item.request.url) for item in batch.claimed} == {"a.test", "c.test"}
+    empty = await storage.claim(60)
+    assert (empty.claimed, empty.pending) == ([], 55)  # 52 of them leased to this run
+    assert empty.next_due == pytest.approx(now + 30)  # when a claim is worth making again
+    held = await storage.claim(60, held={"b.test": 1}, per_host=10)  # paced by this process
+    assert [item.request.url for item in held.claimed] == [f"http://b.test/{n}" for n in range(3)]
+
+
+async def test_stored_pauses_are_read_only_after_another_process_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = await open_database(tmp_path / "crawl.db")
+    try:
+        run_id = await start_run(conn, spider="seed", settings={}, fresh=False)
+        now = time.time()
+        await conn.executemany(
+            "INSERT INTO hosts (host, admitted, throttle_delay, throttle_concurrency, not_before) "
+            "VALUES (?, 0, 0.5, 4, ?)",
+            [("a.test", now + 30), ("b.test", now - 1), ("c.test", now + 30)],
+        )
+        await conn.commit()
+        claims = Claims(conn, run_id=run_id, settings=settings())
+        asked: list[int] = []
+
+        def held() -> list[str]:
+            asked.append(1)
+            return ["a.test", "b.test"]  # c.test is paused, but not held
+
+        first = await claims.stored_pauses(held)
+        assert [(r.host, r.throttle_delay, r.throttle_concurrency) for r in first] == [
+            ("a.test", 0.5, 4)
+        ]
+        assert first[0].not_before == pytest.approx(now + 30)
+        assert await claims.stored_pauses(held) == []  # not again within PAUSES_EVERY
+        monkeypatch.setattr(claims_module, "PAUSES_EVERY", 0.0)
+        assert await claims.stored_pauses(held) == []  # nobody else wrote: nothing is read
+        assert len(asked) == 1
+        with contextlib.closing(sqlite3.connect(tmp_path / "crawl.db")) as other, other:
+            other.execute("UPDATE hosts SET not_before = ? WHERE host = 'b.test'", (now + 9,))
+        again = await claims.stored_pauses(held)
+        assert sorted(r.host for r in again) == ["a.test", "b.test"]
+    finally:
+        await conn.close()

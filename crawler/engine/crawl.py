@@ -131,6 +131,7 @@ class Crawl:
                 on_committed=feeder.release,
                 hosts=self._hosts,
             )
+            storage.watch(feeder.hosts_with_work, self._hosts.learn)  # other processes' pauses
             self.stats.requeued = await requeue(store, self.settings, recrawl=self._recrawl)
             await storage.load_counts()
             self._hosts.pacer = store.pacer()

@@ -1,7 +1,7 @@
 """Everything that talks HTTP: the aiohttp client with retries, timeouts, size caps and
-redirects (`client`), per-host politeness and autothrottle (`politeness`), robots.txt
-(`robots`), internal-address refusal (`addresses`) and the request deadline sweeper
-(`deadlines`); a fetch's outcome types (`outcomes`), each redirect hop's checks
+redirects (`client`), per-host politeness (`politeness`) and its autothrottle arithmetic
+(`throttle`), robots.txt (`robots`), internal-address refusal (`addresses`) and the request
+deadline sweeper (`deadlines`); a fetch's outcome types (`outcomes`), each redirect hop's checks
 (`redirects`) and reading a body under the size cap (`responses`).
 
 Enters: a claimed `Request` from the engine's workers. Leaves: a `Fetched`, `Failed` or

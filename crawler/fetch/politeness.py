@@ -14,6 +14,8 @@ Memory holds the `RECENT_HOSTS` most recently used hosts, more only while they h
 a host learned goes to the `hosts` table with its results (`Hosts.snapshot`; forgotten only
 once committed, `Hosts.saved`) and comes back with a claim that brings it work
 (`Hosts.restore`): memory does not grow with the number of hosts, and nothing is lost.
+Processes sharing the database learn of each other's pauses of the hosts they hold
+(`Hosts.learn`, fed by the writer: crawler.store.batches).
 """
 
 from __future__ import annotations
@@ -30,128 +32,20 @@ from types import TracebackType
 from typing import Final, Self, final
 
 from crawler.errors import ConnectError, FetchTimeout, ProtocolError
+from crawler.fetch.throttle import THROTTLE_STATUSES, Throttle, ThrottlePolicy
 from crawler.links import host_of
 from crawler.records import HostRecord
 from crawler.settings import Settings
 
-__all__ = ["RECENT_HOSTS", "HostState", "Hosts", "Pacer", "Slot", "Throttle", "ThrottlePolicy"]
+__all__ = ["RECENT_HOSTS", "HostState", "Hosts", "Pacer", "Slot"]
 
 logger = logging.getLogger(__name__)
 
-THROTTLE_STATUSES: Final = frozenset({429, 503})
-"""Statuses that mean "slow down": the host gets a cool-down and a lower pace."""
 RECENT_HOSTS: Final = 4096
 """Hosts kept in memory, the most recently used (more only while they have work)."""
-
-
-@final
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ThrottlePolicy:
-    """The settings a `Throttle` works within."""
-
-    min_delay: float
-    """`delay_per_host`: the delay never goes below it (nor below a host's Crawl-delay)."""
-    max_delay: float
-    """`autothrottle_max_delay`: the delay never goes above it (unless Crawl-delay is larger)."""
-    max_concurrency: int
-    """`concurrency_per_host`: the hard cap on the concurrency limit."""
-    target_concurrency: float
-    """`autothrottle_target_concurrency`: delay = latency / target, on average."""
-    adaptive: bool
-    """`autothrottle`: adapt the delay and the limit; when off, only cool-downs apply."""
-    slowed_delay: float
-    """The least delay after a 429/503 or a failure (`backoff_base`)."""
-    retry_after_max: float
-    """The longest cool-down a `Retry-After` can ask for."""
-    randomize: bool = False
-    """`randomize_delay`: each start waits the delay times a random factor in [0.5, 1.5)."""
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
-        """Return the policy the settings describe."""
-        return cls(
-            min_delay=settings.delay_per_host,
-            max_delay=settings.autothrottle_max_delay,
-            max_concurrency=settings.concurrency_per_host,
-            target_concurrency=settings.autothrottle_target_concurrency,
-            adaptive=settings.autothrottle,
-            slowed_delay=settings.backoff_base,
-            retry_after_max=settings.retry_after_max,
-            randomize=settings.randomize_delay,
-        )
-
-
-@final
-class Throttle:
-    """The pace of one host: its delay, its concurrency limit and its cool-down.
-
-    Like Scrapy's AutoThrottle, each response pulls the delay halfway towards
-    `latency / target_concurrency`; only a success (status < 400) may lower it. On top of
-    that, additive increase / multiplicative decrease of the concurrency limit: a 429 or 503
-    halves the limit, at least doubles the delay and starts a host-wide cool-down (the
-    `Retry-After`, else the new delay); a failure without a response (timeout, reset) halves
-    the limit only; each success raises the limit by one, up to the cap.
-
-    All methods take the current time as an argument, so the maths can be tested with a fake
-    clock. With `adaptive` off, the delay stays at its floor, the limit at the cap, and only
-    `Retry-After` cool-downs apply.
-    """
-
-    __slots__ = ("blocked_until", "delay", "floor", "limit", "policy")
-
-    def __init__(self, policy: ThrottlePolicy) -> None:
-        self.policy = policy
-        self.floor = policy.min_delay
-        """The least delay: `delay_per_host`, raised by robots.txt `Crawl-delay`."""
-        self.delay = policy.min_delay
-        """Seconds between the starts of two requests to this host."""
-        self.limit = policy.max_concurrency
-        """Requests allowed in flight to this host."""
-        self.blocked_until = -math.inf
-        """No request may start before this time (a cool-down)."""
-
-    def set_floor(self, seconds: float) -> None:
-        """Raise the least delay (a robots.txt `Crawl-delay`); never below `delay_per_host`."""
-        self.floor = max(self.policy.min_delay, seconds)
-        self.delay = self.clamp(self.delay)
-
-    def on_response(
-        self, now: float, latency: float, status: int, retry_after: float | None = None
-    ) -> None:
-        """Account for one response that took `latency` seconds."""
-        policy = self.policy
-        if status in THROTTLE_STATUSES:
-            if policy.adaptive:
-                self._slow_down()
-            if retry_after is not None:
-                pause = min(retry_after, policy.retry_after_max)
-            else:
-                pause = self.delay if policy.adaptive else 0.0
-            self.blocked_until = max(self.blocked_until, now + pause)
-            return
-        if not policy.adaptive:
-            return
-        averaged = (self.delay + latency / policy.target_concurrency) / 2
-        if status < 400:
-            self.delay = self.clamp(averaged)
-            self.limit = min(policy.max_concurrency, self.limit + 1)
-        else:  # an error page is no evidence that the host can go faster
-            self.delay = self.clamp(max(self.delay, averaged))
-
-    def on_failure(self, now: float) -> None:
-        """Account for an attempt that got no response (timeout, refused, reset): fewer in
-        flight. The delay stays: a failure says nothing about the host's response time, and
-        the fetcher's retry backoff already waits."""
-        if self.policy.adaptive:
-            self.limit = max(1, self.limit // 2)
-
-    def _slow_down(self) -> None:
-        self.limit = max(1, self.limit // 2)
-        self.delay = self.clamp(max(2 * self.delay, self.policy.slowed_delay))
-
-    def clamp(self, delay: float) -> float:
-        """`delay` within the floor and `max_delay` (or the floor, when that is larger)."""
-        return min(max(delay, self.floor), max(self.policy.max_delay, self.floor))
+_SAME_TIME: Final = 0.01
+"""Seconds within which a stored time is taken for one this process wrote itself (the two
+clocks a stored time goes through, `wall` and `clock`, may drift apart a little)."""
 
 
 @final
@@ -359,6 +253,31 @@ class Hosts:
         if record.not_before is not None:
             throttle.blocked_until = self._clock() + record.not_before - self._wall()
         state.last_status = record.last_status
+
+    def learn(self, records: Iterable[HostRecord]) -> None:
+        """Take in what other processes sharing the database stored about hosts in memory: a
+        pause (`not_before`) later than this process's own next start means another process
+        saw the host back off (429/503, autothrottle). Then the host waits for it here too,
+        at the slower of the two throttles (delay and limit). A stored pause that is not
+        later is this process's own, or one it already knows: the host is left as it is.
+        Hosts not in memory are skipped (a claim that gives them work restores them)."""
+        now, wall = self._clock(), self._wall()
+        for record in records:
+            state = self._states.get(record.host)
+            if state is None or record.not_before is None:
+                continue
+            pause = now + record.not_before - wall
+            if pause <= state.start_at() + _SAME_TIME:
+                continue
+            throttle = state.throttle
+            throttle.blocked_until = pause
+            if record.throttle_delay is not None:
+                throttle.delay = throttle.clamp(max(throttle.delay, record.throttle_delay))
+            if record.throttle_concurrency is not None:
+                throttle.limit = max(1, min(throttle.limit, record.throttle_concurrency))
+            logger.debug(
+                "%s: paused for %.1fs, as another process stored", record.host, pause - now
+            )
 
     def trim(self, keep: Callable[[str], bool]) -> list[str]:
         """Forget the least recently used idle hosts while more than `recent` are in memory,

@@ -125,6 +125,10 @@ class Feeder:
             self._hand_out()  # at once: the feeder task may be waiting for a claim
         self._changed.set()
 
+    def hosts_with_work(self) -> set[str]:
+        """The hosts of the requests held or handed out (their pauses matter now)."""
+        return self._held.hosts_with_work()
+
     def stop(self) -> None:
         """Stop handing out work; workers finish what they hold and exit."""
         self._stopping = True

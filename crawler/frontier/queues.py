@@ -65,6 +65,10 @@ class HostQueues:
             held[host] = held.get(host, 0) + reserved
         return held
 
+    def hosts_with_work(self) -> set[str]:
+        """The hosts of the requests in memory: held here or handed out and not finished."""
+        return self._queues.keys() | self._hosts.reservations().keys()
+
     def add(self, claimed: Claimed) -> None:
         """Hold a claimed request until its host is ready."""
         if self._robots.allows(claimed.request.url) is False:

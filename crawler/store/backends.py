@@ -148,7 +148,9 @@ class SqliteStore:
         return await requeue_due(self.conn, cutoff=cutoff, host_cutoffs=host_cutoffs)
 
     def pacer(self) -> Pacer | None:
-        return None  # processes sharing a file: each keeps its own pace (one machine)
+        # processes sharing a file keep their own delays (one machine); a host's pause is
+        # shared through the claims (crawler.store.claims)
+        return None
 
     async def close(self) -> None:
         free_reserve(self.path)

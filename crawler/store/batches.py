@@ -3,7 +3,8 @@ and flushes, gathered into batches that a subclass commits in one transaction ea
 (crawler.store.writer's `Storage` for SQLite, crawler.store.pg_writer's for PostgreSQL), and
 the crawl's time series (crawler.store.samples) where the database keeps one: a sample that
 falls due rides in the next batch, or is written alone when the writer is idle for a whole
-`stats_interval`.
+`stats_interval`. Between batches, it also passes on the pauses other processes stored for
+the hosts this one holds (`watch`; crawler.store.claims `stored_pauses`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from crawler.errors import StorageError
-from crawler.records import PageResult
+from crawler.records import HostRecord, PageResult
 from crawler.settings import Settings
 from crawler.stats import Stats
 from crawler.store.claims import ClaimBatch, ClaimSource
@@ -74,6 +75,17 @@ class BatchWriter:
             maxsize=settings.write_batch_size * 4
         )
         self._claims = claims
+        self._watched: (
+            tuple[Callable[[], Collection[str]], Callable[[list[HostRecord]], None]] | None
+        ) = None
+
+    def watch(
+        self, hosts: Callable[[], Collection[str]], learn: Callable[[list[HostRecord]], None]
+    ) -> None:
+        """Between batches, tell `learn` the stored state of those of `hosts()` (the hosts
+        the crawl holds requests of) that other processes sharing the database paused
+        (crawler.fetch.politeness `Hosts.learn`)."""
+        self._watched = (hosts, learn)
 
     async def load_counts(self) -> None:
         """Read what a resumed crawl continues from (budgets, the pending count)."""
@@ -209,6 +221,10 @@ class BatchWriter:
         try:
             if writes:
                 await commit_or_split(writes, self._commit_restoring)
+            if self._watched is not None:
+                hosts, learn = self._watched
+                if paused := await self._claims.stored_pauses(hosts):
+                    learn(paused)  # before a claim's requests of those hosts are handed out
             for order in orders:
                 if not order.reply.done():
                     batch = await self._claims.claim(

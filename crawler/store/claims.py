@@ -6,13 +6,22 @@ So several processes can share one file, none taking a row another holds, and a 
 process's claims return to the frontier when its lease runs out (at once when the next run on
 the same machine finds its process gone: crawler.store.runs). Claims run on the writer's
 connection, between its batches (crawler.store.writer).
+
+A back-off is crawl-wide, as on PostgreSQL (crawler.store.pg_claims): a claim skips a host
+whose stored `hosts.not_before` has not passed, unless this process holds requests of it
+(then it paces the host itself, and knows of the pause: see `stored_pauses`). And when
+another process sharing the file has committed since the last look (`PRAGMA
+data_version`), at most every `PAUSES_EVERY` seconds, the writer reads the stored pauses of
+the hosts this process holds requests of: one index lookup per such host, however many
+hosts and pending rows the file has, and nothing at all while no other process writes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, final
 
@@ -27,6 +36,7 @@ from crawler.store.refresh import attach_previous
 __all__ = [
     "HOSTS_PER_CLAIM",
     "LEASE_SECONDS",
+    "PAUSES_EVERY",
     "ClaimBatch",
     "ClaimOrder",
     "ClaimSource",
@@ -40,6 +50,9 @@ __all__ = [
 LEASE_SECONDS: Final = 120.0
 HOSTS_PER_CLAIM: Final = 256
 """Hosts with pending requests one claim looks at, at most (see `ClaimOrder.hosts`)."""
+PAUSES_EVERY: Final = 0.25
+"""Least seconds between two reads of the stored pauses of the hosts a process holds (see
+`Claims.stored_pauses`): about as often as another process commits (`write_interval`)."""
 
 
 @final
@@ -85,6 +98,10 @@ class ClaimSource(Protocol):
 
     async def renew_leases_if_due(self) -> None:
         """Extend this run's leases and heartbeat when it is time."""
+
+    async def stored_pauses(self, hosts: Callable[[], Collection[str]]) -> list[HostRecord]:
+        """When it is time, the stored state of those of `hosts()` (the hosts this process
+        holds requests of) whose `not_before` has not passed: what other processes saw."""
 
 
 @final
@@ -142,6 +159,10 @@ class Claims:
         self._renewal = LeaseRenewal()
         self.refetches = False
         """Whether claimed requests may have a stored page (re-fetches, which need it)."""
+        self._data_version: int | None = None
+        """`PRAGMA data_version` at the last read of stored pauses: it changes only when
+        another connection (another process) commits."""
+        self._pauses_read_at = -math.inf
 
     async def prepare(self) -> None:
         """Create what this run's claim order needs (depth-first: an index of its own)."""
@@ -166,7 +187,8 @@ class Claims:
         claimed: list[Claimed] = []
         fresh_hosts: list[str] = []
         capped = more = False
-        for host in await self._order.hosts(self._hosts_after):
+        hosts = await self._order.hosts(self._hosts_after)
+        for host in hosts:
             if len(claimed) >= limit:
                 more = True
                 break
@@ -175,7 +197,9 @@ class Claims:
                 capped = True  # refill a host in chunks, not one request per finished page
                 continue
             room = min(limit - len(claimed), host_room)
-            params = (self._run_id, now + LEASE_SECONDS, host, now, now, room)
+            # a host held here is paced here (its pause learned: `stored_pauses`)
+            paused_after = math.inf if held.get(host) else now
+            params = (self._run_id, now + LEASE_SECONDS, host, now, now, host, paused_after, room)
             async with self._conn.execute(sql, params) as cursor:
                 rows = list(await cursor.fetchall())
             claimed.extend(claimed_from_row(row) for row in rows)
@@ -194,12 +218,39 @@ class Claims:
         async with self._conn.execute(_PENDING_SUMMARY, (self._run_id, now)) as cursor:
             row = await cursor.fetchone()
         pending, next_due, elsewhere = (row[0], row[1], row[2]) if row else (0, None, 0)
+        # those not held here may be paused: the claim is worth making when one's pause ends
+        if pending and (unheld := [host for host in hosts if not held.get(host)]):
+            paused = await select_in(self._conn, _PAUSE_ENDS, unheld, params=(now,))
+            ends = [float(row[0]) for row in paused if row[0] is not None]
+            if next_due is not None:
+                ends.append(float(next_due))
+            next_due = min(ends, default=None)
         return ClaimBatch(
             claimed=[],
             pending=int(pending),
             next_due=next_due,
             leased_elsewhere=int(elsewhere or 0),
         )
+
+    async def stored_pauses(self, hosts: Callable[[], Collection[str]]) -> list[HostRecord]:
+        """The stored state of those of `hosts()` whose `not_before` has not passed, when
+        another process committed since the last read and `PAUSES_EVERY` seconds passed;
+        else nothing (and `hosts` is not called). For `Hosts.learn`, which keeps only what
+        it does not know (this process's own rows come back too)."""
+        if time.monotonic() - self._pauses_read_at < PAUSES_EVERY:
+            return []
+        self._pauses_read_at = time.monotonic()
+        async with self._conn.execute("PRAGMA data_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row else 0
+        if version == self._data_version:
+            return []
+        self._data_version = version
+        held = list(hosts())
+        if not held:
+            return []
+        async with self._conn.execute(_STORED_PAUSES, (json.dumps(held), time.time())) as cursor:
+            return [host_from_row(row) for row in await cursor.fetchall()]
 
     async def renew_leases_if_due(self) -> None:
         """Extend this run's leases and heartbeat, every `LEASE_SECONDS / 4`."""
@@ -285,9 +336,19 @@ _CLAIM: Final = (
     " SELECT id FROM requests WHERE state = 'pending' AND host = ?"
     " AND (lease_expires IS NULL OR lease_expires < ?)"
     " AND (not_before IS NULL OR not_before <= ?)"
+    " AND NOT EXISTS (SELECT 1 FROM hosts WHERE host = ? AND not_before > ?)"
     " ORDER BY {order} LIMIT ?) "
     "RETURNING id, url, method, callback, headers, meta, depth, priority, attempts"
 )
+"""A host's due pending requests, none while the host is paused after the time given."""
+_PAUSE_ENDS: Final = "SELECT min(not_before) FROM hosts WHERE not_before > ? AND host IN ({marks})"
+"""When the first of a claim's paused hosts may be claimed again."""
+_STORED_PAUSES: Final = (
+    "SELECT hosts.host, crawl_delay, throttle_delay, throttle_concurrency, not_before, "
+    "last_status, NULL FROM json_each(?) AS held JOIN hosts ON hosts.host = held.value "
+    "WHERE hosts.not_before > ?"
+)
+"""The stored state of the given hosts that are paused now (one index lookup each)."""
 _PENDING_SUMMARY: Final = (
     "SELECT count(*), min(not_before), "
     "sum(lease_owner IS NOT NULL AND lease_owner != ? AND lease_expires >= ?) "

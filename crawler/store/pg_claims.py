@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from functools import partial
 from typing import Final, final
 
 import asyncpg
 
 from crawler.links import host_of
-from crawler.records import Claimed
+from crawler.records import Claimed, HostRecord
 from crawler.settings import Settings
 from crawler.store.claims import (
     HOSTS_PER_CLAIM,
@@ -183,6 +183,13 @@ class PgClaims:
         if crawl_delay is not None:
             delay = max(delay, min(float(crawl_delay), self._settings.crawl_delay_max))
         return delay
+
+    async def stored_pauses(self, hosts: Callable[[], Collection[str]]) -> list[HostRecord]:
+        """Nothing, as before: here a claim skips a paused host and leases no more of a host
+        than its crawl-wide in-flight cap, and delayed hosts take crawl-wide turns
+        (crawler.store.pg_pacing). Requests this worker holds when another stores a pause
+        still go out at this worker's pace: at most that cap."""
+        return []
 
     async def renew_leases_if_due(self) -> None:
         """Extend this run's leases and heartbeat, every `LEASE_SECONDS / 4`."""

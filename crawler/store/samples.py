@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, final
 
-from crawler.fetch.politeness import THROTTLE_STATUSES, Hosts
+from crawler.fetch.politeness import Hosts
+from crawler.fetch.throttle import THROTTLE_STATUSES
 from crawler.links import host_of
 from crawler.records import PageResult, RequestState, utc_now
 from crawler.stats import Stats
