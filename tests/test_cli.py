@@ -6,8 +6,10 @@ import asyncio
 import csv
 import io
 import json
+import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import BaseTestServer, TestServer
 
 from tests.conftest import ROOT, RunCli, rows, scalar
+from tests.signals import as_a_background_job
 from tests.sites import follow_app, html_page
 
 
@@ -350,3 +353,52 @@ def _pages(db: Path) -> int:
 async def test_follow_app_is_reachable_for_cli_tests() -> None:
     async with TestServer(follow_app(pages=3), host="127.0.0.1") as server:
         assert url_of(server).startswith("http://127.0.0.1:")
+
+
+STARTED_AS = pytest.mark.parametrize(
+    "preexec", [None, as_a_background_job], ids=["from a terminal", "SIGINT ignored"]
+)
+
+
+@STARTED_AS
+async def test_serve_demo_serves_until_sigterm(preexec: Callable[[], None] | None) -> None:
+    """SIGTERM stops it as Ctrl-C does, also when started with SIGINT ignored (a script's
+    `command &`); stopping is how it ends: exit code 0."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crawler", "serve-demo", "--port", "0", "--size", "20",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=preexec,
+    )  # fmt: skip
+    assert process.stdout is not None
+    async with asyncio.timeout(30):
+        assert b"serving the demo books site at" in await process.stdout.readline()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    assert stderr.decode().endswith("stopped\n")
+
+
+@STARTED_AS
+async def test_bench_stopped_by_sigterm_exits_130(
+    preexec: Callable[[], None] | None, tmp_path: Path
+) -> None:
+    """The figures so far are printed, and the exit code says they are of an interrupted run."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crawler", "bench", "--concurrency", "2",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "TMPDIR": str(tmp_path)}, preexec_fn=preexec,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        while not await asyncio.to_thread(_bench_pages, tmp_path):  # noqa: ASYNC110 - another process's file
+            await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        stdout, stderr = await process.communicate()
+    assert process.returncode == 130, stderr.decode()
+    assert "pages/s" in stdout.decode()
+    assert "bench interrupted" in stderr.decode()
+    assert "Traceback" not in stderr.decode()
+
+
+def _bench_pages(tmp: Path) -> int:
+    """Pages in the database of the bench whose TMPDIR is `tmp`."""
+    return sum(_pages(db) for db in tmp.glob("crawler-bench-*/bench.db"))

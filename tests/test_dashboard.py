@@ -11,7 +11,7 @@ import signal
 import socket
 import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from crawler.cli.common import with_start_urls
 from crawler.cli.dashboard import dashboard_app
 from crawler.results.watch import MAX_POINTS
 from tests.conftest import ROOT, RunCli, rows, scalar
+from tests.signals import as_a_background_job
 from tests.sites import tree_app
 from tests.spiders import RaisingSpider
 
@@ -188,7 +189,14 @@ async def test_a_long_series_is_thinned(crawled: Path, tmp_path: Path) -> None:
     assert series[-1]["pages"] == 5000 and state["totals"]["pages"] == 5000
 
 
-async def test_the_command_serves_until_ctrl_c(crawled: Path) -> None:
+@pytest.mark.parametrize(
+    ("stop", "preexec"), [(signal.SIGINT, None), (signal.SIGTERM, as_a_background_job)]
+)
+async def test_the_command_serves_until_ctrl_c(
+    crawled: Path, stop: signal.Signals, preexec: Callable[[], None] | None
+) -> None:
+    """Until Ctrl-C, or SIGTERM (also with SIGINT ignored, as a script's `command &`):
+    stopping is how it ends, exit code 0."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -199,6 +207,7 @@ async def test_the_command_serves_until_ctrl_c(crawled: Path) -> None:
         "0",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=preexec,
     )
     assert process.stdout is not None
     line = (await process.stdout.readline()).decode()
@@ -206,9 +215,10 @@ async def test_the_command_serves_until_ctrl_c(crawled: Path) -> None:
     assert url, line
     async with aiohttp.ClientSession() as session, session.get(url.group(1) + "api/state") as got:
         assert (await got.json())["run"]["id"] == 2
-    process.send_signal(signal.SIGINT)
-    await asyncio.wait_for(process.communicate(), 30)
-    assert process.returncode == 0
+    process.send_signal(stop)
+    _, stderr = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, stderr
+    assert stderr.decode().endswith("stopped\n")
 
 
 async def test_bad_input_is_one_line(run_cli: RunCli, tmp_path: Path, crawled: Path) -> None:

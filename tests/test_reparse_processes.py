@@ -10,7 +10,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,10 @@ from aiohttp.test_utils import TestServer
 
 from crawler.demo import catalogue_app
 from tests.conftest import ROOT, RunCli, run_crawler, scalar
+from tests.databases import assert_intact
 from tests.reparse_pages import add_hostile_pages, outcome, write_spider
 from tests.results_site import copy_database
+from tests.signals import as_a_background_job, ignored
 from tests.test_reparse import upper_spider
 
 CATALOGUE_BOOKS = 300
@@ -175,14 +177,14 @@ def _as_from_a_terminal() -> None:
 
 
 async def started_reparse(
-    spider: Path, db: Path, *args: str
+    spider: Path, db: Path, *args: str, preexec: Callable[[], None] = _as_from_a_terminal
 ) -> AsyncGenerator[asyncio.subprocess.Process, None]:
     """A reparse of `db` whose progress shows parsed pages: yielded, then killed if alive."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "crawler", "reparse", str(spider), str(db),
         "-s", "progress_interval=0.2", *args,
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        preexec_fn=_as_from_a_terminal,
+        preexec_fn=preexec,
     )  # fmt: skip
     assert process.stderr is not None
     try:
@@ -219,6 +221,33 @@ async def test_ctrl_c_stops_the_workers_and_changes_nothing(
     assert await asyncio.to_thread(all_ended, others, 10.0)
     assert outcome(db) == outcome(catalogue)
     assert scalar(db, "PRAGMA integrity_check") == "ok"
+    await reparses.aclose()
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_sigterm_stops_a_reparse_started_with_sigint_ignored(
+    catalogue: Path, tmp_path: Path, processes: int
+) -> None:
+    """A script's background job (`crawler reparse ... &`) ignores SIGINT: SIGTERM alone
+    stops it, as Ctrl-C does, and changes nothing."""
+    db = copy_database(catalogue, tmp_path / "books.db")
+    spider = write_spider(tmp_path, delay=0.02)
+    reparses = started_reparse(spider, db, "-p", str(processes), preexec=as_a_background_job)
+    process = await anext(reparses)
+    assert signal.SIGINT in ignored(process.pid)
+    workers = workers_of(process.pid)
+    assert len(workers) == (0 if processes == 1 else processes)
+    others = descendants(process.pid)
+    process.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(30):
+        _, stderr = await process.communicate()
+    assert process.returncode == 130, stderr
+    assert b"reparse interrupted: nothing was changed" in stderr
+    assert b"Traceback" not in stderr
+    assert not [pid for pid in workers if alive(pid)]
+    assert await asyncio.to_thread(all_ended, others, 10.0)
+    assert outcome(db) == outcome(catalogue)
+    assert_intact(db)
     await reparses.aclose()
 
 

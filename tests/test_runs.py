@@ -8,7 +8,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,8 +23,10 @@ from crawler.engine.crawl import _run_to_the_end
 from crawler.records import utc_now
 from crawler.store.schema import SCHEMA_VERSION
 from tests.conftest import ROOT, RunCli, rows, scalar
+from tests.databases import assert_intact
 from tests.invariants import assert_all_accounted_for
 from tests.polite_sites import Handler
+from tests.signals import as_a_background_job, ignored
 from tests.sites import html_page, tree_app
 from tests.spiders import FollowAllSpider
 
@@ -39,10 +41,15 @@ async def slow_tree() -> AsyncIterator[BaseTestServer]:
 
 
 async def start(
-    server: BaseTestServer, db: Path, *extra: str, new_session: bool = False
+    server: BaseTestServer,
+    db: Path,
+    *extra: str,
+    new_session: bool = False,
+    preexec: Callable[[], None] | None = None,
 ) -> asyncio.subprocess.Process:
     """Start `crawler crawl` (FollowAllSpider, concurrency 2 unless `extra` says otherwise);
-    with `new_session`, in a process group of its own, as a shell starts a command."""
+    with `new_session`, in a process group of its own, as a shell starts a command; `preexec`
+    runs in the child before exec."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -61,6 +68,7 @@ async def start(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=new_session,
+        preexec_fn=preexec,
     )
 
 
@@ -336,6 +344,37 @@ async def test_ctrl_c_stops_all_processes_gracefully_and_a_resume_finishes(
         assert runs == [("interrupted",), ("interrupted",)]
         # A graceful stop: every request that reached the server was finished and stored
         # (a second signal would have cancelled those in flight).
+        assert scalar(db_path, "SELECT count(*) FROM pages") == received < 150
+        assert scalar(db_path, "SELECT count(*) FROM requests WHERE lease_owner IS NOT NULL") == 0
+        spider = with_start_urls(FollowAllSpider, [str(server.make_url("/p/0"))])
+        await crawl(spider, db=db_path, settings={**FAST_QUIET, "concurrency": 32})
+    assert_all_accounted_for(db_path)
+    assert scalar(db_path, "SELECT count(*) FROM pages") == 150
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+async def test_sigterm_stops_a_crawl_started_with_sigint_ignored(
+    processes: int, db_path: Path
+) -> None:
+    """A script's background job (`crawler crawl ... &`) ignores SIGINT: SIGTERM stops it as
+    Ctrl-C does (with --processes, the command passes it on to its workers), and it resumes."""
+    app = counting_tree_app(pages=150, delay=0.1)
+    async with TestServer(app, host="127.0.0.1") as server:
+        process = await start(
+            server,
+            db_path,
+            *("--processes", str(processes), "--concurrency", "4", "-s", "shutdown_grace=30"),
+            preexec=as_a_background_job,
+        )
+        await wait_for_pages(db_path, 20)
+        assert signal.SIGINT in ignored(process.pid)
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            _, stderr = await process.communicate()
+        received = len(app[RECEIVED])
+        assert process.returncode == 130, stderr.decode()
+        assert rows(db_path, "SELECT status FROM crawls") == [("interrupted",)] * processes
+        assert_intact(db_path)
         assert scalar(db_path, "SELECT count(*) FROM pages") == received < 150
         assert scalar(db_path, "SELECT count(*) FROM requests WHERE lease_owner IS NOT NULL") == 0
         spider = with_start_urls(FollowAllSpider, [str(server.make_url("/p/0"))])

@@ -23,7 +23,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from crawler.cli.common import load_crawl_settings, run_with_signals, user_errors, with_start_urls
+from crawler.cli.common import (
+    EXIT_INTERRUPTED,
+    load_crawl_settings,
+    run_with_signals,
+    user_errors,
+    with_start_urls,
+)
 from crawler.engine.crawl import Crawl
 from crawler.errors import CrawlerError
 from crawler.spider.discovery import find_spider
@@ -98,3 +104,6 @@ def bench(books: int, concurrency: int) -> None:
     ]:
         table.add_row(name, value)
     Console().print(table)
+    if run.status == "interrupted":
+        click.echo("bench interrupted: the figures are of the pages fetched until then", err=True)
+        sys.exit(EXIT_INTERRUPTED)

@@ -17,10 +17,10 @@ import logging
 import signal
 import sqlite3
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 from rich.console import Console
@@ -46,6 +46,7 @@ __all__ = [
     "EXIT_USAGE",
     "StorageFailed",
     "UserError",
+    "cancelled_by_sigterm",
     "check_start_url",
     "check_starts_somewhere",
     "failed_start",
@@ -53,6 +54,7 @@ __all__ = [
     "parse_assignments",
     "run_with_signals",
     "setup_logging",
+    "stop_signals",
     "user_errors",
     "with_start_urls",
 ]
@@ -253,14 +255,64 @@ def setup_logging(level: str, console: Console) -> None:
         logging.getLogger("crawler.stats").setLevel(logging.INFO)
 
 
+STOP_SIGNALS: Final = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextmanager
+def stop_signals(
+    on_signal: Callable[[], object], signals: Sequence[signal.Signals] = STOP_SIGNALS
+) -> Iterator[None]:
+    """Call `on_signal` in the running event loop on each of `signals` while inside, then put
+    back the handlers found on entry.
+
+    A signal ignored on entry stays ignored, as Unix programs leave it: a non-interactive
+    shell starts `command &` with SIGINT ignored so that a Ctrl-C meant for the script does
+    not reach its background jobs (SIGTERM still stops them). Putting the handlers back
+    matters for a command run inside another program (click's CliRunner, a test): asyncio's
+    `remove_signal_handler` (and closing the loop) would leave the defaults instead.
+    """
+    loop = asyncio.get_running_loop()
+    previous = {
+        sig: handler for sig in signals if (handler := signal.getsignal(sig)) != signal.SIG_IGN
+    }
+    for sig in previous:
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            if handler is not None:  # None: not set from Python, cannot be put back
+                signal.signal(sig, handler)
+
+
+_T = TypeVar("_T")
+
+
+async def cancelled_by_sigterm(work: Awaitable[_T]) -> _T:
+    """Await `work` (inside asyncio.run); SIGTERM cancels it, as asyncio.run does on the first
+    Ctrl-C. Directly, not by way of SIGINT: a command started with SIGINT ignored (a shell's
+    background job) stops on SIGTERM too. Only the first stop counts, so that what the
+    cancellation runs (a rollback, stopping worker processes) is not cut short."""
+    task = asyncio.current_task()
+    assert task is not None  # run by asyncio.run
+
+    def cancel() -> None:
+        if not task.cancelling():
+            task.cancel()
+
+    with stop_signals(cancel, (signal.SIGTERM,)):
+        return await work
+
+
 def run_with_signals(
     run: Crawl, during: AbstractAsyncContextManager[object] | None = None
 ) -> dict[str, Any]:
     """Run a crawl (inside `during`, e.g. a local server); the first SIGINT/SIGTERM stops it
-    gracefully, the second cancels it."""
+    gracefully, the second cancels it. A signal ignored when it starts stays ignored: SIGTERM
+    stops a crawl started with SIGINT ignored (see `stop_signals`)."""
 
     async def main() -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         presses = 0
 
@@ -272,14 +324,9 @@ def run_with_signals(
             elif task is not None:
                 task.cancel()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
-        try:
+        with stop_signals(on_signal):
             async with during or nullcontext():
                 return await run.run()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
 
     _tune_garbage_collector()
     try:

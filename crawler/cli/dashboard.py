@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import socket
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -26,7 +25,7 @@ import click
 from aiohttp import web
 from rich.console import Console
 
-from crawler.cli.common import UserError, setup_logging, user_errors
+from crawler.cli.common import UserError, setup_logging, stop_signals, user_errors
 from crawler.cli.readonly import open_crawl_database, open_read_only, read_crawl_database
 from crawler.errors import StorageError
 from crawler.results.watch import dashboard_state, queries
@@ -259,10 +258,8 @@ def dashboard(database: Path, host: str, port: int) -> None:
 
 async def _serve_until_stopped(db: Path, sock: socket.socket) -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with serve_dashboard(db, sock) as url:
-        click.echo(f"dashboard of {db} at {url} (Ctrl-C to stop)")
-        await stop.wait()
+    with stop_signals(stop.set):
+        async with serve_dashboard(db, sock) as url:
+            click.echo(f"dashboard of {db} at {url} (Ctrl-C to stop)")
+            await stop.wait()
     click.echo("stopped", err=True)

@@ -13,13 +13,11 @@ import asyncio
 import functools
 import json
 import os
-import signal
 import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Final, Literal
 
 import click
@@ -30,6 +28,7 @@ from crawler.cli.common import (
     DATABASE,
     EXIT_INTERRUPTED,
     UserError,
+    cancelled_by_sigterm,
     check_start_url,
     load_crawl_settings,
     parse_assignments,
@@ -278,10 +277,9 @@ def reparse(
                 console=console,
             )
         )
-        signal.signal(signal.SIGTERM, _interrupt)  # stops the reparse as Ctrl-C does
         try:
-            summary = asyncio.run(work)
-        except KeyboardInterrupt:
+            summary = asyncio.run(cancelled_by_sigterm(work))
+        except (KeyboardInterrupt, asyncio.CancelledError):
             click.echo("reparse interrupted: nothing was changed; run it again", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except ReparseWorkerDied as exc:
@@ -291,10 +289,6 @@ def reparse(
         click.echo(json.dumps(summary.as_dict(), indent=2))
     else:
         Console().print(_summary_table(summary, database))
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    os.kill(os.getpid(), signal.SIGINT)
 
 
 def available_cores() -> int:

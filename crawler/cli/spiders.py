@@ -5,7 +5,6 @@ fixtures) and `serve-demo` (run a bundled demo site on 127.0.0.1 to practise on)
 from __future__ import annotations
 
 import asyncio
-import signal
 import socket
 import sqlite3
 import sys
@@ -23,6 +22,7 @@ from crawler.cli.common import (
     check_start_url,
     load_crawl_settings,
     setup_logging,
+    stop_signals,
     user_errors,
 )
 from crawler.cli.readonly import open_read_only
@@ -223,10 +223,8 @@ async def _serve(app: web.Application, sock: socket.socket, what: str) -> None:
     from crawler.demo.serve import serve_app  # only loaded when asked for
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with serve_app(app, sock) as url:
-        click.echo(f"serving the {what} at {url} (Ctrl-C to stop)")
-        await stop.wait()
+    with stop_signals(stop.set):
+        async with serve_app(app, sock) as url:
+            click.echo(f"serving the {what} at {url} (Ctrl-C to stop)")
+            await stop.wait()
     click.echo("stopped", err=True)

@@ -50,7 +50,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Final, final
@@ -81,8 +81,9 @@ def run_processes(
     wait for them and return the exit code to use.
 
     The first and second Ctrl-C (SIGINT/SIGTERM) are passed on to every process, which then
-    stops gracefully, or at once (as a single crawl does); a third one kills them. A worker
-    whose parent dies stops as on a Ctrl-C, and kills itself after `shutdown_grace` + 10 s.
+    stops gracefully, or at once (as a single crawl does); a third one kills them. A signal
+    ignored on entry stays ignored, here and in the workers. A worker whose parent dies
+    stops as on a Ctrl-C, and kills itself after `shutdown_grace` + 10 s.
     Call it with no connection to `db` open and no other thread running (forking copies only
     the calling thread).
 
@@ -117,17 +118,31 @@ def run_processes(
                 workers.running[pid] = number
         finally:
             os.close(watch)
-        previous = {sig: signal.signal(sig, workers.forward) for sig in _SIGNALS}
-        try:
+        with _forwarding(workers.forward):
             codes = workers.wait()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
     finally:
         os.close(alive)  # after an error here, the workers stop as if this process had died
     if workers.presses or EXIT_INTERRUPTED in codes:
         return EXIT_INTERRUPTED
     return next((code for code in codes if code != 0), 0)
+
+
+@contextlib.contextmanager
+def _forwarding(forward: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """Handle SIGINT and SIGTERM with `forward` while inside, then put back the handlers found.
+    A signal ignored on entry (SIGINT in a shell's background job) stays ignored, as it does
+    in the workers, which inherit it (crawler.cli.common.stop_signals)."""
+    previous = {
+        sig: signal.signal(sig, forward)
+        for sig in _SIGNALS
+        if signal.getsignal(sig) != signal.SIG_IGN
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # None: not set from Python, cannot be put back
+                signal.signal(sig, handler)
 
 
 @final
