@@ -1,16 +1,19 @@
 """Shared fixtures: local sites on loopback, databases (SQLite files and a PostgreSQL server),
-and running the CLI as a subprocess."""
+and running the CLI as a subprocess; and a check that no test leaves SIGINT or SIGTERM
+handled otherwise than it found them."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import os
+import signal
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 import pytest
 from aiohttp.test_utils import BaseTestServer, TestServer
@@ -25,6 +28,7 @@ from crawler.records import HostRecord
 from tests.broad_crawl import LoopbackResolver
 from tests.databases import Target, rows, scalar
 from tests.pgserver import PostgresServer, find_bin_dir
+from tests.signals import blocked, ignored
 from tests.sites import follow_app
 
 __all__ = ["ROOT", "CliResult", "RunCli", "Target", "rows", "run_crawler", "scalar"]
@@ -55,6 +59,69 @@ settings.register_profile(
     suppress_health_check=_SLOW_IS_FINE,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start every test's subprocesses as a terminal starts a foreground job, with SIGINT at
+    its default, even when the suite itself was started with SIGINT ignored (`make test &`
+    in a script: a non-interactive shell starts background jobs so, the xdist workers inherit
+    it, and an ignored signal stays ignored across exec, so every `crawler` the tests start
+    would ignore the Ctrl-Cs they send). Tests of that case ignore it in the child
+    (tests.signals.as_a_background_job)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+_GUARDED: Final = (signal.SIGINT, signal.SIGTERM)
+_PROC_STATUS: Final = Path("/proc/self/status")
+
+
+@dataclass(frozen=True)
+class _Dispositions:
+    """SIGINT's and SIGTERM's handlers in Python, and those of them the kernel has ignored or
+    blocked (set from C, or in ways Python's table of handlers does not show)."""
+
+    handlers: tuple[object, ...]
+    ignored: frozenset[signal.Signals]
+    blocked: frozenset[signal.Signals]
+
+    @classmethod
+    def now(cls) -> _Dispositions:
+        kernel = _PROC_STATUS.exists()  # Linux
+        return cls(
+            tuple(signal.getsignal(sig) for sig in _GUARDED),
+            frozenset(ignored() & set(_GUARDED)) if kernel else frozenset(),
+            frozenset(blocked() & set(_GUARDED)) if kernel else frozenset(),
+        )
+
+    def restore(self) -> None:
+        for sig, handler in zip(_GUARDED, self.handlers, strict=True):
+            if callable(handler) or isinstance(handler, signal.Handlers):
+                signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(_GUARDED) - self.blocked)
+
+
+_FOUND = pytest.StashKey[_Dispositions]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
+    item.stash[_FOUND] = _Dispositions.now()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Generator[None, None, None]:
+    """Fail a test (its fixtures included) that leaves SIGINT or SIGTERM handled otherwise
+    than it found them, and put them back: the worker's later subprocesses would inherit an
+    ignored signal (across exec)."""
+    result = yield
+    found = item.stash.get(_FOUND, None)
+    left = _Dispositions.now()
+    if found is not None and left != found:
+        found.restore()
+        pytest.fail(f"this test changed how SIGINT/SIGTERM are handled: {found} -> {left}")
+    return result
 
 
 @dataclass(frozen=True)

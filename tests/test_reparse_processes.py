@@ -170,16 +170,11 @@ def all_ended(pids: list[int], timeout: float) -> bool:
     return True
 
 
-def _as_from_a_terminal() -> None:
-    """Ctrl-C as a terminal's foreground job gets it: an ignored SIGINT is inherited across
-    exec, and the suite's worker may have come to ignore it (a full run did)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 async def started_reparse(
-    spider: Path, db: Path, *args: str, preexec: Callable[[], None] = _as_from_a_terminal
+    spider: Path, db: Path, *args: str, preexec: Callable[[], None] | None = None
 ) -> AsyncGenerator[asyncio.subprocess.Process, None]:
-    """A reparse of `db` whose progress shows parsed pages: yielded, then killed if alive."""
+    """A reparse of `db` whose progress shows parsed pages: yielded, then killed if alive.
+    Started as a terminal's foreground job (tests/conftest.py), unless `preexec` says else."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "crawler", "reparse", str(spider), str(db),
         "-s", "progress_interval=0.2", *args,
@@ -208,6 +203,7 @@ async def test_ctrl_c_stops_the_workers_and_changes_nothing(
     spider = write_spider(tmp_path, delay=0.02)
     reparses = started_reparse(spider, db, "-p", str(processes))
     process = await anext(reparses)
+    assert signal.SIGINT not in ignored(process.pid)  # a terminal's foreground job
     workers = workers_of(process.pid)
     assert len(workers) == (0 if processes == 1 else processes)
     others = descendants(process.pid)
