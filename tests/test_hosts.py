@@ -23,10 +23,11 @@ from crawler.records import Claimed, HostRecord
 from crawler.settings import Settings, load_settings
 from crawler.stats import Stats
 from crawler.store import claims as claims_module
-from crawler.store.claims import Claims
-from crawler.store.runs import start_run
+from crawler.store.claims import _PENDING_SUMMARY, RENEW_LEASES, Claims
+from crawler.store.runs import RELEASE_LEASES, start_run
 from crawler.store.schema import open_database
 from crawler.store.writer import Seeds, Storage
+from tests.databases import rows
 
 
 def policy(**changes: object) -> ThrottlePolicy:
@@ -376,12 +377,12 @@ async def test_a_claim_that_finds_only_other_runs_leases_says_so(
                 (other_run, now + 60),
             )
         batch = await storage.claim(20)
-        assert (batch.claimed, batch.pending, batch.leased_elsewhere) == ([], 55, 55)
+        assert (batch.claimed, batch.pending, batch.leased_elsewhere) == ([], 1, 1)
         with other:  # a lease that ran out is nobody's: those requests are claimed again
             other.execute("UPDATE requests SET lease_expires = ? WHERE host = 'c.test'", (now - 1,))
     again = await storage.claim(20)
     assert [item.request.url for item in again.claimed] == ["http://c.test/0", "http://c.test/1"]
-    assert (await storage.claim(20)).leased_elsewhere == 53
+    assert (await storage.claim(20)).leased_elsewhere == 1
 
 
 def stored(host: str, not_before: float, delay: float, limit: int) -> HostRecord:
@@ -422,7 +423,7 @@ async def test_a_claim_skips_a_host_paused_in_the_table_unless_it_holds_its_requ
     batch = await storage.claim(60)
     assert {host_of(item.request.url) for item in batch.claimed} == {"a.test", "c.test"}
     empty = await storage.claim(60)
-    assert (empty.claimed, empty.pending) == ([], 55)  # 52 of them leased to this run
+    assert (empty.claimed, empty.pending) == ([], 1)  # 52 of 55 leased to this run
     assert empty.next_due == pytest.approx(now + 30)  # when a claim is worth making again
     held = await storage.claim(60, held={"b.test": 1}, per_host=10)  # paced by this process
     assert [item.request.url for item in held.claimed] == [f"http://b.test/{n}" for n in range(3)]
@@ -463,3 +464,28 @@ async def test_stored_pauses_are_read_only_after_another_process_committed(
         assert sorted(r.host for r in again) == ["a.test", "b.test"]
     finally:
         await conn.close()
+
+
+async def test_idle_claims_and_leases_read_indexes_of_the_rows_concerned_not_the_frontier(
+    tmp_path: Path,
+) -> None:
+    # A claim that finds nothing, the lease renewal and the release of a run's leases each
+    # read every pending row before schema version 10: seconds a time at 1,000,000 pending.
+    db = tmp_path / "plans.db"
+    await (await open_database(db)).close()
+    now = time.time()
+    statements = {
+        "summary": (_PENDING_SUMMARY, (1, now)),
+        "renewal": (RENEW_LEASES, (now, 1)),
+        "release": (RELEASE_LEASES, (1,)),
+    }
+    plans = {
+        name: " ".join(str(row[3]) for row in rows(db, f"EXPLAIN QUERY PLAN {sql}", params))
+        for name, (sql, params) in statements.items()
+    }
+    assert "requests_due" in plans["summary"], plans
+    assert "requests_leased" in plans["summary"], plans
+    assert "USING INDEX requests_leased" in plans["renewal"], plans
+    assert "USING INDEX requests_leased" in plans["release"], plans
+    # the summary's EXISTS stops at the frontier's first pending row
+    assert "requests_frontier" not in plans["renewal"] + plans["release"], plans

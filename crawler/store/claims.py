@@ -37,6 +37,7 @@ __all__ = [
     "HOSTS_PER_CLAIM",
     "LEASE_SECONDS",
     "PAUSES_EVERY",
+    "RENEW_LEASES",
     "ClaimBatch",
     "ClaimOrder",
     "ClaimSource",
@@ -65,13 +66,14 @@ class ClaimBatch:
     """Some host had more due requests than this claim took (or the claim stopped at its
     limit): another claim would find work even if nothing is committed in between."""
     pending: int = 0
-    """Pending rows left (leased elsewhere or not yet due); counted only when none was claimed,
-    on SQLite; PostgreSQL says only whether there is any (1 or 0: a count is a scan)."""
+    """Whether pending rows are left (leased elsewhere or not yet due): 1 or 0, asked only
+    when none was claimed (a count would be a scan of the frontier)."""
     next_due: float | None = None
     """Earliest `not_before` among pending rows, when any is delayed."""
     leased_elsewhere: int = 0
-    """Pending rows that other runs (processes sharing the file) hold under a live lease;
-    counted only when none was claimed. Their pages may bring new work at any moment."""
+    """Whether other runs (processes sharing the file) hold pending rows under a live lease:
+    1 or 0, asked only when none was claimed. Their pages may bring new work at any
+    moment."""
     capped: bool = False
     """Nothing was claimed because hosts with pending requests already hold `per_host` in
     memory; then `pending` and `next_due` are not counted (that would scan the frontier)."""
@@ -256,10 +258,7 @@ class Claims:
         """Extend this run's leases and heartbeat, every `LEASE_SECONDS / 4`."""
         if not self._renewal.due():
             return
-        await self._conn.execute(
-            "UPDATE requests SET lease_expires = ? WHERE lease_owner = ? AND state = 'pending'",
-            (time.time() + LEASE_SECONDS, self._run_id),
-        )
+        await self._conn.execute(RENEW_LEASES, (time.time() + LEASE_SECONDS, self._run_id))
         await self._conn.execute(
             "UPDATE crawls SET heartbeat_at = ? WHERE id = ?", (time.time(), self._run_id)
         )
@@ -349,12 +348,20 @@ _STORED_PAUSES: Final = (
     "WHERE hosts.not_before > ?"
 )
 """The stored state of the given hosts that are paused now (one index lookup each)."""
-_PENDING_SUMMARY: Final = (
-    "SELECT count(*), min(not_before), "
-    "sum(lease_owner IS NOT NULL AND lease_owner != ? AND lease_expires >= ?) "
-    "FROM requests WHERE state = 'pending'"
+RENEW_LEASES: Final = (
+    "UPDATE requests SET lease_expires = ? "
+    "WHERE lease_owner = ? AND lease_owner IS NOT NULL AND state = 'pending'"
 )
-"""Pending rows, the earliest `not_before`, and how many other runs hold under a live lease."""
+"""Extend a run's leases (through `requests_leased`: the rows it holds, not the frontier)."""
+_PENDING_SUMMARY: Final = (
+    "SELECT EXISTS (SELECT 1 FROM requests WHERE state = 'pending'), "
+    "(SELECT min(not_before) FROM requests WHERE state = 'pending' AND not_before IS NOT NULL), "
+    "EXISTS (SELECT 1 FROM requests WHERE lease_owner IS NOT NULL AND lease_owner != ? "
+    "AND lease_expires >= ? AND state = 'pending')"
+)
+"""Whether any request is pending, the earliest `not_before`, and whether other runs hold
+some under a live lease: three index seeks (`requests_frontier`, `requests_due`,
+`requests_leased`), whatever the size of the frontier."""
 _PENDING_HOSTS: Final = """
 WITH RECURSIVE next_host (host, n) AS (
     SELECT (SELECT min(host) FROM requests WHERE state = 'pending' AND host > ?), 1

@@ -374,13 +374,9 @@ MIGRATIONS: Final[tuple[str, ...]] = (
             VALUES (NEW.fingerprint, NEW.id);
     END;
     """,
-    # 9: a third, smallest level in front of the set (`fingerprints_new`), merged into
-    # `fingerprints_recent` every few batches (whose size `fingerprint_levels` now keeps
-    # too), so that a batch's random inserts touch a few
-    # dozen pages whatever the size of the file; and the insert's trigger, which already
-    # finds a known fingerprint, reopens a URL refused for depth that a pending request
-    # finds again (depth is the least at which a URL was found), instead of a second lookup
-    # of every new request before the insert (crawler.store.fingerprints).
+    # 9: a third, smallest level of the set (`fingerprints_new`), moved into the recent one
+    # every few batches, whose size `fingerprint_levels` now keeps; the insert's trigger
+    # reopens a URL refused for depth itself (crawler.store.fingerprints).
     """
     CREATE TABLE fingerprints_new (
         fingerprint   INTEGER PRIMARY KEY,
@@ -410,5 +406,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     BEGIN
         INSERT INTO fingerprints_new (fingerprint, request_id) VALUES (NEW.fingerprint, NEW.id);
     END;
+    """,
+    # 10: idle claims and leases read the rows concerned, not the frontier (crawler.store.claims)
+    """
+    CREATE INDEX requests_leased ON requests (lease_owner, lease_expires)
+        WHERE lease_owner IS NOT NULL;
+    CREATE INDEX requests_due ON requests (not_before)
+        WHERE state = 'pending' AND not_before IS NOT NULL;
     """,
 )

@@ -24,6 +24,7 @@ from crawler.store.schema import rollback
 
 __all__ = [
     "CRAWL_TABLES",
+    "RELEASE_LEASES",
     "check_spider",
     "dead_runs",
     "finish_run",
@@ -162,13 +163,16 @@ async def _recover_dead_runs(conn: aiosqlite.Connection, hostname: str) -> None:
         await release_leases(conn, run_id)
 
 
+RELEASE_LEASES: Final = (
+    "UPDATE requests SET lease_owner = NULL, lease_expires = NULL "
+    "WHERE lease_owner = ? AND lease_owner IS NOT NULL AND state = 'pending'"
+)
+"""Return a run's leased requests (through `requests_leased`: the rows it holds)."""
+
+
 async def release_leases(conn: aiosqlite.Connection, run_id: int) -> None:
     """Return a run's claimed but unfinished requests to the frontier."""
-    await conn.execute(
-        "UPDATE requests SET lease_owner = NULL, lease_expires = NULL "
-        "WHERE lease_owner = ? AND state = 'pending'",
-        (run_id,),
-    )
+    await conn.execute(RELEASE_LEASES, (run_id,))
 
 
 async def finish_run(
