@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Collection
 from typing import Final
 
 import aiosqlite
@@ -31,6 +32,7 @@ from crawler.errors import SkipReason
 from crawler.records import Candidate
 from crawler.settings import Settings
 from crawler.stats import Stats
+from crawler.store import statements
 from crawler.store.bulk import select_in
 from crawler.store.fingerprints import request_id_of
 
@@ -42,7 +44,7 @@ Row = tuple[object, ...]
 class Budgets:
     """One run's page budgets, applied to each write batch's new requests.
 
-    The counts it reads (`_existing`, `_admitted`, `_admitted_by_host`) and the reopening of
+    The counts it reads (`_existing`, `admitted`, `_admitted_by_host`) and the reopening of
     budget skips are SQLite's here; crawler.store.pg_writer reads PostgreSQL's."""
 
     def __init__(self, conn: aiosqlite.Connection, *, run_id: int, settings: Settings) -> None:
@@ -80,13 +82,13 @@ class Budgets:
                 unique[candidate.fingerprint] = candidate
         if not self.active:
             return [self._row(c, now) for c in unique.values()], []
-        admitted = await self._admitted() if self._max_pages else 0
+        admitted = await self.admitted() if self._max_pages else 0
         by_host = (
             await self._admitted_by_host({c.host for c in unique.values()})
             if self._per_host
             else None
         )
-        if self._room_for_all(list(unique.values()), admitted, by_host):
+        if self._room_for_all(unique.values(), admitted, by_host):
             # The insert's trigger sorts out the known ones (one lookup in the set, not two).
             return [self._row(c, now) for c in unique.values()], []
         # A budget may be reached: spend it on the candidates the file does not hold.
@@ -111,7 +113,7 @@ class Budgets:
         return rows, over_budget
 
     def _room_for_all(
-        self, candidates: list[Candidate], admitted: int, by_host: Counter[str] | None
+        self, candidates: Collection[Candidate], admitted: int, by_host: Counter[str] | None
     ) -> bool:
         """Whether every budget has room for all of `candidates`, were they all new."""
         if self._max_pages and admitted + len(candidates) > self._max_pages:
@@ -144,7 +146,7 @@ class Budgets:
         """Put rows skipped for `max_pages` or `max_pages_per_host` back to pending, oldest
         first, as far as this run's budgets have room (each host's, with a per-host budget).
         The triggers count each reopened row."""
-        admitted = await self._admitted()
+        admitted = await self.admitted()
         room = max(0, self._max_pages - admitted) if self._max_pages else -1  # -1: no limit
         hosts: list[str | None] = [None]  # None: every host at once, without a per-host budget
         if self._per_host:
@@ -181,8 +183,9 @@ class Budgets:
             found = await cursor.fetchall()
         return {int(fingerprint) for (fingerprint,) in found}
 
-    async def _admitted(self) -> int:
-        async with self._conn.execute("SELECT admitted FROM frontier_counts") as cursor:
+    async def admitted(self) -> int:
+        """Requests admitted (not skipped) in the whole file, as triggers count them."""
+        async with self._conn.execute(statements.ADMITTED_COUNT) as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 

@@ -349,8 +349,7 @@ _STORED_PAUSES: Final = (
 )
 """The stored state of the given hosts that are paused now (one index lookup each)."""
 RENEW_LEASES: Final = (
-    "UPDATE requests SET lease_expires = ? "
-    "WHERE lease_owner = ? AND lease_owner IS NOT NULL AND state = 'pending'"
+    "UPDATE requests SET lease_expires = ? WHERE lease_owner = ? AND state = 'pending'"
 )
 """Extend a run's leases (through `requests_leased`: the rows it holds, not the frontier)."""
 _PENDING_SUMMARY: Final = (

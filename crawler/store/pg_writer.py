@@ -64,7 +64,7 @@ class _PgBudgets(Budgets):
         )
         return {int(row[0]) for row in rows}
 
-    async def _admitted(self) -> int:
+    async def admitted(self) -> int:
         value = await self._db.fetchval("SELECT admitted FROM frontier_counts FOR UPDATE")
         return int(value or 0)
 
@@ -179,8 +179,7 @@ class PgStorage(BatchWriter):
             await self._item_tables.write(conn, results)
         # Last: the insert locks the crawl's counters (its trigger) until the commit.
         admitted = await pg_statements.INSERT_REQUEST.run(conn, new_rows)
-        lastmods = [(c.fingerprint, c.lastmod) for c in batch.candidates if c.lastmod]
-        await pg_statements.pg_statement(statements.SET_LASTMOD).run(conn, lastmods)
+        await pg_statements.pg_statement(statements.SET_LASTMOD).run(conn, batch.lastmods())
         batch.count_admission(
             tally, inserted=len(new_rows), admitted=admitted, budget_skips=budget_skips
         )

@@ -86,6 +86,10 @@ class Batch:
                 batch.seed_errors.extend(message.errors)
         return batch
 
+    def lastmods(self) -> list[tuple[object, ...]]:
+        """`SET_LASTMOD`'s rows: the sitemap dates of the requests found (after their insert)."""
+        return [(c.fingerprint, c.lastmod) for c in self.candidates if c.lastmod]
+
     def add_refused(
         self, run_id: int, budget_skips: list[tuple[object, ...]], now: str, script: Script
     ) -> None:

@@ -165,7 +165,7 @@ async def _recover_dead_runs(conn: aiosqlite.Connection, hostname: str) -> None:
 
 RELEASE_LEASES: Final = (
     "UPDATE requests SET lease_owner = NULL, lease_expires = NULL "
-    "WHERE lease_owner = ? AND lease_owner IS NOT NULL AND state = 'pending'"
+    "WHERE lease_owner = ? AND state = 'pending'"
 )
 """Return a run's leased requests (through `requests_leased`: the rows it holds)."""
 

@@ -145,7 +145,7 @@ class Storage(BatchWriter):
             rest = Script()
             rest.add(
                 statements.SET_LASTMOD,
-                [(c.fingerprint, c.lastmod) for c in batch.candidates if c.lastmod],
+                batch.lastmods(),
             )
             batch.add_refused(self._run_id, budget_skips, now, rest)
             await add_result_rows(self._stored_keys, self._run_id, results, now, rest, tally)
@@ -197,9 +197,9 @@ class Storage(BatchWriter):
         else:
             admitted = 0
             if new_rows:
-                before = await self._admitted_count()
+                before = await self._budgets.admitted()
                 await statements.INSERT_REQUEST.run(conn, new_rows)
-                admitted = await self._admitted_count() - before
+                admitted = await self._budgets.admitted() - before
             await rest.run_each(conn)
             await self._write_after_script(results)
             for sql in self._merges:
@@ -223,12 +223,6 @@ class Storage(BatchWriter):
         and `COUNT_ADMITTED_AFTER` noted)."""
         async with self._conn.execute(statements.TAKE_ADMITTED_COUNT) as cursor:
             return sum(int(row[0]) for row in await cursor.fetchall())
-
-    async def _admitted_count(self) -> int:
-        """The file's count of admitted requests (`frontier_counts`, kept by triggers)."""
-        async with self._conn.execute(statements.ADMITTED_COUNT) as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row else 0
 
     async def _write_after_script(self, results: list[PageResult]) -> None:
         """What needs the script's rows in place: page bodies (BLOBs cannot travel in JSON)
