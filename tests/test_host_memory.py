@@ -74,7 +74,7 @@ async def test_a_snapshot_restores_the_back_off_throttle_and_crawl_delay() -> No
     hosts.set_crawl_delay("a.test", 0.5)
     await backed_off(hosts, "a.test", 30.0)
     record = hosts.snapshot("a.test")
-    assert record.not_before == pytest.approx(clock.time() + 30.0)
+    assert record.not_before == pytest.approx(clock.time() + 30.0, abs=1e-6)
     assert record.last_status == 429 and record.crawl_delay == 0.5
     clock.advance(10.0)
     later = fake_hosts(clock)  # a resumed run, or the same run after the host left memory
@@ -85,7 +85,9 @@ async def test_a_snapshot_restores_the_back_off_throttle_and_crawl_delay() -> No
     assert state.throttle.limit == hosts["a.test"].throttle.limit
     async with later.slot("http://a.test/y"):
         pass
-    assert clock.time() == pytest.approx(record.not_before)  # slept out the rest of the 30 s
+    assert clock.time() == pytest.approx(
+        record.not_before, abs=1e-6
+    )  # slept out the rest of the 30 s
 
 
 async def test_restore_leaves_a_host_in_memory_as_it_is() -> None:

@@ -424,9 +424,28 @@ async def test_a_claim_skips_a_host_paused_in_the_table_unless_it_holds_its_requ
     assert {host_of(item.request.url) for item in batch.claimed} == {"a.test", "c.test"}
     empty = await storage.claim(60)
     assert (empty.claimed, empty.pending) == ([], 1)  # 52 of 55 leased to this run
-    assert empty.next_due == pytest.approx(now + 30)  # when a claim is worth making again
+    assert empty.next_due == pytest.approx(now + 30, abs=0.01)  # when a claim is worth making again
     held = await storage.claim(60, held={"b.test": 1}, per_host=10)  # paced by this process
     assert [item.request.url for item in held.claimed] == [f"http://b.test/{n}" for n in range(3)]
+
+
+async def test_an_idle_claim_says_when_a_claim_is_next_worth_making(
+    storage: Storage, tmp_path: Path
+) -> None:
+    now = time.time()
+    with contextlib.closing(sqlite3.connect(tmp_path / "crawl.db")) as other, other:
+        other.execute("UPDATE hosts SET not_before = ? WHERE host = 'b.test'", (now + 30,))
+        # its own delay is over, but its host is paused: it falls due with the host
+        other.execute(
+            "UPDATE requests SET not_before = ? WHERE url = 'http://b.test/0'", (now - 5,)
+        )
+        other.execute(
+            "UPDATE requests SET not_before = ? WHERE url = 'http://b.test/1'", (now + 60,)
+        )
+    await storage.claim(60)  # a.test's and c.test's
+    empty = await storage.claim(60)
+    assert (empty.claimed, empty.pending) == ([], 1)
+    assert empty.next_due == pytest.approx(now + 30, abs=0.01)  # not the past `not_before`
 
 
 async def test_stored_pauses_are_read_only_after_another_process_committed(
@@ -453,7 +472,7 @@ async def test_stored_pauses_are_read_only_after_another_process_committed(
         assert [(r.host, r.throttle_delay, r.throttle_concurrency) for r in first] == [
             ("a.test", 0.5, 4)
         ]
-        assert first[0].not_before == pytest.approx(now + 30)
+        assert first[0].not_before == pytest.approx(now + 30, abs=0.01)
         assert await claims.stored_pauses(held) == []  # not again within PAUSES_EVERY
         monkeypatch.setattr(claims_module, "PAUSES_EVERY", 0.0)
         assert await claims.stored_pauses(held) == []  # nobody else wrote: nothing is read
@@ -475,7 +494,7 @@ async def test_idle_claims_and_leases_read_indexes_of_the_rows_concerned_not_the
     await (await open_database(db)).close()
     now = time.time()
     statements = {
-        "summary": (_PENDING_SUMMARY, (1, now)),
+        "summary": (_PENDING_SUMMARY, (now, 1)),
         "renewal": (RENEW_LEASES, (now, 1)),
         "release": (RELEASE_LEASES, (1,)),
     }

@@ -163,6 +163,7 @@ class Feeder:
                 self._hurried = True
             if self._should_claim():
                 self._frontier_changed = False
+                self._due_at = None  # this claim says anew what falls due
                 room = self._window - len(self._held) - self._handed_out
                 batch = await storage.claim(
                     room,
@@ -184,8 +185,9 @@ class Feeder:
                     return
                 self._last_empty_claim = self._hosts.clock()
                 self._poll = _SHARED_POLL if batch.leased_elsewhere else _IDLE_POLL
-                due = batch.next_due
-                self._due_at = due if due is not None and due > time.time() else None
+                # Even when it passed during the claim: a host's pause that ended then (a
+                # process woken by nothing else would otherwise sleep its whole idle poll).
+                self._due_at = batch.next_due
             try:
                 async with asyncio.timeout(self._wait_time()):
                     await self._changed.wait()

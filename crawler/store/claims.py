@@ -69,7 +69,9 @@ class ClaimBatch:
     """Whether pending rows are left (leased elsewhere or not yet due): 1 or 0, asked only
     when none was claimed (a count would be a scan of the frontier)."""
     next_due: float | None = None
-    """Earliest `not_before` among pending rows, when any is delayed."""
+    """When a claim is next worth making for a request that was not due: the earliest
+    `not_before` of a pending request or of a paused host, later than the claim's start.
+    It may have passed by the time the feeder reads it: then it claims again at once."""
     leased_elsewhere: int = 0
     """Whether other runs (processes sharing the file) hold pending rows under a live lease:
     1 or 0, asked only when none was claimed. Their pages may bring new work at any
@@ -217,7 +219,7 @@ class Claims:
             if fresh_hosts:
                 batch.hosts, batch.robots = await self._stored_hosts(fresh_hosts)
             return batch
-        async with self._conn.execute(_PENDING_SUMMARY, (self._run_id, now)) as cursor:
+        async with self._conn.execute(_PENDING_SUMMARY, (now, self._run_id)) as cursor:
             row = await cursor.fetchone()
         pending, next_due, elsewhere = (row[0], row[1], row[2]) if row else (0, None, 0)
         # those not held here may be paused: the claim is worth making when one's pause ends
@@ -354,13 +356,15 @@ RENEW_LEASES: Final = (
 """Extend a run's leases (through `requests_leased`: the rows it holds, not the frontier)."""
 _PENDING_SUMMARY: Final = (
     "SELECT EXISTS (SELECT 1 FROM requests WHERE state = 'pending'), "
-    "(SELECT min(not_before) FROM requests WHERE state = 'pending' AND not_before IS NOT NULL), "
-    "EXISTS (SELECT 1 FROM requests WHERE lease_owner IS NOT NULL AND lease_owner != ? "
-    "AND lease_expires >= ? AND state = 'pending')"
+    "(SELECT min(not_before) FROM requests WHERE state = 'pending' AND not_before > ?1), "
+    "EXISTS (SELECT 1 FROM requests WHERE lease_owner IS NOT NULL AND lease_owner != ?2 "
+    "AND lease_expires >= ?1 AND state = 'pending')"
 )
-"""Whether any request is pending, the earliest `not_before`, and whether other runs hold
-some under a live lease: three index seeks (`requests_frontier`, `requests_due`,
-`requests_leased`), whatever the size of the frontier."""
+"""Given (now, run id): whether any request is pending, the earliest `not_before` still to
+come, and whether other runs hold some under a live lease: three index seeks
+(`requests_frontier`, `requests_due`, `requests_leased`), whatever the size of the frontier.
+A `not_before` already past says nothing of when a claim is worth making: its request was
+not claimed because its host is paused or capped, or another run holds it."""
 _PENDING_HOSTS: Final = """
 WITH RECURSIVE next_host (host, n) AS (
     SELECT (SELECT min(host) FROM requests WHERE state = 'pending' AND host > ?), 1
