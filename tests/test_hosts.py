@@ -64,15 +64,30 @@ def test_delay_stays_between_the_floor_and_the_maximum() -> None:
     assert throttle.delay == 1.0
 
 
-def test_error_pages_never_lower_the_delay() -> None:
+def test_server_errors_and_refusals_never_lower_the_delay() -> None:
     throttle = Throttle(policy())
     throttle.on_response(now=0.0, latency=2.0, status=200)
     slow = throttle.delay
-    throttle.on_response(now=1.0, latency=0.0, status=500)
-    throttle.on_response(now=2.0, latency=0.0, status=404)
+    for status in (500, 502, 403, 401, 400):
+        throttle.on_response(now=1.0, latency=0.0, status=status)
     assert throttle.delay == slow
     throttle.on_response(now=3.0, latency=0.0, status=200)
     assert throttle.delay < slow
+
+
+@pytest.mark.parametrize("status", [404, 410])
+def test_a_host_answering_not_found_keeps_the_pace_of_its_answers(status: int) -> None:
+    # A list of stale URLs: one slow answer among fast ones. Counted as an error page, it
+    # set the host's delay for good (~0.25 s: 4 requests a second to a host answering in
+    # a millisecond), since only a success could lower it again.
+    throttle = Throttle(policy())
+    throttle.on_response(now=0.0, latency=0.001, status=status)
+    throttle.on_response(now=1.0, latency=0.5, status=status)
+    assert throttle.delay > 0.2
+    for step in range(20):
+        throttle.on_response(now=2.0 + step, latency=0.001, status=status)
+    assert throttle.delay == pytest.approx(0.001, abs=0.001)
+    assert throttle.limit == 8
 
 
 def test_429_halves_concurrency_slows_down_and_pauses_for_retry_after() -> None:

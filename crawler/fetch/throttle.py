@@ -16,6 +16,9 @@ __all__ = ["THROTTLE_STATUSES", "Throttle", "ThrottlePolicy"]
 
 THROTTLE_STATUSES: Final = frozenset({429, 503})
 """Statuses that mean "slow down": the host gets a cool-down and a lower pace."""
+_ORDINARY_ERRORS: Final = frozenset({404, 410})
+"""Error statuses that are a server's ordinary answer to a URL it does not have (a stale
+link): their latency counts as a page's, both ways."""
 
 
 @final
@@ -60,7 +63,10 @@ class Throttle:
     """The pace of one host: its delay, its concurrency limit and its cool-down.
 
     Like Scrapy's AutoThrottle, each response pulls the delay halfway towards
-    `latency / target_concurrency`; only a success (status < 400) may lower it. On top of
+    `latency / target_concurrency`; only a success (status < 400, or 404 and 410) may lower
+    it. Unlike Scrapy's, a Not Found is a success here: it is no sign of a server in trouble,
+    and when a host answers little else (a list of stale URLs), one slow answer among them
+    would otherwise set its pace for the rest of the crawl. On top of
     that, additive increase / multiplicative decrease of the concurrency limit: a 429 or 503
     halves the limit, at least doubles the delay and starts a host-wide cool-down (the
     `Retry-After`, else the new delay); a failure without a response (timeout, reset) halves
@@ -106,10 +112,10 @@ class Throttle:
         if not policy.adaptive:
             return
         averaged = (self.delay + latency / policy.target_concurrency) / 2
-        if status < 400:
+        if status < 400 or status in _ORDINARY_ERRORS:
             self.delay = self.clamp(averaged)
             self.limit = min(policy.max_concurrency, self.limit + 1)
-        else:  # an error page is no evidence that the host can go faster
+        else:  # a server error or a refusal is no evidence that the host can go faster
             self.delay = self.clamp(max(self.delay, averaged))
 
     def on_failure(self, now: float) -> None:
