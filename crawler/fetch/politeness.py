@@ -162,7 +162,8 @@ class Hosts:
         """Least recently handed out first (see `trim`)."""
         self._busy: set[str] = set()
         self.pacer: Pacer | None = None
-        """Waits for a delayed host's crawl-wide turn (workers elsewhere: store.pg_pacing)."""
+        """Waits for a delayed host's crawl-wide turn (other processes on the database:
+        crawler.store.pacing, crawler.store.pg_pacing)."""
 
     @property
     def clock(self) -> Clock:

@@ -24,6 +24,7 @@ from crawler.settings import Settings
 from crawler.spider.base import Spider
 from crawler.stats import Stats
 from crawler.store.item_tables import declare_item_tables
+from crawler.store.pacing import SqlitePacer
 from crawler.store.pg_url import is_postgres_url, redact, with_pg_driver_errors
 from crawler.store.refresh import fetched_hosts, requeue_due
 from crawler.store.runs import finish_run, release_leases, start_run
@@ -72,8 +73,9 @@ class CrawlStore(Protocol):
         (crawler.store.refresh.requeue_due)."""
 
     def pacer(self) -> Pacer | None:
-        """Crawl-wide spacing of delayed hosts' requests, where other workers may share the
-        database on other machines (crawler.fetch.politeness `Hosts.pacer`)."""
+        """Crawl-wide spacing of delayed hosts' requests, where other processes or machines
+        may share the database (crawler.fetch.politeness `Hosts.pacer`); after
+        `start_run`."""
 
     async def close(self) -> None:
         """Close the connection."""
@@ -107,9 +109,12 @@ class SqliteStore:
     def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
+        self._pacer: SqlitePacer | None = None
 
     async def start_run(self, *, spider: str, settings: dict[str, Any], fresh: bool) -> int:
-        return await start_run(self.conn, spider=spider, settings=settings, fresh=fresh)
+        run_id = await start_run(self.conn, spider=spider, settings=settings, fresh=fresh)
+        self._pacer = SqlitePacer(self.path, run_id)
+        return run_id
 
     def writer(
         self,
@@ -148,10 +153,11 @@ class SqliteStore:
         return await requeue_due(self.conn, cutoff=cutoff, host_cutoffs=host_cutoffs)
 
     def pacer(self) -> Pacer | None:
-        # processes sharing a file keep their own delays (one machine); a host's pause is
-        # shared through the claims (crawler.store.claims)
-        return None
+        # turns taken only while another process shares the file (crawler.store.pacing)
+        return self._pacer
 
     async def close(self) -> None:
         free_reserve(self.path)
+        if self._pacer is not None:
+            await self._pacer.close()
         await self.conn.close()
