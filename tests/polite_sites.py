@@ -92,6 +92,7 @@ def pages_app(
     too_many: Mapping[str, int] | None = None,
     retry_after: str = "1",
     shared: Gauge | None = None,
+    hold: Callable[[], Awaitable[object]] | None = None,
 ) -> web.Application:
     """`/` links to `/p/0` … `/p/{pages-1}`; each page answers after `latency` seconds.
 
@@ -99,6 +100,8 @@ def pages_app(
         too_many: path -> how many of its first requests get `429 Too Many Requests` with
             `Retry-After: retry_after`.
         shared: a gauge shared with other sites' apps.
+        hold: awaited by each page after its latency, before it answers: a page can wait
+            for an event of the test instead of a length of time.
     """
     app = web.Application(middlewares=[_recorder])
     app[VISITS] = Visits(shared=shared)
@@ -113,6 +116,8 @@ def pages_app(
             refusals[request.path] -= 1
             return web.Response(status=429, headers={"Retry-After": retry_after})
         await asyncio.sleep(latency)
+        if hold is not None:
+            await hold()
         n = request.match_info["n"]
         return web.Response(text=html_page(f"<p class='n'>{n}</p>"), content_type="text/html")
 
