@@ -32,6 +32,8 @@ class Hit:
     path: str
     agent: str
     started: float
+    """time.time() on arrival: the clock of the workers' crawl-wide turns
+    (crawler.store.pg_pacing)."""
 
 
 @dataclass
@@ -74,7 +76,7 @@ class SharedSite:
         async def page(request: web.Request) -> web.Response:
             n = int(request.match_info["n"])
             agent = request.headers.get("User-Agent", "")
-            self.hits.append(Hit(host, request.path, agent, time.monotonic()))
+            self.hits.append(Hit(host, request.path, agent, time.time()))
             self.in_flight[host] += 1
             self.peak[host] = max(self.peak[host], self.in_flight[host])
             try:

@@ -5,15 +5,16 @@ the moment each one starts is the worker's: two workers holding requests of the 
 could start them closer than its delay. So right before an attempt at a host with a fixed
 delay (`delay_per_host`, robots.txt Crawl-delay), the worker takes the host's next turn in
 one statement, `hosts.not_before` moved one delay past the later of itself and now, and
-waits for the turn it got (crawler.fetch.politeness `Hosts.pacer` calls it). Hosts without
-a fixed delay cost nothing here. Turns are `TURN_MARGIN` wider than the delay. The turns use
-one connection of their own (the writer's is busy with batches), which reconnects like the
-writer's.
+waits for the turn it got (crawler.fetch.politeness `Hosts.pacer` calls it; each turn is
+logged at DEBUG level). Hosts without a fixed delay cost nothing here. Turns are
+`TURN_MARGIN` wider than the delay. The turns use one connection of their own (the writer's
+is busy with batches), which reconnects like the writer's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Final, final
 
@@ -22,6 +23,8 @@ import asyncpg
 from crawler.store.pg_link import PgLink
 
 __all__ = ["TURN_MARGIN", "PgPacer"]
+
+logger = logging.getLogger(__name__)
 
 TURN_MARGIN: Final = 0.05
 """Seconds added to a delay between two workers' turns: from taking its turn to reaching
@@ -54,7 +57,11 @@ class PgPacer:
                 return None if turn is None else float(turn)
 
             turn = await self._link.transaction(take)
-        if turn is not None and (wait := turn - time.time()) > 0:
+        if turn is None:
+            return
+        wait = turn - time.time()
+        logger.debug("%s: crawl-wide turn at %.6f (time.time), in %.3fs", host, turn, wait)
+        if wait > 0:
             await asyncio.sleep(wait)
 
     async def close(self) -> None:
