@@ -5,11 +5,12 @@ every 50 ms, and still takes at once the work another process adds meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 import pytest
@@ -19,9 +20,9 @@ from crawler import crawl
 from crawler.cli.common import with_start_urls
 from crawler.settings import load_settings
 from crawler.store.claims import HOSTS_PER_CLAIM, ClaimBatch
-from crawler.store.pg_claims import PgClaims
+from crawler.store.pg_claims import _LEASED_ELSEWHERE, PgClaims
 from crawler.store.pg_link import PgLink
-from crawler.store.pg_schema import open_pg
+from crawler.store.pg_schema import PG_MIGRATIONS, PG_SCHEMA_VERSION, open_pg
 from tests.conftest import ROOT, Target
 from tests.databases import rows, scalar
 from tests.pgserver import TEST_SETTINGS, PostgresServer, find_bin_dir
@@ -255,3 +256,57 @@ async def test_claims_move_on_past_a_window_of_hosts_in_back_off(postgres: Targe
     assert taken == [f"h{n:06d}.test" for n in range(HOSTS_PER_CLAIM, hosts)]
     assert first.pending > 0
     assert first.next_due is None  # the hosts it did not look at may be ready: ask again
+
+
+async def database_at(url: str, version: int) -> asyncpg.Connection:
+    """A connection to a crawl database at schema `version` (as an older crawler left it)."""
+    conn: asyncpg.Connection = await asyncpg.connect(url)
+    await conn.execute("CREATE TABLE crawler_schema (version bigint NOT NULL)")
+    await conn.execute("INSERT INTO crawler_schema (version) VALUES ($1)", version)
+    for script in PG_MIGRATIONS[:version]:
+        await conn.execute(script)
+    return conn
+
+
+def buffers_of(plan: list[dict[str, Any]]) -> int:
+    """Buffers the statement's execution touched (read or hit), from EXPLAIN (BUFFERS) JSON."""
+    top = plan[0]["Plan"]
+    return int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"])
+
+
+async def test_whether_another_run_holds_leases_stops_at_the_first_it_finds(
+    postgres: Target,
+) -> None:
+    """A database of schema 4 (before `requests_lease_owner`) where this run (1) holds
+    20,000 leases on 99 hosts and another run (2) one lease on a host after them, upgraded:
+    whether another run holds a live lease reads a few buffers, not this run's leases (the
+    index of leases by host gave them first, each read from the table: ~500 buffers). The
+    answer is right either way: yes, and no once run 2's lease has expired."""
+    conn = await database_at(str(postgres), 4)
+    try:
+        await fill_frontier(conn, 20_000, 100)
+        now = time.time()
+        await conn.execute(
+            "UPDATE requests SET lease_owner = 1, lease_expires = $1 WHERE host < 'h000099.test'",
+            now + 300,
+        )
+        await conn.execute(
+            "UPDATE requests SET lease_owner = 2, lease_expires = $1 "
+            "WHERE id = (SELECT max(id) FROM requests WHERE host = 'h000099.test')",
+            now + 300,
+        )
+        await conn.execute("VACUUM ANALYZE requests")
+    finally:
+        await conn.close()
+    conn = await open_pg(str(postgres))
+    try:
+        assert await conn.fetchval("SELECT version FROM crawler_schema") == PG_SCHEMA_VERSION
+        explain = f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {_LEASED_ELSEWHERE}"
+        plan = json.loads(await conn.fetchval(explain, 1, now))
+        held = await conn.fetchval(_LEASED_ELSEWHERE, 1, now)
+        expired = await conn.fetchval(_LEASED_ELSEWHERE, 1, now + 400)
+        theirs = await conn.fetchval(_LEASED_ELSEWHERE, 2, now)
+    finally:
+        await conn.close()
+    assert (held, expired, theirs) == (True, False, True)
+    assert buffers_of(plan) < 30, json.dumps(plan, indent=1)

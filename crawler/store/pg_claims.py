@@ -17,7 +17,7 @@ A claim that takes nothing (every host in back-off, every request leased or not 
 tells the feeder when to ask again from indexes, in about as many reads as a claim that
 takes something, whatever the size of the frontier: whether a request is pending at all,
 the earliest end of the back-off of the hosts it looked at, when the next deferred request
-falls due (`requests_due`), and whether another run holds leases (`requests_leased`).
+falls due (`requests_due`), and whether another run holds leases (`requests_lease_owner`).
 
 Leases end after `LEASE_SECONDS` unless renewed with the heartbeat (crawler.store.claims).
 """
@@ -249,10 +249,14 @@ SELECT min(not_before) FROM requests WHERE state = 'pending' AND not_before > $1
 """When the next deferred request falls due (the first entry of `requests_due`)."""
 _LEASED_ELSEWHERE: Final = """
 SELECT EXISTS (SELECT 1 FROM requests WHERE state = 'pending' AND lease_owner IS NOT NULL
-               AND lease_owner != $1 AND lease_expires >= $2)
+               AND lease_owner < $1 AND lease_expires >= $2)
+    OR EXISTS (SELECT 1 FROM requests WHERE state = 'pending' AND lease_owner IS NOT NULL
+               AND lease_owner > $1 AND lease_expires >= $2)
 """
-"""Whether another run holds a pending request under a live lease (`requests_leased`: as
-many rows as the runs hold in memory, not the frontier)."""
+"""Whether another run holds a pending request under a live lease: the first one found in
+`requests_lease_owner`, on either side of this run's own leases, which are not read (as
+many as it holds in memory, where `lease_owner != $1` read them all, each from the table).
+Expired leases of other runs are read from the index, until a claim takes their requests."""
 _PENDING_HOSTS: Final = """
 WITH RECURSIVE next_host (host, n) AS (
     SELECT (SELECT min(host) FROM requests WHERE state = 'pending' AND host > $1), 1

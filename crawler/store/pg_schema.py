@@ -306,6 +306,9 @@ PG_MIGRATIONS: Final[tuple[str, ...]] = (
     "ALTER TABLE hosts ADD COLUMN cookies text;",  # each host's cookies (crawler.fetch.cookies)
     "CREATE INDEX requests_due ON requests (not_before) "  # when the next deferred request
     "WHERE state = 'pending' AND not_before IS NOT NULL;",  # is due (crawler.store.pg_claims)
+    # whether another run holds a live lease: past this run's own (crawler.store.pg_claims)
+    "CREATE INDEX requests_lease_owner ON requests (lease_owner, lease_expires) "
+    "WHERE state = 'pending' AND lease_owner IS NOT NULL;",
 )
 """The PostgreSQL schema, one script per version (the first is SQLite's three, at once)."""
 PG_SCHEMA_VERSION: Final = len(PG_MIGRATIONS)
