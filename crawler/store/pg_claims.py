@@ -19,6 +19,10 @@ takes something, whatever the size of the frontier: whether a request is pending
 the earliest end of the back-off of the hosts it looked at, when the next deferred request
 falls due (`requests_due`), and whether another run holds leases (`requests_lease_owner`).
 
+A pause another worker stores (a 429 or 503's Retry-After) reaches the requests this worker
+already holds too: every `PAUSES_EVERY` seconds the writer reads the stored pauses of the
+hosts it holds (`stored_pauses`, one index lookup per such host).
+
 Leases end after `LEASE_SECONDS` unless renewed with the heartbeat (crawler.store.claims).
 """
 
@@ -38,6 +42,7 @@ from crawler.settings import Settings
 from crawler.store.claims import (
     HOSTS_PER_CLAIM,
     LEASE_SECONDS,
+    PAUSES_EVERY,
     ClaimBatch,
     ClaimOrder,
     LeaseRenewal,
@@ -66,6 +71,7 @@ class PgClaims:
         self._order = ClaimOrder(settings)
         self._claim_sql = _CLAIM.format(order=self._order.sql)
         self._renewal = LeaseRenewal()
+        self._pauses_read_at = -math.inf
         self.refetches = False
         """Whether claimed requests may have a stored page (re-fetches, which need it)."""
 
@@ -185,11 +191,25 @@ class PgClaims:
         return delay
 
     async def stored_pauses(self, hosts: Callable[[], Collection[str]]) -> list[HostRecord]:
-        """Nothing, as before: here a claim skips a paused host and leases no more of a host
-        than its crawl-wide in-flight cap, and delayed hosts take crawl-wide turns
-        (crawler.store.pg_pacing). Requests this worker holds when another stores a pause
-        still go out at this worker's pace: at most that cap."""
-        return []
+        """The stored state of those of `hosts()` (the hosts this worker holds requests of)
+        whose `not_before` has not passed, every `PAUSES_EVERY` seconds; else nothing (and
+        `hosts` is not called). A claim skips a paused host, but the requests a worker
+        already holds when another stores a pause would go out at this worker's pace:
+        `Hosts.learn` holds them back. It keeps only what it does not know: this worker's
+        own rows come back too, and a delayed host's crawl-wide turns
+        (crawler.store.pg_pacing), which it would wait for anyway."""
+        if time.monotonic() - self._pauses_read_at < PAUSES_EVERY:
+            return []
+        self._pauses_read_at = time.monotonic()
+        held = sorted(hosts())
+        if not held:
+            return []
+
+        async def read(conn: asyncpg.Connection) -> list[HostRecord]:
+            rows = await conn.fetch(_STORED_PAUSES, held, time.time())
+            return [host_from_row(tuple(row)) for row in rows]
+
+        return await self._link.transaction(read)
 
     async def renew_leases_if_due(self) -> None:
         """Extend this run's leases and heartbeat, every `LEASE_SECONDS / 4`."""
@@ -219,6 +239,11 @@ _STORED_ROBOTS: Final = (
     "SELECT url, host, fetched_at, status, outcome, crawl_delay, body, error "
     "FROM robots WHERE host = ANY($1::text[])"
 )
+_STORED_PAUSES: Final = (
+    "SELECT host, crawl_delay, throttle_delay, throttle_concurrency, not_before, last_status, "
+    "NULL FROM hosts WHERE host = ANY($1::text[]) AND not_before > $2"
+)
+"""The stored state of the given hosts that are paused now (one index lookup each)."""
 _READY_HOSTS: Final = """
 SELECT host, crawl_delay, throttle_concurrency FROM hosts
 WHERE host = ANY($1::text[]) AND (not_before IS NULL OR not_before <= $2)
