@@ -80,9 +80,14 @@ def scalar(target: Target, sql: str, params: tuple[object, ...] = ()) -> Any:
 def assert_intact(target: Target) -> None:
     """A SQLite file passes `integrity_check` and holds its fingerprint set whole
     (`assert_fingerprint_set`); a PostgreSQL database answers (the server keeps its own
-    pages intact, and a crash of a client cannot damage them)."""
+    pages intact, and a crash of a client cannot damage them), and the pending requests
+    its triggers count (`frontier_pending`) are those in `requests`."""
     if is_postgres(target):
         assert scalar(target, "SELECT 1") == 1
+        if scalar(target, "SELECT to_regclass('frontier_pending') IS NOT NULL"):
+            counted = "SELECT count(*) FROM requests WHERE state = 'pending'"
+            kept = "SELECT coalesce(sum(pending), 0) FROM frontier_pending"
+            assert scalar(target, kept) == scalar(target, counted)
     else:
         assert scalar(target, "PRAGMA integrity_check") == "ok"
         has_set = "SELECT count(*) FROM sqlite_master WHERE name = 'fingerprint_levels'"

@@ -1,6 +1,7 @@
 """Claims on PostgreSQL while nothing is due: a crawl that waits (its hosts in back-off, its
 requests not yet due) asks the server a few cheap questions, not a count of the frontier
-every 50 ms, and still takes at once the work another process adds meanwhile."""
+every 50 ms, and still takes at once the work another process adds meanwhile. And a run
+that starts reads how many requests are pending from counters, not the frontier."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ from aiohttp.test_utils import TestServer
 from crawler import crawl
 from crawler.cli.common import with_start_urls
 from crawler.settings import load_settings
+from crawler.stats import Stats
 from crawler.store.claims import HOSTS_PER_CLAIM, ClaimBatch
 from crawler.store.pg_claims import _LEASED_ELSEWHERE, PgClaims
 from crawler.store.pg_link import PgLink
+from crawler.store.pg_runs import start_pg_run
 from crawler.store.pg_schema import PG_MIGRATIONS, PG_SCHEMA_VERSION, open_pg
+from crawler.store.pg_writer import PgStorage
 from tests.conftest import ROOT, Target
 from tests.databases import rows, scalar
 from tests.pgserver import TEST_SETTINGS, PostgresServer, find_bin_dir
@@ -310,3 +314,54 @@ async def test_whether_another_run_holds_leases_stops_at_the_first_it_finds(
         await conn.close()
     assert (held, expired, theirs) == (True, False, True)
     assert buffers_of(plan) < 30, json.dumps(plan, indent=1)
+
+
+async def test_a_run_starts_from_the_pending_count_without_reading_the_frontier(
+    counting_server: PostgresServer,
+) -> None:
+    """A database of schema 5 (before `frontier_pending`) with 100,000 pending requests,
+    upgraded; then some are done, some skipped, some deferred, one inserted: a run that
+    starts reads the exact pending count in a few buffers (counting the rows read the
+    frontier: ~2,500 buffers, as many more with every 100,000 requests), and the next run
+    folds the counters of the server processes that are gone into one."""
+    url = counting_server.create_database()
+    conn = await database_at(url, 5)
+    try:
+        await fill_frontier(conn, 100_000, 20)
+    finally:
+        await conn.close()
+    conn = await open_pg(url)
+    try:
+        await conn.execute("CREATE EXTENSION pg_stat_statements")
+        await conn.execute("UPDATE requests SET state = 'done' WHERE id <= 1000")
+        await conn.execute(
+            "UPDATE requests SET state = 'skipped', reason = 'depth' WHERE id > 99990"
+        )
+        await conn.execute("UPDATE requests SET not_before = 1 WHERE id % 7 = 0")
+        await conn.execute(
+            "INSERT INTO requests (url, fingerprint, host, depth, state, crawl_id, "
+            "discovered_at) VALUES ('http://new.test/', 0, 'new.test', 0, 'pending', 1, '')"
+        )
+        stats = Stats()
+        storage = PgStorage(
+            PgLink(url, conn),
+            run_id=1,
+            settings=load_settings().settings,
+            stats=stats,
+            on_committed=lambda _: None,
+        )
+        await conn.execute("SELECT pg_stat_statements_reset()")
+        await storage.load_counts()
+        used = await buffers_used(conn)
+        counted = await conn.fetchval("SELECT count(*) FROM requests WHERE state = 'pending'")
+    finally:
+        await conn.close()
+    assert stats.pending == counted == 100_000 - 1000 - 10 + 1
+    assert used < 50, used
+    conn = await open_pg(url)
+    try:
+        await start_pg_run(conn, spider="s", settings={}, fresh=False)
+        kept = await conn.fetch("SELECT backend, pending FROM frontier_pending")
+    finally:
+        await conn.close()
+    assert [tuple(row) for row in kept] == [(0, counted)]

@@ -49,7 +49,7 @@ RESERVED_NAMES: Final = frozenset({
     "crawls", "requests", "pages", "links", "items", "errors", "robots",
     "item_errors", "item_keys", "item_tables", "fetches", "item_history", "item_versions",
     "fingerprints", "fingerprints_recent", "fingerprints_new", "fingerprint_levels", "hosts",
-    "frontier_counts", "stats_ts", "host_stats", "crawler_schema",
+    "frontier_counts", "frontier_pending", "stats_ts", "host_stats", "crawler_schema",
     "requests_new",  # only while a migration rebuilds `requests`
     # indexes and triggers (SQLite: the same namespace as tables; PostgreSQL: indexes)
     "fetches_request", "item_history_request", "item_keys_request", "items_request",
@@ -58,6 +58,7 @@ RESERVED_NAMES: Final = frozenset({
     "requests_lease_owner",
     "requests_count_insert", "requests_count_reopen", "requests_count_skip",
     "requests_count_state", "requests_fingerprint_add", "requests_fingerprint_known",
+    "requests_pending_insert", "requests_pending_update", "requests_pending_delete",
 })  # fmt: skip
 """Every name the crawler's own schema gives a table, view, index or trigger, now or while it
 migrates: an item type of one of these names gets a suffixed table, so no later migration

@@ -16,6 +16,7 @@ import asyncpg
 
 from crawler.records import utc_now
 from crawler.store.pg_items import drop_pg_item_tables
+from crawler.store.pg_pending import fold_pending
 from crawler.store.runs import CRAWL_TABLES, check_spider, dead_runs, new_run
 
 __all__ = [
@@ -44,6 +45,7 @@ async def start_pg_run(
         if fresh:
             await _empty(conn)
         await _recover_dead_runs(conn, hostname)
+        await fold_pending(conn)
         run_id = await conn.fetchval(
             "INSERT INTO crawls (spider, started_at, status, settings, pid, hostname, "
             "heartbeat_at) VALUES ($1, $2, 'running', $3::jsonb, $4, $5, $6) RETURNING id",
@@ -63,6 +65,8 @@ async def _empty(conn: asyncpg.Connection) -> None:
     await drop_pg_item_tables(conn)
     await conn.execute(f"TRUNCATE {', '.join(CRAWL_TABLES)} RESTART IDENTITY")
     await conn.execute("UPDATE frontier_counts SET admitted = 0")
+    await conn.execute("DELETE FROM frontier_pending WHERE backend != 0")
+    await conn.execute("UPDATE frontier_pending SET pending = 0")
 
 
 async def _recover_dead_runs(conn: asyncpg.Connection, hostname: str) -> None:

@@ -11,8 +11,9 @@ functions of SQLite that the crawler's reports use are defined too (`julianday(t
 `instr(text, text)`, `round(double precision, integer)`), so the same queries run on both.
 
 The counters `frontier_counts` and `hosts.admitted` are kept by statement-level triggers
-(one update per statement, not per row), which is what the page budgets read. asyncpg's and
-the network's errors become ours here too (`pg_error`).
+(one update per statement, not per row), which is what the page budgets read; so is the
+number of pending requests (crawler.store.pg_pending). asyncpg's and the network's errors
+become ours here too (`pg_error`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Final
 import asyncpg
 
 from crawler.errors import StorageError, StorageFailure
+from crawler.store.pg_pending import PENDING_COUNTS
 from crawler.store.pg_url import redact
 
 __all__ = [
@@ -309,6 +311,7 @@ PG_MIGRATIONS: Final[tuple[str, ...]] = (
     # whether another run holds a live lease: past this run's own (crawler.store.pg_claims)
     "CREATE INDEX requests_lease_owner ON requests (lease_owner, lease_expires) "
     "WHERE state = 'pending' AND lease_owner IS NOT NULL;",
+    PENDING_COUNTS,  # 6: the pending requests, counted by triggers (crawler.store.pg_pending)
 )
 """The PostgreSQL schema, one script per version (the first is SQLite's three, at once)."""
 PG_SCHEMA_VERSION: Final = len(PG_MIGRATIONS)

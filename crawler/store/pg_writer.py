@@ -28,6 +28,7 @@ from crawler.store.bulk import Script
 from crawler.store.pg_claims import PgClaims
 from crawler.store.pg_items import PgItemTables
 from crawler.store.pg_link import PgLink
+from crawler.store.pg_pending import pending_count
 from crawler.store.pg_refresh import pg_has_pages, pg_retire_items
 from crawler.store.rows import Batch, Seeds, add_result_rows, replaced_pages
 from crawler.store.writer import BatchWriter
@@ -128,13 +129,14 @@ class PgStorage(BatchWriter):
         self._item_tables = PgItemTables()
 
     async def load_counts(self) -> None:
-        """Reopen what earlier runs skipped for their budgets; count the pending requests."""
+        """Reopen what earlier runs skipped for their budgets; read the number of pending
+        requests (a few rows that triggers keep: crawler.store.pg_pending)."""
 
         async def load(conn: asyncpg.Connection) -> int:
             self._budgets.bind(conn)
             await self._budgets.load()
             self._pg_claims.refetches = await pg_has_pages(conn)
-            return int(await conn.fetchval("SELECT count(*) FROM requests WHERE state = 'pending'"))
+            return await pending_count(conn)
 
         self._stats.pending = await self._link.transaction(load)
 
