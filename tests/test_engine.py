@@ -108,7 +108,7 @@ async def test_every_table_is_filled_consistently(
         == 7
     )
     assert scalar(db_path, "PRAGMA journal_mode") == "wal"
-    assert scalar(db_path, "PRAGMA user_version") == SCHEMA_VERSION == 10
+    assert scalar(db_path, "PRAGMA user_version") == SCHEMA_VERSION == 11
 
 
 async def test_links_are_stored_in_page_order_once_each(db_path: Path) -> None:

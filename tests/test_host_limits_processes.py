@@ -1,14 +1,19 @@
-"""A host's delay holds crawl-wide with `crawl --processes 2` on one SQLite file: two requests
+"""Per-host limits hold crawl-wide with `crawl --processes 2` on one SQLite file: two requests
 of a host with `delay_per_host` or a robots.txt `Crawl-delay` arrive at least the delay
-apart, whichever processes send them (crawler.store.pacing); and a run alone on its file
-takes no turns. The server records when each request of each host arrives.
+apart, whichever processes send them (crawler.store.pacing), and a run alone on its file
+takes no turns; no more than `concurrency_per_host` requests of a host are in progress at
+once, across processes (crawler.store.claims). The server records when each request of each
+host arrives, and how many are in progress.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from itertools import pairwise
 from pathlib import Path
 
@@ -17,33 +22,48 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from crawler.settings import load_settings
 from crawler.store.backends import open_store
+from crawler.store.claims import _CLAIM, Claims
+from crawler.store.migrations import MIGRATIONS
 from crawler.store.pacing import PEERS_EVERY, TURN_MARGIN, SqlitePacer
+from crawler.store.runs import start_run
+from crawler.store.schema import APPLICATION_ID, SCHEMA_VERSION, _statements, open_database
 from tests.conftest import scalar
+from tests.databases import rows
+from tests.polite_sites import Gauge
 from tests.sites import html_page
 from tests.test_host_memory import host_of_request
 from tests.test_host_memory_processes import crawl_in_processes
 
 PAGES = 24
 DELAY = 0.3
-SETTINGS = ("concurrency=4", "concurrency_per_host=1", "autothrottle=false")
-"""A process claims at most 12 requests of a host (crawler.frontier.feeder): each holds some."""
+SETTINGS = ("concurrency=1", "concurrency_per_host=100", "autothrottle=false")
+"""A process claims 12 requests of a host at most (crawler.frontier.feeder), and the cap
+leaves the other process room: each holds some."""
 ARRIVALS = web.AppKey("arrivals", dict[str, list[float]])
+IN_PROGRESS = web.AppKey("in_progress", dict[str, Gauge])
 
 
-def leaves_app(robots: str = "") -> web.Application:
+def leaves_app(robots: str = "", latency: float = 0.02) -> web.Application:
     """Any host: `/robots.txt` answers `robots` (a 404 when empty), every other path is a
-    page without links, answered after 20 ms; arrivals are recorded per host (robots.txt
-    apart)."""
+    page without links, answered after `latency` seconds; arrivals and requests in progress
+    are recorded per host (robots.txt apart)."""
     app = web.Application()
     arrivals: dict[str, list[float]] = defaultdict(list)
-    app[ARRIVALS] = arrivals
+    in_progress: dict[str, Gauge] = defaultdict(Gauge)
+    app[ARRIVALS], app[IN_PROGRESS] = arrivals, in_progress
 
     async def handle(request: web.Request) -> web.Response:
         if request.path == "/robots.txt":
             return web.Response(text=robots, status=200 if robots else 404)
-        arrivals[host_of_request(request)].append(time.monotonic())
-        await asyncio.sleep(0.02)
+        host = host_of_request(request)
+        arrivals[host].append(time.monotonic())
+        in_progress[host].enter()
+        try:
+            await asyncio.sleep(latency)
+        finally:
+            in_progress[host].leave()
         return web.Response(text=html_page(""), content_type="text/html")
 
     app.router.add_get("/{tail:.*}", handle)
@@ -80,6 +100,20 @@ async def test_a_hosts_delay_holds_across_processes(
     # each process alone spaces its own requests; together they sent some about twice as
     # often: each process's pages are sure to be far apart only crawl-wide
     assert min(gaps(times)) >= 0.8 * DELAY, gaps(times)
+
+
+async def test_concurrency_per_host_holds_across_processes(tmp_path: Path) -> None:
+    database = tmp_path / "crawl.db"
+    app = leaves_app(latency=0.1)
+    async with TestServer(app, host="127.0.0.1") as server:
+        # 40 pages of each host, each process able to claim 20 of a host (each process
+        # alone has 2 of a host in progress at once, so on main they had 4)
+        start = [f"http://{h}.test:{server.port}/p{n}" for n in range(40) for h in "ab"]
+        settings = ("concurrency=8", "concurrency_per_host=2", "autothrottle=false")
+        await crawl_in_processes(database, start, 4096, *settings)
+    assert scalar(database, "SELECT count(*) FROM pages") == 80
+    peaks = {host: gauge.peak for host, gauge in app[IN_PROGRESS].items()}
+    assert peaks == {"a.test": 2, "b.test": 2}
 
 
 async def test_a_run_takes_turns_only_while_another_shares_its_file(tmp_path: Path) -> None:
@@ -123,3 +157,92 @@ async def test_a_run_takes_turns_only_while_another_shares_its_file(tmp_path: Pa
             await pacer.close()
         await other.close()
         await store.close()
+
+
+FIRST_RUN = 1
+
+
+@contextlib.asynccontextmanager
+async def two_runs(path: Path, **settings: object) -> AsyncIterator[tuple[Claims, Claims]]:
+    """The claims of two runs (ids 1 and 2) on a new file that holds 30 pending requests of
+    a.test."""
+    await (await open_store(path)).close()
+    config = load_settings(overrides=settings).settings
+    first, second = await open_database(path), await open_database(path)
+    try:
+        one, two = [
+            Claims(
+                conn,
+                run_id=await start_run(conn, spider="s", settings={}, fresh=False),
+                settings=config,
+            )
+            for conn in (first, second)
+        ]
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.executemany(
+                "INSERT INTO requests (url, fingerprint, host, depth, state, crawl_id, "
+                "discovered_at) VALUES (?, ?, 'a.test', 0, 'pending', 1, 'now')",
+                [(f"http://a.test/{n}", n) for n in range(30)],
+            )
+        yield one, two
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def claim(claims: Claims) -> int:
+    """How many requests of a.test a claim leases (10 at most: the run's own limit)."""
+    return len((await claims.claim(20, held={}, per_host=10)).claimed)
+
+
+def finish(path: Path, run_id: int, count: int) -> None:
+    """Another run ends `count` of its leases (the requests are done)."""
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            "UPDATE requests SET state = 'done', lease_owner = NULL, lease_expires = NULL "
+            "WHERE id IN (SELECT id FROM requests WHERE lease_owner = ? LIMIT ?)",
+            (run_id, count),
+        )
+
+
+async def test_claims_share_a_hosts_cap_among_the_runs_that_hold_it(tmp_path: Path) -> None:
+    path = tmp_path / "crawl.db"
+    async with two_runs(path, concurrency=16, concurrency_per_host=4) as (one, two):
+        assert await claim(one) == 10  # nobody else holds a.test: its own limit applies
+        assert await claim(two) == 0  # the first run may have 4 in flight: the cap
+        finish(path, FIRST_RUN, 9)
+        assert await claim(two) == 3  # 4 minus the one the first run holds
+        assert await claim(one) == 0  # together at the cap
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute("UPDATE requests SET lease_expires = 0 WHERE lease_owner = 2")
+        assert await claim(one) == 10  # the second run's leases ran out: alone again
+
+
+@pytest.mark.parametrize(("cap", "second"), [(4, 10), (3, 1)])
+async def test_a_cap_above_one_runs_most_in_flight_lets_runs_share_a_host(
+    tmp_path: Path, cap: int, second: int
+) -> None:
+    path = tmp_path / "crawl.db"
+    async with two_runs(path, concurrency=2, concurrency_per_host=cap) as (one, two):
+        assert await claim(one) == 10  # 2 of them in flight at most
+        # with a cap of 4, 2 more in flight at most; of 3, one more
+        assert await claim(two) == second
+
+
+async def test_a_claim_counts_a_hosts_leases_by_index_on_a_migrated_file(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as old:
+        for script in MIGRATIONS[:10]:
+            for statement in _statements(script):
+                old.execute(statement)
+        old.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        old.execute("PRAGMA user_version = 10")
+    await (await open_database(path)).close()
+    assert scalar(path, "PRAGMA user_version") == SCHEMA_VERSION
+    sql = _CLAIM.format(order="priority DESC, id")
+    plan = " ".join(
+        str(row[3])
+        for row in rows(path, f"EXPLAIN QUERY PLAN {sql}", (1, 0.0, "a.test", 0.0, 0.0, 5, 2, 2))
+    )
+    # the host's leased rows, not its pending ones (a million, for a large site)
+    assert "INDEX requests_host_leases (host=?" in plan, plan

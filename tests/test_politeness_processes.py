@@ -72,7 +72,8 @@ async def test_a_host_paused_by_one_process_is_not_fetched_by_the_other(
     app = paused_app(status)
     async with TestServer(app, host="127.0.0.1") as server:
         start = [f"http://a.test:{server.port}/"]
-        settings = ("concurrency=4", "concurrency_per_host=2", "retry_after_inline=0.5")
+        # 2 in flight in each process, a cap that lets both hold requests of the host
+        settings = ("concurrency=2", "concurrency_per_host=4", "retry_after_inline=0.5")
         await crawl_in_processes(database, start, 4096, *settings)
     visits = app[VISITS]
     assert scalar(database, "SELECT count(*) FROM pages") == PAGES + 1

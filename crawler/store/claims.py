@@ -14,12 +14,25 @@ another process sharing the file has committed since the last look (`PRAGMA
 data_version`), at most every `PAUSES_EVERY` seconds, the writer reads the stored pauses of
 the hosts this process holds requests of: one index lookup per such host, however many
 hosts and pending rows the file has, and nothing at all while no other process writes.
+
+So is `concurrency_per_host`. A run has no more of a host in flight than it holds under
+lease, nor more than `min(concurrency, concurrency_per_host)` (the runs sharing a file run
+one crawl's settings), though it holds more (enough to keep a fast host busy between two
+claims). So a claim counts, for each other run that holds live leases of the host, the
+lesser of the two: what the others may have in flight. While that leaves this run its own
+most within the host's `concurrency_per_host`, it leases freely; else only as many as
+leave its own leases within what remains. So the runs together never have more than the
+cap in flight: one run alone holds a host up to its own limit, and a second one gets a share
+only if the cap exceeds what the first may have in flight. The count is part of the
+claim's statement (one run's claim at a time: SQLite has one writer) and reads an index of
+the host's leased rows, not its pending ones.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -159,6 +172,7 @@ class Claims:
     def __init__(self, conn: aiosqlite.Connection, *, run_id: int, settings: Settings) -> None:
         self._conn = conn
         self._run_id = run_id
+        self._settings = settings
         self._order = ClaimOrder(settings)
         self._renewal = LeaseRenewal()
         self.refetches = False
@@ -203,9 +217,7 @@ class Claims:
             room = min(limit - len(claimed), host_room)
             # a host held here is paced here (its pause learned: `stored_pauses`)
             paused_after = math.inf if held.get(host) else now
-            params = (self._run_id, now + LEASE_SECONDS, host, now, now, host, paused_after, room)
-            async with self._conn.execute(sql, params) as cursor:
-                rows = list(await cursor.fetchall())
+            rows = await self._lease(sql, host, now, paused_after, room)
             claimed.extend(claimed_from_row(row) for row in rows)
             if rows and known is not None and not known(host):
                 fresh_hosts.append(host)
@@ -235,6 +247,17 @@ class Claims:
             next_due=next_due,
             leased_elsewhere=int(elsewhere or 0),
         )
+
+    async def _lease(
+        self, sql: str, host: str, now: float, paused_after: float, room: int
+    ) -> list[sqlite3.Row]:
+        """Lease up to `room` of the host's due requests, no more than its cap leaves this
+        run beside the other runs' leases (`_CLAIM`); return their rows."""
+        cap = self._settings.for_host(host).concurrency_per_host
+        most = min(cap, self._settings.concurrency)  # in flight, in one run
+        params = (self._run_id, now + LEASE_SECONDS, host, now, paused_after, room, cap, most)
+        async with self._conn.execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
 
     async def stored_pauses(self, hosts: Callable[[], Collection[str]]) -> list[HostRecord]:
         """The stored state of those of `hosts()` whose `not_before` has not passed, when
@@ -333,15 +356,26 @@ _STORED_ROBOTS: Final = (
     "FROM robots WHERE host IN ({marks})"
 )
 _CLAIM: Final = (
-    "UPDATE requests SET lease_owner = ?, lease_expires = ? WHERE id IN ("
-    " SELECT id FROM requests WHERE state = 'pending' AND host = ?"
-    " AND (lease_expires IS NULL OR lease_expires < ?)"
-    " AND (not_before IS NULL OR not_before <= ?)"
-    " AND NOT EXISTS (SELECT 1 FROM hosts WHERE host = ? AND not_before > ?)"
-    " ORDER BY {order} LIMIT ?) "
+    "UPDATE requests SET lease_owner = ?1, lease_expires = ?2 WHERE id IN ("
+    " SELECT id FROM requests WHERE state = 'pending' AND host = ?3"
+    " AND (lease_expires IS NULL OR lease_expires < ?4)"
+    " AND (not_before IS NULL OR not_before <= ?4)"
+    " AND NOT EXISTS (SELECT 1 FROM hosts WHERE host = ?3 AND not_before > ?5)"
+    " ORDER BY {order} LIMIT ("
+    "  SELECT CASE WHEN others + ?8 <= ?7 THEN ?6 ELSE max(0, min(?6, ?7 - others - own)) END"
+    "  FROM (SELECT coalesce(sum(min(leased, ?8)) FILTER (WHERE owner != ?1), 0) AS others,"
+    "   coalesce(sum(leased) FILTER (WHERE owner = ?1), 0) AS own"
+    "   FROM (SELECT lease_owner AS owner, count(*) AS leased"
+    "    FROM requests INDEXED BY requests_host_leases"
+    "    WHERE host = ?3 AND lease_owner IS NOT NULL AND lease_expires >= ?4"
+    "    GROUP BY lease_owner)))) "
     "RETURNING id, url, method, callback, headers, meta, depth, priority, attempts"
 )
-"""A host's due pending requests, none while the host is paused after the time given."""
+"""Given (run id, lease end, host, now, paused after, room, the host's cap, what one run
+has in flight of the host at most): the host's due pending requests, none while the host
+is paused after the time given; `room` of them while what the other runs' live leases
+may have in flight leaves this run its own most, else only as many as the cap leaves
+(counted through `requests_host_leases`: the host's leased rows only)."""
 _PAUSE_ENDS: Final = "SELECT min(not_before) FROM hosts WHERE not_before > ? AND host IN ({marks})"
 """When the first of a claim's paused hosts may be claimed again."""
 _STORED_PAUSES: Final = (

@@ -55,7 +55,7 @@ RESERVED_NAMES: Final = frozenset({
     "fetches_request", "item_history_request", "item_keys_request", "items_request",
     "items_type", "links_page", "requests_budget_skips", "requests_frontier",
     "requests_frontier_dfs", "requests_leased", "requests_due", "robots_host", "stats_ts_run",
-    "requests_lease_owner",
+    "requests_lease_owner", "requests_host_leases",
     "requests_count_insert", "requests_count_reopen", "requests_count_skip",
     "requests_count_state", "requests_fingerprint_add", "requests_fingerprint_known",
     "requests_pending_insert", "requests_pending_update", "requests_pending_delete",

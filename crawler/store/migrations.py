@@ -414,4 +414,7 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     CREATE INDEX requests_due ON requests (not_before)
         WHERE state = 'pending' AND not_before IS NOT NULL;
     """,
+    # 11: a claim counts a host's leased rows, by any run (crawler.store.claims)
+    "CREATE INDEX requests_host_leases ON requests (host, lease_owner, lease_expires) "
+    "WHERE lease_owner IS NOT NULL;",
 )
