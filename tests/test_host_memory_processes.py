@@ -21,12 +21,17 @@ SETTINGS = ("backoff_base=0.01", "backoff_max=0.05", "progress_interval=60")
 
 
 async def crawl_in_processes(
-    database: Target, start_urls: list[str], recent: int, *settings: str
+    database: Target,
+    start_urls: list[str],
+    recent: int,
+    *settings: str,
+    options: tuple[str, ...] = (),
 ) -> str:
-    """`crawl --processes 2` of `tests.broad_crawl` (every name on 127.0.0.1); its stderr."""
+    """`crawl --processes 2` of `tests.broad_crawl` (every name on 127.0.0.1), with more
+    command-line `options`; its stderr."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        *("-m", "tests.broad_crawl", "-o", str(database), "--processes", "2"),
+        *("-m", "tests.broad_crawl", "-o", str(database), "--processes", "2", *options),
         *(arg for setting in (*SETTINGS, *settings) for arg in ("-s", setting)),
         cwd=ROOT,
         env={

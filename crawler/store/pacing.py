@@ -5,7 +5,8 @@ Each process paces the hosts it holds requests of (crawler.fetch.politeness), bu
 than its delay. So right before an attempt at a host with a fixed delay (`delay_per_host`,
 robots.txt Crawl-delay), `SqlitePacer` takes the host's next turn in one statement,
 `hosts.not_before` moved one delay past the later of itself and now, and waits for the turn
-it got: PostgreSQL's design (crawler.store.pg_pacing), with the same `TURN_MARGIN`.
+it got (each turn is logged at DEBUG level): PostgreSQL's design (crawler.store.pg_pacing),
+with the same `TURN_MARGIN`.
 `not_before` is already what the processes share about a host (a back-off, and the next
 start each writes with its results, never moving it back), and claims leave a host alone
 while it has not passed (crawler.store.claims).
@@ -26,6 +27,7 @@ each wrote with its results (a request or two may come sooner than the delay).
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import time
 from pathlib import Path
@@ -37,6 +39,8 @@ from crawler.store.claims import LEASE_SECONDS
 from crawler.store.schema import connect, storage_error
 
 __all__ = ["JOIN_GRACE", "PEERS_EVERY", "TURN_MARGIN", "SqlitePacer"]
+
+logger = logging.getLogger(__name__)
 
 TURN_MARGIN: Final = 0.05
 """Seconds added to a delay between two processes' turns, as on PostgreSQL: from taking its
@@ -93,7 +97,12 @@ class SqlitePacer:
                     row = await cursor.fetchone()
             except sqlite3.Error as exc:
                 raise storage_error(self._path, exc, "write") from None
-        if row is not None and (wait := float(row[0]) - time.time()) > 0:
+        if row is None:
+            return
+        turn = float(row[0])
+        wait = turn - time.time()
+        logger.debug("%s: crawl-wide turn at %.6f (time.time), in %.3fs", host, turn, wait)
+        if wait > 0:
             await asyncio.sleep(wait)
 
     async def _peers(self, conn: aiosqlite.Connection) -> bool:
