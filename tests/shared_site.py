@@ -47,6 +47,9 @@ class SharedSite:
     hits: list[Hit] = field(default_factory=list)
     in_flight: Counter[str] = field(default_factory=Counter)
     peak: Counter[str] = field(default_factory=Counter)
+    gate: asyncio.Event | None = None
+    """When set to an event, pages are answered only once it is set (their hits count
+    on arrival)."""
 
     def url(self, host: str, n: int) -> str:
         return f"http://{host}:{self.ports[host]}/p/{n}"
@@ -77,6 +80,8 @@ class SharedSite:
             n = int(request.match_info["n"])
             agent = request.headers.get("User-Agent", "")
             self.hits.append(Hit(host, request.path, agent, time.time()))
+            if self.gate is not None:
+                await self.gate.wait()
             self.in_flight[host] += 1
             self.peak[host] = max(self.peak[host], self.in_flight[host])
             try:

@@ -102,6 +102,20 @@ async def run_workers(
     return workers
 
 
+async def open_once_running(gate: asyncio.Event, database: Target, runs: int) -> None:
+    """Set `gate` once `runs` runs are recorded in `crawls` (the first worker creates the
+    schema: until then the table is missing)."""
+    while True:
+        try:
+            started = await asyncio.to_thread(scalar, database, "SELECT count(*) FROM crawls")
+        except Exception:  # no schema yet
+            started = 0
+        if started >= runs:
+            gate.set()
+            return
+        await asyncio.sleep(0.05)
+
+
 _TURN = re.compile(r"crawler\.store\.pg_pacing: (\S+): crawl-wide turn at ([0-9.]+) ")
 
 
@@ -193,9 +207,16 @@ async def test_delay_per_host_spaces_requests_across_workers(
 ) -> None:
     delay = 0.3
     async with shared_site(pages=10, delay=0.0) as site:
-        workers = await run_workers(
-            site, postgres, tmp_path, "-s", f"delay_per_host={delay}", "--log-level", "DEBUG"
-        )
+        # no page is answered before all three workers run: one slow to start (a loaded
+        # machine) would otherwise find a host's ten pages (~3.5 s of turns) fetched
+        site.gate = asyncio.Event()
+        opener = asyncio.create_task(open_once_running(site.gate, postgres, WORKERS))
+        try:
+            workers = await run_workers(
+                site, postgres, tmp_path, "-s", f"delay_per_host={delay}", "--log-level", "DEBUG"
+            )
+        finally:
+            opener.cancel()
         hits = list(site.hits)
         urls = site.all_urls()
     turns = [turn for worker in workers for turn in turns_taken(worker)]
