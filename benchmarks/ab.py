@@ -35,7 +35,10 @@ def _crawl(tree: Path, start_url: str, db: Path, concurrency: int) -> tuple[floa
     settings = [
         arg
         for key, value in OURS_SETTINGS.items()
-        for arg in ("-s", f"{key}={value.format(concurrency=concurrency)}")
+        for arg in (
+            "-s",
+            f"{key}={value.format(concurrency=concurrency, crawl_concurrency=concurrency)}",
+        )
     ]
     spider = "benchmarks/bench_spider.py:BenchSpider"
     command = [sys.executable, "-m", "crawler", "crawl", spider, "-o", str(db)]

@@ -29,11 +29,14 @@ SCRAPY_REQUIREMENTS: Final = ["scrapy==2.19.0"]
 CRAWLEE_REQUIREMENTS: Final = (["crawlee[parsel]==1.11.0"], ["crawlee[beautifulsoup]==1.11.0"])
 OURS_SETTINGS: Final = {
     "concurrency": "{concurrency}",
-    "concurrency_per_host": "{concurrency}",
+    "concurrency_per_host": "{crawl_concurrency}",
     "obey_robots": "false",
     "autothrottle": "false",
 }
-"""The ``-s key=value`` settings passed to our CLI; edit here if the CLI rejects one."""
+"""The ``-s key=value`` settings passed to our CLI; edit here if the CLI rejects one.
+``{concurrency}`` is ``--concurrency``, per process; ``{crawl_concurrency}`` is that times the
+processes: the one site of the benchmark may take all of the crawl's requests in flight, as
+it does the other tools' (`concurrency_per_host` holds for all processes together)."""
 
 
 class ToolUnavailable(Exception):
@@ -112,7 +115,8 @@ class Ours:
 
     def __init__(self, settings: Mapping[str, str] = OURS_SETTINGS, processes: int = 1) -> None:
         self.settings = settings
-        """``-s`` settings; ``{concurrency}`` in a value is replaced by ``--concurrency``."""
+        """``-s`` settings; ``{concurrency}`` in a value is replaced by ``--concurrency``,
+        ``{crawl_concurrency}`` by that times ``processes``."""
         self.processes = processes
         self.name = "ours" if processes == 1 else f"ours-{processes}p"
 
@@ -143,7 +147,7 @@ class Ours:
         settings = [
             arg
             for key, value in self.settings.items()
-            for arg in ("-s", f"{key}={value.format(concurrency=ctx.concurrency)}")
+            for arg in ("-s", f"{key}={self._value(value, ctx.concurrency)}")
         ]
         spider = f"{(BENCH_DIR / 'bench_spider.py').relative_to(REPO_ROOT)}:BenchSpider"
         command = [
@@ -161,6 +165,11 @@ class Ours:
         if self.processes > 1:
             command += ["--processes", str(self.processes)]
         return command, REPO_ROOT
+
+    def _value(self, template: str, concurrency: int) -> str:
+        return template.format(
+            concurrency=concurrency, crawl_concurrency=concurrency * self.processes
+        )
 
     def collect(self, ctx: RunContext) -> Collected:
         """Read items (typed ``product`` table if there is one) and pages from the SQLite file."""

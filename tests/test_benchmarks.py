@@ -116,3 +116,17 @@ def test_profile_summary_counts_each_main_thread_sample_once() -> None:
         "feeder": 2,
         "the rest: event loop, worker loop, callback runner, garbage collector": 1,
     }
+
+
+@pytest.mark.parametrize(("processes", "per_host"), [(1, "64"), (2, "128")])
+def test_our_crawl_may_put_all_of_its_concurrency_on_the_benchmark_site(
+    processes: int, per_host: str, tmp_path: Path
+) -> None:
+    # concurrency_per_host holds for all processes together: at the per-process concurrency,
+    # the second process of `ours-2p` would idle while the first kept the one site.
+    from benchmarks.tools import OURS_SETTINGS, Ours, RunContext
+
+    ctx = RunContext(base_url="http://127.0.0.1:1", site=tmp_path, run_dir=tmp_path, concurrency=64)
+    command, _ = Ours(OURS_SETTINGS, processes=processes).command(ctx)
+    settings = dict(command[i + 1].split("=", 1) for i, arg in enumerate(command) if arg == "-s")
+    assert (settings["concurrency"], settings["concurrency_per_host"]) == ("64", per_host)
