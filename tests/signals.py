@@ -1,12 +1,13 @@
 """Signal dispositions for the tests of stopping commands: starting a command as a shell
-starts a background job, and reading what a process ignores or blocks from /proc."""
+starts a background job, and reading what a process ignores, blocks or has not yet taken
+delivery of from /proc."""
 
 from __future__ import annotations
 
 import signal
 from pathlib import Path
 
-__all__ = ["as_a_background_job", "blocked", "ignored"]
+__all__ = ["as_a_background_job", "blocked", "delivered", "ignored"]
 
 
 def as_a_background_job() -> None:
@@ -23,6 +24,12 @@ def ignored(pid: int | str = "self") -> set[signal.Signals]:
 def blocked(pid: int | str = "self") -> set[signal.Signals]:
     """The signals blocked in process `pid`'s main thread (Linux /proc)."""
     return _signals(pid, "SigBlk")
+
+
+def delivered(pid: int, sig: signal.Signals) -> bool:
+    """Whether process `pid` has taken delivery of `sig` (it is no longer pending): a second
+    one sent from now on is a signal of its own, not merged with the first by the kernel."""
+    return sig not in _signals(pid, "ShdPnd") | _signals(pid, "SigPnd")
 
 
 def _signals(pid: int | str, field: str) -> set[signal.Signals]:

@@ -22,7 +22,8 @@ from tests.conftest import ROOT, RunCli, run_crawler, scalar
 from tests.databases import assert_intact
 from tests.reparse_pages import add_hostile_pages, outcome, write_spider
 from tests.results_site import copy_database
-from tests.signals import as_a_background_job, ignored
+from tests.signals import as_a_background_job, delivered, ignored
+from tests.test_interrupts import until
 from tests.test_reparse import upper_spider
 
 CATALOGUE_BOOKS = 300
@@ -245,6 +246,67 @@ async def test_sigterm_stops_a_reparse_started_with_sigint_ignored(
     assert outcome(db) == outcome(catalogue)
     assert_intact(db)
     await reparses.aclose()
+
+
+BLOCKING_SPIDER = """
+import os
+import time
+from pathlib import Path
+
+from spiders.books import BooksSpider
+
+
+class BlockingBooks(BooksSpider):
+    name = "books"
+    allowed_domains = ("127.0.0.1",)
+
+    async def parse_book(self, response):
+        Path({directory!r}, f"blocked-{{os.getpid()}}").touch()
+        time.sleep(600)
+        async for book in super().parse_book(response):
+            yield book
+"""
+"""Its first book page blocks each worker for ten minutes, after saying so in a file."""
+
+
+async def test_a_second_ctrl_c_stops_the_workers_at_once_and_changes_nothing(
+    catalogue: Path, tmp_path: Path
+) -> None:
+    """The first Ctrl-C gives the workers `shutdown_grace` seconds to finish their chunk;
+    a second one, meanwhile, stops them at once; the rollback still runs to its end."""
+    db = copy_database(catalogue, tmp_path / "books.db")
+    spider = tmp_path / "blocking_books.py"
+    spider.write_text(BLOCKING_SPIDER.format(directory=str(tmp_path)))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "crawler", "reparse", str(spider), str(db), "-p", "2",
+        "-s", "shutdown_grace=600",
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        await until(lambda: len(list(tmp_path.glob("blocked-*"))) == 2)
+        workers = workers_of(process.pid)
+        others = descendants(process.pid)
+        process.send_signal(signal.SIGINT)
+        await until(lambda: delivered(process.pid, signal.SIGINT))
+        # Not merged with the first by the kernel, and (the workers blocked for ten minutes,
+        # the grace as long) it comes while the reparse waits for its workers.
+        await asyncio.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        async with asyncio.timeout(60):
+            _, stderr = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 130, stderr
+    assert stderr.decode().splitlines()[-1:] == [
+        "reparse interrupted: nothing was changed; run it again"
+    ]
+    assert b"Traceback" not in stderr
+    assert not [pid for pid in workers if alive(pid)]
+    assert await asyncio.to_thread(all_ended, others, 10.0)
+    assert outcome(db) == outcome(catalogue)
+    assert_intact(db)
 
 
 async def test_workers_end_when_the_reparse_is_killed(catalogue: Path, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from aiohttp.test_utils import BaseTestServer, TestServer
 from crawler import crawl
 from crawler.cli.common import with_start_urls
 from crawler.cli.main import cli
-from crawler.engine.crawl import _run_to_the_end
+from crawler.engine.crawl import run_to_the_end
 from crawler.records import utc_now
 from crawler.store.schema import SCHEMA_VERSION
 from tests.conftest import ROOT, RunCli, rows, scalar
@@ -395,7 +395,7 @@ async def test_the_end_of_a_run_is_recorded_even_when_cancelled_meanwhile() -> N
         try:
             await asyncio.sleep(10)
         finally:
-            await _run_to_the_end(cleanup())
+            await run_to_the_end(cleanup())
 
     task = asyncio.create_task(run())
     await asyncio.sleep(0.01)

@@ -27,7 +27,7 @@ __all__ = ["export_warc"]
 
 def export_warc(database: Path | str, output: str) -> None:
     """Write the pages of `database` whose bodies were stored to `output` (- is stdout)."""
-    conn = open_crawl_database(database)
+    conn = open_crawl_database(database, interruptible=True)  # `export` stops on signals
     try:
         try:
             if not has_stored_bodies(conn):

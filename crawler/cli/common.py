@@ -5,7 +5,8 @@ crawler.cli.readonly).
 Exit codes: 2 for bad input (the crawler's own errors, a file that is not a crawl database,
 a spider with nothing to start from); 1 when the storage fails (StorageFailure: disk full,
 read-only, I/O error), at start-up as mid-crawl, or when every start request of a crawl
-failed; 130 when interrupted. Each is one line on stderr, never a traceback.
+failed; 130 when interrupted by Ctrl-C or SIGTERM. Each is one line on stderr, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import logging
 import signal
 import sqlite3
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
@@ -46,15 +49,17 @@ __all__ = [
     "EXIT_USAGE",
     "StorageFailed",
     "UserError",
-    "cancelled_by_sigterm",
+    "cancelled_by_signals",
     "check_start_url",
     "check_starts_somewhere",
     "failed_start",
     "load_crawl_settings",
     "parse_assignments",
+    "run_until_stopped",
     "run_with_signals",
     "setup_logging",
     "stop_signals",
+    "stopped_by_signals",
     "user_errors",
     "with_start_urls",
 ]
@@ -289,20 +294,66 @@ def stop_signals(
 _T = TypeVar("_T")
 
 
-async def cancelled_by_sigterm(work: Awaitable[_T]) -> _T:
-    """Await `work` (inside asyncio.run); SIGTERM cancels it, as asyncio.run does on the first
-    Ctrl-C. Directly, not by way of SIGINT: a command started with SIGINT ignored (a shell's
-    background job) stops on SIGTERM too. Only the first stop counts, so that what the
-    cancellation runs (a rollback, stopping worker processes) is not cut short."""
+async def cancelled_by_signals(work: Awaitable[_T]) -> _T:
+    """Await `work` (inside asyncio.run); each SIGINT or SIGTERM cancels it: a second one
+    cuts short what the first's cancellation waits for (a reparse's workers), but not what
+    runs to its end (crawler.engine.crawl.run_to_the_end: a rollback). Not by way of
+    asyncio.run's KeyboardInterrupt, which stops the loop wherever it is. A signal ignored
+    on entry stays ignored (see `stop_signals`)."""
     task = asyncio.current_task()
     assert task is not None  # run by asyncio.run
-
-    def cancel() -> None:
-        if not task.cancelling():
-            task.cancel()
-
-    with stop_signals(cancel, (signal.SIGTERM,)):
+    with stop_signals(task.cancel):
         return await work
+
+
+def run_until_stopped(work: Coroutine[Any, Any, _T], interrupted: str) -> _T:
+    """Run `work` (asyncio.run), cancelled by SIGINT and SIGTERM (`cancelled_by_signals`):
+    then `interrupted` is the one line on stderr, and the exit code 130."""
+    try:
+        return asyncio.run(cancelled_by_signals(work))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        click.echo(interrupted, err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+@contextmanager
+def stopped_by_signals(interrupted: str) -> Iterator[None]:
+    """Run the block (blocking work: a query, an export) so that SIGINT and SIGTERM stop it
+    (KeyboardInterrupt); then `interrupted` is the one line on stderr, and the exit code 130.
+
+    Once a signal has come, whatever the block raises is taken for the interruption (an
+    interrupted SQLite statement fails with "interrupted"). While an event loop runs (a
+    PostgreSQL reader's) a signal cancels its tasks instead, so that asyncpg cancels the
+    statement and closes cleanly. A signal ignored on entry stays ignored; the handlers
+    found are put back.
+    """
+    came: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        came.append(signum)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop: stop what runs
+            raise KeyboardInterrupt from None
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.call_soon_threadsafe(lambda: None)  # wakes the loop from its wait for I/O
+
+    main = threading.current_thread() is threading.main_thread()  # the one that may set them
+    found = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS if main}
+    previous = {sig: handler for sig, handler in found.items() if handler != signal.SIG_IGN}
+    for sig in previous:
+        signal.signal(sig, on_signal)
+    try:
+        yield
+    except BaseException:
+        if not came:
+            raise
+        click.echo(interrupted, err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def run_with_signals(

@@ -33,11 +33,19 @@ __all__ = [
 
 
 def open_read_only(
-    path: Path | str, *, write: bool = False, guard: ReadOnlyGuard | None = None
+    path: Path | str,
+    *,
+    write: bool = False,
+    guard: ReadOnlyGuard | None = None,
+    interruptible: bool = False,
 ) -> ReadConnection:
     """Open an existing SQLite file, read-only unless `write`. Read-only, the connection
     cannot write any file at all, this one or another: `?mode=ro` and a ReadOnlyGuard
     (`guard`, if given, to learn why a statement was refused).
+
+    `interruptible`: a signal's handler may run while a statement runs, and its exception
+    stops the statement, which fails with "interrupted" (for commands that stop on signals
+    with crawler.cli.common.stopped_by_signals, which takes that failure for the signal).
 
     Raises:
         StorageError: the file does not exist or is not an SQLite database (StorageFailure:
@@ -56,6 +64,10 @@ def open_read_only(
         raise storage_error(path, exc, "read") from None
     try:
         conn.execute("PRAGMA busy_timeout = 10000")
+        if interruptible:
+            # SQLite runs a statement without returning to Python, so that a signal's
+            # handler would wait for its end: this lets it run.
+            conn.set_progress_handler(_let_signals_in, _SIGNAL_CHECK_STEPS)
         if not write:
             (guard or ReadOnlyGuard()).install(conn)
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -63,6 +75,16 @@ def open_read_only(
         conn.close()
         raise storage_error(path, exc, "read") from None
     return conn
+
+
+_SIGNAL_CHECK_STEPS: Final = 100_000
+"""SQLite virtual machine steps between two chances for a signal's handler to run."""
+
+
+def _let_signals_in() -> bool:
+    """SQLite's progress handler: continue. A signal's handler runs on the way in, and its
+    KeyboardInterrupt makes SQLite stop the statement ("interrupted")."""
+    return False
 
 
 def read_crawl_database(path: Path | str, read: Callable[[ReadConnection], T]) -> T:
@@ -81,14 +103,15 @@ def read_crawl_database(path: Path | str, read: Callable[[ReadConnection], T]) -
         conn.close()
 
 
-def open_crawl_database(path: Path | str) -> ReadConnection:
+def open_crawl_database(path: Path | str, *, interruptible: bool = False) -> ReadConnection:
     """Open a crawl database read-only, refusing other SQLite files and newer schemas (and
-    PostgreSQL databases that hold no crawl or one of a newer schema)."""
+    PostgreSQL databases that hold no crawl or one of a newer schema); `interruptible` as
+    for `open_read_only`."""
     if isinstance(path, str):
         from crawler.store.pg_read import open_pg_crawl  # loads asyncpg (crawler.store.pg_url)
 
         return open_pg_crawl(path)
-    conn = open_read_only(path)
+    conn = open_read_only(path, interruptible=interruptible)
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
         version = conn.execute("PRAGMA user_version").fetchone()[0]

@@ -4,12 +4,13 @@ Each opens the crawl database read-only unless it must write (`query --write`, `
 then no statement may write any file (crawler.cli.readonly.ReadOnlyGuard). Bad input — a
 missing file, a file that is not a crawl database, bad SQL, a statement that would write, an
 unknown item type — is one line on stderr and exit code 2; a failing storage (an I/O error,
-a full disk under `export -o`) is one line and exit code 1.
+a full disk under `export -o`) is one line and exit code 1; Ctrl-C or SIGTERM is one line
+and exit code 130, whatever was running (crawler.cli.common `stopped_by_signals`,
+`run_until_stopped`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import os
@@ -26,13 +27,13 @@ from rich.table import Table
 
 from crawler.cli.common import (
     DATABASE,
-    EXIT_INTERRUPTED,
     UserError,
-    cancelled_by_sigterm,
     check_start_url,
     load_crawl_settings,
     parse_assignments,
+    run_until_stopped,
     setup_logging,
+    stopped_by_signals,
     user_errors,
 )
 from crawler.cli.readonly import (
@@ -108,12 +109,13 @@ def query(
     """Run SQL against a crawl DATABASE and print the rows.
 
     The file is opened read-only unless --write is given: then a statement that would write
-    any file (INSERT, CREATE, ATTACH, VACUUM, a pragma's new value…) is refused.
+    any file (INSERT, CREATE, ATTACH, VACUUM, a pragma's new value…) is refused. Ctrl-C or
+    SIGTERM stops it (exit code 130); an interrupted statement changes nothing.
     """
-    with user_errors(), _stdout_pipe():
+    with stopped_by_signals("query interrupted"), user_errors(), _stdout_pipe():
         bound = _bound_params(params)
         guard = None if write else ReadOnlyGuard()
-        conn = open_read_only(database, write=write, guard=guard)
+        conn = open_read_only(database, write=write, guard=guard, interruptible=True)
         try:
             try:
                 cursor = conn.execute(sql, bound)
@@ -153,9 +155,15 @@ def export(
 
     Dataclass items are the rows of their typed table, dict items those of `items`. In JSON
     and JSON lines each value is as the spider yielded it (true stays true, 2.0 stays 2.0);
-    CSV writes bools as true/false, lists and dicts as JSON, None as an empty cell.
+    CSV writes bools as true/false, lists and dicts as JSON, None as an empty cell. Ctrl-C or
+    SIGTERM stops it (exit code 130); a file given with -o is then not written at all.
     """
-    with user_errors(), _stdout_pipe():
+    interrupted = (
+        "export interrupted: the rows written to stdout stop short"
+        if output == "-"
+        else f"export interrupted: {output} was not written"
+    )
+    with stopped_by_signals(interrupted), user_errors(), _stdout_pipe():
         chosen: ExportFormat = fmt or _SUFFIX_FORMATS.get(Path(output).suffix.lower(), "jsonl")
         if fmt is None and output.lower().endswith((".warc", ".warc.gz")):
             chosen = "warc"
@@ -168,7 +176,7 @@ def export(
             return
         if type_name is None:
             raise UserError("export needs -t TYPE (an item type), or -f warc for the pages")
-        conn = open_crawl_database(database)
+        conn = open_crawl_database(database, interruptible=True)
         try:
             try:
                 rows = item_rows(conn, type_name, decode_json=chosen != "csv")
@@ -250,7 +258,8 @@ def reparse(
     Replaces the items (and typed tables) those pages produced: fix a selector, then reparse
     instead of crawling again. Needs a crawl made with -s store_body=true. Exit codes: 0
     done (or stopped by the spider, nothing changed), 1 a worker process died or the storage
-    failed, 2 bad input, 130 interrupted (nothing changed).
+    failed, 2 bad input, 130 interrupted by Ctrl-C or SIGTERM (nothing changed; a second
+    Ctrl-C stops the worker processes at once instead of letting them finish their chunk).
     """
     # Imported when used: each command (a crawl too) loads this module; start-up time.
     from crawler.engine.pg_reparse import reparse_postgres
@@ -278,10 +287,9 @@ def reparse(
             )
         )
         try:
-            summary = asyncio.run(cancelled_by_sigterm(work))
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            click.echo("reparse interrupted: nothing was changed; run it again", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            summary = run_until_stopped(
+                work, "reparse interrupted: nothing was changed; run it again"
+            )
         except ReparseWorkerDied as exc:
             click.echo(f"error: {exc}; nothing was changed", err=True)
             sys.exit(1)
@@ -347,7 +355,7 @@ def parse(
 
     Fetches URL (or reads it from a crawl database with --from) and prints the items as JSON
     and the requests with their callback and depth. Nothing is stored. Exit code 1 when the
-    callback raised or the page would not be parsed.
+    callback raised or the page would not be parsed, 130 when Ctrl-C or SIGTERM stopped it.
     """
     setup_logging("WARNING", Console(stderr=True))
     with user_errors():
@@ -357,11 +365,10 @@ def parse(
         else:
             open_crawl_database(database).close()
         loaded = load_crawl_settings(spider_class, config, dict(parse_assignments(assignments)))
-        page = asyncio.run(
-            parse_page(
-                spider_class(), url, settings=loaded.settings, callback=callback, database=database
-            )
+        work = parse_page(
+            spider_class(), url, settings=loaded.settings, callback=callback, database=database
         )
+        page = run_until_stopped(work, "parse interrupted")
     if fmt == "json":
         click.echo(json.dumps(page.as_dict(), indent=2, ensure_ascii=False))
     else:

@@ -21,6 +21,7 @@ from crawler.cli.common import (
     UserError,
     check_start_url,
     load_crawl_settings,
+    run_until_stopped,
     setup_logging,
     stop_signals,
     user_errors,
@@ -87,6 +88,7 @@ def record(
 
     Each page is fetched with SPIDER's settings, or read from a crawl database with --from,
     and saved as <name>.json (metadata) plus <name>.html (body), named after the URL's path.
+    Ctrl-C or SIGTERM while the pages are fetched saves none of them (exit code 130).
     """
     with user_errors():
         spider_class = find_spider(spider)
@@ -98,7 +100,9 @@ def record(
             source = database.name if isinstance(database, Path) else describe_target(database)
         else:
             settings = load_crawl_settings(spider_class, None, {}).settings
-            pages, failures = asyncio.run(_fetch_pages(settings, checked))
+            pages, failures = run_until_stopped(
+                _fetch_pages(settings, checked), "record interrupted: no fixture was saved"
+            )
             source = "network"
     for page in pages:
         path = save_fixture(

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
-from typing import Any, Final, final
+from typing import Any, Final, TypeVar, final
 
 from rich.console import Console
 
@@ -42,9 +42,10 @@ from crawler.store.backends import CrawlStore, describe_target, open_store, stor
 from crawler.store.pg_url import is_postgres_url
 from crawler.store.writer import BatchWriter, Seeds
 
-__all__ = ["Crawl", "crawl"]
+__all__ = ["Crawl", "crawl", "run_to_the_end"]
 
 _SEED_BATCH: Final = 2000
+_T = TypeVar("_T")
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ class Crawl:
                 self.reason = self.reason or f"{type(exc).__name__}: {exc}"
             raise
         finally:
-            await _run_to_the_end(self._close(store, run_id))
+            await run_to_the_end(self._close(store, run_id))
         return self.stats.as_dict()
 
     async def _close(self, store: CrawlStore, run_id: int | None) -> None:
@@ -363,19 +364,19 @@ class Crawl:
             )
 
 
-async def _run_to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
+async def run_to_the_end(cleanup: Coroutine[Any, Any, _T]) -> _T:
     """Await `cleanup` to its end even when this task is cancelled meanwhile, then re-raise
-    the cancellation.
+    the cancellation (else return what `cleanup` returned).
 
-    Recording how a run ended takes milliseconds; a second Ctrl-C arriving just then must not
+    Recording how a run ended, rolling back a reparse: a second Ctrl-C arriving then must not
     cut it short (`asyncio.shield` alone would return at once and leave the cleanup to be
-    cancelled when the event loop shuts down, the run marked `running` and its leases held).
+    cancelled when the event loop shuts down, the run marked `running`, its leases held).
     """
     task = asyncio.ensure_future(cleanup)
     cancelled = False
     while True:
         try:
-            await asyncio.shield(task)
+            result = await asyncio.shield(task)
         except asyncio.CancelledError:
             if task.done():
                 raise  # the cleanup itself was cancelled
@@ -384,6 +385,7 @@ async def _run_to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
             break
     if cancelled:
         raise asyncio.CancelledError
+    return result
 
 
 async def crawl(

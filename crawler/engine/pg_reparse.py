@@ -7,7 +7,7 @@ rows and views, item errors, errors of kind `spider` and `item`, and the item ke
 deleted and written again from what the callbacks yield now, chunk by chunk; the items it
 replaces are kept in `item_history` (reason `reparse`) by the statement SQLite's reparse runs
 (crawler.store.history). A callback that raises `StopCrawl`, a Ctrl-C or any failure rolls it
-all back, the history with it.
+all back, the history with it; a second Ctrl-C does not cut that rollback short.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Final, final
 
 import asyncpg
 
+from crawler.engine.crawl import run_to_the_end
 from crawler.engine.reparse import (
     CALLBACK_ERROR_KINDS,
     REPARSE_BATCH,
@@ -54,19 +55,26 @@ async def reparse_postgres(spider: Spider, url: str, settings: Settings) -> Repa
     conn = await open_pg(url)
     summary = ReparseSummary(processes=1)
     try:
-        async with conn.transaction():
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
             await _check(conn, spider, url, summary)
             await spider.opened()
             try:
                 await _replace(conn, spider, settings, summary)
             finally:
                 await spider.closed("finished")
+        except BaseException:
+            # A second Ctrl-C (cancelling `closed()`, say) does not cut these short.
+            await run_to_the_end(transaction.rollback())
+            raise
+        await transaction.commit()
     except _Stopped:
         summary.stopped = f"{summary.stopped} (nothing was changed)"
     except asyncpg.PostgresError as exc:
         raise pg_error(url, exc, "reparse") from None
     finally:
-        await conn.close()
+        await run_to_the_end(conn.close())
     return summary
 
 

@@ -13,8 +13,10 @@ processes (crawler.engine.reparse_workers), which return each chunk's results to
 Either way this process, the one writer, stores them chunk by chunk in page order
 (crawler.engine.reparse_rows), all in one transaction: an interrupted reparse (Ctrl-C, a
 crash, a worker's death, a callback raising `StopCrawl`) leaves the database as it was before,
-and what a reparse stores does not depend on the number of processes. Memory stays flat: no
-more than `CHUNKS_PER_WORKER` chunks per worker are in flight.
+and what a reparse stores does not depend on the number of processes. Cancelled again while
+it stops (a second Ctrl-C), it stops its worker processes at once instead of letting them
+finish their chunk; the rollback and the closing of the file still run to their end. Memory
+stays flat: no more than `CHUNKS_PER_WORKER` chunks per worker are in flight.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any, Final, final
 import aiosqlite
 from rich.console import Console
 
+from crawler.engine.crawl import run_to_the_end
 from crawler.engine.reparse_chunks import ChunkParser, ParsedChunk
 from crawler.engine.reparse_progress import ReparseProgress, show_reparse_progress
 from crawler.engine.reparse_rows import SqliteRowWriter, Tally
@@ -172,7 +175,7 @@ async def reparse(
                     await shown
         return summary
     finally:
-        await conn.close()
+        await run_to_the_end(conn.close())
 
 
 async def _run(conn: aiosqlite.Connection, job: _Job, summary: ReparseSummary) -> None:
@@ -321,7 +324,7 @@ async def _transaction(conn: aiosqlite.Connection, work: Callable[[], Awaitable[
         await work()
         await conn.execute("COMMIT")
     except BaseException:
-        await rollback(conn)
+        await run_to_the_end(rollback(conn))  # a second Ctrl-C does not cut it short
         raise
 
 

@@ -26,7 +26,8 @@ are spawned, and that disposition survives exec): a Ctrl-C at the terminal reach
 process group, but only the parent decides. When the reparse ends early (Ctrl-C, a callback's
 `StopCrawl`, an error) the parent cancels the chunks not started, lets the workers finish
 the one in hand for up to `shutdown_grace` seconds, then terminates them; they only read, so
-that cannot hurt the file. A worker whose parent died (`kill -9`) notices within a second and
+that cannot hurt the file. Cancelled again meanwhile (a second Ctrl-C), it terminates them at
+once. A worker whose parent died (`kill -9`) notices within a second and
 exits. A worker that dies makes the reparse fail with `ReparseWorkerDied`, and nothing is
 changed.
 """
@@ -45,16 +46,18 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import TracebackType
 from typing import Final, final
 
 import aiosqlite
 
+from crawler.engine.crawl import run_to_the_end
 from crawler.engine.reparse_chunks import ChunkParser, ParsedChunk
 from crawler.errors import CrawlerError
 from crawler.settings import Settings
@@ -68,6 +71,8 @@ SpiderSource = Callable[[], type[Spider]]
 CHUNKS_PER_WORKER: Final = 4
 """Chunks in flight per worker: one being parsed, the others queued, so no worker idles."""
 _PARENT_POLL: Final = 1.0
+_ENDED_POLL: Final = 0.05
+"""Seconds between two looks at whether the stopped workers have ended."""
 
 
 class ReparseWorkerDied(CrawlerError):
@@ -178,15 +183,12 @@ class ChunkPool:
         workers = list((executor._processes or {}).values())
         executor.shutdown(wait=False, cancel_futures=True)
         sentinels = [worker.sentinel for worker in workers]
-        grace = self._plan.settings.shutdown_grace
-        if await asyncio.to_thread(_all_ended, sentinels, grace):
-            return
-        for worker in workers:
-            if worker.exitcode is None:
-                worker.terminate()
-        if not await asyncio.to_thread(_all_ended, sentinels, 2.0):
-            for worker in workers:
-                worker.kill()
+        ended = False
+        try:
+            ended = await _ended(sentinels, self._plan.settings.shutdown_grace)
+        finally:  # cancelled again (a second Ctrl-C): stop them now, then go on cancelled
+            if not ended:
+                await run_to_the_end(_stop(workers, sentinels))
 
     async def chunks(self, conn: aiosqlite.Connection) -> AsyncGenerator[ParsedChunk, None]:
         """Parse every page with a body, chunk by chunk, reading only the chunks' bounds
@@ -245,14 +247,24 @@ def _retrieve(future: asyncio.Future[list[ParsedChunk]]) -> None:
         future.exception()
 
 
-def _all_ended(sentinels: list[int], timeout: float) -> bool:
-    """Wait up to `timeout` seconds for every process of `sentinels` to end."""
-    deadline = time.monotonic() + timeout
-    left = list(sentinels)
-    while left:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+async def _ended(sentinels: list[int], within: float) -> bool:
+    """Wait up to `within` seconds for every process of `sentinels` to end; a cancellation
+    ends the wait at once (a thread blocked in `multiprocessing.connection.wait` would not,
+    and the event loop would wait for it as it shuts down)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while len(multiprocessing.connection.wait(sentinels, 0)) < len(sentinels):
+        if loop.time() >= deadline:
             return False
-        ready = multiprocessing.connection.wait(left, remaining)
-        left = [s for s in left if s not in ready]
+        await asyncio.sleep(_ENDED_POLL)
     return True
+
+
+async def _stop(workers: Sequence[BaseProcess], sentinels: list[int]) -> None:
+    """Terminate the workers still running, and kill those that linger."""
+    for worker in workers:
+        if worker.exitcode is None:
+            worker.terminate()
+    if not await _ended(sentinels, 2.0):
+        for worker in workers:
+            worker.kill()
