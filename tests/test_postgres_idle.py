@@ -24,6 +24,7 @@ from crawler.stats import Stats
 from crawler.store.claims import HOSTS_PER_CLAIM, ClaimBatch
 from crawler.store.pg_claims import _LEASED_ELSEWHERE, PgClaims
 from crawler.store.pg_link import PgLink
+from crawler.store.pg_listen import NOTIFY, PgListener
 from crawler.store.pg_runs import start_pg_run
 from crawler.store.pg_schema import PG_MIGRATIONS, PG_SCHEMA_VERSION, open_pg
 from crawler.store.pg_writer import PgStorage
@@ -124,6 +125,10 @@ async def test_work_another_process_adds_is_taken_while_waiting_out_a_back_off(
         TestServer(other, host="127.0.0.3") as second,
     ):
         spider = with_start_urls(FollowAllSpider, [str(first.make_url("/"))])
+        # Workers of one crawl share a spider (README): the links this crawl finds on the
+        # other's site are work, not offsite (woken by the other's first commit, it may
+        # fetch that site's start page first).
+        spider.allowed_domains = [*spider.allowed_domains, "127.0.0.3"]
         waiting = asyncio.create_task(
             crawl(spider, db=postgres, settings={**SETTINGS, "concurrency_per_host": 4})
         )
@@ -365,3 +370,100 @@ async def test_a_run_starts_from_the_pending_count_without_reading_the_frontier(
     finally:
         await conn.close()
     assert [tuple(row) for row in kept] == [(0, counted)]
+
+
+async def leases_held(url: str) -> int:
+    """Requests under a lease (0 before a crawl made the schema)."""
+    conn = await asyncpg.connect(url)
+    try:
+        if not await conn.fetchval("SELECT to_regclass('crawler_schema') IS NOT NULL"):
+            return 0
+        return int(
+            await conn.fetchval("SELECT count(*) FROM requests WHERE lease_owner IS NOT NULL")
+        )
+    except asyncpg.UndefinedTableError:  # the schema is being made
+        return 0
+    finally:
+        await conn.close()
+
+
+async def test_a_worker_waiting_for_another_is_woken_not_polling(
+    postgres: Target, claim_log: ClaimLog
+) -> None:
+    """A worker process leases all 30 slow pages of a site (0.5 s each, 4 at a time); a
+    second crawl of the same site, in this process, finds every pending request leased and
+    waits for it: it asks again about once a second (it claimed every 50 ms: ~80 times),
+    and ends when the other ends, every request done and no lease left."""
+    app = pages_app(30, latency=0.5)
+    async with TestServer(app, host="127.0.0.2") as server:
+        holding = await asyncio.create_subprocess_exec(
+            sys.executable,
+            *("-m", "crawler", "crawl", "tests.spiders:FollowAllSpider", "-o", str(postgres)),
+            *("--start-url", str(server.make_url("/"))),
+            *("-s", "concurrency=4", "-s", "concurrency_per_host=40"),
+            *("-s", "obey_robots=false", "-s", "write_interval=0.05"),
+            *("-s", "progress_interval=60"),
+            cwd=ROOT,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(1500):  # 30 s
+            if await leases_held(str(postgres)) >= 25:
+                break
+            await asyncio.sleep(0.02)
+        spider = with_start_urls(FollowAllSpider, [str(server.make_url("/"))])
+        started = time.monotonic()
+        async with asyncio.timeout(90):
+            stats = await crawl(spider, db=postgres, settings=SETTINGS)
+            ended = time.monotonic()
+            _, stderr = await holding.communicate()
+    assert holding.returncode == 0, stderr.decode(errors="replace")
+    waiting = claim_log.empty_between(started + 0.5, ended - 0.5)
+    assert ended - started > 2  # it did wait for the other
+    assert waiting <= (ended - started) + 5, [round(at - started, 2) for at, _ in claim_log.claims]
+    assert stats["pages"] == scalar(postgres, "SELECT count(*) FROM pages WHERE crawl_id = 2")
+    assert rows(postgres, "SELECT state, count(*) FROM requests GROUP BY state") == [("done", 31)]
+    assert scalar(postgres, "SELECT count(*) FROM requests WHERE lease_owner IS NOT NULL") == 0
+
+
+async def notify(url: str) -> None:
+    """Announce a commit on the crawl's channel, as a writer does."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(NOTIFY)
+    finally:
+        await conn.close()
+
+
+async def test_the_listener_hears_commits_again_after_a_server_restart(
+    postgres_server: PostgresServer,
+) -> None:
+    """A run's listener wakes the feeder on each notice; when the server restarts it wakes
+    it (to poll quickly meanwhile), reconnects, and hears the next notice."""
+    url = postgres_server.create_database()
+    woken = asyncio.Event()
+    listening = asyncio.Event()  # set on each wake that finds the listener connected
+
+    def wake() -> None:
+        woken.set()
+        if listener.listening():
+            listening.set()
+
+    listener = PgListener(url, wake)
+    listener.start()
+    try:
+        async with asyncio.timeout(60):
+            await listening.wait()
+            woken.clear()
+            await notify(url)
+            await woken.wait()
+            listening.clear()
+            await asyncio.to_thread(postgres_server.restart)
+            await listening.wait()  # woken by the loss, then by listening again
+            woken.clear()
+            await notify(url)
+            await woken.wait()
+    finally:
+        await listener.close()
+    assert not listener.listening()

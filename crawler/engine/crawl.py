@@ -133,6 +133,7 @@ class Crawl:
                 hosts=self._hosts,
             )
             storage.watch(feeder.hosts_with_work, self._hosts.learn)  # other processes' pauses
+            feeder.notified = store.listen(feeder.wake)  # other processes' new work
             self.stats.requeued = await requeue(store, self.settings, recrawl=self._recrawl)
             await storage.load_counts()
             self._hosts.pacer = store.pacer()
@@ -164,8 +165,7 @@ class Crawl:
                     run_id, status=self.status, reason=self.reason, stats=self.stats.as_dict()
                 )
         except store_errors() as exc:  # the next run marks it crashed
-            # When the storage is what failed, the CLI's one line already says so.
-            level = logging.DEBUG if self._storage_failed else logging.WARNING
+            level = logging.DEBUG if self._storage_failed else logging.WARNING  # the CLI said so
             logger.log(level, "could not record the end of the run: %s", exc)
         finally:
             try:

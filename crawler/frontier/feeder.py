@@ -44,6 +44,9 @@ _IDLE_POLL: Final = 1.0
 _SHARED_POLL: Final = 0.05
 """Seconds between claims while other processes sharing the file hold every pending request:
 the pages they fetch bring new work (early in a crawl) or end it (at the end) at any moment."""
+_NOTIFIED_POLL: Final = 1.0
+"""`_SHARED_POLL` when their commits wake this feeder (`notified`): what no commit announces
+(a lease that expires) is still found."""
 _MIN_WAIT: Final = 0.001
 
 
@@ -82,6 +85,9 @@ class Feeder:
         and drops their cookies)."""
         self.on_restore: Callable[[list[HostRecord]], None] | None = None
         """Told the stored state of the hosts a claim brings back (the fetcher's cookies)."""
+        self.notified: Callable[[], bool] | None = None
+        """Whether other processes' commits that add work or free leases wake this feeder
+        now (`wake`): then it polls slowly while they hold every pending request."""
         self._held = HostQueues(hosts, robots)
         self._handed_out = 0
         self._outstanding = 0
@@ -184,7 +190,7 @@ class Feeder:
                 if self._outstanding <= 0 and batch.pending == 0 and not batch.capped:
                     return
                 self._last_empty_claim = self._hosts.clock()
-                self._poll = _SHARED_POLL if batch.leased_elsewhere else _IDLE_POLL
+                self._poll = self._shared_poll() if batch.leased_elsewhere else _IDLE_POLL
                 # Even when it passed during the claim: a host's pause that ended then (a
                 # process woken by nothing else would otherwise sleep its whole idle poll).
                 self._due_at = batch.next_due
@@ -193,6 +199,10 @@ class Feeder:
                     await self._changed.wait()
             except TimeoutError:
                 pass
+
+    def _shared_poll(self) -> float:
+        notified = self.notified is not None and self.notified()
+        return _NOTIFIED_POLL if notified else _SHARED_POLL
 
     def _take(self, batch: ClaimBatch) -> None:
         """Hold a claim's requests, their hosts restored first; then forget the hosts that

@@ -72,6 +72,10 @@ class CrawlStore(Protocol):
         """Set the requests due for a re-fetch back to pending; return how many
         (crawler.store.refresh.requeue_due)."""
 
+    def listen(self, wake: Callable[[], None]) -> Callable[[], bool] | None:
+        """Call `wake` when another process's commit adds pending requests or frees leases;
+        return whether that works at the moment, or None where commits are not announced."""
+
     def pacer(self) -> Pacer | None:
         """Crawl-wide spacing of delayed hosts' requests, where other processes or machines
         may share the database (crawler.fetch.politeness `Hosts.pacer`); after
@@ -151,6 +155,9 @@ class SqliteStore:
 
     async def requeue_due(self, *, cutoff: str | None, host_cutoffs: Mapping[str, str]) -> int:
         return await requeue_due(self.conn, cutoff=cutoff, host_cutoffs=host_cutoffs)
+
+    def listen(self, wake: Callable[[], None]) -> Callable[[], bool] | None:
+        return None  # processes sharing a file poll it (crawler.frontier.feeder)
 
     def pacer(self) -> Pacer | None:
         # turns taken only while another process shares the file (crawler.store.pacing)

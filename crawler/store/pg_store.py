@@ -16,6 +16,7 @@ from crawler.stats import Stats
 from crawler.store.batches import BatchWriter
 from crawler.store.pg_items import declare_pg_item_tables
 from crawler.store.pg_link import PgLink
+from crawler.store.pg_listen import NOTIFY, PgListener
 from crawler.store.pg_pacing import PgPacer
 from crawler.store.pg_refresh import pg_fetched_hosts, pg_requeue_due
 from crawler.store.pg_runs import finish_pg_run, release_pg_leases, start_pg_run
@@ -37,6 +38,7 @@ class PgStore:
     def __init__(self, link: PgLink) -> None:
         self.link = link
         self._pacer = PgPacer(link.url)
+        self._listener: PgListener | None = None
 
     async def start_run(self, *, spider: str, settings: dict[str, Any], fresh: bool) -> int:
         conn = await self.link.connection()
@@ -77,6 +79,7 @@ class PgStore:
         async with conn.transaction():
             await release_pg_leases(conn, run_id)
             await finish_pg_run(conn, run_id, status=status, reason=reason, stats=stats)
+            await conn.execute(NOTIFY)  # its leases are free: a waiting worker may take them
 
     async def fetched_hosts(self) -> list[str]:
         return await pg_fetched_hosts(await self.link.connection())
@@ -85,9 +88,17 @@ class PgStore:
         conn = await self.link.connection()
         return await pg_requeue_due(conn, cutoff=cutoff, host_cutoffs=host_cutoffs)
 
+    def listen(self, wake: Callable[[], None]) -> Callable[[], bool] | None:
+        if self._listener is None:
+            self._listener = PgListener(self.link.url, wake)
+            self._listener.start()
+        return self._listener.listening
+
     def pacer(self) -> Pacer | None:
         return self._pacer
 
     async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
         await self._pacer.close()
         await self.link.close()

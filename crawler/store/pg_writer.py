@@ -8,7 +8,8 @@ counters it reads (`frontier_counts`, the batch's `hosts` rows, in host order) u
 commits, so two workers cannot both spend the last page. What a result teaches about its
 host goes to its `hosts` row in the same transaction (crawler.store.rows, `UPSERT_HOST`): a
 cool-down after a 429 or 503 (`not_before`), the throttle's concurrency and Crawl-delay,
-which every worker's claims honour.
+which every worker's claims honour. A batch that admits new requests announces them to
+the workers waiting for work (crawler.store.pg_listen).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from crawler.store.bulk import Script
 from crawler.store.pg_claims import PgClaims
 from crawler.store.pg_items import PgItemTables
 from crawler.store.pg_link import PgLink
+from crawler.store.pg_listen import NOTIFY
 from crawler.store.pg_pending import pending_count
 from crawler.store.pg_refresh import pg_has_pages, pg_retire_items
 from crawler.store.rows import Batch, Seeds, add_result_rows, replaced_pages
@@ -181,6 +183,8 @@ class PgStorage(BatchWriter):
             await self._item_tables.write(conn, results)
         # Last: the insert locks the crawl's counters (its trigger) until the commit.
         admitted = await pg_statements.INSERT_REQUEST.run(conn, new_rows)
+        if admitted:
+            await conn.execute(NOTIFY)  # workers waiting for work are woken at the commit
         await pg_statements.pg_statement(statements.SET_LASTMOD).run(conn, batch.lastmods())
         batch.count_admission(
             tally, inserted=len(new_rows), admitted=admitted, budget_skips=budget_skips
