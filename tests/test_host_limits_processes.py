@@ -89,16 +89,30 @@ def gaps(times: list[float]) -> list[float]:
 async def test_a_hosts_delay_holds_across_processes(
     tmp_path: Path, robots: str, settings: tuple[str, ...]
 ) -> None:
-    database = tmp_path / "crawl.db"
+    # The test needs both processes to hold requests of the host, so every page is a start
+    # URL and each process claims at most half of them. But a delayed host's next turn is in
+    # `hosts.not_before`, which other processes' claims skip as a pause: a process whose
+    # first claim comes after the other's first turn (a loaded machine can start it late)
+    # gets none of the host. The crawl is then run again, at most 3 times in all; each run's
+    # pace is checked.
+    for attempt in range(3):
+        database = tmp_path / f"crawl{attempt}.db"
+        processes = await paced_crawl(database, robots, settings)
+        if processes == 2:
+            break
+    assert processes == 2  # both processes fetched the host
+
+
+async def paced_crawl(database: Path, robots: str, settings: tuple[str, ...]) -> int:
+    """Crawl the `PAGES` pages of one delayed host with two processes; check that their
+    turns and the site's arrivals kept the delay; return how many processes fetched pages."""
     app = leaves_app(robots)
     async with TestServer(app, host="127.0.0.1") as server:
-        # every page a start URL: both processes hold requests of the host from the start
         start = [f"http://a.test:{server.port}/p{n}" for n in range(PAGES)]
         stderr = await crawl_in_processes(
             database, start, 4096, *SETTINGS, *settings, options=("--log-level", "DEBUG")
         )
     assert scalar(database, "SELECT count(*) FROM pages") == PAGES
-    assert scalar(database, "SELECT count(DISTINCT crawl_id) FROM pages") == 2
     arrivals = sorted(app[ARRIVALS]["a.test"])
     assert len(arrivals) == PAGES
     # The turns both processes took are the crawl's pace, and no request came before its
@@ -111,6 +125,7 @@ async def test_a_hosts_delay_holds_across_processes(
     # apart. The site's gaps are the turns' less each request's time on the way (a loaded
     # machine may stall a process's loop between its turn and its request): a loose floor.
     assert min(gaps(arrivals)) >= DELAY / 3, gaps(arrivals)
+    return int(scalar(database, "SELECT count(DISTINCT crawl_id) FROM pages"))
 
 
 async def test_concurrency_per_host_holds_across_processes(tmp_path: Path) -> None:
