@@ -32,6 +32,17 @@ batches (crawler.store.claims `PAUSES_EVERY`, 0.25 s), and a request it started 
 arrives."""
 
 
+def arrivals_during_the_pause(visits: Visits) -> list[tuple[float, str]]:
+    """The requests that reached the server while the first answer's pause held, past the
+    `LAG` the pause takes to reach the other process: (seconds after the answer, path)."""
+    (paused_at, _, _), *_ = visits.answers
+    return [
+        (round(at - paused_at, 2), path)
+        for at, path in visits.arrivals
+        if paused_at + LAG < at < paused_at + RETRY_AFTER - 0.05
+    ]
+
+
 def paused_app(
     status: int, pages: int = PAGES, pause_at: int = PAUSE_AT, latency: float = 0.1
 ) -> web.Application:
@@ -79,14 +90,8 @@ async def test_a_host_paused_by_one_process_is_not_fetched_by_the_other(
     assert scalar(database, "SELECT count(*) FROM pages") == PAGES + 1
     both = "SELECT count(DISTINCT crawl_id) FROM pages"
     assert scalar(database, both) == 2  # each process fetched pages of the host
-    (paused_at, _, _), *_ = visits.answers
-    pause_ends = paused_at + RETRY_AFTER
-    during = [
-        (round(at - paused_at, 2), path)
-        for at, path in visits.arrivals
-        if paused_at + LAG < at < pause_ends - 0.05
-    ]
-    assert during == []
+    assert arrivals_during_the_pause(visits) == []
+    pause_ends = visits.answers[0][0] + RETRY_AFTER
     # and the pause did reach both: the other process had requests of the host in memory
     # and went on after the pause
     after = [at for at, _ in visits.arrivals if at >= pause_ends - 0.05]
@@ -108,11 +113,4 @@ async def test_requests_the_other_process_holds_wait_out_the_pause(database: Tar
     visits = app[VISITS]
     assert scalar(database, "SELECT count(*) FROM pages") == pages + 1
     assert scalar(database, "SELECT count(DISTINCT crawl_id) FROM pages") == 2
-    (paused_at, _, _), *_ = visits.answers
-    pause_ends = paused_at + RETRY_AFTER
-    during = [
-        (round(at - paused_at, 2), path)
-        for at, path in visits.arrivals
-        if paused_at + LAG < at < pause_ends - 0.05
-    ]
-    assert during == []
+    assert arrivals_during_the_pause(visits) == []
